@@ -1,0 +1,38 @@
+# patela: diskless Tor relays with TPM-held identities.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export CGO_ENABLED := "1"
+go := "go"
+bin := "bin"
+# The server is the only cgo binary (SQLite); these tags keep it static.
+srv_tags := "sqlite_omit_load_extension,osusergo,netgo"
+
+default: build
+
+# Install the Debian packages and tools the tests and the demo need (root).
+deps:
+    ./scripts/deps.sh
+
+# Build every binary into ./bin.
+build:
+    mkdir -p {{bin}}
+    CGO_ENABLED=0 {{go}} build -trimpath -o {{bin}}/init ./init
+    {{go}} build -trimpath -tags '{{srv_tags}}' -o {{bin}}/configsrv ./configsrv
+    CGO_ENABLED=0 {{go}} build -trimpath -o {{bin}}/stimage ./stimage
+    CGO_ENABLED=0 {{go}} build -trimpath -o {{bin}}/initramfs ./initramfs
+
+# gofmt and go vet; fails on any finding.
+lint:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    bad=$(gofmt -l $(git ls-files '*.go' | grep -v '^vendor/') 2>&1 || true)
+    if [ -n "$bad" ]; then echo "gofmt needed:"; echo "$bad"; exit 1; fi
+    {{go}} vet -tags '{{srv_tags}}' ./...
+
+# The test command: lint, then every test (root needed for network namespaces).
+test: lint
+    {{go}} test -tags '{{srv_tags}}' -count=1 -timeout 80m ./...
+
+# Regenerate generated code (tor's option table) from the installed tor.
+generate:
+    {{go}} generate ./...

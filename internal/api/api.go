@@ -1,0 +1,185 @@
+// Package api holds the wire types of the patela protocol (shared/API.md),
+// shared by the agent and the config server so neither can drift from it.
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// MaxBody is the largest request or response body either side accepts.
+const MaxBody = 64 << 10
+
+// Paths of the v1 endpoints.
+const (
+	PathAttest         = "/v1/attest"
+	PathAttestComplete = "/v1/attest/complete"
+	PathSpecs          = "/v1/node/specs"
+	PathConfig         = "/v1/node/config"
+	PathKeys           = "/v1/node/keys"
+	PathStatus         = "/v1/node/status"
+)
+
+// Error codes carried in Error.Code.
+const (
+	CodeBadRequest       = "bad_request"
+	CodePending          = "pending"
+	CodeBanned           = "banned"
+	CodeDisabled         = "disabled"
+	CodeBadAK            = "bad_ak"
+	CodeBadEK            = "bad_ek"
+	CodeEKUntrusted      = "ek_untrusted"
+	CodeRateLimited      = "rate_limited"
+	CodeBadSecret        = "bad_secret"
+	CodeChallengeExpired = "challenge_expired"
+	CodeUnauthorized     = "unauthorized"
+	CodeNotFound         = "not_found"
+	CodeConflict         = "conflict"
+	CodeExhausted        = "exhausted"
+	CodeInternal         = "internal"
+)
+
+// AttestRequest is the body of POST /v1/attest. Publics are marshalled
+// TPMT_PUBLIC structures; the certificate is DER.
+type AttestRequest struct {
+	EKPublic      []byte `json:"ek_public"`
+	EKCertificate []byte `json:"ek_certificate,omitempty"`
+	AKPublic      []byte `json:"ak_public"`
+}
+
+// AttestResponse carries a MakeCredential of a fresh secret to (EK, AK name).
+type AttestResponse struct {
+	NodeID          int64  `json:"node_id"`
+	ChallengeID     string `json:"challenge_id"`
+	CredentialBlob  []byte `json:"credential_blob"`
+	EncryptedSecret []byte `json:"encrypted_secret"`
+}
+
+// CompleteRequest is the body of POST /v1/attest/complete.
+type CompleteRequest struct {
+	ChallengeID string `json:"challenge_id"`
+	Secret      []byte `json:"secret"`
+}
+
+// CompleteResponse hands out the bearer token.
+type CompleteResponse struct {
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+	FirstBoot bool      `json:"first_boot"`
+}
+
+// Specs is the body of POST /v1/node/specs.
+type Specs struct {
+	CPUs        int    `json:"cpus"`
+	MemoryBytes uint64 `json:"memory_bytes"`
+	CPUModel    string `json:"cpu_model"`
+}
+
+// SpecsResponse says how many relays the node now has.
+type SpecsResponse struct {
+	RelayCount int `json:"relay_count"`
+}
+
+// NodeConfig is the node's whole desired state (GET /v1/node/config).
+type NodeConfig struct {
+	NodeID        int64   `json:"node_id"`
+	Network       Network `json:"network"`
+	PollIntervalS int     `json:"poll_interval_s"`
+	Relays        []Relay `json:"relays"`
+}
+
+// Network is the relay-side network of a node.
+type Network struct {
+	RelayInterface string   `json:"relay_interface"`
+	IPv4Gateway    string   `json:"ipv4_gateway"`
+	IPv6Gateway    string   `json:"ipv6_gateway"`
+	DNS            []string `json:"dns"`
+}
+
+// Relay is one relay's desired state. Addresses are CIDR prefixes; IPv6 may
+// be empty.
+type Relay struct {
+	Name        string `json:"name"`
+	IPv4        string `json:"ipv4"`
+	IPv6        string `json:"ipv6"`
+	ORPort      int    `json:"or_port"`
+	UID         int    `json:"uid"`
+	Torrc       string `json:"torrc"`
+	TorrcSHA256 string `json:"torrc_sha256"`
+}
+
+// KeyBundle is the ciphertext mirror of a node's relay keys. The server
+// cannot decrypt it.
+type KeyBundle struct {
+	Bundle  []byte `json:"bundle"`
+	Version uint64 `json:"version"`
+}
+
+// Status is the heartbeat body (POST /v1/node/status).
+type Status struct {
+	BootID  string        `json:"boot_id"`
+	UptimeS int64         `json:"uptime_s"`
+	Relays  []RelayStatus `json:"relays"`
+}
+
+// RelayStatus is one relay's state as the agent sees it.
+type RelayStatus struct {
+	Name        string `json:"name"`
+	Fingerprint string `json:"fingerprint"`
+	Ed25519ID   string `json:"ed25519_id"`
+	State       string `json:"state"`
+	Restarts    int    `json:"restarts"`
+}
+
+// Error is every non-2xx body. NodeID is set with CodePending.
+type Error struct {
+	Message string `json:"error"`
+	Code    string `json:"code"`
+	NodeID  int64  `json:"node_id,omitempty"`
+
+	// Status is the HTTP status the error came with (client side only).
+	Status int `json:"-"`
+	// RetryAfter is the server's Retry-After hint (client side only).
+	RetryAfter time.Duration `json:"-"`
+}
+
+func (e *Error) Error() string {
+	if e.Status != 0 {
+		return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Message)
+	}
+	return e.Code + ": " + e.Message
+}
+
+// IsCode reports whether err is an *Error with the given code.
+func IsCode(err error, code string) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// Decode reads one JSON value into v the way both sides must: at most
+// MaxBody bytes, no unknown fields, nothing after the value.
+func Decode(r io.Reader, v any) error {
+	data, err := io.ReadAll(io.LimitReader(r, MaxBody+1))
+	if err != nil {
+		return fmt.Errorf("reading body: %w", err)
+	}
+	if len(data) > MaxBody {
+		return fmt.Errorf("body is larger than %d bytes", MaxBody)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("malformed JSON: %w", err)
+	}
+	if dec.More() {
+		return errors.New("malformed JSON: data after the value")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("malformed JSON: data after the value")
+	}
+	return nil
+}
