@@ -36,3 +36,7 @@ test: lint
 # Regenerate generated code (tor's option table) from the installed tor.
 generate:
     {{go}} generate ./...
+
+# Fetch Debian bookworm's kernel and the modules the images need into build/kernel (cached).
+kernel:
+    ./scripts/kernel.sh
