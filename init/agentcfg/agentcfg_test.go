@@ -1,0 +1,139 @@
+package agentcfg
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+const good = `{
+  "server_url": "https://cfg.example.org:8443",
+  "server_ca": "/etc/patela/server-ca.pem",
+  "mgmt_interface": "eth0",
+  "modules": ["virtio_ring", "virtio", "virtio_net"],
+  "pcrs": [7]
+}`
+
+func TestLoadDefaults(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "agent.json")
+	if err := os.WriteFile(p, []byte(good), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(p, "console=ttyS0 quiet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ServerURL != "https://cfg.example.org:8443" || c.MgmtInterface != "eth0" {
+		t.Errorf("file values lost: %+v", c)
+	}
+	if !reflect.DeepEqual(c.Modules, []string{"virtio_ring", "virtio", "virtio_net"}) {
+		t.Errorf("module order not kept: %v", c.Modules)
+	}
+	if c.TPM != "/dev/tpmrm0" || c.ModuleDir != "/lib/patela-modules" {
+		t.Errorf("defaults not applied: tpm=%q module_dir=%q", c.TPM, c.ModuleDir)
+	}
+	if time.Duration(c.RebootDelay) != 30*time.Second || c.Debugging() {
+		t.Errorf("reboot_delay=%v debug=%v", time.Duration(c.RebootDelay), c.Debug)
+	}
+}
+
+func TestCmdlineOverrides(t *testing.T) {
+	cmd := `BOOT_IMAGE=/vmlinuz console=ttyS0 patela.server_url=https://10.0.0.1/ ` +
+		`patela.modules=e1000,nf_tables patela.pcrs=7,13 patela.tpm=unix:/run/swtpm.sock ` +
+		`patela.mgmt_interface= patela.mgmt_mac=52:54:00:aa:bb:01 patela.debug patela.dhcp_timeout=5s ` +
+		`patela.root="/tmp/a b"`
+	c, err := Parse([]byte(good), cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		ServerURL: "https://10.0.0.1/", ServerCA: "/etc/patela/server-ca.pem",
+		MgmtMAC: "52:54:00:aa:bb:01", TPM: "unix:/run/swtpm.sock",
+		Modules: []string{"e1000", "nf_tables"}, ModuleDir: "/lib/patela-modules",
+		PCRs: []int{7, 13}, Debug: []string{"all"}, Root: "/tmp/a b",
+		DHCPTimeout: Duration(5 * time.Second), RebootDelay: Duration(5 * time.Second),
+	}
+	if !reflect.DeepEqual(*c, want) {
+		t.Errorf("got  %+v\nwant %+v", *c, want)
+	}
+	if !c.DebugFlag("dhcp") {
+		t.Error("debug=all should enable every flag")
+	}
+	if got := c.Path("/etc/resolv.conf"); got != "/tmp/a b/etc/resolv.conf" {
+		t.Errorf("Path = %q", got)
+	}
+}
+
+func TestSelftestNeedsNoServer(t *testing.T) {
+	c, err := Parse([]byte(`{"modules":["e1000"]}`), "patela.selftest=pid1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Selftest != "pid1" {
+		t.Errorf("selftest = %q", c.Selftest)
+	}
+}
+
+func TestBadValues(t *testing.T) {
+	for _, tc := range []struct {
+		name, json, cmdline, want string
+	}{
+		{"missing url", `{}`, "", "server_url is missing"},
+		{"http url", `{"server_url":"http://x"}`, "", "must be https"},
+		{"unknown json key", `{"server_url":"https://x","srever_ca":"/a"}`, "", "unknown field"},
+		{"wrong type", `{"server_url":"https://x","modules":"e1000"}`, "", "bad JSON"},
+		{"trailing data", `{"server_url":"https://x"} {}`, "", "data after"},
+		{"not json", `server_url=https://x`, "", "bad JSON"},
+		{"unknown cmdline key", good, "patela.sever_url=https://y", `unknown key "sever_url"`},
+		{"cmdline no value", good, "patela.tpm", "needs a value"},
+		{"bad pcr", good, "patela.pcrs=7,x", `"x" is not a number`},
+		{"pcr range", good, "patela.pcrs=24", "not a PCR index"},
+		{"pcr twice", good, "patela.pcrs=7,7", "listed twice"},
+		{"bad mac", good, "patela.mgmt_interface= patela.mgmt_mac=zz", "not a MAC"},
+		{"both nic selectors", good, "patela.mgmt_mac=52:54:00:aa:bb:01", "not both"},
+		{"bad ifname", good, "patela.mgmt_interface=eth0;rm", "not an interface name"},
+		{"bad module", good, "patela.modules=../evil", "not a module name"},
+		{"module twice", good, "patela.modules=a,b,a", "listed twice"},
+		{"bad tpm", good, "patela.tpm=tpm0", "want a device path"},
+		{"bad tcp tpm", good, "patela.tpm=tcp:localhost", "tcp:HOST:PORT"},
+		{"bad duration", good, "patela.reboot_delay=soon", "not a duration"},
+		{"negative duration", good, "patela.reboot_delay=-1s", "negative"},
+		{"relative ca", good, "patela.server_ca=ca.pem", "absolute path"},
+		{"relative root", good, "patela.root=tmp", "absolute path"},
+		{"unknown selftest", good, "patela.selftest=all", "unknown (known: pid1)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(tc.json), tc.cmdline)
+			if err == nil {
+				t.Fatalf("accepted: %+v", c)
+			}
+			if c != nil {
+				t.Error("config returned alongside an error")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not say %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.json"), "")
+	if err == nil || !strings.Contains(err.Error(), "agent config") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(good), "patela.debug patela.pcrs=1,2")
+	f.Add([]byte(`{}`), `patela.root="/x y" patela.selftest=pid1`)
+	f.Fuzz(func(t *testing.T, data []byte, cmdline string) {
+		c, err := Parse(data, cmdline)
+		if err == nil && (c.ServerCA == "" || c.TPM == "") {
+			t.Fatalf("accepted config without defaults: %+v", c)
+		}
+	})
+}
