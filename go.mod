@@ -3,6 +3,7 @@ module patela
 go 1.26.0
 
 require (
+	github.com/alecthomas/participle/v2 v2.0.0 // indirect
 	github.com/biscuit-auth/biscuit-go/v2 v2.2.0 // indirect
 	github.com/dustin/go-humanize v1.0.1 // indirect
 	github.com/google/go-cmp v0.7.0 // indirect
