@@ -1,0 +1,225 @@
+package torrc
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// kv is a compact expected line: op prefix + key, value, source line.
+type kv struct {
+	key, value string
+	line       int
+}
+
+func lines(c *Config) []kv {
+	var out []kv
+	for _, l := range c.Lines {
+		out = append(out, kv{l.Op.prefix() + l.Key, l.Value, l.Line})
+	}
+	return out
+}
+
+func TestParse(t *testing.T) {
+	for _, tc := range []struct {
+		name, src string
+		want      []kv
+	}{
+		{"empty", "", nil},
+		{"only comments and blanks", "# a\n\n   # b\n\t\n", nil},
+		{"keys are case-insensitive and canonicalised",
+			"contactinfo me@example.org\nEXITRELAY 1\nexitPolicy accept *:80\n",
+			[]kv{{"ContactInfo", "me@example.org", 1}, {"ExitRelay", "1", 2}, {"ExitPolicy", "accept *:80", 3}}},
+		{"values verbatim, booleans as written",
+			"ContactInfo Mixed CASE  two  spaces\nIPv6Exit 1\nAvoidDiskWrites 0\n",
+			[]kv{{"ContactInfo", "Mixed CASE  two  spaces", 1}, {"IPv6Exit", "1", 2}, {"AvoidDiskWrites", "0", 3}}},
+		{"trailing comment and blanks",
+			"ExitPolicy accept *:443   # https\nNumCPUs 2\t\n",
+			[]kv{{"ExitPolicy", "accept *:443", 1}, {"NumCPUs", "2", 2}}},
+		{"comment glued to the value", "ContactInfo a#b\n", []kv{{"ContactInfo", "a", 1}}},
+		{"leading blanks and tabs", "   \tExitRelay\t\t1\n", []kv{{"ExitRelay", "1", 1}}},
+		{"CRLF line ends", "ExitRelay 1\r\nContactInfo x\r\n", []kv{{"ExitRelay", "1", 1}, {"ContactInfo", "x", 2}}},
+		{"no final newline", "ExitRelay 1", []kv{{"ExitRelay", "1", 1}}},
+		{"ops", "+ExitPolicy accept *:80\n/ContactInfo\n/ExitPolicy   # clear\n",
+			[]kv{{"+ExitPolicy", "accept *:80", 1}, {"/ContactInfo", "", 2}, {"/ExitPolicy", "", 3}}},
+		{"aliases map to tor's option",
+			"MaxConn 5000\nNumCPU 2\nExitNode {us}\nResolvConf /etc/resolv.conf\nBandwidthRateBytes 1 MB\n",
+			[]kv{{"ConnLimit", "5000", 1}, {"NumCPUs", "2", 2}, {"ExitNodes", "{us}", 3},
+				{"ServerDNSResolvConfFile", "/etc/resolv.conf", 4}, {"BandwidthRate", "1 MB", 5}}},
+		{"quoted value kept with its quotes",
+			"ContactInfo \"a # not a comment\" # a comment\nContactInfo \"tab\\there \\x41\\101 \\\"q\\\"\"\n",
+			[]kv{{"ContactInfo", `"a # not a comment"`, 1}, {"ContactInfo", `"tab\there \x41\101 \"q\""`, 2}}},
+		{"continuation joins lines",
+			"ExitPolicy accept *:80,\\\n  accept *:443,\\\n  reject *:*\nNumCPUs 1\n",
+			[]kv{{"ExitPolicy", "accept *:80,  accept *:443,  reject *:*", 1}, {"NumCPUs", "1", 4}}},
+		{"comment lines inside a continuation are dropped",
+			"ExitPolicy accept *:80,\\\n# web only for now\n  reject *:*\nNumCPUs 1\n",
+			[]kv{{"ExitPolicy", "accept *:80,  reject *:*", 1}, {"NumCPUs", "1", 4}}},
+		// tor quirk: once a value continues, a comment swallows its newline,
+		// so the line after it continues the value too.
+		{"a comment after a continuation continues the value",
+			"ContactInfo a \\\nb # note\nc\nNumCPUs 1\n",
+			[]kv{{"ContactInfo", "a b c", 1}, {"NumCPUs", "1", 4}}},
+		{"continuation right after the name", "ContactInfo\\\n x\nNumCPUs 1\n",
+			[]kv{{"ContactInfo", "x", 1}, {"NumCPUs", "1", 3}}},
+		{"backslash not before a newline is kept", `ContactInfo a\b` + "\n", []kv{{"ContactInfo", `a\b`, 1}}},
+		{"line numbers count every newline", "\n\n# c\nExitRelay 1\n \t\n\nContactInfo x\\\ny\nNumCPUs 1",
+			[]kv{{"ExitRelay", "1", 4}, {"ContactInfo", "xy", 7}, {"NumCPUs", "1", 9}}},
+		{"managed options are fine for the system",
+			"Nickname relay1\nORPort 192.0.2.10:9001\nDataDirectory /var/lib/tor-instances/relay1\nUser _tor-relay1\nLog notice stdout\n",
+			[]kv{{"Nickname", "relay1", 1}, {"ORPort", "192.0.2.10:9001", 2}, {"DataDirectory", "/var/lib/tor-instances/relay1", 3},
+				{"User", "_tor-relay1", 4}, {"Log", "notice stdout", 5}}},
+		{"UTF-8 values", "ContactInfo Zoë <zoe@example.org> ✓\n", []kv{{"ContactInfo", "Zoë <zoe@example.org> ✓", 1}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(tc.src))
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if got := lines(c); !slices.Equal(got, tc.want) {
+				t.Errorf("Parse(%q)\n got %v\nwant %v", tc.src, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, src string
+		user      bool
+		line      int
+		msg       string
+	}{
+		{"no value", "ExitRelay 1\nContactInfo\n", false, 2, "ContactInfo has no value"},
+		{"no value but a comment", "ContactInfo   # later\n", false, 1, "ContactInfo has no value"},
+		{"no value after continuation", "NumCPUs 1\nContactInfo \\\n# c\n\n", false, 2, "ContactInfo has no value"},
+		{"continuation at the start of a line", "NumCPUs 1\n\\\nContactInfo x\n", false, 2, "missing option name"},
+		{"unknown option", "ExitRelay 1\n\nExitRelays 1\n", false, 3, `unknown option "ExitRelays"`},
+		{"prefix abbreviations are not taken", "ContactInf x\n", false, 1, `unknown option "ContactInf"`},
+		{"command-line-only alias", "l notice stdout\n", false, 1, "command-line abbreviation of Log"},
+		{"internal option", "__ControlPort 9051\n", false, 1, "__ControlPort is an internal tor option"},
+		{"internal option appended", "+__OwningControllerProcess 1\n", false, 1, "internal tor option"},
+		{"include", "ExitRelay 1\n%include /etc/tor/torrc.d\n", false, 2, "%include is not supported"},
+		{"obsolete alias", "AllowUnverifiedNodes middle\n", false, 1, "obsolete"},
+		{"remove with a value", "/ExitPolicy accept *:80\n", false, 1, "/ExitPolicy takes no value"},
+		{"missing name", "+ 1\n", false, 1, "missing option name"},
+		{"non-UTF-8 in a value", "ExitRelay 1\nContactInfo caf\xe9\n", false, 2, "not valid UTF-8"},
+		{"non-UTF-8 in a comment", "# ok\n# caf\xe9\nExitRelay 1\n", false, 2, "not valid UTF-8"},
+		{"NUL byte", "ExitRelay 1\nContactInfo a\x00b\n", false, 2, "NUL byte"},
+		{"control character", "ContactInfo a\x1bb\n", false, 1, "control character"},
+		{"vertical tab", "ContactInfo a\vb\n", false, 1, "control character"},
+		{"unterminated quote", "ExitRelay 1\nContactInfo \"abc\n", false, 2, "no closing quote"},
+		{"quote continued with backslash", "ContactInfo \"abc\\\ndef\"\n", false, 1, "bad escape"},
+		{"bad escape", `ContactInfo "a\qb"` + "\n", false, 1, "bad escape"},
+		{"bad hex escape", `ContactInfo "a\xZ1"` + "\n", false, 1, `bad \x escape`},
+		{"octal escape too big", `ContactInfo "\777"` + "\n", false, 1, "octal escape"},
+		{"NUL escape", `ContactInfo "a\000"` + "\n", false, 1, "NUL byte"},
+		{"data after quote", "ContactInfo \"a\" b\n", false, 1, "data after the closing quote"},
+		{"value ends with backslash", "ContactInfo a \\", false, 1, `ends with '\'`},
+		{"continuation into a blank line", "ContactInfo \\\n\n", false, 1, `ends with '\'`},
+		{"continued value starting with a quote", "ContactInfo \\\n\"a\"\n", false, 1, "begins with a quote"},
+		{"managed option", "ExitRelay 1\nNickname relay1\n", true, 2, "Nickname is managed"},
+		{"managed option, other case", "orport 9001\n", true, 1, "ORPort is managed"},
+		{"managed option appended", "+Log notice stdout\n", true, 1, "Log is managed"},
+		{"managed option removed", "/DataDirectory\n", true, 1, "DataDirectory is managed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			parse := Parse
+			if tc.user {
+				parse = ParseUser
+			}
+			c, err := parse([]byte(tc.src))
+			var pe *ParseError
+			if !errors.As(err, &pe) {
+				t.Fatalf("parse(%q) = %v, %v; want a *ParseError", tc.src, c, err)
+			}
+			if pe.Line != tc.line || !strings.Contains(pe.Msg, tc.msg) {
+				t.Errorf("parse(%q) error %q; want line %d and %q", tc.src, err, tc.line, tc.msg)
+			}
+			if !strings.HasPrefix(err.Error(), "line ") {
+				t.Errorf("error %q does not start with the line", err)
+			}
+			if c != nil {
+				t.Errorf("parse returned a config with its error")
+			}
+		})
+	}
+}
+
+// Every managed option, in any spelling tor accepts, is refused on import.
+func TestParseUserRefusesEveryManagedOption(t *testing.T) {
+	if len(managedSet) != len(managed) {
+		t.Fatalf("managed names not all known to tor %s: %d of %d", TorVersion, len(managedSet), len(managed))
+	}
+	var spellings []string
+	for k := range managedSet {
+		spellings = append(spellings, k, strings.ToLower(k), "+"+k)
+	}
+	for a, target := range aliases {
+		if c, ok := Canonical(target); ok && managedSet[c] {
+			spellings = append(spellings, a)
+		}
+	}
+	for _, k := range spellings {
+		src := "ExitRelay 1\n" + k + " 1\n"
+		_, err := ParseUser([]byte(src))
+		var pe *ParseError
+		if !errors.As(err, &pe) || pe.Line != 2 || !strings.Contains(pe.Msg, "managed") {
+			t.Errorf("ParseUser(%q) = %v; want a managed-option error on line 2", src, err)
+		}
+		if _, err := Parse([]byte(src)); err != nil {
+			t.Errorf("Parse(%q) = %v; the system may write it", src, err)
+		}
+		if !IsManaged(k[strings.IndexFunc(k, func(r rune) bool { return r != '+' }):]) {
+			t.Errorf("IsManaged(%q) = false", k)
+		}
+	}
+	for _, k := range []string{"ExitPolicy", "ContactInfo", "MyFamily", "Nosuchoption", "__ORPort"} {
+		if IsManaged(k) {
+			t.Errorf("IsManaged(%q) = true", k)
+		}
+	}
+}
+
+func TestCanonical(t *testing.T) {
+	for in, want := range map[string]string{
+		"contactinfo": "ContactInfo", "CONTACTINFO": "ContactInfo", "orport": "ORPort",
+		"maxconn": "ConnLimit", "NumCPU": "NumCPUs", "ExitNode": "ExitNodes", "exitnodes": "ExitNodes",
+		"AutomapHostSuffixes": "AutomapHostsSuffixes", "_HSLayer2Nodes": "HSLayer2Nodes",
+		"TestingClientDownloadSchedule": "TestingClientDownloadInitialDelay",
+	} {
+		if got, ok := Canonical(in); !ok || got != want {
+			t.Errorf("Canonical(%q) = %q, %v; want %q", in, got, ok, want)
+		}
+	}
+	for _, in := range []string{"", "l", "Contact", "__ControlPort", "__SocksPort", "%include", "AllowInvalidNodes", "AllowUnverifiedNodes", "ExitPolicy "} {
+		if got, ok := Canonical(in); ok {
+			t.Errorf("Canonical(%q) = %q, true; want unknown", in, got)
+		}
+	}
+	// Every name in the table is its own canonical form, and the option
+	// sets name only real options (a typo would silently do nothing).
+	for _, n := range torOptions {
+		if got, ok := Canonical(n); !ok || got != n {
+			t.Errorf("Canonical(%q) = %q, %v", n, got, ok)
+		}
+	}
+	for _, set := range [][]string{managed, immutable, sandboxImmutable} {
+		for _, n := range set {
+			if c, ok := Canonical(n); !ok || c != n {
+				t.Errorf("%q in an option set is not one of tor's options", n)
+			}
+		}
+	}
+	for k := range groups {
+		if c, ok := Canonical(k); !ok || c != k {
+			t.Errorf("group member %q is not one of tor's options", k)
+		}
+	}
+	for a := range aliases {
+		if _, real := Canonical(a); real && strings.EqualFold(a, canonical[strings.ToLower(a)]) {
+			t.Errorf("alias %q shadows a real option", a)
+		}
+	}
+}
