@@ -1,0 +1,387 @@
+package tor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"patela/init/reaper"
+	"patela/init/tor/logring"
+	"patela/internal/torrc"
+)
+
+// Relay states, as reported in the heartbeat.
+const (
+	StateStarting  = "starting"  // tor started, READY=1 not yet received
+	StateRunning   = "running"   // READY=1 received
+	StateReloading = "reloading" // SIGHUP sent, RELOADING=1 received, READY=1 pending
+	StateStopping  = "stopping"
+	StateBackoff   = "backoff" // exited, restart pending
+	StateFailed    = "failed"  // crash loop: no restart until the config changes
+	StateStopped   = "stopped"
+)
+
+// Status is a snapshot of one relay.
+type Status struct {
+	Name        string
+	UID         int
+	State       string
+	PID         int // 0 when no tor runs
+	Restarts    int // restarts after unexpected exits (config changes not counted)
+	Reloads     int // RELOADING=1 messages received
+	Fingerprint string
+	Ed25519ID   string
+	Error       string // why the last tor exited or failed to start
+	Since       time.Time
+}
+
+// desired is a verified configuration: its torrc text already passed
+// tor --verify-config in the file candidate, which install renames over
+// the live torrc.
+type desired struct {
+	spec      Spec
+	cfg       *torrc.Config
+	text      []byte
+	candidate string
+	bind      bool
+}
+
+// command asks the relay goroutine for a new configuration, or to stop
+// (want nil).
+type command struct {
+	want *desired
+	done chan error
+}
+
+type proc struct {
+	cmd    *exec.Cmd
+	pid    int
+	exited chan struct{}
+	err    error // valid once exited is closed
+}
+
+// relay owns one tor process: its goroutine run is the only code that
+// starts, signals or waits for it.
+type relay struct {
+	o         *Options
+	name      string
+	uid, gid  int
+	dataDir   string
+	torrcPath string
+	notify    *notifySocket
+	ring      *logring.Ring
+	log       *slog.Logger
+	cmds      chan command
+	done      chan struct{}
+
+	mu      sync.Mutex
+	st      Status
+	cur     *desired
+	running *proc
+
+	keySeen, keyPolled string // keyState last captured, last polled
+}
+
+type outcome struct {
+	started time.Time
+	err     error    // why tor exited (or did not start)
+	stop    *command // a stop was asked and done
+	restart bool     // stopped for a configuration that needs a restart
+}
+
+func (r *relay) current() *desired {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cur
+}
+
+func (r *relay) status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.st
+}
+
+func (r *relay) setState(state, why string) {
+	r.mu.Lock()
+	r.st.State, r.st.Since = state, time.Now()
+	if why != "" {
+		r.st.Error = why
+	}
+	r.mu.Unlock()
+}
+
+// onNotify handles a message from the notify socket.
+func (r *relay) onNotify(pid int, key, value string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if pid == 0 || pid != r.st.PID || value != "1" {
+		return
+	}
+	switch key {
+	case "READY":
+		if r.st.State == StateStarting || r.st.State == StateReloading {
+			r.st.State, r.st.Since = StateRunning, time.Now()
+		}
+	case "RELOADING":
+		r.st.Reloads++
+		r.st.State, r.st.Since = StateReloading, time.Now()
+	case "STOPPING":
+		r.st.State, r.st.Since = StateStopping, time.Now()
+	}
+}
+
+func (r *relay) run() {
+	defer close(r.done)
+	defer r.notify.close()
+	var fails []time.Time
+	backoff := r.o.BackoffMin
+	for {
+		res := r.runOnce()
+		if res.stop != nil {
+			r.setState(StateStopped, "")
+			res.stop.done <- nil
+			return
+		}
+		if res.restart {
+			continue
+		}
+		// tor exited on its own (or could not start).
+		now := time.Now()
+		if now.Sub(res.started) >= r.o.StableAfter {
+			fails, backoff = nil, r.o.BackoffMin
+		}
+		fails = append(since(fails, now.Add(-r.o.CrashWindow)), now)
+		if len(fails) >= r.o.CrashLimit {
+			why := fmt.Sprintf("crash loop: %d exits within %s, last: %v", len(fails), r.o.CrashWindow, res.err)
+			r.log.Error("relay failed; not restarting until its configuration changes", "reason", why)
+			r.setState(StateFailed, why)
+			c := <-r.cmds
+			if c.want == nil {
+				r.setState(StateStopped, "")
+				c.done <- nil
+				return
+			}
+			c.done <- r.install(c.want)
+			fails, backoff = nil, r.o.BackoffMin
+			continue
+		}
+		r.log.Warn("tor exited; restarting", "err", res.err, "in", backoff)
+		r.setState(StateBackoff, fmt.Sprint(res.err))
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case c := <-r.cmds:
+			t.Stop()
+			if c.want == nil {
+				r.setState(StateStopped, "")
+				c.done <- nil
+				return
+			}
+			c.done <- r.install(c.want) // and start it at once
+		}
+		backoff = min(2*backoff, r.o.BackoffMax)
+		r.mu.Lock()
+		r.st.Restarts++
+		r.mu.Unlock()
+	}
+}
+
+// since drops the times before t.
+func since(ts []time.Time, t time.Time) []time.Time {
+	out := ts[:0]
+	for _, x := range ts {
+		if x.After(t) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// runOnce starts tor and supervises it until it exits or a command
+// stops it.
+func (r *relay) runOnce() outcome {
+	started := time.Now()
+	p, err := r.start()
+	if err != nil {
+		r.log.Error("starting tor", "err", err)
+		return outcome{started: started, err: err}
+	}
+	tick := time.NewTicker(r.o.KeyPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.exited:
+			r.exited(p)
+			return outcome{started: started, err: exitReason(p.err)}
+		case c := <-r.cmds:
+			if c.want == nil {
+				r.stop(p)
+				return outcome{stop: &c}
+			}
+			old := r.current()
+			restart := c.want.bind != old.bind || torrc.NeedsRestart(old.cfg, c.want.cfg)
+			if err := r.install(c.want); err != nil {
+				c.done <- err
+				continue
+			}
+			c.done <- nil
+			if restart {
+				r.log.Info("configuration needs a restart")
+				r.stop(p)
+				return outcome{restart: true}
+			}
+			r.log.Info("configuration reloadable; sending SIGHUP")
+			if err := unix.Kill(p.pid, unix.SIGHUP); err != nil {
+				r.log.Warn("SIGHUP", "err", err)
+			}
+		case <-tick.C:
+			r.checkKeys(false)
+		}
+	}
+}
+
+// start verifies the live torrc and starts tor as the relay user.
+func (r *relay) start() (*proc, error) {
+	d := r.current()
+	ctx, cancel := context.WithTimeout(context.Background(), r.o.VerifyTimeout)
+	err := verify(ctx, r.o.Tor, r.torrcPath, r.uid, r.gid)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(r.o.Tor, "--defaults-torrc", "/dev/null", "-f", r.torrcPath,
+		// tor exits by itself should the agent ever die (tests, dev runs).
+		"--__OwningControllerProcess", strconv.Itoa(r.o.Owner))
+	cmd.Env = []string{"NOTIFY_SOCKET=" + r.notify.path}
+	cmd.Dir = r.dataDir
+	cmd.Stdout, cmd.Stderr = r.ring, r.ring
+	asRelay(cmd, r.uid, r.gid, d.bind)
+	// Hold mu until the pid is recorded so no READY=1 is dropped.
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := startNoNewPrivs(cmd); err != nil {
+		return nil, err
+	}
+	p := &proc{cmd: cmd, pid: cmd.Process.Pid, exited: make(chan struct{})}
+	go func() {
+		p.err = reaper.Wait(cmd)
+		close(p.exited)
+	}()
+	r.running = p
+	r.st.PID, r.st.State, r.st.Since, r.st.Error = p.pid, StateStarting, time.Now(), ""
+	r.log.Info("tor started", "pid", p.pid)
+	return p, nil
+}
+
+// exited records that p is gone and catches keys tor may have written
+// just before.
+func (r *relay) exited(p *proc) {
+	r.ring.Flush()
+	r.mu.Lock()
+	r.running = nil
+	r.st.PID, r.st.State, r.st.Since = 0, StateStopped, time.Now()
+	r.mu.Unlock()
+	r.checkKeys(true)
+}
+
+// stop sends SIGINT (tor closes its listeners and exits after
+// ShutdownWaitLength), then SIGKILL to the process group after
+// StopTimeout.
+func (r *relay) stop(p *proc) {
+	r.setState(StateStopping, "")
+	unix.Kill(-p.pid, unix.SIGINT)
+	t := time.NewTimer(r.o.StopTimeout)
+	defer t.Stop()
+	select {
+	case <-p.exited:
+	case <-t.C:
+		r.log.Warn("tor did not stop in time; SIGKILL", "after", r.o.StopTimeout)
+		unix.Kill(-p.pid, unix.SIGKILL)
+		<-p.exited
+	}
+	r.exited(p)
+}
+
+// kill ends the running tor at once (shutdown out of time).
+func (r *relay) kill() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.running != nil {
+		unix.Kill(-r.running.pid, unix.SIGKILL)
+	}
+}
+
+// install makes d the live configuration.
+func (r *relay) install(d *desired) error {
+	if err := os.Rename(d.candidate, r.torrcPath); err != nil {
+		return fmt.Errorf("installing torrc: %w", err)
+	}
+	r.mu.Lock()
+	r.cur = d
+	r.mu.Unlock()
+	return nil
+}
+
+// checkKeys captures tor's key files into the vault when they changed
+// (new relay, onion key rotation) and refreshes the fingerprints. Unless
+// forced, a change must hold for two polls, so a key set tor is still
+// writing is not captured half-way.
+func (r *relay) checkKeys(force bool) {
+	st, err := keyState(r.dataDir)
+	if err != nil {
+		r.log.Warn("reading keys", "err", err)
+		return
+	}
+	polled := r.keyPolled
+	r.keyPolled = st
+	if st == r.keySeen || (!force && st != polled) {
+		r.readFingerprints()
+		return
+	}
+	if r.o.Keys != nil && st != "" {
+		changed, err := r.o.Keys.Capture(r.name, r.dataDir)
+		if err != nil {
+			r.log.Warn("capturing keys", "err", err)
+			return
+		}
+		if changed {
+			ctx, cancel := context.WithTimeout(context.Background(), r.o.SaveTimeout)
+			err := r.o.Keys.Save(ctx)
+			cancel()
+			if err != nil {
+				r.log.Error("saving keys", "err", err)
+				return
+			}
+			r.log.Info("relay keys saved")
+		}
+	}
+	r.keySeen = st
+	r.readFingerprints()
+}
+
+func (r *relay) readFingerprints() {
+	fp, ed := fingerprints(r.dataDir)
+	r.mu.Lock()
+	r.st.Fingerprint, r.st.Ed25519ID = fp, ed
+	r.mu.Unlock()
+}
+
+// exitReason words a wait error.
+func exitReason(err error) error {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return fmt.Errorf("tor %s", ee.ProcessState)
+	}
+	if err == nil {
+		return errors.New("tor exited with status 0")
+	}
+	return err
+}

@@ -1,0 +1,388 @@
+// Package tor runs a node's tor relays without systemd: per relay a user,
+// a private DataDirectory, a torrc built from the server's, and one
+// supervised tor process (own process group, the relay's uid, no new
+// privileges, RLIMIT_NOFILE 65536), restarted with capped backoff, reloaded
+// with SIGHUP when it can be, its output kept in a ring buffer and mirrored
+// to the console, its keys captured into the key vault. Every child goes
+// through init/reaper.
+package tor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"sync"
+	"time"
+
+	"patela/init/tor/logring"
+)
+
+// Spec is one relay as the server wants it.
+type Spec struct {
+	Name  string // tor nickname: 1-19 of [a-zA-Z0-9]
+	UID   int    // the relay's uid and gid
+	Torrc []byte // the server's resolved torrc
+}
+
+// Options configure a Supervisor. Zero durations take the defaults.
+type Options struct {
+	Tor      string // tor binary; default "tor" from PATH
+	StateDir string // DataDirectory of relay N is StateDir/N (tmpfs in production)
+	RunDir   string // RunDir/N.torrc and RunDir/N/{control,notify}
+	Accounts Accounts
+	Keys     Keys // nil: keys are neither restored nor captured
+	Log      *slog.Logger
+
+	StopTimeout   time.Duration // SIGINT to SIGKILL; default 60 s (Debian's TimeoutStopSec)
+	BackoffMin    time.Duration // first restart delay; default 1 s
+	BackoffMax    time.Duration // default 60 s
+	StableAfter   time.Duration // a run this long resets the backoff; default 5 min
+	CrashLimit    int           // this many exits within CrashWindow: failed; default 5
+	CrashWindow   time.Duration // default 5 min
+	KeyPoll       time.Duration // key and fingerprint poll; default 10 s
+	VerifyTimeout time.Duration // default 60 s
+	SaveTimeout   time.Duration // Keys.Save; default 60 s
+	LogLines      int           // lines kept per relay; default 1000
+	Owner         int           // tor's __OwningControllerProcess; default this process
+}
+
+func (o *Options) defaults() error {
+	if o.Tor == "" {
+		o.Tor = "tor"
+	}
+	if p, err := exec.LookPath(o.Tor); err == nil {
+		o.Tor = p
+	} else {
+		return err
+	}
+	if o.StateDir == "" || o.RunDir == "" || o.Accounts == nil {
+		return errors.New("tor: StateDir, RunDir and Accounts are required")
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	dur := func(d *time.Duration, def time.Duration) {
+		if *d <= 0 {
+			*d = def
+		}
+	}
+	dur(&o.StopTimeout, 60*time.Second)
+	dur(&o.BackoffMin, time.Second)
+	dur(&o.BackoffMax, 60*time.Second)
+	dur(&o.StableAfter, 5*time.Minute)
+	dur(&o.CrashWindow, 5*time.Minute)
+	dur(&o.KeyPoll, 10*time.Second)
+	dur(&o.VerifyTimeout, 60*time.Second)
+	dur(&o.SaveTimeout, 60*time.Second)
+	if o.CrashLimit <= 0 {
+		o.CrashLimit = 5
+	}
+	if o.LogLines <= 0 {
+		o.LogLines = 1000
+	}
+	if o.Owner == 0 {
+		o.Owner = os.Getpid()
+	}
+	return nil
+}
+
+// Supervisor runs a set of relays. Its methods may be called from any
+// goroutine; changes are applied one at a time.
+type Supervisor struct {
+	o      Options
+	mu     sync.Mutex   // serialises Apply, Remove and Shutdown
+	mapMu  sync.RWMutex // guards relays, so Status never waits for a stop
+	relays map[string]*relay
+}
+
+// New checks o and prepares the state and run directories.
+func New(o Options) (*Supervisor, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	if n, err := setNofile(); err != nil {
+		return nil, err
+	} else if n < nofile {
+		o.Log.Warn("cannot raise RLIMIT_NOFILE (no CAP_SYS_RESOURCE); tor gets less", "want", nofile, "got", n)
+	}
+	for _, d := range []string{o.StateDir, o.RunDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	return &Supervisor{o: o, relays: map[string]*relay{}}, nil
+}
+
+var nickname = regexp.MustCompile(`^[a-zA-Z0-9]{1,19}$`)
+
+// Apply starts relay spec.Name or brings it to spec. A new torrc is
+// verified first: an invalid one is refused with a *VerifyError and the
+// running tor keeps its configuration. A change tor takes on SIGHUP is
+// reloaded, anything else restarts tor; an unchanged spec does nothing
+// (except to a failed relay, which is retried). Apply returns once the
+// change is accepted; restarts and readiness follow asynchronously
+// (see Status).
+func (s *Supervisor) Apply(ctx context.Context, spec Spec) error {
+	if !nickname.MatchString(spec.Name) {
+		return fmt.Errorf("relay name %q: want 1-19 letters and digits", spec.Name)
+	}
+	if spec.UID <= 0 || spec.UID > 1<<31-2 {
+		return fmt.Errorf("relay %s: bad uid %d", spec.Name, spec.UID)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.relays[spec.Name]
+	if r != nil && r.uid != spec.UID {
+		// The DataDirectory must change owner, which a running tor would
+		// not survive: stop it and set the relay up anew under the new
+		// uid (its keys stay in its DataDirectory).
+		s.o.Log.Info("relay uid changed; restarting it", "relay", spec.Name, "from", r.uid, "to", spec.UID)
+		if err := s.stopLocked(r); err != nil {
+			return err
+		}
+		s.setRelay(spec.Name, nil)
+		r = nil
+	}
+	if r == nil {
+		return s.add(ctx, spec)
+	}
+	return s.change(ctx, r, spec)
+}
+
+func (s *Supervisor) paths(name string) (dataDir, runDir, torrcPath string) {
+	return filepath.Join(s.o.StateDir, name), filepath.Join(s.o.RunDir, name), filepath.Join(s.o.RunDir, name+".torrc")
+}
+
+// prepare builds and verifies the relay's torrc into a candidate file.
+func (s *Supervisor) prepare(ctx context.Context, spec Spec) (*desired, error) {
+	dataDir, runDir, torrcPath := s.paths(spec.Name)
+	cfg, err := buildTorrc(spec.Torrc, dataDir, filepath.Join(runDir, "control"))
+	if err != nil {
+		return nil, fmt.Errorf("relay %s: %w", spec.Name, err)
+	}
+	d := &desired{spec: spec, cfg: cfg, text: cfg.Render(), candidate: torrcPath + ".new", bind: needsBindCap(cfg)}
+	if err := writeFileAtomic(d.candidate, d.text, 0o644); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.o.VerifyTimeout)
+	defer cancel()
+	if err := verify(ctx, s.o.Tor, d.candidate, spec.UID, spec.UID); err != nil {
+		os.Remove(d.candidate)
+		return nil, fmt.Errorf("relay %s: %w", spec.Name, err)
+	}
+	return d, nil
+}
+
+func (s *Supervisor) add(ctx context.Context, spec Spec) (err error) {
+	name, uid, gid := spec.Name, spec.UID, spec.UID
+	dataDir, runDir, _ := s.paths(name)
+	log := s.o.Log.With("relay", name)
+	if err := s.o.Accounts.Ensure("_tor-"+name, uid, gid); err != nil {
+		return fmt.Errorf("relay %s: account: %w", name, err)
+	}
+	defer func() {
+		if err != nil {
+			s.wipe(name)
+			s.o.Accounts.Remove("_tor-" + name)
+		}
+	}()
+	// DataDirectory: 02700 like Debian's tor-instance-create; run dir
+	// 0700 for the control socket tor creates there.
+	for _, d := range []struct {
+		path string
+		mode fs.FileMode
+	}{{dataDir, 0o700 | fs.ModeSetgid}, {runDir, 0o700}} {
+		if err := os.MkdirAll(d.path, 0o700); err != nil {
+			return err
+		}
+		if err := chownTree(d.path, uid, gid); err != nil {
+			return err
+		}
+		if err := os.Chmod(d.path, d.mode); err != nil {
+			return err
+		}
+	}
+	if s.o.Keys != nil {
+		restored, err := s.o.Keys.Restore(name, dataDir, uid, gid)
+		if err != nil {
+			return fmt.Errorf("relay %s: restoring keys: %w", name, err)
+		}
+		log.Info("keys", "restored", restored)
+	}
+	d, err := s.prepare(ctx, spec)
+	if err != nil {
+		return err
+	}
+	n, err := listenNotify(filepath.Join(runDir, "notify"), uid, gid)
+	if err != nil {
+		return fmt.Errorf("relay %s: notify socket: %w", name, err)
+	}
+	r := &relay{
+		o: &s.o, name: name, uid: uid, gid: gid,
+		dataDir: dataDir, torrcPath: filepath.Join(s.o.RunDir, name+".torrc"),
+		notify: n, log: log,
+		cmds: make(chan command), done: make(chan struct{}),
+		st: Status{Name: name, UID: uid, State: StateStarting, Since: time.Now()},
+	}
+	r.ring = logring.New(s.o.LogLines, log)
+	if err := r.install(d); err != nil {
+		n.close()
+		return err
+	}
+	r.keySeen, _ = keyState(dataDir) // restored keys are already in the vault
+	go n.read(r.onNotify)
+	go r.run()
+	s.setRelay(name, r)
+	return nil
+}
+
+func (s *Supervisor) change(ctx context.Context, r *relay, spec Spec) error {
+	cur := r.current()
+	dataDir, runDir, _ := s.paths(spec.Name)
+	cfg, err := buildTorrc(spec.Torrc, dataDir, filepath.Join(runDir, "control"))
+	if err != nil {
+		return fmt.Errorf("relay %s: %w", spec.Name, err)
+	}
+	if string(cfg.Render()) == string(cur.text) && r.status().State != StateFailed {
+		return nil
+	}
+	d, err := s.prepare(ctx, spec)
+	if err != nil {
+		return err
+	}
+	c := command{want: d, done: make(chan error, 1)}
+	select {
+	case r.cmds <- c:
+	case <-r.done:
+		return fmt.Errorf("relay %s is stopped", spec.Name)
+	}
+	return <-c.done
+}
+
+// Remove stops relay name, wipes its directories, deletes its account
+// and forgets its keys. Removing an unknown relay is not an error.
+func (s *Supervisor) Remove(ctx context.Context, name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.relays[name]
+	if r == nil {
+		return nil
+	}
+	if err := s.stopLocked(r); err != nil {
+		return err
+	}
+	s.setRelay(name, nil)
+	var errs []error
+	errs = append(errs, s.wipe(name))
+	if err := s.o.Accounts.Remove("_tor-" + name); err != nil {
+		errs = append(errs, err)
+	}
+	if s.o.Keys != nil {
+		s.o.Keys.Forget(name)
+		if err := s.o.Keys.Save(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("saving keys: %w", err))
+		}
+	}
+	s.o.Log.Info("relay removed", "relay", name)
+	return errors.Join(errs...)
+}
+
+// stopLocked stops r's tor and waits for its goroutine.
+func (s *Supervisor) stopLocked(r *relay) error {
+	c := command{done: make(chan error, 1)}
+	select {
+	case r.cmds <- c:
+		<-c.done
+	case <-r.done:
+	}
+	<-r.done
+	return nil
+}
+
+func (s *Supervisor) wipe(name string) error {
+	dataDir, runDir, torrcPath := s.paths(name)
+	return errors.Join(os.RemoveAll(dataDir), os.RemoveAll(runDir),
+		os.RemoveAll(torrcPath), os.RemoveAll(torrcPath+".new"))
+}
+
+// Shutdown stops every relay in parallel (SIGINT, SIGKILL after
+// StopTimeout) and returns once every tor has exited. If ctx ends first,
+// the remaining ones are killed at once.
+func (s *Supervisor) Shutdown(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, r := range s.relays {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			stopped := make(chan struct{})
+			go func() { s.stopLocked(r); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-ctx.Done():
+				r.log.Warn("shutdown out of time; SIGKILL")
+				r.kill()
+				<-stopped
+			}
+		}()
+	}
+	wg.Wait()
+	s.mapMu.Lock()
+	clear(s.relays)
+	s.mapMu.Unlock()
+}
+
+// Status returns every relay's state, sorted by name.
+func (s *Supervisor) Status() []Status {
+	s.mapMu.RLock()
+	rs := make([]*relay, 0, len(s.relays))
+	for _, r := range s.relays {
+		rs = append(rs, r)
+	}
+	s.mapMu.RUnlock()
+	out := make([]Status, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, r.status())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Logs returns the last lines tor wrote for relay name.
+func (s *Supervisor) Logs(name string) []string {
+	s.mapMu.RLock()
+	r := s.relays[name]
+	s.mapMu.RUnlock()
+	if r == nil {
+		return nil
+	}
+	return r.ring.Lines()
+}
+
+func (s *Supervisor) setRelay(name string, r *relay) {
+	s.mapMu.Lock()
+	defer s.mapMu.Unlock()
+	if r == nil {
+		delete(s.relays, name)
+	} else {
+		s.relays[name] = r
+	}
+}
+
+// chownTree gives path and everything below it to uid:gid.
+func chownTree(path string, uid, gid int) error {
+	return filepath.WalkDir(path, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, uid, gid)
+	})
+}

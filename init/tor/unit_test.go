@@ -1,0 +1,77 @@
+package tor
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+func regexpMatch(re, s string) bool { return regexp.MustCompile(re).MatchString(s) }
+
+func TestFilesAccounts(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc", "passwd"), []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644)
+	f := Files{Root: root}
+	if err := f.Ensure("_tor-a", 10001, 10001); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Ensure("_tor-b", 10002, 10002); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Ensure("_tor-a", 10003, 10003); err != nil { // new uid replaces
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(filepath.Join(root, "etc", "passwd"))
+	if err := f.Ensure("_tor-c", 10002, 10002); err == nil {
+		t.Fatal("uid of _tor-b given to _tor-c")
+	}
+	after, _ := os.ReadFile(filepath.Join(root, "etc", "passwd"))
+	if string(before) != string(after) {
+		t.Fatal("refused Ensure changed passwd")
+	}
+	want := "root:x:0:0:root:/root:/bin/sh\n" +
+		"_tor-b:x:10002:10002:tor relay:/nonexistent:/usr/sbin/nologin\n" +
+		"_tor-a:x:10003:10003:tor relay:/nonexistent:/usr/sbin/nologin\n"
+	if string(after) != want {
+		t.Fatalf("passwd:\n%s\nwant:\n%s", after, want)
+	}
+	if err := f.Remove("_tor-a"); err != nil {
+		t.Fatal(err)
+	}
+	g, _ := os.ReadFile(filepath.Join(root, "etc", "group"))
+	if string(g) != "_tor-b:x:10002:\n" {
+		t.Fatalf("group:\n%s", g)
+	}
+	if err := f.Ensure("bad:name", 1, 1); err == nil {
+		t.Fatal("name with ':' accepted")
+	}
+}
+
+func TestBuildTorrc(t *testing.T) {
+	server := []byte("Nickname murazzano\nORPort 192.0.2.10:443\nORPort [2001:db8::10]:443\n" +
+		"DataDirectory /var/lib/tor-instances/murazzano\nUser _tor-murazzano\nContactInfo x\n")
+	c, err := buildTorrc(server, "/run/patela/state/murazzano", "/run/patela/run/murazzano/control")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := string(c.Render())
+	want := "Nickname murazzano\nORPort 192.0.2.10:443\nORPort [2001:db8::10]:443\nContactInfo x\n" +
+		"DataDirectory /run/patela/state/murazzano\nControlSocket /run/patela/run/murazzano/control\n" +
+		"CookieAuthentication 1\nRunAsDaemon 0\n"
+	if got != want {
+		t.Fatalf("torrc:\n%s\nwant:\n%s", got, want)
+	}
+	if !needsBindCap(c) {
+		t.Error("ORPort 443 needs CAP_NET_BIND_SERVICE")
+	}
+	high, _ := buildTorrc([]byte("ORPort 9001\nORPort [2001:db8::10]:9001 IPv6Only\nDirPort auto\n"), "/d", "/c")
+	if needsBindCap(high) {
+		t.Error("ports >= 1024 need no capability")
+	}
+	if _, err := buildTorrc([]byte("Bogus 1\n"), "/d", "/c"); err == nil || !strings.Contains(err.Error(), "line 1") {
+		t.Errorf("unknown option: %v", err)
+	}
+}
