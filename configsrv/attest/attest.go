@@ -1,0 +1,107 @@
+// Package attest is the server side of TPM credential activation: it parses
+// the EK and AK public areas a node sends, checks the AK is a key the TPM
+// made and cannot export, runs MakeCredential in software, and optionally
+// checks the EK against a certificate authority or an allowlist.
+package attest
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// SecretSize is the size of the activation secret: at most the smallest
+// digest a TPM supports with a SHA-256 name algorithm.
+const SecretSize = 32
+
+// Errors for the two bad-request cases of POST /v1/attest.
+var (
+	ErrBadEK = errors.New("bad endorsement key")
+	ErrBadAK = errors.New("bad attestation key")
+)
+
+// parsePublic unmarshals a TPMT_PUBLIC and insists on its canonical
+// encoding, so one key has one byte string (the node identity is its hash).
+func parsePublic(b []byte) (*tpm2.TPMTPublic, error) {
+	if len(b) == 0 {
+		return nil, errors.New("empty public area")
+	}
+	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](b)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(tpm2.Marshal(pub), b) {
+		return nil, errors.New("public area is not canonically encoded (trailing bytes?)")
+	}
+	return pub, nil
+}
+
+// ParseEK parses an EK public area: an RSA or ECC restricted decryption key
+// that MakeCredential can encrypt to.
+func ParseEK(b []byte) (*tpm2.TPMTPublic, error) {
+	pub, err := parsePublic(b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadEK, err)
+	}
+	if pub.Type != tpm2.TPMAlgRSA && pub.Type != tpm2.TPMAlgECC {
+		return nil, fmt.Errorf("%w: type %v is neither RSA nor ECC", ErrBadEK, pub.Type)
+	}
+	a := pub.ObjectAttributes
+	if !a.Restricted || !a.Decrypt || a.SignEncrypt {
+		return nil, fmt.Errorf("%w: not a restricted decryption key", ErrBadEK)
+	}
+	if _, err := tpm2.ImportEncapsulationKey(pub); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadEK, err)
+	}
+	return pub, nil
+}
+
+// ParseAK parses an AK public area, checks it is a restricted signing key
+// that is fixedTPM, fixedParent and sensitiveDataOrigin, and returns its
+// Name computed here (never trusted from the client).
+func ParseAK(b []byte) (*tpm2.TPMTPublic, []byte, error) {
+	pub, err := parsePublic(b)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrBadAK, err)
+	}
+	if pub.Type != tpm2.TPMAlgRSA && pub.Type != tpm2.TPMAlgECC {
+		return nil, nil, fmt.Errorf("%w: type %v is neither RSA nor ECC", ErrBadAK, pub.Type)
+	}
+	a := pub.ObjectAttributes
+	var missing []string
+	for _, c := range []struct {
+		ok   bool
+		name string
+	}{
+		{a.FixedTPM, "fixedTPM"}, {a.FixedParent, "fixedParent"},
+		{a.SensitiveDataOrigin, "sensitiveDataOrigin"}, {a.Restricted, "restricted"},
+		{a.SignEncrypt, "sign"}, {!a.Decrypt, "not decrypt"},
+	} {
+		if !c.ok {
+			missing = append(missing, c.name)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, nil, fmt.Errorf("%w: lacks %v", ErrBadAK, missing)
+	}
+	name, err := tpm2.ObjectName(pub)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrBadAK, err)
+	}
+	return pub, name.Buffer, nil
+}
+
+// MakeCredential encrypts secret to the EK, bound to the AK name: only the
+// TPM holding both keys can recover it with ActivateCredential. The outputs
+// are the TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET buffers (no size
+// prefix).
+func MakeCredential(ek *tpm2.TPMTPublic, akName, secret []byte) (blob, encSecret []byte, err error) {
+	key, err := tpm2.ImportEncapsulationKey(ek)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrBadEK, err)
+	}
+	return tpm2.CreateCredential(rand.Reader, key, akName, secret)
+}

@@ -1,0 +1,163 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"patela/configsrv/attest"
+	"patela/configsrv/httpapi"
+	"patela/configsrv/pki"
+	"patela/configsrv/store"
+	"patela/configsrv/token"
+)
+
+func (e *env) cmdInit(args []string) error {
+	fs := flag.NewFlagSet("init", flag.ContinueOnError)
+	dir := fs.String("dir", "", "directory for the CA, server certificate and biscuit key")
+	var names []string
+	fs.Func("name", "server DNS name or IP for the certificate (repeatable or comma-separated; default localhost,127.0.0.1)", func(s string) error {
+		for _, n := range strings.Split(s, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				names = append(names, n)
+			}
+		}
+		return nil
+	})
+	if _, err := parse(fs, args, 0, 0); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return usagef("init needs --dir DIR")
+	}
+	if len(names) == 0 {
+		names = []string{"localhost", "127.0.0.1"}
+	}
+	created, err := pki.Init(*dir, names)
+	for _, f := range created {
+		fmt.Fprintln(e.stdout, "created", f)
+	}
+	if err != nil {
+		return err
+	}
+	if len(created) == 0 {
+		fmt.Fprintln(e.stdout, "nothing to do: every file exists in", *dir)
+	}
+	return nil
+}
+
+// ServeOptions configures the API server.
+type ServeOptions struct {
+	Listen      string
+	CertFile    string
+	KeyFile     string
+	BiscuitKey  string
+	TokenTTL    time.Duration
+	EKCADir     string
+	EKAllowlist string
+	AttestRate  float64 // per second per client; 0 disables the limit
+	AttestBurst int
+}
+
+func (e *env) cmdServe(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	var o ServeOptions
+	dir := fs.String("dir", "", "directory made by `configsrv init` (default for the three key files)")
+	fs.StringVar(&o.Listen, "listen", ":8443", "address to listen on")
+	fs.StringVar(&o.CertFile, "tls-cert", "", "server certificate (PEM)")
+	fs.StringVar(&o.KeyFile, "tls-key", "", "server key (PEM)")
+	fs.StringVar(&o.BiscuitKey, "biscuit-key", "", "biscuit root key file")
+	fs.DurationVar(&o.TokenTTL, "token-ttl", token.DefaultTTL, "lifetime of node tokens")
+	fs.StringVar(&o.EKCADir, "ek-ca", "", "directory of EK CA certificates; EKs must chain to one (or be allowlisted)")
+	fs.StringVar(&o.EKAllowlist, "ek-allowlist", "", "file of allowed EK SHA-256 hashes, one per line")
+	fs.Float64Var(&o.AttestRate, "attest-rate", 5, "attestation requests per second per client address (0: no limit)")
+	fs.IntVar(&o.AttestBurst, "attest-burst", 20, "attestation burst per client address")
+	if _, err := parse(fs, args, 0, 0); err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		v    *string
+		name string
+	}{{&o.CertFile, pki.ServerCert}, {&o.KeyFile, pki.ServerKey}, {&o.BiscuitKey, pki.BiscuitKey}} {
+		if *f.v == "" && *dir != "" {
+			*f.v = filepath.Join(*dir, f.name)
+		}
+		if *f.v == "" {
+			return usagef("serve needs --dir DIR or --tls-cert, --tls-key and --biscuit-key")
+		}
+	}
+	if o.TokenTTL < time.Minute {
+		return fmt.Errorf("--token-ttl %s: must be at least 1m", o.TokenTTL)
+	}
+	st, err := e.open()
+	if err != nil {
+		return err
+	}
+	srv, err := NewServer(st, o, slog.New(slog.NewTextHandler(e.stderr, nil)))
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(e.ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	fmt.Fprintf(e.stderr, "configsrv: serving https://%s (database %s)\n", ln.Addr(), e.db)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	fmt.Fprintln(e.stderr, "configsrv: stopped")
+	return nil
+}
+
+// NewServer builds the HTTPS server from o over st; the caller serves it
+// with ServeTLS(ln, "", "").
+func NewServer(st *store.Store, o ServeOptions, log *slog.Logger) (*http.Server, error) {
+	cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	key, err := token.LoadKey(o.BiscuitKey)
+	if err != nil {
+		return nil, err
+	}
+	trust := &attest.Trust{}
+	if o.EKCADir != "" {
+		if err := trust.LoadCADir(o.EKCADir); err != nil {
+			return nil, fmt.Errorf("--ek-ca: %w", err)
+		}
+	}
+	if o.EKAllowlist != "" {
+		if err := trust.LoadAllowlist(o.EKAllowlist); err != nil {
+			return nil, fmt.Errorf("--ek-allowlist: %w", err)
+		}
+	}
+	api := &httpapi.Server{Store: st, Tokens: token.New(key, o.TokenTTL), Trust: trust, Log: log}
+	if o.AttestRate > 0 {
+		api.Limiter = httpapi.NewLimiter(o.AttestRate, o.AttestBurst)
+	}
+	return httpapi.NewHTTPServer(api.Handler(), cert), nil
+}

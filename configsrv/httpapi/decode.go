@@ -1,0 +1,94 @@
+package httpapi
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"patela/internal/api"
+)
+
+// The request decoders: api.Decode (size cap, strict JSON) plus the field
+// checks that make a body acceptable before any state is touched.
+
+func decodeAttest(r io.Reader) (*api.AttestRequest, error) {
+	var v api.AttestRequest
+	if err := api.Decode(r, &v); err != nil {
+		return nil, err
+	}
+	if len(v.EKPublic) == 0 {
+		return nil, errors.New("ek_public is required")
+	}
+	if len(v.AKPublic) == 0 {
+		return nil, errors.New("ak_public is required")
+	}
+	return &v, nil
+}
+
+func decodeComplete(r io.Reader) (*api.CompleteRequest, error) {
+	var v api.CompleteRequest
+	if err := api.Decode(r, &v); err != nil {
+		return nil, err
+	}
+	if v.ChallengeID == "" || len(v.ChallengeID) > 128 {
+		return nil, errors.New("challenge_id is required (at most 128 characters)")
+	}
+	if len(v.Secret) == 0 {
+		return nil, errors.New("secret is required")
+	}
+	return &v, nil
+}
+
+func decodeSpecs(r io.Reader) (*api.Specs, error) {
+	var v api.Specs
+	if err := api.Decode(r, &v); err != nil {
+		return nil, err
+	}
+	if v.CPUs < 1 || v.CPUs > 1<<16 {
+		return nil, fmt.Errorf("cpus %d is out of range 1..65536", v.CPUs)
+	}
+	if v.MemoryBytes == 0 || v.MemoryBytes > 1<<52 {
+		return nil, fmt.Errorf("memory_bytes %d is out of range", v.MemoryBytes)
+	}
+	if len(v.CPUModel) > 256 {
+		return nil, errors.New("cpu_model is longer than 256 bytes")
+	}
+	return &v, nil
+}
+
+func decodeKeyBundle(r io.Reader) (*api.KeyBundle, error) {
+	var v api.KeyBundle
+	if err := api.Decode(r, &v); err != nil {
+		return nil, err
+	}
+	if len(v.Bundle) == 0 {
+		return nil, errors.New("bundle is required")
+	}
+	if v.Version == 0 || v.Version > 1<<63-1 {
+		return nil, errors.New("version must be in 1..2^63-1")
+	}
+	return &v, nil
+}
+
+func decodeStatus(r io.Reader) (*api.Status, error) {
+	var v api.Status
+	if err := api.Decode(r, &v); err != nil {
+		return nil, err
+	}
+	if len(v.BootID) > 64 {
+		return nil, errors.New("boot_id is longer than 64 bytes")
+	}
+	if v.UptimeS < 0 {
+		return nil, errors.New("uptime_s is negative")
+	}
+	if len(v.Relays) > 256 {
+		return nil, errors.New("more than 256 relays")
+	}
+	for _, rs := range v.Relays {
+		if rs.Name == "" || len(rs.Name) > 19 || len(rs.Fingerprint) > 64 || len(rs.Ed25519ID) > 64 ||
+			len(rs.State) > 32 || rs.Restarts < 0 {
+			return nil, fmt.Errorf("relay %.19q: name, fingerprint, ed25519_id, state or restarts out of range", rs.Name)
+		}
+	}
+	return &v, nil
+}

@@ -1,0 +1,372 @@
+// Package httpapi serves the v1 wire protocol (shared/API.md) over the
+// store: the public attestation endpoints and the token-guarded node
+// endpoints.
+package httpapi
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"patela/configsrv/attest"
+	"patela/configsrv/resolve"
+	"patela/configsrv/store"
+	"patela/configsrv/token"
+	"patela/internal/api"
+)
+
+// ChallengeTTL is how long a credential challenge may be answered.
+const ChallengeTTL = 60 * time.Second
+
+// Server answers the API.
+type Server struct {
+	Store   *store.Store
+	Tokens  *token.Authority
+	Trust   *attest.Trust // nil: any EK may start (nodes begin pending)
+	Limiter *Limiter      // on /v1/attest*; nil: unlimited
+	Log     *slog.Logger
+	Now     func() time.Time // nil: time.Now
+}
+
+func (s *Server) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Log != nil {
+		return s.Log
+	}
+	return slog.Default()
+}
+
+// Handler routes the API.
+func (s *Server) Handler() http.Handler {
+	m := http.NewServeMux()
+	m.HandleFunc("POST "+api.PathAttest, s.limited(s.attest))
+	m.HandleFunc("POST "+api.PathAttestComplete, s.limited(s.complete))
+	m.HandleFunc("POST "+api.PathSpecs, s.node(s.specs))
+	m.HandleFunc("GET "+api.PathConfig, s.node(s.config))
+	m.HandleFunc("GET "+api.PathKeys, s.node(s.getKeys))
+	m.HandleFunc("PUT "+api.PathKeys, s.node(s.putKeys))
+	m.HandleFunc("POST "+api.PathStatus, s.node(s.status))
+	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, api.CodeNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	return m
+}
+
+// NewHTTPServer wraps h in an HTTPS server speaking TLS 1.3 only, with
+// timeouts so slow clients cannot hold connections forever.
+func NewHTTPServer(h http.Handler, cert tls.Certificate) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}},
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, &api.Error{Message: msg, Code: code})
+}
+
+func (s *Server) internal(w http.ResponseWriter, r *http.Request, err error) {
+	s.log().Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	writeErr(w, http.StatusInternalServerError, api.CodeInternal, "internal error")
+}
+
+func clientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func (s *Server) limited(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.Limiter != nil {
+			if ok, wait := s.Limiter.Allow(clientAddr(r), s.now()); !ok {
+				secs := int((wait + time.Second - 1) / time.Second)
+				w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
+				writeErr(w, http.StatusTooManyRequests, api.CodeRateLimited, "too many attestation requests; retry later")
+				return
+			}
+		}
+		h(w, r)
+	}
+}
+
+func (s *Server) audit(ctx context.Context, actor, action, target, details string) {
+	if err := s.Store.Audit(ctx, actor, action, target, details); err != nil {
+		s.log().Error("audit", "action", action, "target", target, "err", err)
+	}
+}
+
+func nodeActor(id int64) string { return "node:" + strconv.FormatInt(id, 10) }
+
+func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	req, err := decodeAttest(r.Body)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
+		return
+	}
+	ek, err := attest.ParseEK(req.EKPublic)
+	if err != nil {
+		s.audit(ctx, "client:"+clientAddr(r), "attest.bad_ek", "-", err.Error())
+		writeErr(w, http.StatusBadRequest, api.CodeBadEK, err.Error())
+		return
+	}
+	ekHash := hex.EncodeToString(store.EKHash(req.EKPublic))
+	_, akName, err := attest.ParseAK(req.AKPublic)
+	if err != nil {
+		s.audit(ctx, "client:"+clientAddr(r), "attest.bad_ak", "ek:"+ekHash, err.Error())
+		writeErr(w, http.StatusBadRequest, api.CodeBadAK, err.Error())
+		return
+	}
+	if err := s.Trust.Check(req.EKPublic, ek, req.EKCertificate); err != nil {
+		s.audit(ctx, "client:"+clientAddr(r), "attest.ek_untrusted", "ek:"+ekHash, err.Error())
+		writeErr(w, http.StatusForbidden, api.CodeEKUntrusted, err.Error())
+		return
+	}
+	now := s.now()
+	n, created, err := s.Store.NodeByEK(ctx, req.EKPublic, now)
+	if err != nil {
+		s.internal(w, r, err)
+		return
+	}
+	target := nodeActor(n.ID)
+	if created {
+		s.audit(ctx, target, "node.first_contact", target, "ek "+ekHash+" from "+clientAddr(r))
+	}
+	switch n.State {
+	case store.Pending:
+		s.audit(ctx, target, "attest.pending", target, "")
+		writeJSON(w, http.StatusForbidden, &api.Error{Code: api.CodePending, NodeID: n.ID,
+			Message: fmt.Sprintf("node %d is pending; an administrator must run `configsrv node enable %d`", n.ID, n.ID)})
+		return
+	case store.Banned:
+		s.audit(ctx, target, "attest.banned", target, "")
+		writeErr(w, http.StatusForbidden, api.CodeBanned, "node is banned")
+		return
+	case store.Disabled:
+		s.audit(ctx, target, "attest.disabled", target, "")
+		writeErr(w, http.StatusForbidden, api.CodeDisabled, "node is disabled")
+		return
+	}
+	secret := make([]byte, attest.SecretSize)
+	id := make([]byte, 16)
+	rand.Read(secret)
+	rand.Read(id)
+	blob, enc, err := attest.MakeCredential(ek, akName, secret)
+	if err != nil {
+		s.internal(w, r, err)
+		return
+	}
+	h := sha256.Sum256(secret)
+	c := store.Challenge{ID: hex.EncodeToString(id), NodeID: n.ID, SecretHash: h[:], AKName: akName, Expires: now.Add(ChallengeTTL)}
+	if err := s.Store.AddChallenge(ctx, c, now); err != nil {
+		s.internal(w, r, err)
+		return
+	}
+	s.audit(ctx, target, "attest.challenge", target, "ak "+hex.EncodeToString(akName))
+	writeJSON(w, http.StatusOK, &api.AttestResponse{NodeID: n.ID, ChallengeID: c.ID, CredentialBlob: blob, EncryptedSecret: enc})
+}
+
+func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	req, err := decodeComplete(r.Body)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
+		return
+	}
+	c, err := s.Store.TakeChallenge(ctx, req.ChallengeID)
+	if errors.Is(err, store.ErrNotFound) {
+		s.audit(ctx, "client:"+clientAddr(r), "attest.unknown_challenge", "-", "")
+		writeErr(w, http.StatusGone, api.CodeChallengeExpired, "unknown, spent or expired challenge; attest again")
+		return
+	}
+	if err != nil {
+		s.internal(w, r, err)
+		return
+	}
+	target := nodeActor(c.NodeID)
+	now := s.now()
+	if !now.Before(c.Expires) {
+		s.audit(ctx, target, "attest.challenge_expired", target, "")
+		writeErr(w, http.StatusGone, api.CodeChallengeExpired, "challenge expired; attest again")
+		return
+	}
+	h := sha256.Sum256(req.Secret)
+	if subtle.ConstantTimeCompare(h[:], c.SecretHash) != 1 {
+		s.audit(ctx, target, "attest.bad_secret", target, "")
+		writeErr(w, http.StatusUnauthorized, api.CodeBadSecret, "wrong secret")
+		return
+	}
+	// The node may have been disabled since the challenge was issued.
+	if st, err := s.Store.NodeState(ctx, c.NodeID); err != nil || st != store.Enabled {
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			s.internal(w, r, err)
+			return
+		}
+		s.audit(ctx, target, "attest.refused", target, "state "+st)
+		writeErr(w, http.StatusForbidden, refusal(st), "node is not enabled")
+		return
+	}
+	first, err := s.Store.CompleteAttestation(ctx, c.NodeID, c.AKName, now)
+	if err != nil {
+		s.internal(w, r, err)
+		return
+	}
+	tok, exp, err := s.Tokens.Issue(c.NodeID, now)
+	if err != nil {
+		s.internal(w, r, err)
+		return
+	}
+	s.audit(ctx, target, "attest.ok", target, fmt.Sprintf("first_boot=%v", first))
+	writeJSON(w, http.StatusOK, &api.CompleteResponse{Token: tok, ExpiresAt: exp, FirstBoot: first})
+}
+
+// refusal is the error code for a node that may not act in state st.
+func refusal(st string) string {
+	switch st {
+	case store.Banned:
+		return api.CodeBanned
+	case store.Pending:
+		return api.CodePending
+	}
+	return api.CodeDisabled
+}
+
+// node guards a node endpoint: a valid token first, then the node's
+// current state, before any other work.
+func (s *Server) node(h func(http.ResponseWriter, *http.Request, int64)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		auth := r.Header.Get("Authorization")
+		tok, ok := strings.CutPrefix(auth, "Bearer ")
+		if !ok || tok == "" {
+			writeErr(w, http.StatusUnauthorized, api.CodeUnauthorized, "missing bearer token")
+			return
+		}
+		id, err := s.Tokens.Verify(tok, s.now())
+		if err != nil {
+			writeErr(w, http.StatusUnauthorized, api.CodeUnauthorized, err.Error())
+			return
+		}
+		st, err := s.Store.NodeState(r.Context(), id)
+		if errors.Is(err, store.ErrNotFound) {
+			writeErr(w, http.StatusUnauthorized, api.CodeUnauthorized, "the token's node no longer exists")
+			return
+		}
+		if err != nil {
+			s.internal(w, r, err)
+			return
+		}
+		if st != store.Enabled {
+			writeErr(w, http.StatusForbidden, refusal(st), "node is "+st)
+			return
+		}
+		h(w, r, id)
+	}
+}
+
+func (s *Server) specs(w http.ResponseWriter, r *http.Request, id int64) {
+	sp, err := decodeSpecs(r.Body)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
+		return
+	}
+	before, after, err := s.Store.Allocate(r.Context(), id, sp, s.now())
+	if errors.Is(err, store.ErrExhausted) {
+		s.audit(r.Context(), nodeActor(id), "relays.exhausted", nodeActor(id), err.Error())
+		writeErr(w, http.StatusConflict, api.CodeExhausted, err.Error())
+		return
+	}
+	if err != nil {
+		s.internal(w, r, err)
+		return
+	}
+	if before != after {
+		s.audit(r.Context(), nodeActor(id), "relays.resize", nodeActor(id), fmt.Sprintf("%d -> %d relays", before, after))
+	}
+	writeJSON(w, http.StatusOK, &api.SpecsResponse{RelayCount: after})
+}
+
+func (s *Server) config(w http.ResponseWriter, r *http.Request, id int64) {
+	c, err := resolve.NodeConfig(r.Context(), s.Store, id)
+	if err != nil {
+		s.internal(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, c)
+}
+
+func (s *Server) getKeys(w http.ResponseWriter, r *http.Request, id int64) {
+	b, err := s.Store.KeyBundle(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		writeErr(w, http.StatusNotFound, api.CodeNotFound, "no key bundle stored")
+		return
+	}
+	if err != nil {
+		s.internal(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, b)
+}
+
+func (s *Server) putKeys(w http.ResponseWriter, r *http.Request, id int64) {
+	b, err := decodeKeyBundle(r.Body)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
+		return
+	}
+	err = s.Store.PutKeyBundle(r.Context(), id, b, s.now())
+	if errors.Is(err, store.ErrStale) {
+		writeErr(w, http.StatusConflict, api.CodeConflict, err.Error())
+		return
+	}
+	if err != nil {
+		s.internal(w, r, err)
+		return
+	}
+	s.audit(r.Context(), nodeActor(id), "keys.put", nodeActor(id), fmt.Sprintf("version %d, %d bytes", b.Version, len(b.Bundle)))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request, id int64) {
+	st, err := decodeStatus(r.Body)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
+		return
+	}
+	if err := s.Store.RecordStatus(r.Context(), id, st, s.now()); err != nil {
+		s.internal(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

@@ -1,0 +1,176 @@
+// Package resolve turns the stored settings and torrc levels into a node's
+// desired state: the network settings and, per relay, the torrc cascaded
+// global → node → relay with the options the system owns appended.
+package resolve
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+
+	"patela/configsrv/settings"
+	"patela/configsrv/store"
+	"patela/internal/api"
+	"patela/internal/torrc"
+)
+
+// Level names as Explain shows them.
+const (
+	LevelGlobal  = "global"
+	LevelNode    = "node"
+	LevelRelay   = "relay"
+	LevelManaged = "managed"
+)
+
+// DataDir is where a relay's tor keeps its state on the node (the agent
+// substitutes its own root).
+func DataDir(name string) string { return "/var/lib/tor-instances/" + name }
+
+// User is the relay's system user on the node.
+func User(name string) string { return "_tor-" + name }
+
+// Managed returns the lines the system owns for relay r.
+func Managed(r *store.Relay) []torrc.Line {
+	port := strconv.Itoa(r.ORPort)
+	l := func(k, v string) torrc.Line {
+		return torrc.Line{Op: torrc.OpSet, Key: k, Value: v, Level: LevelManaged}
+	}
+	out := []torrc.Line{l("Nickname", r.Name)}
+	v4 := r.IPv4.Addr().String()
+	out = append(out, l("ORPort", v4+":"+port))
+	if r.IPv6.IsValid() {
+		out = append(out, l("ORPort", "["+r.IPv6.Addr().String()+"]:"+port))
+	}
+	out = append(out, l("Address", v4))
+	if r.IPv6.IsValid() {
+		out = append(out, l("Address", r.IPv6.Addr().String()))
+	}
+	out = append(out, l("OutboundBindAddress", v4))
+	if r.IPv6.IsValid() {
+		out = append(out, l("OutboundBindAddress", r.IPv6.Addr().String()))
+	}
+	return append(out, l("DataDirectory", DataDir(r.Name)), l("User", User(r.Name)))
+}
+
+// Levels parses the three stored torrc texts. Stored texts were checked
+// with torrc.ParseUser on import; an error here means the database was
+// edited by hand.
+func Levels(global, node, relay string) ([]torrc.Level, error) {
+	var out []torrc.Level
+	for _, lv := range []struct{ name, text string }{
+		{LevelGlobal, global}, {LevelNode, node}, {LevelRelay, relay},
+	} {
+		c, err := torrc.ParseUser([]byte(lv.text))
+		if err != nil {
+			return nil, fmt.Errorf("stored %s torrc: %w", lv.name, err)
+		}
+		out = append(out, torrc.Level{Name: lv.name, Config: c})
+	}
+	return out, nil
+}
+
+// Torrc resolves relay r's torrc from the three level texts.
+func Torrc(global, node, relay string, r *store.Relay) (*torrc.Config, error) {
+	levels, err := Levels(global, node, relay)
+	if err != nil {
+		return nil, err
+	}
+	c := torrc.Merge(levels...)
+	c.Lines = append(c.Lines, Managed(r)...)
+	return c, nil
+}
+
+// Relay resolves one relay by name, for the admin CLI.
+func Relay(ctx context.Context, st *store.Store, name string) (*torrc.Config, *store.Relay, error) {
+	r, err := st.RelayByName(ctx, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	g, err := st.GlobalTorrc(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	n, err := st.Node(ctx, r.NodeID)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := Torrc(g, n.Torrc, r.Torrc, r)
+	return c, r, err
+}
+
+// NodeConfig builds the document GET /v1/node/config returns. It only
+// reads: allocation happens on POST /v1/node/specs.
+func NodeConfig(ctx context.Context, st *store.Store, nodeID int64) (*api.NodeConfig, error) {
+	n, err := st.Node(ctx, nodeID)
+	if err != nil {
+		return nil, err
+	}
+	g, nd, err := st.Settings(ctx, nodeID)
+	if err != nil {
+		return nil, err
+	}
+	eff := settings.Resolve(g, nd)
+	global, err := st.GlobalTorrc(ctx)
+	if err != nil {
+		return nil, err
+	}
+	relays, err := st.Relays(ctx, nodeID)
+	if err != nil {
+		return nil, err
+	}
+	out := &api.NodeConfig{
+		NodeID: nodeID,
+		Network: api.Network{
+			RelayInterface: eff.RelayInterface,
+			IPv4Gateway:    eff.IPv4Gateway,
+			IPv6Gateway:    eff.IPv6Gateway,
+			DNS:            eff.DNS,
+		},
+		PollIntervalS: eff.PollIntervalS,
+		Relays:        []api.Relay{},
+	}
+	// Without an explicit gateway, the gateway of the pool the node's
+	// first relay draws from is the natural one.
+	if len(relays) > 0 {
+		if out.Network.IPv4Gateway == "" {
+			out.Network.IPv4Gateway = relays[0].IPv4Gateway.String()
+		}
+		if out.Network.IPv6Gateway == "" && relays[0].IPv6Gateway.IsValid() {
+			out.Network.IPv6Gateway = relays[0].IPv6Gateway.String()
+		}
+	}
+	levels, err := Levels(global, n.Torrc, "")
+	if err != nil {
+		return nil, err
+	}
+	for i := range relays {
+		r := &relays[i]
+		lv := levels
+		if r.Torrc != "" {
+			c, err := torrc.ParseUser([]byte(r.Torrc))
+			if err != nil {
+				return nil, fmt.Errorf("stored relay torrc of %s: %w", r.Name, err)
+			}
+			lv = append(levels[:2:2], torrc.Level{Name: LevelRelay, Config: c})
+		}
+		c := torrc.Merge(lv...)
+		c.Lines = append(c.Lines, Managed(r)...)
+		text := c.Render()
+		sum := sha256.Sum256(text)
+		ar := api.Relay{
+			Name:        r.Name,
+			IPv4:        r.IPv4.String(),
+			ORPort:      r.ORPort,
+			UID:         r.UID,
+			Torrc:       string(text),
+			TorrcSHA256: hex.EncodeToString(sum[:]),
+		}
+		if r.IPv6.IsValid() {
+			ar.IPv6 = r.IPv6.String()
+		}
+		out.Relays = append(out.Relays, ar)
+	}
+	return out, nil
+}

@@ -1,0 +1,368 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"patela/internal/api"
+)
+
+// Node states.
+const (
+	Pending  = "pending"
+	Enabled  = "enabled"
+	Disabled = "disabled"
+	Banned   = "banned"
+)
+
+// Node is one machine, identified by its TPM's endorsement key.
+type Node struct {
+	ID          int64     `json:"id"`
+	EKHash      []byte    `json:"ek_hash"`
+	EKPublic    []byte    `json:"-"`
+	AKName      []byte    `json:"ak_name,omitempty"`
+	State       string    `json:"state"`
+	FirstSeen   time.Time `json:"first_seen"`
+	LastSeen    time.Time `json:"last_seen"`
+	AttestedAt  time.Time `json:"attested_at"`
+	BootID      string    `json:"boot_id"`
+	UptimeS     int64     `json:"uptime_s"`
+	CPUs        int       `json:"cpus"`
+	MemoryBytes uint64    `json:"memory_bytes"`
+	CPUModel    string    `json:"cpu_model"`
+	Torrc       string    `json:"-"`
+	Relays      int       `json:"relays"`
+}
+
+// EKHash is the node identity derived from the marshalled EK TPMT_PUBLIC.
+func EKHash(ekPublic []byte) []byte {
+	h := sha256.Sum256(ekPublic)
+	return h[:]
+}
+
+const nodeCols = `n.id, n.ek_hash, n.ek_public, n.ak_name, n.state, n.first_seen, n.last_seen, n.attested_at,
+	n.boot_id, n.uptime_s, n.cpus, n.memory_bytes, n.cpu_model, n.torrc,
+	(SELECT count(*) FROM relays r WHERE r.node_id = n.id)`
+
+type scanner interface{ Scan(...any) error }
+
+func scanNode(r scanner) (*Node, error) {
+	var n Node
+	var first, last, att sql.NullInt64
+	var mem int64
+	err := r.Scan(&n.ID, &n.EKHash, &n.EKPublic, &n.AKName, &n.State, &first, &last, &att,
+		&n.BootID, &n.UptimeS, &n.CPUs, &mem, &n.CPUModel, &n.Torrc, &n.Relays)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	n.MemoryBytes = uint64(mem)
+	n.FirstSeen, n.LastSeen, n.AttestedAt = fromUnix(first), fromUnix(last), fromUnix(att)
+	return &n, nil
+}
+
+// Node returns node id.
+func (s *Store) Node(ctx context.Context, id int64) (*Node, error) {
+	n, err := scanNode(s.db.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes n WHERE n.id = ?`, id))
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("node %d: %w", id, ErrNotFound)
+	}
+	return n, err
+}
+
+// NodeState returns only the state of node id: the check every node
+// endpoint makes before any work.
+func (s *Store) NodeState(ctx context.Context, id int64) (string, error) {
+	var st string
+	err := s.db.QueryRowContext(ctx, `SELECT state FROM nodes WHERE id = ?`, id).Scan(&st)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("node %d: %w", id, ErrNotFound)
+	}
+	return st, err
+}
+
+// Nodes returns every node by id.
+func (s *Store) Nodes(ctx context.Context) ([]Node, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+nodeCols+` FROM nodes n ORDER BY n.id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Node
+	for rows.Next() {
+		n, err := scanNode(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *n)
+	}
+	return out, rows.Err()
+}
+
+// NodeByEK finds a node by its EK, creating it pending on first contact.
+func (s *Store) NodeByEK(ctx context.Context, ekPublic []byte, now time.Time) (n *Node, created bool, err error) {
+	h := EKHash(ekPublic)
+	res, err := s.db.ExecContext(ctx, `INSERT INTO nodes(ek_hash, ek_public, state, first_seen, last_seen)
+		VALUES (?, ?, 'pending', ?, ?) ON CONFLICT(ek_hash) DO NOTHING`, h, ekPublic, unix(now), unix(now))
+	if err != nil {
+		return nil, false, err
+	}
+	k, _ := res.RowsAffected()
+	n, err = scanNode(s.db.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes n WHERE n.ek_hash = ?`, h))
+	return n, k == 1, err
+}
+
+// SetNodeState changes a node's state.
+func (s *Store) SetNodeState(ctx context.Context, id int64, state string) error {
+	switch state {
+	case Pending, Enabled, Disabled, Banned:
+	default:
+		return fmt.Errorf("invalid node state %q", state)
+	}
+	return s.exec1(ctx, fmt.Sprintf("node %d", id), `UPDATE nodes SET state = ? WHERE id = ?`, state, id)
+}
+
+// RemoveNode deletes a node with its relays (freeing their names and
+// addresses), settings, key bundle and challenges.
+func (s *Store) RemoveNode(ctx context.Context, id int64) error {
+	return s.exec1(ctx, fmt.Sprintf("node %d", id), `DELETE FROM nodes WHERE id = ?`, id)
+}
+
+// exec1 runs a statement that must touch exactly one row.
+func (s *Store) exec1(ctx context.Context, what, query string, args ...any) error {
+	res, err := s.db.ExecContext(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	if k, _ := res.RowsAffected(); k == 0 {
+		return fmt.Errorf("%s: %w", what, ErrNotFound)
+	}
+	return nil
+}
+
+// Challenge is an outstanding credential activation.
+type Challenge struct {
+	ID         string
+	NodeID     int64
+	SecretHash []byte
+	AKName     []byte
+	Expires    time.Time
+}
+
+// AddChallenge stores c and drops expired challenges.
+func (s *Store) AddChallenge(ctx context.Context, c Challenge, now time.Time) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.Exec(`DELETE FROM challenges WHERE expires < ?`, now.UnixNano()); err != nil {
+			return err
+		}
+		_, err := tx.Exec(`INSERT INTO challenges(id, node_id, secret_hash, ak_name, expires) VALUES (?, ?, ?, ?, ?)`,
+			c.ID, c.NodeID, c.SecretHash, c.AKName, c.Expires.UnixNano())
+		return err
+	})
+}
+
+// TakeChallenge removes and returns challenge id: a challenge is spent by
+// the first attempt, right or wrong.
+func (s *Store) TakeChallenge(ctx context.Context, id string) (*Challenge, error) {
+	var c Challenge
+	var exp int64
+	err := s.db.QueryRowContext(ctx, `DELETE FROM challenges WHERE id = ? RETURNING id, node_id, secret_hash, ak_name, expires`, id).
+		Scan(&c.ID, &c.NodeID, &c.SecretHash, &c.AKName, &exp)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("challenge: %w", ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.Expires = time.Unix(0, exp)
+	return &c, nil
+}
+
+// CompleteAttestation records a successful activation and reports whether
+// it was the node's first.
+func (s *Store) CompleteAttestation(ctx context.Context, id int64, akName []byte, now time.Time) (firstBoot bool, err error) {
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		var att sql.NullInt64
+		if err := tx.QueryRow(`SELECT attested_at FROM nodes WHERE id = ?`, id).Scan(&att); err != nil {
+			if errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("node %d: %w", id, ErrNotFound)
+			}
+			return err
+		}
+		firstBoot = !att.Valid
+		_, err := tx.Exec(`UPDATE nodes SET attested_at = ?, last_seen = ?, ak_name = ? WHERE id = ?`,
+			unix(now), unix(now), akName, id)
+		return err
+	})
+	return firstBoot, err
+}
+
+// Touch updates a node's last_seen.
+func (s *Store) Touch(ctx context.Context, id int64, now time.Time) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE nodes SET last_seen = ? WHERE id = ?`, unix(now), id)
+	return err
+}
+
+// KeyBundle returns the node's key-bundle ciphertext mirror.
+func (s *Store) KeyBundle(ctx context.Context, nodeID int64) (*api.KeyBundle, error) {
+	var b api.KeyBundle
+	var v int64
+	err := s.db.QueryRowContext(ctx, `SELECT bundle, version FROM key_bundles WHERE node_id = ?`, nodeID).Scan(&b.Bundle, &v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("key bundle of node %d: %w", nodeID, ErrNotFound)
+	}
+	b.Version = uint64(v)
+	return &b, err
+}
+
+// PutKeyBundle stores a newer ciphertext; an older or equal version is
+// refused with ErrStale.
+func (s *Store) PutKeyBundle(ctx context.Context, nodeID int64, b *api.KeyBundle, now time.Time) error {
+	if b.Version > 1<<63-1 {
+		return fmt.Errorf("version %d: %w", b.Version, ErrStale)
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var cur int64
+		err := tx.QueryRow(`SELECT version FROM key_bundles WHERE node_id = ?`, nodeID).Scan(&cur)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			_, err = tx.Exec(`INSERT INTO key_bundles(node_id, version, bundle, updated) VALUES (?, ?, ?, ?)`,
+				nodeID, int64(b.Version), b.Bundle, unix(now))
+			return err
+		case err != nil:
+			return err
+		case int64(b.Version) <= cur:
+			return fmt.Errorf("version %d, stored %d: %w", b.Version, cur, ErrStale)
+		}
+		_, err = tx.Exec(`UPDATE key_bundles SET version = ?, bundle = ?, updated = ? WHERE node_id = ?`,
+			int64(b.Version), b.Bundle, unix(now), nodeID)
+		return err
+	})
+}
+
+// RecordStatus stores a heartbeat: boot id, uptime, last_seen, and what
+// the agent reports of each of its relays. Names the node does not own are
+// ignored (a relay removed since the agent last fetched its config).
+func (s *Store) RecordStatus(ctx context.Context, nodeID int64, st *api.Status, now time.Time) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.Exec(`UPDATE nodes SET boot_id = ?, uptime_s = ?, last_seen = ? WHERE id = ?`,
+			st.BootID, st.UptimeS, unix(now), nodeID); err != nil {
+			return err
+		}
+		for _, r := range st.Relays {
+			if _, err := tx.Exec(`UPDATE relays SET fingerprint = ?, ed25519_id = ?, run_state = ?, restarts = ?, reported_at = ?
+				WHERE node_id = ? AND name = ?`,
+				r.Fingerprint, r.Ed25519ID, r.State, r.Restarts, unix(now), nodeID, r.Name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Settings returns the global settings and, for nodeID != 0, the node's.
+func (s *Store) Settings(ctx context.Context, nodeID int64) (global, node map[string]string, err error) {
+	return settingsQ(ctx, s.db, nodeID)
+}
+
+type querier interface {
+	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+}
+
+func settingsQ(ctx context.Context, q querier, nodeID int64) (global, node map[string]string, err error) {
+	read := func(query string, args ...any) (map[string]string, error) {
+		rows, err := q.QueryContext(ctx, query, args...)
+		if err != nil {
+			return nil, err
+		}
+		defer rows.Close()
+		m := map[string]string{}
+		for rows.Next() {
+			var k, v string
+			if err := rows.Scan(&k, &v); err != nil {
+				return nil, err
+			}
+			m[k] = v
+		}
+		return m, rows.Err()
+	}
+	if global, err = read(`SELECT key, value FROM global_settings`); err != nil {
+		return nil, nil, err
+	}
+	node = map[string]string{}
+	if nodeID != 0 {
+		if node, err = read(`SELECT key, value FROM node_settings WHERE node_id = ?`, nodeID); err != nil {
+			return nil, nil, err
+		}
+	}
+	return global, node, nil
+}
+
+// SetSetting sets key for node nodeID, or globally when nodeID is 0. The
+// caller validates the value.
+func (s *Store) SetSetting(ctx context.Context, nodeID int64, key, value string) error {
+	if nodeID == 0 {
+		_, err := s.db.ExecContext(ctx, `INSERT INTO global_settings(key, value) VALUES (?, ?)
+			ON CONFLICT(key) DO UPDATE SET value = excluded.value`, key, value)
+		return err
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if err := nodeExists(tx, nodeID); err != nil {
+			return err
+		}
+		_, err := tx.Exec(`INSERT INTO node_settings(node_id, key, value) VALUES (?, ?, ?)
+			ON CONFLICT(node_id, key) DO UPDATE SET value = excluded.value`, nodeID, key, value)
+		return err
+	})
+}
+
+// UnsetSetting removes a node override (or a global value when nodeID is 0).
+func (s *Store) UnsetSetting(ctx context.Context, nodeID int64, key string) error {
+	if nodeID == 0 {
+		return s.exec1(ctx, "global setting "+key, `DELETE FROM global_settings WHERE key = ?`, key)
+	}
+	return s.exec1(ctx, fmt.Sprintf("setting %s of node %d", key, nodeID),
+		`DELETE FROM node_settings WHERE node_id = ? AND key = ?`, nodeID, key)
+}
+
+func nodeExists(tx *sql.Tx, id int64) error {
+	var one int
+	err := tx.QueryRow(`SELECT 1 FROM nodes WHERE id = ?`, id).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("node %d: %w", id, ErrNotFound)
+	}
+	return err
+}
+
+// GlobalTorrc returns the global torrc text ("" when none was imported).
+func (s *Store) GlobalTorrc(ctx context.Context) (string, error) {
+	var t string
+	err := s.db.QueryRowContext(ctx, `SELECT torrc FROM global_torrc WHERE id = 1`).Scan(&t)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	return t, err
+}
+
+// SetGlobalTorrc replaces the global torrc.
+func (s *Store) SetGlobalTorrc(ctx context.Context, text string) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO global_torrc(id, torrc) VALUES (1, ?)
+		ON CONFLICT(id) DO UPDATE SET torrc = excluded.torrc`, text)
+	return err
+}
+
+// SetNodeTorrc replaces node id's torrc.
+func (s *Store) SetNodeTorrc(ctx context.Context, id int64, text string) error {
+	return s.exec1(ctx, fmt.Sprintf("node %d", id), `UPDATE nodes SET torrc = ? WHERE id = ?`, text, id)
+}
+
+// SetRelayTorrc replaces the torrc of the relay called name.
+func (s *Store) SetRelayTorrc(ctx context.Context, name, text string) error {
+	return s.exec1(ctx, "relay "+name, `UPDATE relays SET torrc = ? WHERE name = ?`, text, name)
+}
