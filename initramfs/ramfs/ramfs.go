@@ -1,0 +1,421 @@
+// Package ramfs builds patela's initramfs with mkuimage: the agent as /init
+// (PID 1 itself, no u-root init in front), Debian's tor with its shared
+// libraries, the kernel modules the agent loads, the agent's config and the
+// server CA. The output is a gzip-compressed newc cpio whose bytes depend
+// only on the inputs: fixed timestamps, owners and order.
+package ramfs
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/u-root/gobusybox/src/pkg/golang"
+	"github.com/u-root/mkuimage/cpio"
+	"github.com/u-root/mkuimage/ldd"
+	"github.com/u-root/mkuimage/uimage"
+	"github.com/u-root/mkuimage/uimage/initramfs"
+	"github.com/u-root/uio/llog"
+
+	"patela/init/agentcfg"
+	"patela/initramfs/moddep"
+)
+
+// Paths inside the initramfs that the agent relies on.
+const (
+	AgentConfigPath = "etc/patela/agent.json"
+	CAPath          = "etc/patela/server-ca.pem"
+	ModulesDir      = "lib/patela-modules" // <name>.ko, loaded in the config's order
+	TorPath         = "usr/bin/tor"
+	ShellPath       = "bin/sh" // debug flavour only
+)
+
+// nssFiles is dlopen'd by glibc for getpwnam (tor's User option), so ldd
+// never lists it.
+const nssFiles = "/lib/x86_64-linux-gnu/libnss_files.so.2"
+
+// DebugCommands are the u-root commands of the --debug flavour, built as
+// one busybox under /bbin. gosh is the shell behind /bin/sh.
+var DebugCommands = []string{
+	"cat", "chmod", "cp", "date", "dd", "df", "dmesg", "echo", "find", "free",
+	"grep", "gosh", "head", "hexdump", "id", "ip", "kill", "ln", "ls", "lsmod",
+	"mkdir", "more", "mount", "mv", "netstat", "pidof", "ps", "readlink", "rm",
+	"seq", "sleep", "strace", "sync", "tail", "tee", "touch", "uname", "uptime", "wc",
+}
+
+// Options are the inputs of a build. AgentConfig, CA, KernelModulesDir and
+// Out are required.
+type Options struct {
+	AgentPkg         string   // Go package of the agent; default "patela/init"
+	AgentConfig      string   // agent.json to embed; its "modules" field is replaced by the resolved list
+	CA               string   // PEM of the config server's CA
+	KernelModulesDir string   // a kernel module tree, /lib/modules/<version> (modules.dep required)
+	Modules          []string // modules to load; nil means the agent config's "modules"
+	Tor              string   // tor binary; default /usr/bin/tor
+	Debug            bool     // add u-root core commands and a shell
+	Out              string   // output file (.cpio.gz), replaced atomically
+	Log              *slog.Logger
+}
+
+// Part is what one kind of content adds to the archive.
+type Part struct {
+	Name  string
+	Files int
+	Bytes int64 // uncompressed file contents
+}
+
+// Report describes a finished build.
+type Report struct {
+	Parts      []Part   // agent, tor+libs, modules, config, debug tools, base
+	Modules    []string // load order written into the agent config
+	CPIOBytes  int64
+	Compressed int64
+}
+
+func (r *Report) String() string {
+	var b strings.Builder
+	for _, p := range r.Parts {
+		fmt.Fprintf(&b, "  %-12s %4d files %10s\n", p.Name, p.Files, size(p.Bytes))
+	}
+	fmt.Fprintf(&b, "  %-12s %15s cpio, %s gzip\n", "total", size(r.CPIOBytes), size(r.Compressed))
+	return b.String()
+}
+
+func size(n int64) string { return fmt.Sprintf("%.2f MB", float64(n)/1e6) }
+
+// Build builds the initramfs described by o into o.Out.
+func Build(ctx context.Context, o Options) (*Report, error) {
+	if o.AgentPkg == "" {
+		o.AgentPkg = "patela/init"
+	}
+	if o.Tor == "" {
+		o.Tor = "/usr/bin/tor"
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	for flag, v := range map[string]string{"agent config": o.AgentConfig, "CA": o.CA, "kernel module tree": o.KernelModulesDir, "output": o.Out} {
+		if v == "" {
+			return nil, fmt.Errorf("initramfs: no %s given", flag)
+		}
+	}
+
+	cfg, err := readAgentConfig(o.AgentConfig)
+	if err != nil {
+		return nil, err
+	}
+	ca, err := readCA(o.CA)
+	if err != nil {
+		return nil, err
+	}
+	names := o.Modules
+	if names == nil {
+		if raw, ok := cfg["modules"]; ok {
+			if err := json.Unmarshal(raw, &names); err != nil {
+				return nil, fmt.Errorf("agent config %s: modules: %w", o.AgentConfig, err)
+			}
+		}
+	}
+	tree, err := moddep.Load(o.KernelModulesDir)
+	if err != nil {
+		return nil, err
+	}
+	mods, err := tree.Resolve(names...)
+	if err != nil {
+		return nil, err
+	}
+	order := make([]string, 0, len(mods))
+	for _, m := range mods {
+		order = append(order, m.Name)
+	}
+	cfg["modules"], _ = json.Marshal(order)
+	cfgJSON, err := json.MarshalIndent(cfg, "", "  ") // map keys sort: deterministic
+	if err != nil {
+		return nil, err
+	}
+	cfgJSON = append(cfgJSON, '\n')
+	// The agent's own parser checks the result, so a typo fails the
+	// build instead of the boot; the file locations must be ours.
+	ac, err := agentcfg.Parse(cfgJSON, "")
+	if err != nil {
+		return nil, fmt.Errorf("agent config %s: %w", o.AgentConfig, err)
+	}
+	if ac.ServerCA != "/"+CAPath || ac.ModuleDir != "/"+ModulesDir {
+		return nil, fmt.Errorf("agent config %s: server_ca and module_dir must be left unset or be /%s and /%s, where the image puts them", o.AgentConfig, CAPath, ModulesDir)
+	}
+
+	torFiles, err := torFiles(o.Tor)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
+	tmp, err := os.MkdirTemp(filepath.Dir(o.Out), ".initramfs-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	out, err := newArchive(tmp, path.Base(o.AgentPkg))
+	if err != nil {
+		return nil, err
+	}
+	defer out.abort()
+
+	files := slices.Clone(torFiles)
+	for _, m := range mods {
+		files = append(files, filepath.Join(o.KernelModulesDir, m.Path)+":"+path.Join(ModulesDir, m.Name+".ko"))
+	}
+	mk := []uimage.Modifier{
+		uimage.WithEnv(golang.DisableCGO(), func(e *golang.Environ) { e.GOARCH = "amd64"; e.GOOS = "linux" }),
+		uimage.WithTempDir(tmp),
+		uimage.WithBaseArchive(base(cfgJSON, ca)),
+		// Reproducible and as fast as a plain go build: stripped,
+		// trimmed paths, inlining on (u-root turns it off by default).
+		uimage.WithBinaryCommandsOpts(&golang.BuildOpts{EnableInlining: true}, o.AgentPkg),
+		uimage.WithInit(path.Base(o.AgentPkg)),
+		// tor's libraries are listed by torFiles; no ldd on anything else.
+		uimage.WithSkipLDD(),
+		uimage.WithFiles(files...),
+		uimage.WithOutput(out),
+	}
+	if o.Debug {
+		pkgs := make([]string, len(DebugCommands))
+		for i, c := range DebugCommands {
+			pkgs[i] = "github.com/u-root/u-root/cmds/core/" + c
+		}
+		mk = append(mk, uimage.WithBusyboxCommands(pkgs...), uimage.WithShell("gosh"))
+	}
+	o.Log.Info("building initramfs", "agent", o.AgentPkg, "modules", len(mods), "debug", o.Debug)
+	if err := uimage.Create(llog.New(slog.LevelWarn, logPrintf(o.Log)), mk...); err != nil {
+		return nil, fmt.Errorf("initramfs: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	rep, err := out.commit(o.Out)
+	if err != nil {
+		return nil, err
+	}
+	rep.Modules = order
+	return rep, nil
+}
+
+func logPrintf(l *slog.Logger) llog.Printf {
+	return func(format string, v ...any) { l.Warn(strings.TrimSpace(fmt.Sprintf(format, v...))) }
+}
+
+// readAgentConfig reads a JSON object, keeping every field as the agent
+// defines it; only "modules" is ours to rewrite.
+func readAgentConfig(p string) (map[string]json.RawMessage, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	var cfg map[string]json.RawMessage
+	d := json.NewDecoder(bytes.NewReader(b))
+	if err := d.Decode(&cfg); err != nil {
+		return nil, fmt.Errorf("agent config %s: %w", p, err)
+	}
+	if d.More() {
+		return nil, fmt.Errorf("agent config %s: data after the JSON object", p)
+	}
+	if cfg == nil {
+		return nil, fmt.Errorf("agent config %s: not a JSON object", p)
+	}
+	return cfg, nil
+}
+
+func readCA(p string) ([]byte, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("CA: %w", err)
+	}
+	if !bytes.Contains(b, []byte("-----BEGIN CERTIFICATE-----")) {
+		return nil, fmt.Errorf("CA %s: no PEM certificate", p)
+	}
+	return b, nil
+}
+
+// torFiles lists tor, the libraries ld.so resolves for it and the NSS
+// module glibc dlopens, as uimage "src:dst" specs.
+func torFiles(tor string) ([]string, error) {
+	real, err := filepath.EvalSymlinks(tor)
+	if err != nil {
+		return nil, fmt.Errorf("tor: %w", err)
+	}
+	libs, err := ldd.FList(real, nssFiles)
+	if err != nil {
+		return nil, fmt.Errorf("tor libraries: %w", err)
+	}
+	specs := []string{real + ":" + TorPath}
+	seen := map[string]bool{}
+	for _, l := range append(libs, nssFiles) {
+		if !seen[l] && l != real {
+			seen[l] = true
+			specs = append(specs, l+":"+strings.TrimPrefix(l, "/"))
+		}
+	}
+	sort.Strings(specs[1:])
+	return specs, nil
+}
+
+// base is the skeleton the kernel and the agent expect before anything is
+// mounted. /dev/console must exist for PID 1's stdio; there is no
+// resolv.conf (the agent writes one from DHCP/config).
+func base(cfgJSON, ca []byte) *cpio.Archive {
+	a, _ := cpio.ArchiveFromRecords([]cpio.Record{
+		cpio.Directory("bin", 0o755),
+		cpio.Directory("dev", 0o755),
+		cpio.CharDev("dev/console", 0o600, 5, 1),
+		cpio.CharDev("dev/null", 0o666, 1, 3),
+		cpio.Directory("etc", 0o755),
+		cpio.Directory("etc/patela", 0o755),
+		cpio.StaticFile(AgentConfigPath, string(cfgJSON), 0o644),
+		cpio.StaticFile(CAPath, string(ca), 0o644),
+		cpio.StaticFile("etc/nsswitch.conf", "passwd: files\ngroup: files\nshadow: files\nhosts: files\n", 0o644),
+		cpio.StaticFile("etc/passwd", "root:x:0:0:root:/:/bin/sh\n", 0o644),
+		cpio.StaticFile("etc/group", "root:x:0:\n", 0o644),
+		cpio.StaticFile("etc/hosts", "127.0.0.1 localhost\n::1 localhost\n", 0o644),
+		cpio.Directory("proc", 0o755),
+		cpio.Directory("run", 0o755),
+		cpio.Directory("sys", 0o755),
+		cpio.Directory("tmp", 0o1777),
+		cpio.Directory("var", 0o755),
+		cpio.Directory("var/lib", 0o755),
+	})
+	return a
+}
+
+// archive is the uimage output: a newc cpio streamed through gzip into a
+// temporary file, counted by part on the way, renamed into place only when
+// complete. The gzip header carries no name and a zero mtime, so equal
+// records give equal bytes.
+type archive struct {
+	cpio.RecordWriter
+	f         *os.File
+	zw        *gzip.Writer
+	raw       countWriter
+	agentName string
+	parts     map[string]*Part
+	finished  bool
+}
+
+var partOrder = []string{"agent", "tor+libs", "modules", "config", "debug tools", "base"}
+
+func newArchive(dir, agentName string) (*archive, error) {
+	f, err := os.CreateTemp(dir, "initramfs-*.cpio.gz")
+	if err != nil {
+		return nil, err
+	}
+	zw, _ := gzip.NewWriterLevel(f, gzip.BestCompression)
+	a := &archive{f: f, zw: zw, agentName: agentName, parts: map[string]*Part{}}
+	for _, n := range partOrder {
+		a.parts[n] = &Part{Name: n}
+	}
+	a.raw.w = zw
+	a.RecordWriter = cpio.Newc.Writer(&a.raw)
+	return a, nil
+}
+
+// OpenWriter implements uimage's initramfs.WriteOpener.
+func (a *archive) OpenWriter() (initramfs.Writer, error) { return a, nil }
+
+// WriteRecord fixes the root directory, which uimage takes from a 0700
+// temporary directory (relay users could not even reach /usr/bin/tor),
+// and counts regular files by part.
+func (a *archive) WriteRecord(r cpio.Record) error {
+	if r.Name == "." {
+		r.Mode = cpio.S_IFDIR | 0o755
+	}
+	if r.Mode&cpio.S_IFMT == cpio.S_IFREG {
+		p := a.parts[a.part(r.Name)]
+		p.Files++
+		p.Bytes += int64(r.FileSize)
+	}
+	return a.RecordWriter.WriteRecord(r)
+}
+
+func (a *archive) part(name string) string {
+	switch {
+	case name == "bin/"+a.agentName:
+		return "agent"
+	case strings.HasPrefix(name, ModulesDir+"/"):
+		return "modules"
+	case name == TorPath || strings.HasPrefix(name, "lib") || strings.HasPrefix(name, "usr/lib"):
+		return "tor+libs"
+	case name == AgentConfigPath || name == CAPath:
+		return "config"
+	case strings.HasPrefix(name, "bbin/"):
+		return "debug tools"
+	}
+	return "base"
+}
+
+// Finish implements initramfs.Writer.
+func (a *archive) Finish() error {
+	if err := cpio.WriteTrailer(a); err != nil {
+		return err
+	}
+	a.finished = true
+	return a.zw.Close()
+}
+
+// commit moves the finished archive to dst and reports on it.
+func (a *archive) commit(dst string) (*Report, error) {
+	if !a.finished {
+		return nil, errors.New("initramfs: archive not finished")
+	}
+	if a.parts["agent"].Files != 1 {
+		return nil, errors.New("initramfs: the agent binary is missing from the archive")
+	}
+	if err := a.f.Chmod(0o644); err != nil {
+		return nil, err
+	}
+	n, err := a.f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.f.Close(); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(a.f.Name(), dst); err != nil {
+		return nil, err
+	}
+	rep := &Report{CPIOBytes: a.raw.n, Compressed: n}
+	for _, name := range partOrder {
+		if p := a.parts[name]; p.Files > 0 {
+			rep.Parts = append(rep.Parts, *p)
+		}
+	}
+	return rep, nil
+}
+
+// abort removes the temporary file unless commit moved it.
+func (a *archive) abort() {
+	a.f.Close()
+	os.Remove(a.f.Name())
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
