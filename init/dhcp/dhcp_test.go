@@ -133,8 +133,8 @@ func TestLeaseFromDnsmasq(t *testing.T) {
 // server is a Go DHCP server with a short lease that records what it sees.
 type server struct {
 	lease, t1, t2 time.Duration
-	mu    sync.Mutex
-	log   []seen
+	mu            sync.Mutex
+	log           []seen
 	// ignoreRenewals drops renewals (ciaddr set) until this time.
 	ignoreUntil time.Time
 }
