@@ -1,0 +1,292 @@
+// Package attest proves the node's identity to the config server with TPM2
+// credential activation (API.md) and keeps the bearer token it earns fresh.
+//
+// The identity is the endorsement key; the attestation key is created once
+// and persisted, so later boots present the same AK and create no key.
+package attest
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"patela/init/tpmkeys"
+	"patela/internal/api"
+)
+
+// Token is a bearer token issued by the server.
+type Token struct {
+	Value     string
+	ExpiresAt time.Time
+	NodeID    int64
+	FirstBoot bool
+}
+
+// ErrBanned is returned when the server refuses this node for good.
+var ErrBanned = errors.New("the config server has banned this node (its EK); an administrator must lift the ban")
+
+// PermanentError is an answer that retrying will not change.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return "attestation refused: " + e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Session holds the node's EK and AK and a cached token, re-attesting when
+// the token nears its expiry. It is safe for concurrent use.
+type Session struct {
+	tpm transport.TPM
+	c   *api.Client
+	log *slog.Logger
+	o   options
+
+	ekPub  tpm2.TPMTPublic
+	ekName tpm2.TPM2BName
+	ekCert []byte
+	ak     *tpmkeys.Key
+
+	mu        sync.Mutex
+	tok       Token
+	refreshAt time.Time
+	nodeID    int64
+}
+
+type options struct {
+	alg        tpm2.TPMAlgID
+	minBackoff time.Duration
+	maxBackoff time.Duration
+	margin     time.Duration
+}
+
+// Option tunes a Session.
+type Option func(*options)
+
+// WithRSAEK uses the RSA-2048 EK instead of ECC P-256.
+func WithRSAEK() Option { return func(o *options) { o.alg = tpm2.TPMAlgRSA } }
+
+// WithBackoff sets the first and the largest delay between attempts while
+// the server is unreachable or the node is pending.
+func WithBackoff(first, max time.Duration) Option {
+	return func(o *options) { o.minBackoff, o.maxBackoff = first, max }
+}
+
+// WithRefreshMargin re-attests when the token has less than d left (the
+// default is a fifth of its lifetime, at most 5 minutes).
+func WithRefreshMargin(d time.Duration) Option { return func(o *options) { o.margin = d } }
+
+// NewSession loads the EK (and its certificate, if the TPM has one) and the
+// AK, creating and persisting the AK on first use. It does not contact the
+// server; Token does.
+func NewSession(tpm transport.TPM, c *api.Client, log *slog.Logger, opts ...Option) (*Session, error) {
+	o := options{alg: tpm2.TPMAlgECC, minBackoff: time.Second, maxBackoff: time.Minute}
+	for _, f := range opts {
+		f(&o)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Session{tpm: tpm, c: c, log: log, o: o}
+	ek, err := tpmkeys.EK(tpm, o.alg)
+	if err != nil {
+		return nil, fmt.Errorf("loading EK: %w", err)
+	}
+	ek.Close(tpm)
+	s.ekPub, s.ekName = ek.Public, ek.Name
+	if s.ekCert, err = tpmkeys.EKCertificate(tpm, o.alg); err != nil {
+		// A vendor certificate we cannot read is not fatal: the server may
+		// trust the EK by its hash instead.
+		log.Warn("cannot read the EK certificate; attesting without it", "err", err)
+	}
+	ak, created, err := tpmkeys.AK(tpm)
+	if err != nil {
+		return nil, fmt.Errorf("loading AK: %w", err)
+	}
+	s.ak = ak
+	h := tpmkeys.PublicHash(s.ekPub)
+	log.Info("TPM identity", "ek_sha256", hex.EncodeToString(h[:]), "ek_cert", len(s.ekCert) > 0,
+		"ak_handle", fmt.Sprintf("0x%08x", uint32(ak.Handle)), "ak_created", created)
+	return s, nil
+}
+
+// NodeID is the node's id at the server, known after the first attempt.
+func (s *Session) NodeID() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nodeID
+}
+
+// EKName is the TPM Name of the endorsement key (nameAlg ‖ digest).
+func (s *Session) EKName() []byte { return append([]byte(nil), s.ekName.Buffer...) }
+
+// EKPublic is the marshalled TPMT_PUBLIC of the EK, as sent to the server.
+func (s *Session) EKPublic() []byte { return tpm2.Marshal(s.ekPub) }
+
+// Token returns a valid bearer token, attesting first when there is none
+// or the cached one is about to expire. While the node is pending it keeps
+// polling (and logging which `configsrv node enable N` it waits for) until
+// ctx ends.
+func (s *Session) Token(ctx context.Context) (string, error) {
+	t, err := s.Current(ctx)
+	return t.Value, err
+}
+
+// Current is Token with the token's details.
+func (s *Session) Current(ctx context.Context) (Token, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tok.Value != "" && time.Now().Before(s.refreshAt) {
+		return s.tok, nil
+	}
+	tok, err := s.attest(ctx)
+	if err != nil {
+		return Token{}, err
+	}
+	s.tok = tok
+	margin := s.o.margin
+	if margin == 0 {
+		margin = min(5*time.Minute, time.Until(tok.ExpiresAt)/5)
+	}
+	s.refreshAt = tok.ExpiresAt.Add(-margin)
+	return tok, nil
+}
+
+// Invalidate drops token if it is the cached one, so the next Token call
+// attests again (for a token the server refused before its expiry).
+func (s *Session) Invalidate(token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tok.Value == token {
+		s.tok = Token{}
+	}
+}
+
+// attest runs the flow until it succeeds, fails for good or ctx ends.
+func (s *Session) attest(ctx context.Context) (Token, error) {
+	delay := s.o.minBackoff
+	for attempt := 1; ; attempt++ {
+		tok, err := s.attestOnce(ctx)
+		if err == nil {
+			s.log.Info("attested", "node_id", tok.NodeID, "first_boot", tok.FirstBoot, "expires_at", tok.ExpiresAt)
+			return tok, nil
+		}
+		var perm *PermanentError
+		if errors.As(err, &perm) || ctx.Err() != nil {
+			return Token{}, err
+		}
+		wait := jitter(delay)
+		delay = min(delay*2, s.o.maxBackoff)
+		var ae *api.Error
+		switch {
+		case api.IsCode(err, api.CodePending):
+			errors.As(err, &ae)
+			s.log.Warn(fmt.Sprintf("waiting for an administrator: configsrv node enable %d", ae.NodeID),
+				"node_id", ae.NodeID, "retry_in", wait.Round(time.Millisecond))
+		case api.IsCode(err, api.CodeEKUntrusted):
+			h := tpmkeys.PublicHash(s.ekPub)
+			s.log.Warn("the config server does not trust this EK: add its certificate's CA or allowlist its hash",
+				"ek_sha256", hex.EncodeToString(h[:]), "retry_in", wait.Round(time.Millisecond))
+		case errors.As(err, &ae) && ae.Status == http.StatusTooManyRequests:
+			if ae.RetryAfter > 0 {
+				wait = ae.RetryAfter
+			}
+			s.log.Warn("rate limited by the config server", "retry_in", wait)
+		default:
+			s.log.Warn("attestation failed, retrying", "attempt", attempt, "err", err, "retry_in", wait.Round(time.Millisecond))
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return Token{}, fmt.Errorf("attestation: %w (last error: %v)", ctx.Err(), err)
+		case <-t.C:
+		}
+	}
+}
+
+// jitter spreads retries of a fleet that rebooted together: a uniform
+// delay in [d/2, d].
+func jitter(d time.Duration) time.Duration {
+	if d <= 1 {
+		return d
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+func (s *Session) attestOnce(ctx context.Context) (Token, error) {
+	ch, err := s.c.Attest(ctx, &api.AttestRequest{
+		EKPublic:      tpm2.Marshal(s.ekPub),
+		EKCertificate: s.ekCert,
+		AKPublic:      tpm2.Marshal(s.ak.Public),
+	})
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.NodeID != 0 {
+		s.setNodeID(ae.NodeID)
+	}
+	if err != nil {
+		return Token{}, classify(err)
+	}
+	s.setNodeID(ch.NodeID)
+	secret, err := s.activate(ch.CredentialBlob, ch.EncryptedSecret)
+	if err != nil {
+		return Token{}, fmt.Errorf("activating the credential: %w", err)
+	}
+	done, err := s.c.Complete(ctx, &api.CompleteRequest{ChallengeID: ch.ChallengeID, Secret: secret})
+	clear(secret)
+	if err != nil {
+		return Token{}, classify(err)
+	}
+	if done.Token == "" {
+		return Token{}, errors.New("server answered without a token")
+	}
+	return Token{Value: done.Token, ExpiresAt: done.ExpiresAt, NodeID: ch.NodeID, FirstBoot: done.FirstBoot}, nil
+}
+
+func (s *Session) setNodeID(id int64) {
+	if id != 0 {
+		s.nodeID = id // s.mu is held by Current
+	}
+}
+
+// classify marks the answers that retrying cannot change.
+func classify(err error) error {
+	var ae *api.Error
+	if !errors.As(err, &ae) {
+		return err // transport error: the server may still be booting
+	}
+	switch ae.Code {
+	case api.CodeBanned:
+		return &PermanentError{fmt.Errorf("%w (%v)", ErrBanned, err)}
+	case api.CodeBadAK, api.CodeBadEK, api.CodeBadRequest:
+		return &PermanentError{err}
+	}
+	return err
+}
+
+// activate recovers the server's secret: only this TPM's EK can decrypt it,
+// and only for a credential bound to this AK's name.
+func (s *Session) activate(blob, encSecret []byte) ([]byte, error) {
+	ek, err := tpmkeys.EK(s.tpm, s.o.alg)
+	if err != nil {
+		return nil, err
+	}
+	defer ek.Close(s.tpm)
+	rsp, err := tpm2.ActivateCredential{
+		ActivateHandle: tpm2.AuthHandle{Handle: s.ak.Handle, Name: s.ak.Name, Auth: tpm2.PasswordAuth(nil)},
+		KeyHandle: tpm2.AuthHandle{Handle: ek.Handle, Name: ek.Name,
+			Auth: tpm2.Policy(tpm2.TPMAlgSHA256, 16, tpmkeys.EKPolicy)},
+		CredentialBlob: tpm2.TPM2BIDObject{Buffer: blob},
+		Secret:         tpm2.TPM2BEncryptedSecret{Buffer: encSecret},
+	}.Execute(s.tpm)
+	if err != nil {
+		return nil, err
+	}
+	return rsp.CertInfo.Buffer, nil
+}

@@ -1,0 +1,370 @@
+package vault
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+)
+
+// Bundle format v1 (plaintext; big-endian):
+//
+//	"PTLK" | format u8 = 1 | version u64 | relays u16 |
+//	per relay, sorted by name: name len u8 | name | fields u8 |
+//	  per field: tag u8 | len u16 | data
+//
+// Fields: ed25519 master secret (64 B, tor's expanded key), RSA identity
+// p‖q (two equal-width halves), ntor onion secret (32 B, current and .old),
+// family key (name len u8 | name | 64 B secret). Public keys, the signing key
+// and its certificate are not kept: tor derives them from these.
+//
+// Envelope v1 (what NV or the mirror holds):
+//
+//	"PTLE" | format u8 = 1 | version u64 | nonce [12] | AES-256-GCM(plaintext)
+//
+// with AAD = "patela-relay-bundle-v1" ‖ EK name ‖ version u64, so a bundle
+// opens only with this TPM's key, for this EK, at the version it claims.
+// GCM authenticates everything, so no separate checksum.
+const (
+	bundleMagic   = "PTLK"
+	envelopeMagic = "PTLE"
+	formatV1      = 1
+	aadLabel      = "patela-relay-bundle-v1"
+	nonceSize     = 12
+	envHeader     = 4 + 1 + 8
+	maxName       = 64
+)
+
+const (
+	tagEd25519Master = 1
+	tagRSAIdentity   = 2
+	tagNtor          = 3
+	tagNtorOld       = 4
+	tagFamily        = 5
+)
+
+const (
+	ed25519SecretSize = 64
+	ntorSecretSize    = 32
+	familySecretSize  = 64
+)
+
+// Entry is one relay's long-term keys.
+type Entry struct {
+	Ed25519Master []byte      // 64 B expanded secret key
+	RSAIdentity   []byte      // p‖q
+	Ntor          []byte      // 32 B curve25519 secret, may be nil
+	NtorOld       []byte      // 32 B, may be nil
+	Family        []FamilyKey // sorted by name
+}
+
+// FamilyKey is a happy-family secret key, <Name>.secret_family_key.
+type FamilyKey struct {
+	Name   string
+	Secret []byte // 64 B
+}
+
+// Bundle is every relay's keys, at one version.
+type Bundle struct {
+	Version uint64
+	Relays  map[string]*Entry
+}
+
+func validName(s string) bool {
+	if s == "" || len(s) > maxName || s == "." || s == ".." {
+		return false
+	}
+	for _, c := range []byte(s) {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// check reports what is wrong with an entry, if anything.
+func (e *Entry) check() error {
+	if len(e.Ed25519Master) != ed25519SecretSize {
+		return fmt.Errorf("ed25519 master secret is %d bytes, want %d", len(e.Ed25519Master), ed25519SecretSize)
+	}
+	if n := len(e.RSAIdentity); n == 0 || n%2 != 0 || n > 1024 {
+		return fmt.Errorf("RSA identity p‖q is %d bytes", n)
+	}
+	for _, k := range [][]byte{e.Ntor, e.NtorOld} {
+		if k != nil && len(k) != ntorSecretSize {
+			return fmt.Errorf("ntor secret is %d bytes, want %d", len(k), ntorSecretSize)
+		}
+	}
+	for i, f := range e.Family {
+		if !validName(f.Name) {
+			return fmt.Errorf("bad family key name %q", f.Name)
+		}
+		if len(f.Secret) != familySecretSize {
+			return fmt.Errorf("family key %s is %d bytes", f.Name, len(f.Secret))
+		}
+		if i > 0 && e.Family[i-1].Name >= f.Name {
+			return fmt.Errorf("family keys not sorted or duplicated at %q", f.Name)
+		}
+	}
+	return nil
+}
+
+func (e *Entry) equal(o *Entry) bool {
+	if !bytes.Equal(e.Ed25519Master, o.Ed25519Master) || !bytes.Equal(e.RSAIdentity, o.RSAIdentity) ||
+		!bytes.Equal(e.Ntor, o.Ntor) || !bytes.Equal(e.NtorOld, o.NtorOld) || len(e.Family) != len(o.Family) {
+		return false
+	}
+	for i := range e.Family {
+		if e.Family[i].Name != o.Family[i].Name || !bytes.Equal(e.Family[i].Secret, o.Family[i].Secret) {
+			return false
+		}
+	}
+	return true
+}
+
+// encodeBundle serializes b; entries must be valid.
+func encodeBundle(b *Bundle) ([]byte, error) {
+	if len(b.Relays) > 0xFFFF {
+		return nil, errors.New("too many relays")
+	}
+	out := []byte(bundleMagic)
+	out = append(out, formatV1)
+	out = binary.BigEndian.AppendUint64(out, b.Version)
+	out = binary.BigEndian.AppendUint16(out, uint16(len(b.Relays)))
+	for _, name := range slices.Sorted(maps.Keys(b.Relays)) {
+		e := b.Relays[name]
+		if !validName(name) {
+			return nil, fmt.Errorf("bad relay name %q", name)
+		}
+		if err := e.check(); err != nil {
+			return nil, fmt.Errorf("relay %s: %w", name, err)
+		}
+		out = append(out, byte(len(name)))
+		out = append(out, name...)
+		var fields [][]byte
+		field := func(tag byte, data []byte) {
+			f := []byte{tag}
+			f = binary.BigEndian.AppendUint16(f, uint16(len(data)))
+			fields = append(fields, append(f, data...))
+		}
+		field(tagEd25519Master, e.Ed25519Master)
+		field(tagRSAIdentity, e.RSAIdentity)
+		if e.Ntor != nil {
+			field(tagNtor, e.Ntor)
+		}
+		if e.NtorOld != nil {
+			field(tagNtorOld, e.NtorOld)
+		}
+		for _, f := range e.Family {
+			field(tagFamily, append(append([]byte{byte(len(f.Name))}, f.Name...), f.Secret...))
+		}
+		if len(fields) > 0xFF {
+			return nil, fmt.Errorf("relay %s: too many keys", name)
+		}
+		out = append(out, byte(len(fields)))
+		for _, f := range fields {
+			out = append(out, f...)
+		}
+	}
+	return out, nil
+}
+
+// reader consumes a byte slice; the first short read sets err.
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) take(n int) []byte {
+	if r.err != nil {
+		return nil
+	}
+	if n > len(r.b) {
+		r.err = errors.New("truncated")
+		return nil
+	}
+	v := r.b[:n:n]
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) u8() int {
+	v := r.take(1)
+	if v == nil {
+		return 0
+	}
+	return int(v[0])
+}
+
+func (r *reader) u16() int {
+	v := r.take(2)
+	if v == nil {
+		return 0
+	}
+	return int(binary.BigEndian.Uint16(v))
+}
+
+func (r *reader) u64() uint64 {
+	v := r.take(8)
+	if v == nil {
+		return 0
+	}
+	return binary.BigEndian.Uint64(v)
+}
+
+// decodeBundle parses a plaintext bundle strictly: every byte accounted
+// for, every key the right size, names valid, sorted and unique.
+func decodeBundle(data []byte) (*Bundle, error) {
+	r := &reader{b: data}
+	if string(r.take(4)) != bundleMagic {
+		return nil, errors.New("bundle: bad magic")
+	}
+	if f := r.u8(); f != formatV1 {
+		return nil, fmt.Errorf("bundle: unknown format %d", f)
+	}
+	b := &Bundle{Version: r.u64(), Relays: map[string]*Entry{}}
+	n := r.u16()
+	prev := ""
+	for i := 0; i < n && r.err == nil; i++ {
+		name := string(r.take(r.u8()))
+		if r.err != nil {
+			break
+		}
+		if !validName(name) || name <= prev {
+			return nil, fmt.Errorf("bundle: relay %d: bad, unsorted or duplicate name %q", i, name)
+		}
+		prev = name
+		e := &Entry{}
+		nf := r.u8()
+		prevTag := 0
+		for j := 0; j < nf && r.err == nil; j++ {
+			tag := r.u8()
+			data := bytes.Clone(r.take(r.u16())) // the caller wipes its buffer
+			if r.err != nil {
+				break
+			}
+			// Fields come in tag order, each once (family keys excepted),
+			// so every bundle has exactly one encoding.
+			if tag < prevTag || tag == prevTag && tag != tagFamily {
+				return nil, fmt.Errorf("bundle: relay %s: field %d out of order or repeated", name, tag)
+			}
+			prevTag = tag
+			switch tag {
+			case tagEd25519Master:
+				e.Ed25519Master = data
+			case tagRSAIdentity:
+				e.RSAIdentity = data
+			case tagNtor:
+				e.Ntor = data
+			case tagNtorOld:
+				e.NtorOld = data
+			case tagFamily:
+				fr := &reader{b: data}
+				fname := string(fr.take(fr.u8()))
+				secret := fr.take(familySecretSize)
+				if fr.err != nil || len(fr.b) != 0 {
+					return nil, fmt.Errorf("bundle: relay %s: malformed family key", name)
+				}
+				e.Family = append(e.Family, FamilyKey{Name: fname, Secret: secret})
+			default:
+				return nil, fmt.Errorf("bundle: relay %s: unknown field %d", name, tag)
+			}
+		}
+		if r.err != nil {
+			break
+		}
+		if err := e.check(); err != nil {
+			return nil, fmt.Errorf("bundle: relay %s: %w", name, err)
+		}
+		b.Relays[name] = e
+	}
+	if r.err != nil {
+		return nil, fmt.Errorf("bundle: %w", r.err)
+	}
+	if len(r.b) != 0 {
+		return nil, fmt.Errorf("bundle: %d bytes after the last relay", len(r.b))
+	}
+	return b, nil
+}
+
+func aad(ekName []byte, version uint64) []byte {
+	a := append([]byte(aadLabel), ekName...)
+	return binary.BigEndian.AppendUint64(a, version)
+}
+
+func newGCM(key []byte) (cipher.AEAD, error) {
+	blk, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(blk)
+}
+
+// seal encrypts b under key for this EK.
+func seal(key, ekName []byte, b *Bundle) ([]byte, error) {
+	pt, err := encodeBundle(b)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(pt)
+	g, err := newGCM(key)
+	if err != nil {
+		return nil, err
+	}
+	out := []byte(envelopeMagic)
+	out = append(out, formatV1)
+	out = binary.BigEndian.AppendUint64(out, b.Version)
+	nonce := make([]byte, nonceSize)
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	out = append(out, nonce...)
+	return g.Seal(out, nonce, pt, aad(ekName, b.Version)), nil
+}
+
+// ErrUndecryptable means the bundle is not this TPM's, was altered, or is
+// not a bundle at all. It is never silently replaced.
+var ErrUndecryptable = errors.New("key bundle cannot be decrypted with this TPM's vault key (another TPM's bundle, or corrupted)")
+
+// envelopeVersion reads the version an envelope claims.
+func envelopeVersion(env []byte) (uint64, error) {
+	if len(env) < envHeader+nonceSize || string(env[:4]) != envelopeMagic {
+		return 0, fmt.Errorf("%w: not a bundle envelope", ErrUndecryptable)
+	}
+	if env[4] != formatV1 {
+		return 0, fmt.Errorf("%w: unknown envelope format %d", ErrUndecryptable, env[4])
+	}
+	return binary.BigEndian.Uint64(env[5:13]), nil
+}
+
+// open decrypts and decodes an envelope.
+func open(key, ekName, env []byte) (*Bundle, error) {
+	version, err := envelopeVersion(env)
+	if err != nil {
+		return nil, err
+	}
+	g, err := newGCM(key)
+	if err != nil {
+		return nil, err
+	}
+	nonce := env[envHeader : envHeader+nonceSize]
+	pt, err := g.Open(nil, nonce, env[envHeader+nonceSize:], aad(ekName, version))
+	if err != nil {
+		return nil, ErrUndecryptable
+	}
+	defer clear(pt)
+	b, err := decodeBundle(pt)
+	if err != nil {
+		return nil, fmt.Errorf("decrypted bundle is malformed: %w", err)
+	}
+	if b.Version != version {
+		return nil, fmt.Errorf("bundle claims version %d inside, %d outside", b.Version, version)
+	}
+	return b, nil
+}

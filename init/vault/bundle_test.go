@@ -1,0 +1,128 @@
+package vault
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"testing"
+)
+
+func testEntry(seed byte) *Entry {
+	fill := func(n int, b byte) []byte { return bytes.Repeat([]byte{b}, n) }
+	return &Entry{
+		Ed25519Master: fill(64, seed),
+		RSAIdentity:   fill(128, seed+1),
+		Ntor:          fill(32, seed+2),
+		NtorOld:       fill(32, seed+3),
+		Family:        []FamilyKey{{Name: "fam", Secret: fill(64, seed+4)}},
+	}
+}
+
+func TestBundleRoundTrip(t *testing.T) {
+	b := &Bundle{Version: 7, Relays: map[string]*Entry{"murazzano": testEntry(1), "gorgonzola": {
+		Ed25519Master: make([]byte, 64), RSAIdentity: make([]byte, 128)}}}
+	enc, err := encodeBundle(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := decodeBundle(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Version != 7 || len(got.Relays) != 2 || !got.Relays["murazzano"].equal(b.Relays["murazzano"]) ||
+		!got.Relays["gorgonzola"].equal(b.Relays["gorgonzola"]) {
+		t.Fatalf("round trip: %+v", got)
+	}
+	// Every truncation is refused.
+	for i := range enc {
+		if _, err := decodeBundle(enc[:i]); err == nil {
+			t.Fatalf("truncated to %d bytes: accepted", i)
+		}
+	}
+	if _, err := decodeBundle(append(enc, 0)); err == nil {
+		t.Fatal("trailing byte accepted")
+	}
+	t.Logf("2 relays: %d bytes", len(enc))
+}
+
+func TestEnvelope(t *testing.T) {
+	key := make([]byte, 32)
+	rand.Read(key)
+	ek := []byte("\x00\x0bEK-name-of-this-tpm")
+	b := &Bundle{Version: 3, Relays: map[string]*Entry{"murazzano": testEntry(9)}}
+	env, err := seal(key, ek, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(env, b.Relays["murazzano"].Ed25519Master[:16]) {
+		t.Fatal("plaintext in the envelope")
+	}
+	if got, err := open(key, ek, env); err != nil || !got.Relays["murazzano"].equal(b.Relays["murazzano"]) {
+		t.Fatalf("open: %v", err)
+	}
+	other := bytes.Clone(key)
+	other[0] ^= 1
+	if _, err := open(other, ek, env); !errors.Is(err, ErrUndecryptable) {
+		t.Fatalf("other vault key: %v", err)
+	}
+	if _, err := open(key, []byte("\x00\x0bother EK"), env); !errors.Is(err, ErrUndecryptable) {
+		t.Fatalf("other EK: %v", err)
+	}
+	for i := range env {
+		bad := bytes.Clone(env)
+		bad[i] ^= 0x80
+		if _, err := open(key, ek, bad); err == nil {
+			t.Fatalf("byte %d flipped: accepted", i)
+		}
+	}
+}
+
+func TestEncodeRefusesBadEntries(t *testing.T) {
+	for name, e := range map[string]*Entry{
+		"short ed25519": {Ed25519Master: make([]byte, 32), RSAIdentity: make([]byte, 128)},
+		"odd p‖q":       {Ed25519Master: make([]byte, 64), RSAIdentity: make([]byte, 127)},
+		"short ntor":    {Ed25519Master: make([]byte, 64), RSAIdentity: make([]byte, 128), Ntor: make([]byte, 31)},
+		"family name":   {Ed25519Master: make([]byte, 64), RSAIdentity: make([]byte, 128), Family: []FamilyKey{{Name: "../x", Secret: make([]byte, 64)}}},
+	} {
+		if _, err := encodeBundle(&Bundle{Relays: map[string]*Entry{"r": e}}); err == nil {
+			t.Errorf("%s: encoded", name)
+		}
+	}
+	if _, err := encodeBundle(&Bundle{Relays: map[string]*Entry{"a/b": testEntry(1)}}); err == nil {
+		t.Error("relay name with a slash encoded")
+	}
+}
+
+// FuzzDecodeBundle: the decoder never panics, and whatever it accepts
+// re-encodes to the same bytes (one encoding per bundle).
+func FuzzDecodeBundle(f *testing.F) {
+	for _, b := range []*Bundle{
+		{},
+		{Version: 1, Relays: map[string]*Entry{"murazzano": testEntry(1)}},
+		{Version: 1 << 40, Relays: map[string]*Entry{"a": testEntry(2), "b": {Ed25519Master: make([]byte, 64), RSAIdentity: make([]byte, 128)}}},
+	} {
+		if b.Relays == nil {
+			b.Relays = map[string]*Entry{}
+		}
+		enc, err := encodeBundle(b)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(enc)
+	}
+	f.Add([]byte("PTLK\x01"))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		b, err := decodeBundle(data)
+		if err != nil {
+			return
+		}
+		enc, err := encodeBundle(b)
+		if err != nil {
+			t.Fatalf("decoded bundle does not encode: %v", err)
+		}
+		if !bytes.Equal(enc, data) {
+			t.Fatalf("re-encoding differs:\n%x\n%x", data, enc)
+		}
+	})
+}

@@ -1,0 +1,320 @@
+package vault
+
+import (
+	"bytes"
+	"crypto/ecdh"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"math/big"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+)
+
+// tor's key files (DataDirectory/keys). The binary ones start with a
+// 32-byte, NUL-padded text header.
+const (
+	fileEd25519Master = "ed25519_master_id_secret_key"
+	fileRSAIdentity   = "secret_id_key"
+	fileNtor          = "secret_onion_key_ntor"
+	fileNtorOld       = "secret_onion_key_ntor.old"
+	familySuffix      = ".secret_family_key"
+
+	hdrEd25519Master = "== ed25519v1-secret: type0 =="
+	hdrNtor          = "== c25519v1: onion =="
+	hdrFamily        = "== ed25519v1-secret: fmly-id =="
+	headerSize       = 32
+	rsaExponent      = 65537
+	maxKeyFile       = 16 << 10
+)
+
+// Files tor derives from the master secret. They are removed when a
+// different master is restored, so tor cannot pair the old ones with it.
+var derivedFiles = []string{"ed25519_master_id_public_key", "ed25519_signing_secret_key", "ed25519_signing_cert"}
+
+// readKeyFile reads a key file without following symlinks: the directory
+// belongs to the relay's user.
+func readKeyFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxKeyFile {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxKeyFile)
+	}
+	return data, nil
+}
+
+func taggedFile(header string, key []byte) []byte {
+	out := make([]byte, headerSize, headerSize+len(key))
+	copy(out, header)
+	return append(out, key...)
+}
+
+// untag checks the header of a tagged file and returns its payload.
+func untag(path string, data []byte, header string, size int) ([]byte, error) {
+	if len(data) != headerSize+size {
+		return nil, fmt.Errorf("%s: %d bytes, want %d", path, len(data), headerSize+size)
+	}
+	h := data[:headerSize]
+	if !bytes.HasPrefix(h, []byte(header)) || strings.Trim(string(h[len(header):]), "\x00") != "" {
+		return nil, fmt.Errorf("%s: unexpected header %q", path, bytes.TrimRight(h, "\x00"))
+	}
+	return bytes.Clone(data[headerSize:]), nil
+}
+
+// ErrNoKeys means tor has not (yet) written the relay's identity keys.
+var ErrNoKeys = errors.New("tor has not written the identity keys yet")
+
+// captureEntry reads a relay's long-term keys from its key directory.
+func captureEntry(keysDir string) (*Entry, error) {
+	masterPath := filepath.Join(keysDir, fileEd25519Master)
+	idPath := filepath.Join(keysDir, fileRSAIdentity)
+	master, err1 := readKeyFile(masterPath)
+	id, err2 := readKeyFile(idPath)
+	if errors.Is(err1, fs.ErrNotExist) || errors.Is(err2, fs.ErrNotExist) {
+		return nil, ErrNoKeys
+	}
+	if err := errors.Join(err1, err2); err != nil {
+		return nil, err
+	}
+	e := &Entry{}
+	if e.Ed25519Master, err1 = untag(masterPath, master, hdrEd25519Master, ed25519SecretSize); err1 != nil {
+		return nil, err1
+	}
+	if e.RSAIdentity, err1 = rsaToPQ(idPath, id); err1 != nil {
+		return nil, err1
+	}
+	for _, f := range []struct {
+		name string
+		dst  *[]byte
+	}{{fileNtor, &e.Ntor}, {fileNtorOld, &e.NtorOld}} {
+		path := filepath.Join(keysDir, f.name)
+		data, err := readKeyFile(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if *f.dst, err = ntorSecret(path, data); err != nil {
+			return nil, err
+		}
+	}
+	ents, err := os.ReadDir(keysDir)
+	if err != nil {
+		return nil, err
+	}
+	for _, de := range ents {
+		name, ok := strings.CutSuffix(de.Name(), familySuffix)
+		if !ok {
+			continue
+		}
+		if !validName(name) {
+			return nil, fmt.Errorf("family key file %q: unsupported name", de.Name())
+		}
+		path := filepath.Join(keysDir, de.Name())
+		data, err := readKeyFile(path)
+		if err != nil {
+			return nil, err
+		}
+		secret, err := untag(path, data, hdrFamily, familySecretSize)
+		if err != nil {
+			return nil, err
+		}
+		e.Family = append(e.Family, FamilyKey{Name: name, Secret: secret})
+	}
+	slices.SortFunc(e.Family, func(a, b FamilyKey) int { return strings.Compare(a.Name, b.Name) })
+	return e, e.check()
+}
+
+// ntorSecret returns the curve25519 secret of an ntor key file after
+// checking the public half stored beside it derives from it.
+func ntorSecret(path string, data []byte) ([]byte, error) {
+	kp, err := untag(path, data, hdrNtor, 2*ntorSecretSize)
+	if err != nil {
+		return nil, err
+	}
+	secret, pub := kp[:ntorSecretSize], kp[ntorSecretSize:]
+	derived, err := ntorPublic(secret)
+	if err != nil || !bytes.Equal(derived, pub) {
+		return nil, fmt.Errorf("%s: public key does not match the secret", path)
+	}
+	return secret, nil
+}
+
+func ntorPublic(secret []byte) ([]byte, error) {
+	k, err := ecdh.X25519().NewPrivateKey(secret)
+	if err != nil {
+		return nil, err
+	}
+	return k.PublicKey().Bytes(), nil
+}
+
+// rsaToPQ reduces tor's PKCS#1 identity key to p‖q, after checking the key
+// rebuilt from them is the same key.
+func rsaToPQ(path string, pemData []byte) ([]byte, error) {
+	blk, rest := pem.Decode(pemData)
+	if blk == nil || blk.Type != "RSA PRIVATE KEY" || len(bytes.Trim(rest, " \t\r\n\x00")) != 0 {
+		return nil, fmt.Errorf("%s: not one PEM RSA PRIVATE KEY", path)
+	}
+	k, err := x509.ParsePKCS1PrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(k.Primes) != 2 || k.E != rsaExponent {
+		return nil, fmt.Errorf("%s: not a two-prime RSA key with e=%d", path, rsaExponent)
+	}
+	p, q := k.Primes[0].Bytes(), k.Primes[1].Bytes()
+	w := max(len(p), len(q))
+	pq := make([]byte, 2*w)
+	copy(pq[w-len(p):w], p)
+	copy(pq[2*w-len(q):], q)
+	rebuilt, err := rsaFromPQ(pq)
+	if err != nil || rebuilt.N.Cmp(k.N) != 0 {
+		return nil, fmt.Errorf("%s: key cannot be rebuilt from its primes", path)
+	}
+	return pq, nil
+}
+
+// rsaFromPQ rebuilds an RSA key (e = 65537) from p‖q.
+func rsaFromPQ(pq []byte) (*rsa.PrivateKey, error) {
+	if len(pq) == 0 || len(pq)%2 != 0 {
+		return nil, errors.New("bad p‖q length")
+	}
+	w := len(pq) / 2
+	p, q := new(big.Int).SetBytes(pq[:w]), new(big.Int).SetBytes(pq[w:])
+	one := big.NewInt(1)
+	phi := new(big.Int).Mul(new(big.Int).Sub(p, one), new(big.Int).Sub(q, one))
+	e := big.NewInt(rsaExponent)
+	d := new(big.Int).ModInverse(e, phi)
+	if d == nil {
+		return nil, errors.New("e is not invertible mod φ")
+	}
+	k := &rsa.PrivateKey{
+		PublicKey: rsa.PublicKey{N: new(big.Int).Mul(p, q), E: rsaExponent},
+		D:         d,
+		Primes:    []*big.Int{p, q},
+	}
+	k.Precompute()
+	if err := k.Validate(); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// keyFiles renders an entry as tor's files, by file name.
+func keyFiles(e *Entry) (map[string][]byte, error) {
+	k, err := rsaFromPQ(e.RSAIdentity)
+	if err != nil {
+		return nil, fmt.Errorf("RSA identity: %w", err)
+	}
+	files := map[string][]byte{
+		fileEd25519Master: taggedFile(hdrEd25519Master, e.Ed25519Master),
+		fileRSAIdentity:   pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)}),
+	}
+	for name, s := range map[string][]byte{fileNtor: e.Ntor, fileNtorOld: e.NtorOld} {
+		if s == nil {
+			continue
+		}
+		pub, err := ntorPublic(s)
+		if err != nil {
+			return nil, err
+		}
+		files[name] = taggedFile(hdrNtor, append(bytes.Clone(s), pub...))
+	}
+	for _, f := range e.Family {
+		files[f.Name+familySuffix] = taggedFile(hdrFamily, f.Secret)
+	}
+	return files, nil
+}
+
+// restoreEntry writes an entry's files into dataDir/keys, mode 0600 and
+// owned by uid:gid, directories 0700. Each file is written to a temporary
+// name and renamed, so a symlink planted by the relay is replaced, never
+// followed.
+func restoreEntry(e *Entry, dataDir string, uid, gid int) error {
+	files, err := keyFiles(e)
+	if err != nil {
+		return err
+	}
+	keysDir := filepath.Join(dataDir, "keys")
+	for _, d := range []string{dataDir, keysDir} {
+		if err := ownedDir(d, uid, gid); err != nil {
+			return err
+		}
+	}
+	old, _ := readKeyFile(filepath.Join(keysDir, fileEd25519Master))
+	if !bytes.Equal(old, files[fileEd25519Master]) {
+		for _, f := range derivedFiles {
+			if err := os.Remove(filepath.Join(keysDir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		if err := writeOwned(filepath.Join(keysDir, name), files[name], uid, gid); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+
+func ownedDir(d string, uid, gid int) error {
+	if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	fi, err := os.Lstat(d)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s: not a directory", d)
+	}
+	if err := os.Lchown(d, uid, gid); err != nil {
+		return err
+	}
+	return os.Chmod(d, 0o700)
+}
+
+func writeOwned(path string, data []byte, uid, gid int) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".patela-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Chmod(0o600)
+	}
+	if err == nil {
+		err = tmp.Chown(uid, gid)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

@@ -1,0 +1,94 @@
+package vault
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// requireTor skips where Debian's tor is missing, except in CI.
+func requireTor(t testing.TB) {
+	t.Helper()
+	if _, err := exec.LookPath("tor"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("tor not installed in CI: %v", err)
+		}
+		t.Skip("tor not installed (apt-get install tor)")
+	}
+}
+
+// fingerprints runs tor offline on dataDir (creating any missing keys) and
+// returns its RSA and ed25519 fingerprints.
+func fingerprints(t testing.TB, dataDir string) string {
+	t.Helper()
+	rc := filepath.Join(t.TempDir(), "torrc")
+	if err := os.WriteFile(rc, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("tor", "--list-fingerprint", "--DisableNetwork", "1",
+		"--DataDirectory", dataDir, "--ORPort", "127.0.0.1:auto",
+		"--defaults-torrc", rc, "-f", rc, "--Log", "err stderr").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tor --list-fingerprint: %v\n%s", err, out)
+	}
+	rsa, err := os.ReadFile(filepath.Join(dataDir, "fingerprint"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ed, err := os.ReadFile(filepath.Join(dataDir, "fingerprint-ed25519"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(rsa)) + " " + strings.TrimSpace(string(ed))
+}
+
+// torKeys makes n relays' real key sets with tor, in parallel; the first
+// gets a family key too. It returns the data directories and fingerprints.
+func torKeys(t testing.TB, n int) (dirs, fps []string) {
+	t.Helper()
+	requireTor(t)
+	dirs, fps = make([]string, n), make([]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		dirs[i] = t.TempDir()
+		wg.Go(func() { fps[i] = fingerprints(t, dirs[i]) })
+	}
+	wg.Wait()
+	cmd := exec.Command("tor", "--keygen-family", "fam", "--defaults-torrc", "/dev/null", "--Log", "err stderr")
+	cmd.Dir = filepath.Join(dirs[0], "keys")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("tor --keygen-family: %v\n%s", err, out)
+	}
+	return dirs, fps
+}
+
+func TestCaptureRealTorKeys(t *testing.T) {
+	dirs, _ := torKeys(t, 1)
+	e, err := captureEntry(filepath.Join(dirs[0], "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Ntor == nil || len(e.Family) != 1 || e.Family[0].Name != "fam" || len(e.RSAIdentity) != 128 {
+		t.Fatalf("entry: ntor %d B, family %v, p‖q %d B", len(e.Ntor), e.Family, len(e.RSAIdentity))
+	}
+	files, err := keyFiles(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{fileEd25519Master, fileNtor, "fam" + familySuffix} {
+		orig, _ := os.ReadFile(filepath.Join(dirs[0], "keys", name))
+		if !bytes.Equal(orig, files[name]) {
+			t.Errorf("%s not reproduced byte for byte", name)
+		}
+	}
+}
+
+func TestCaptureNotReady(t *testing.T) {
+	if _, err := captureEntry(t.TempDir()); err != ErrNoKeys {
+		t.Fatalf("empty dir: %v", err)
+	}
+}

@@ -1,0 +1,334 @@
+// Package vault keeps the relays' long-term tor keys across diskless boots,
+// readable only by this TPM.
+//
+// A random 32-byte AES-256-GCM key is sealed in the TPM under the SRK, bound
+// to a PCR policy that always includes a lock PCR (15 by default): after
+// unsealing, the vault extends it, so nothing started later in this boot can
+// unseal the key again. The relays' keys form one compact bundle, encrypted
+// under that key with the EK name and the bundle version as associated data,
+// kept in TPM NV over as many indices as it needs, or, when NV is full, in
+// the config server's key mirror, which holds only ciphertext.
+package vault
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"path/filepath"
+	"slices"
+	"sync"
+
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"patela/init/tpmkeys"
+	"patela/internal/api"
+)
+
+// Mirror is the config server's ciphertext store (GET/PUT /v1/node/keys).
+// Get answers an *api.Error with api.CodeNotFound when it has none.
+type Mirror interface {
+	Get(ctx context.Context) (*api.KeyBundle, error)
+	Put(ctx context.Context, b *api.KeyBundle) error
+}
+
+// DefaultLockPCR is extended after unsealing. It is zero at boot and no
+// firmware or stboot measurement uses it.
+const DefaultLockPCR = 15
+
+// Options configure Open.
+type Options struct {
+	EKName []byte // binds bundles to this TPM's EK (attest.Session.EKName)
+	PCRs   []int  // PCRs the vault key is sealed to, e.g. 7 and 13
+	// LockPCR is the PCR extended after unsealing (0: DefaultLockPCR).
+	// NoLock keeps the vault key unsealable all boot long; only for
+	// development.
+	LockPCR int
+	NoLock  bool
+	Mirror  Mirror // nil: NV only
+	Log     *slog.Logger
+	// NVMaxBytes caps the NV the bundle may use (0: what the TPM has).
+	NVMaxBytes int
+}
+
+// ErrKeyLost means the vault's NV header is there but its sealed key is
+// not (evicted, or the TPM was partly cleared): the stored bundle cannot be
+// decrypted any more, and the vault refuses to start a new one over it.
+var ErrKeyLost = errors.New("the vault's sealed key is missing but its key bundle exists; the relay keys cannot be recovered on this TPM (run `init tpm clear-vault --yes` to start over with new relay identities)")
+
+// ErrOrphaned means the mirror holds a bundle this TPM has no key for.
+var ErrOrphaned = errors.New("the config server holds a key bundle for this node but this TPM has no vault key; refusing to replace it (a TPM clear or swap loses the relay keys; an administrator must delete the mirror copy to start over)")
+
+// Vault is the unsealed vault of one boot. It is safe for concurrent use.
+type Vault struct {
+	log    *slog.Logger
+	mirror Mirror
+	ekName []byte
+	nv     *nvStore
+
+	mu      sync.Mutex
+	key     []byte
+	relays  map[string]*Entry
+	version uint64
+	stored  []byte // encoding of the relays as last saved, to detect changes
+	hdr     header
+}
+
+// Open unseals the vault key, loads and decrypts the key bundle, and locks
+// the vault for the rest of the boot. On the first boot it makes the key.
+// A bundle that does not decrypt is an error, never replaced.
+func Open(ctx context.Context, t transport.TPM, opts Options) (*Vault, error) {
+	if len(opts.EKName) == 0 {
+		return nil, errors.New("vault: no EK name")
+	}
+	lock := opts.LockPCR
+	if lock == 0 {
+		lock = DefaultLockPCR
+	}
+	if opts.NoLock {
+		lock = -1
+	}
+	pol, err := newPolicy(opts.PCRs, lock)
+	if err != nil {
+		return nil, err
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	nv, err := newNVStore(t, opts.NVMaxBytes)
+	if err != nil {
+		return nil, err
+	}
+	v := &Vault{log: log, mirror: opts.Mirror, ekName: bytes.Clone(opts.EKName), nv: nv, relays: map[string]*Entry{}}
+	hdr, err := nv.readHeader()
+	if err != nil {
+		return nil, err
+	}
+	srk, err := tpmkeys.SRK(t)
+	if err != nil {
+		return nil, err
+	}
+	defer srk.Close(t)
+
+	sealed, err := tpmkeys.Persisted(t, tpmkeys.SealHandle)
+	if errors.Is(err, tpmkeys.ErrNotPersisted) {
+		if hdr != nil && hdr.location != locNone {
+			return nil, ErrKeyLost
+		}
+		if b, err := v.mirrorGet(ctx); err != nil {
+			return nil, err
+		} else if b != nil {
+			return nil, ErrOrphaned
+		}
+		return v, v.create(t, srk, pol)
+	}
+	if err != nil {
+		return nil, err
+	}
+	key, err := unsealKey(t, srk, sealed, pol)
+	if err != nil {
+		return nil, err
+	}
+	if pol.lock >= 0 {
+		if err := lockPCR(t, pol.lock); err != nil {
+			clear(key)
+			return nil, err
+		}
+	}
+	v.key = key
+	if err := v.load(ctx, hdr, pol); err != nil {
+		clear(v.key)
+		return nil, err
+	}
+	log.Info("vault opened", "relays", len(v.relays), "version", v.version,
+		"stored_in", [...]string{"nothing yet", "TPM NV", "config server mirror"}[v.hdr.location], "pcrs", pol.pcrs)
+	return v, nil
+}
+
+// create makes, seals and locks a new vault key (first boot).
+func (v *Vault) create(t transport.TPM, srk *tpmkeys.Key, pol pcrPolicy) error {
+	v.key = make([]byte, keySize)
+	if _, err := rand.Read(v.key); err != nil {
+		return err
+	}
+	if err := sealKey(t, srk, pol, v.key); err != nil {
+		return err
+	}
+	v.hdr = header{location: locNone, lock: pol.lock, pcrMask: pol.mask()}
+	if err := v.nv.writeHeader(&v.hdr); err != nil {
+		return err
+	}
+	if pol.lock >= 0 {
+		if err := lockPCR(t, pol.lock); err != nil {
+			return err
+		}
+	}
+	v.stored, _ = encodeBundle(&Bundle{Relays: v.relays})
+	v.log.Info("vault created: new key sealed in the TPM", "pcrs", pol.pcrs)
+	return nil
+}
+
+func (v *Vault) mirrorGet(ctx context.Context) (*api.KeyBundle, error) {
+	if v.mirror == nil {
+		return nil, nil
+	}
+	b, err := v.mirror.Get(ctx)
+	if api.IsCode(err, api.CodeNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the key mirror: %w", err)
+	}
+	return b, nil
+}
+
+// load reads the bundle where the header says it is.
+func (v *Vault) load(ctx context.Context, hdr *header, pol pcrPolicy) error {
+	if hdr == nil {
+		// Sealed on an earlier boot that stopped before writing the header.
+		hdr = &header{location: locNone, lock: pol.lock, pcrMask: pol.mask()}
+		if err := v.nv.writeHeader(hdr); err != nil {
+			return err
+		}
+	}
+	v.hdr = *hdr
+	var env []byte
+	switch hdr.location {
+	case locNone:
+		v.stored, _ = encodeBundle(&Bundle{Relays: v.relays})
+		return nil
+	case locNV:
+		data, err := v.nv.readData(hdr)
+		if err != nil {
+			return fmt.Errorf("reading the key bundle from NV: %w", err)
+		}
+		if sha256.Sum256(data) != hdr.sum {
+			return fmt.Errorf("%w: the NV copy does not match its header (interrupted write or tampering)", ErrUndecryptable)
+		}
+		env = data
+	case locMirror:
+		b, err := v.mirrorGet(ctx)
+		if err != nil {
+			return err
+		}
+		if b == nil {
+			return fmt.Errorf("the key bundle (version %d) should be on the config server, which has none", hdr.version)
+		}
+		if b.Version < hdr.version {
+			return fmt.Errorf("the config server serves key bundle version %d, older than the %d this TPM recorded (rollback)", b.Version, hdr.version)
+		}
+		env = b.Bundle
+	}
+	b, err := open(v.key, v.ekName, env)
+	if err != nil {
+		return err
+	}
+	if b.Version < hdr.version {
+		return fmt.Errorf("key bundle version %d is older than the %d this TPM recorded (rollback)", b.Version, hdr.version)
+	}
+	v.relays, v.version = b.Relays, b.Version
+	v.stored, err = encodeBundle(&Bundle{Relays: v.relays})
+	return err
+}
+
+// Restore writes a relay's keys into dataDir/keys (files 0600, directories
+// 0700, owned by uid:gid) before tor starts. A relay the vault does not
+// know yet starts fresh: restored is false and err nil.
+func (v *Vault) Restore(name, dataDir string, uid, gid int) (restored bool, err error) {
+	v.mu.Lock()
+	e := v.relays[name]
+	v.mu.Unlock()
+	if e == nil {
+		return false, nil
+	}
+	if err := restoreEntry(e, dataDir, uid, gid); err != nil {
+		return false, fmt.Errorf("restoring keys of %s: %w", name, err)
+	}
+	return true, nil
+}
+
+// Capture reads a relay's key files (once tor has written them) into the
+// bundle. changed says whether they differ from what the vault held; Save
+// persists them. Before tor has written its keys it returns false, nil.
+func (v *Vault) Capture(name, dataDir string) (changed bool, err error) {
+	if !validName(name) {
+		return false, fmt.Errorf("relay name %q cannot be stored", name)
+	}
+	e, err := captureEntry(filepath.Join(dataDir, "keys"))
+	if errors.Is(err, ErrNoKeys) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("capturing keys of %s: %w", name, err)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if old := v.relays[name]; old != nil && old.equal(e) {
+		return false, nil
+	}
+	v.relays[name] = e
+	return true, nil
+}
+
+// Forget drops a relay's keys from the bundle (a relay removed for good).
+func (v *Vault) Forget(name string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	delete(v.relays, name)
+}
+
+// Relays lists the relays the vault holds keys for.
+func (v *Vault) Relays() []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return slices.Sorted(maps.Keys(v.relays))
+}
+
+// Save persists the bundle if it changed since it was loaded or last
+// saved: to NV when it fits, else to the mirror.
+func (v *Vault) Save(ctx context.Context) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	cur, err := encodeBundle(&Bundle{Relays: v.relays})
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(cur, v.stored) {
+		return nil
+	}
+	b := &Bundle{Version: v.version + 1, Relays: v.relays}
+	env, err := seal(v.key, v.ekName, b)
+	if err != nil {
+		return err
+	}
+	hdr := header{location: locNV, lock: v.hdr.lock, pcrMask: v.hdr.pcrMask,
+		length: len(env), version: b.Version, sum: sha256.Sum256(env)}
+	hdr.count, err = v.nv.writeData(env)
+	if errors.Is(err, ErrNVFull) {
+		if v.mirror == nil {
+			return fmt.Errorf("saving the key bundle (%d bytes): %w, and no mirror is configured", len(env), err)
+		}
+		v.log.Info("key bundle does not fit in TPM NV; storing its ciphertext on the config server", "bytes", len(env), "reason", err)
+		if err := v.mirror.Put(ctx, &api.KeyBundle{Bundle: env, Version: b.Version}); err != nil {
+			return fmt.Errorf("saving the key bundle to the mirror: %w", err)
+		}
+		hdr.location, hdr.count = locMirror, 0
+	} else if err != nil {
+		return fmt.Errorf("saving the key bundle to NV: %w", err)
+	}
+	if err := v.nv.writeHeader(&hdr); err != nil {
+		return err
+	}
+	v.hdr, v.version, v.stored = hdr, b.Version, cur
+	if err := v.nv.freeFrom(hdr.count); err != nil {
+		v.log.Warn("freeing unused vault NV indices", "err", err)
+	}
+	v.log.Info("key bundle saved", "version", b.Version, "relays", len(v.relays), "bytes", len(env),
+		"in", map[byte]string{locNV: "TPM NV", locMirror: "config server mirror"}[hdr.location])
+	return nil
+}

@@ -1,0 +1,366 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"patela/init/tpmdev"
+	"patela/init/tpmkeys"
+	"patela/internal/swtpmtest"
+)
+
+// machine is a node whose TPM state survives reboots (swtpm restarts).
+type machine struct {
+	t     *testing.T
+	state string
+	tp    *swtpmtest.TPM
+	dev   transport.TPMCloser
+	Cnt   *tpmdev.Counter
+	EK    []byte
+}
+
+func newMachine(t *testing.T) *machine {
+	m := &machine{t: t, state: t.TempDir()}
+	m.boot()
+	return m
+}
+
+// boot power-cycles the TPM: PCRs reset, persistent state kept.
+func (m *machine) boot() {
+	m.t.Helper()
+	if m.tp != nil {
+		m.dev.Close()
+		m.tp.Stop()
+	}
+	m.tp = swtpmtest.StartState(m.t, m.state)
+	dev, err := tpmdev.Open("unix:" + m.tp.Socket)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	m.dev = dev
+	m.t.Cleanup(func() { dev.Close() })
+	m.Cnt = tpmdev.NewCounter(dev)
+	ek, err := tpmkeys.EK(dev, tpm2.TPMAlgECC)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	ek.Close(dev)
+	m.EK = ek.Name.Buffer
+}
+
+func (m *machine) open(opts Options) (*Vault, error) {
+	if opts.EKName == nil {
+		opts.EKName = m.EK
+	}
+	return Open(context.Background(), m.Cnt, opts)
+}
+
+func (m *machine) mustOpen(opts Options) *Vault {
+	m.t.Helper()
+	v, err := m.open(opts)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	return v
+}
+
+func (m *machine) extend(pcr int) {
+	m.t.Helper()
+	if err := lockPCR(m.dev, pcr); err != nil {
+		m.t.Fatal(err)
+	}
+}
+
+// chownTree hands a restored directory back to root so tor, run by the
+// test as root, accepts it.
+func chownTree(t *testing.T, dir string) {
+	filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err == nil {
+			err = os.Lchown(p, os.Getuid(), os.Getgid())
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return nil
+	})
+}
+
+func TestEightRelaysRoundTrip(t *testing.T) {
+	const n = 8
+	dirs, fps := torKeys(t, n)
+	m := newMachine(t)
+	ctx := context.Background()
+
+	v := m.mustOpen(Options{PCRs: []int{7}})
+	for i, d := range dirs {
+		changed, err := v.Capture(fmt.Sprintf("relay%d", i), d)
+		if err != nil || !changed {
+			t.Fatalf("capture %d: changed=%v err=%v", i, changed, err)
+		}
+	}
+	if err := v.Save(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing changed: a capture reports so and Save writes nothing.
+	m.Cnt.Reset()
+	if changed, err := v.Capture("relay0", dirs[0]); err != nil || changed {
+		t.Fatalf("recapture: changed=%v err=%v", changed, err)
+	}
+	if err := v.Save(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if w := m.Cnt.Count(tpm2.TPMCCNVWrite); w != 0 {
+		t.Fatalf("unchanged bundle: %d NV writes", w)
+	}
+
+	m.boot()
+	v = m.mustOpen(Options{PCRs: []int{7}})
+	for i := range n {
+		dir := filepath.Join(t.TempDir(), "data")
+		uid := 10001 + i
+		ok, err := v.Restore(fmt.Sprintf("relay%d", i), dir, uid, uid)
+		if err != nil || !ok {
+			t.Fatalf("restore %d: ok=%v err=%v", i, ok, err)
+		}
+		checkOwned(t, dir, uid, 0o700)
+		checkOwned(t, filepath.Join(dir, "keys"), uid, 0o700)
+		ents, _ := os.ReadDir(filepath.Join(dir, "keys"))
+		for _, e := range ents {
+			checkOwned(t, filepath.Join(dir, "keys", e.Name()), uid, 0o600)
+		}
+		chownTree(t, dir)
+		if got := fingerprints(t, dir); got != fps[i] {
+			t.Errorf("relay %d: fingerprints %q after restore, %q before", i, got, fps[i])
+		}
+	}
+	fam, err := os.ReadFile(filepath.Join(dirs[0], "keys", "fam"+familySuffix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	v.Restore("relay0", dir, 0, 0)
+	if got, _ := os.ReadFile(filepath.Join(dir, "keys", "fam"+familySuffix)); !bytes.Equal(got, fam) {
+		t.Error("family key not restored")
+	}
+	// A relay the vault has never seen starts fresh.
+	if ok, err := v.Restore("newcomer", t.TempDir(), 0, 0); ok || err != nil {
+		t.Fatalf("unknown relay: ok=%v err=%v", ok, err)
+	}
+}
+
+func checkOwned(t *testing.T, path string, uid int, mode fs.FileMode) {
+	t.Helper()
+	fi, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if int(st.Uid) != uid || int(st.Gid) != uid || fi.Mode().Perm() != mode {
+		t.Errorf("%s: %d:%d %v, want %d:%d %v", path, st.Uid, st.Gid, fi.Mode().Perm(), uid, uid, mode)
+	}
+}
+
+func TestSecondUnsealAfterLockFails(t *testing.T) {
+	for _, pcrs := range [][]int{nil, {7}} {
+		m := newMachine(t)
+		m.mustOpen(Options{PCRs: pcrs}) // first boot: creates and locks
+		if _, err := m.open(Options{PCRs: pcrs}); !errors.Is(err, ErrLocked) {
+			t.Fatalf("PCRs %v, same boot as creation: %v", pcrs, err)
+		}
+		m.boot()
+		m.mustOpen(Options{PCRs: pcrs})
+		_, err := m.open(Options{PCRs: pcrs})
+		if !errors.Is(err, ErrLocked) {
+			t.Fatalf("PCRs %v, second unseal in one boot: %v", pcrs, err)
+		}
+		t.Log(err)
+	}
+}
+
+func TestPCRChangedAfterSealing(t *testing.T) {
+	m := newMachine(t)
+	m.mustOpen(Options{PCRs: []int{13}})
+	m.boot()
+	m.extend(13) // another trust policy measured by stboot
+	_, err := m.open(Options{PCRs: []int{13}})
+	if !errors.Is(err, ErrPolicy) {
+		t.Fatalf("unseal after PCR 13 changed: %v", err)
+	}
+	t.Log(err)
+	m.boot()
+	if _, err := m.open(Options{PCRs: []int{7, 13}}); !errors.Is(err, ErrPolicy) {
+		t.Fatalf("PCR list changed: %v", err)
+	}
+	m.boot()
+	m.mustOpen(Options{PCRs: []int{13}})
+}
+
+// saveOne makes a vault holding one relay's real keys and returns that
+// relay's data directory.
+func saveOne(t *testing.T, m *machine, opts Options) (*Vault, string) {
+	t.Helper()
+	dirs, _ := torKeys(t, 1)
+	v := m.mustOpen(opts)
+	if _, err := v.Capture("murazzano", dirs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Save(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return v, dirs[0]
+}
+
+func nvData(t *testing.T, m *machine) []byte {
+	t.Helper()
+	nv, err := newNVStore(m.dev, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := nv.readHeader()
+	if err != nil || h == nil || h.location != locNV {
+		t.Fatalf("header %+v, %v", h, err)
+	}
+	d, err := nv.readData(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestOtherEKCannotDecrypt(t *testing.T) {
+	m := newMachine(t)
+	saveOne(t, m, Options{})
+	before := nvData(t, m)
+	m.boot()
+	other := newMachine(t) // another TPM: another EK
+	_, err := m.open(Options{EKName: other.EK})
+	if !errors.Is(err, ErrUndecryptable) {
+		t.Fatalf("bundle opened for another EK: %v", err)
+	}
+	if !bytes.Equal(before, nvData(t, m)) {
+		t.Fatal("the undecryptable bundle was modified")
+	}
+	m.boot()
+	m.mustOpen(Options{})
+}
+
+func TestCorruptedCiphertext(t *testing.T) {
+	m := newMachine(t)
+	saveOne(t, m, Options{})
+	nv, _ := newNVStore(m.dev, 0)
+	h, _ := nv.readHeader()
+	data := nvData(t, m)
+
+	// One flipped bit in the stored ciphertext, with the header's hash
+	// updated to match, as an attacker with owner auth could.
+	data[len(data)-20] ^= 1
+	if _, err := nv.writeData(data); err != nil {
+		t.Fatal(err)
+	}
+	h.sum = sha256.Sum256(data)
+	if err := nv.writeHeader(h); err != nil {
+		t.Fatal(err)
+	}
+	m.boot()
+	if _, err := m.open(Options{}); !errors.Is(err, ErrUndecryptable) {
+		t.Fatalf("tampered bundle: %v", err)
+	}
+	// Without the hash update: noticed before decryption.
+	data[len(data)-20] ^= 1
+	nv, _ = newNVStore(m.dev, 0)
+	nv.writeData(data)
+	data[0] ^= 0xFF
+	nv.writeData(data)
+	m.boot()
+	if _, err := m.open(Options{}); !errors.Is(err, ErrUndecryptable) {
+		t.Fatalf("corrupted NV: %v", err)
+	}
+}
+
+func TestNVFullWithoutMirror(t *testing.T) {
+	m := newMachine(t)
+	dirs, _ := torKeys(t, 1)
+	v := m.mustOpen(Options{NVMaxBytes: 128})
+	v.Capture("murazzano", dirs[0])
+	if err := v.Save(context.Background()); !errors.Is(err, ErrNVFull) {
+		t.Fatalf("save with no room and no mirror: %v", err)
+	}
+	// Nothing was stored: the next boot has an empty vault, and the
+	// bundle is still pending in memory.
+	if err := v.Save(context.Background()); err == nil {
+		t.Fatal("failed save was forgotten")
+	}
+}
+
+func TestSealedKeyLost(t *testing.T) {
+	m := newMachine(t)
+	saveOne(t, m, Options{})
+	if err := tpmkeys.Evict(m.dev, tpmkeys.SealHandle); err != nil {
+		t.Fatal(err)
+	}
+	m.boot()
+	if _, err := m.open(Options{}); !errors.Is(err, ErrKeyLost) {
+		t.Fatalf("bundle without sealed key: %v", err)
+	}
+}
+
+func TestVaultKeyNeverInNV(t *testing.T) {
+	// The vault key is stored only inside the sealed object: scan every
+	// NV index for it.
+	m := newMachine(t)
+	v, _ := saveOne(t, m, Options{})
+	hs, _ := tpmdev.Handles(m.dev, tpm2.TPMHTNVIndex)
+	nv, _ := newNVStore(m.dev, 0)
+	for _, h := range hs {
+		n, _, _ := nv.size(h)
+		d, err := nv.read(h, n)
+		if err == nil && bytes.Contains(d, v.key) {
+			t.Fatalf("vault key in NV 0x%08x", uint32(h))
+		}
+	}
+}
+
+// TestLockIsEnforcedByTheTPM skips the vault's own diagnosis and asks the
+// TPM to unseal after the lock: the TPM itself must refuse.
+func TestLockIsEnforcedByTheTPM(t *testing.T) {
+	m := newMachine(t)
+	m.mustOpen(Options{PCRs: []int{7}})
+	m.boot()
+	pol, _ := newPolicy([]int{7}, DefaultLockPCR)
+	unseal := func() error {
+		srk, err := tpmkeys.SRK(m.dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srk.Close(m.dev)
+		sealed, err := tpmkeys.Persisted(m.dev, tpmkeys.SealHandle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sel := pol.selection()
+		_, err = tpm2.Unseal{ItemHandle: tpm2.AuthHandle{Handle: sealed.Handle, Name: sealed.Name,
+			Auth: tpm2.Policy(tpm2.TPMAlgSHA256, 16, func(t transport.TPM, s tpm2.TPMISHPolicy, _ tpm2.TPM2BNonce) error {
+				_, err := tpm2.PolicyPCR{PolicySession: s, Pcrs: sel}.Execute(t)
+				return err
+			})}}.Execute(m.dev)
+		return err
+	}
+	if err := unseal(); err != nil {
+		t.Fatalf("unseal before the lock: %v", err)
+	}
+	m.extend(DefaultLockPCR)
+	if err := unseal(); !errors.Is(err, tpm2.TPMRCPolicyFail) {
+		t.Fatalf("unseal after the lock: %v", err)
+	}
+}
