@@ -133,16 +133,16 @@ var (
 
 func init() {
 	for _, n := range torOptions {
-		canonical[strings.ToLower(n)] = n
+		canonical[lower(n)] = n
 	}
 	for a, t := range aliases {
-		if _, real := canonical[strings.ToLower(a)]; real {
+		if _, real := canonical[lower(a)]; real {
 			continue // never shadow a real option
 		}
-		if c, ok := canonical[strings.ToLower(t)]; ok {
-			canonical[strings.ToLower(a)] = c
+		if c, ok := canonical[lower(t)]; ok {
+			canonical[lower(a)] = c
 		} else {
-			obsolete[strings.ToLower(a)] = t
+			obsolete[lower(a)] = t
 		}
 	}
 	for _, s := range []struct {
@@ -152,7 +152,7 @@ func init() {
 		for _, n := range s.names {
 			// Options a given tor build lacks (HardwareAccel without
 			// OpenSSL engines, say) are simply never seen.
-			if c, ok := canonical[strings.ToLower(n)]; ok {
+			if c, ok := canonical[lower(n)]; ok {
 				s.set[c] = true
 			}
 		}
@@ -166,9 +166,29 @@ func Canonical(name string) (string, bool) {
 	if strings.HasPrefix(name, "__") {
 		return "", false
 	}
-	c, ok := canonical[strings.ToLower(name)]
+	// Fold ASCII case only, as tor's strcasecmp does, into a stack buffer:
+	// this lookup runs for every line parsed. No name is that long.
+	var buf [64]byte
+	if len(name) > len(buf) {
+		return "", false
+	}
+	c, ok := canonical[string(foldASCII(buf[:0], name))]
 	return c, ok
 }
+
+// foldASCII appends s to b with ASCII letters in lower case.
+func foldASCII(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b = append(b, c)
+	}
+	return b
+}
+
+func lower(s string) string { return string(foldASCII(nil, s)) }
 
 // IsManaged reports whether an option (any spelling tor accepts) belongs to
 // the system, so that an admin's torrc may not set it.

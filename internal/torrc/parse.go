@@ -19,14 +19,14 @@ func parse(src []byte, user bool) (*Config, error) {
 	if err := checkText(src); err != nil {
 		return nil, err
 	}
-	c := &Config{}
+	c := &Config{Lines: make([]Line, 0, bytes.Count(src, []byte{'\n'})/2+1)}
 	s := scanner{src: src, line: 1}
 	for {
-		e, err := s.next()
+		e, ok, err := s.next()
 		if err != nil {
 			return nil, err
 		}
-		if e == nil {
+		if !ok {
 			return c, nil
 		}
 		l, err := e.check(user)
@@ -93,8 +93,8 @@ func (s *scanner) at(i int) byte {
 	return 0
 }
 
-// next returns the next entry, or nil at the end of the source.
-func (s *scanner) next() (*entry, error) {
+// next returns the next entry; ok is false at the end of the source.
+func (s *scanner) next() (e entry, ok bool, err error) {
 	src, i := s.src, s.i
 	// Skip blank space and comment lines up to the next option name.
 	for {
@@ -110,9 +110,9 @@ func (s *scanner) next() (*entry, error) {
 	}
 	if i == len(src) {
 		s.i = i
-		return nil, nil
+		return e, false, nil
 	}
-	e := &entry{line: s.lineAt(i)}
+	e.line = s.lineAt(i)
 	k := i
 	for i < len(src) && !isSpace(src[i]) && src[i] != '#' && !(src[i] == '\\' && s.at(i+1) == '\n') {
 		i++
@@ -125,7 +125,7 @@ func (s *scanner) next() (*entry, error) {
 	if s.at(i) == '"' {
 		end, err := scanQuoted(src, i)
 		if err != "" {
-			return nil, &ParseError{e.line, err}
+			return e, false, &ParseError{e.line, err}
 		}
 		e.value, e.quoted, i = string(src[v:end]), true, end
 		for s.at(i) == ' ' || s.at(i) == '\t' {
@@ -135,7 +135,7 @@ func (s *scanner) next() (*entry, error) {
 			i++
 		}
 		if i < len(src) && src[i] != '#' && src[i] != '\n' {
-			return nil, &ParseError{e.line, "data after the closing quote"}
+			return e, false, &ParseError{e.line, "data after the closing quote"}
 		}
 	} else {
 		for i < len(src) && src[i] != '\n' && (src[i] != '#' || e.cont) {
@@ -175,7 +175,7 @@ func (s *scanner) next() (*entry, error) {
 		i++
 	}
 	s.i = i
-	return e, nil
+	return e, true, nil
 }
 
 // join removes what tor removes from a continued value: each "\\\n" and
@@ -278,7 +278,7 @@ func (e *entry) check(user bool) (Line, error) {
 	}
 	key, ok := Canonical(name)
 	if !ok {
-		if t, obs := obsolete[strings.ToLower(name)]; obs {
+		if t, obs := obsolete[lower(name)]; obs {
 			return bad("%s (an old name of %s) is obsolete: tor ignores it", name, t)
 		}
 		return bad("unknown option %q", name)

@@ -193,7 +193,7 @@ func TestCanonical(t *testing.T) {
 			t.Errorf("Canonical(%q) = %q, %v; want %q", in, got, ok, want)
 		}
 	}
-	for _, in := range []string{"", "l", "Contact", "__ControlPort", "__SocksPort", "%include", "AllowInvalidNodes", "AllowUnverifiedNodes", "ExitPolicy "} {
+	for _, in := range []string{"", "l", "\u212AeepalivePeriod", strings.Repeat("x", 65), "Contact", "__ControlPort", "__SocksPort", "%include", "AllowInvalidNodes", "AllowUnverifiedNodes", "ExitPolicy "} {
 		if got, ok := Canonical(in); ok {
 			t.Errorf("Canonical(%q) = %q, true; want unknown", in, got)
 		}
@@ -218,7 +218,7 @@ func TestCanonical(t *testing.T) {
 		}
 	}
 	for a := range aliases {
-		if _, real := Canonical(a); real && strings.EqualFold(a, canonical[strings.ToLower(a)]) {
+		if _, real := Canonical(a); real && strings.EqualFold(a, canonical[lower(a)]) {
 			t.Errorf("alias %q shadows a real option", a)
 		}
 	}

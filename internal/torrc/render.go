@@ -9,7 +9,12 @@ import (
 // tor's spelling and values as written. Parse(Render(c)) gives c back (less
 // source line numbers and levels), so rendering is a fixed point.
 func (c *Config) Render() []byte {
+	n := 0
+	for _, l := range c.Lines {
+		n += len(l.Key) + len(l.Value) + 3
+	}
 	var b bytes.Buffer
+	b.Grow(n)
 	for _, l := range c.Lines {
 		writeLine(&b, l)
 		b.WriteByte('\n')
