@@ -70,7 +70,7 @@ type entry struct {
 type scanner struct {
 	src  []byte
 	i    int
-	line int // line number of src[counted]
+	line int // line number of src[cnt]
 	cnt  int // bytes counted into line so far
 }
 
@@ -269,6 +269,8 @@ func (e *entry) check(user bool) (Line, error) {
 	switch {
 	case name == "":
 		return bad("missing option name")
+	case strings.HasPrefix(name, "\ufeff"):
+		return bad("byte order mark before %q: save the file as UTF-8 without BOM", name[len("\ufeff"):])
 	case strings.EqualFold(name, "%include"):
 		return bad("%%include is not supported: the torrc must be self-contained")
 	case strings.HasPrefix(name, "__"):
@@ -300,7 +302,9 @@ func (e *entry) check(user bool) (Line, error) {
 		}
 		return l, nil
 	}
-	if v == "" {
+	if v == "" || v == `""` {
+		// tor reads an empty value as "reset to the default", or for a
+		// list skips it with a warning; neither is worth writing down.
 		return bad("%s has no value", key)
 	}
 	for _, r := range v {

@@ -92,6 +92,8 @@ func TestParseErrors(t *testing.T) {
 		msg       string
 	}{
 		{"no value", "ExitRelay 1\nContactInfo\n", false, 2, "ContactInfo has no value"},
+		{"empty quoted value", "ContactInfo \"\"  # none\n", false, 1, "ContactInfo has no value"},
+		{"byte order mark", "\ufeffContactInfo x\n", false, 1, "byte order mark before \"ContactInfo\""},
 		{"no value but a comment", "ContactInfo   # later\n", false, 1, "ContactInfo has no value"},
 		{"no value after continuation", "NumCPUs 1\nContactInfo \\\n# c\n\n", false, 2, "ContactInfo has no value"},
 		{"continuation at the start of a line", "NumCPUs 1\n\\\nContactInfo x\n", false, 2, "missing option name"},

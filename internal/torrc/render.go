@@ -3,6 +3,7 @@ package torrc
 import (
 	"bytes"
 	"fmt"
+	"unicode/utf8"
 )
 
 // Render writes c as torrc text, one option per line in c's order, names in
@@ -28,14 +29,14 @@ func (c *Config) Render() []byte {
 func (c *Config) Explain() []byte {
 	width := 0
 	for _, l := range c.Lines {
-		width = max(width, len(l.Op.prefix())+len(l.Key)+1+len(l.Value))
+		width = max(width, len(l.Op.prefix())+len(l.Key)+1+utf8.RuneCountInString(l.Value))
 	}
 	width = min(width, 72)
 	var b bytes.Buffer
 	for _, l := range c.Lines {
 		n := b.Len()
 		writeLine(&b, l)
-		for b.Len()-n < width {
+		for w := utf8.RuneCount(b.Bytes()[n:]); w < width; w++ {
 			b.WriteByte(' ')
 		}
 		level := l.Level
