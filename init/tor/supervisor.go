@@ -100,6 +100,7 @@ type Supervisor struct {
 	mu     sync.Mutex   // serialises Apply, Remove and Shutdown
 	mapMu  sync.RWMutex // guards relays, so Status never waits for a stop
 	relays map[string]*relay
+	closed bool // after Shutdown: Apply refuses
 }
 
 // New checks o and prepares the state and run directories.
@@ -138,6 +139,9 @@ func (s *Supervisor) Apply(ctx context.Context, spec Spec) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("tor: supervisor is shut down")
+	}
 	r := s.relays[spec.Name]
 	if r != nil && r.uid != spec.UID {
 		// The DataDirectory must change owner, which a running tor would
@@ -318,6 +322,7 @@ func (s *Supervisor) wipe(name string) error {
 func (s *Supervisor) Shutdown(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.closed = true
 	var wg sync.WaitGroup
 	for _, r := range s.relays {
 		wg.Add(1)

@@ -1,0 +1,335 @@
+// Package reconcile is the agent's steady state: every poll interval it
+// fetches the node's desired state from the config server, converges the
+// relay network and the supervised relays to it without disturbing
+// relays that did not change, and sends a heartbeat. A server that cannot
+// be reached changes nothing: the relays keep running and the loop
+// retries with backoff.
+package reconcile
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"patela/init/netcfg"
+	"patela/init/tor"
+	"patela/internal/api"
+)
+
+// Tokens hands out bearer tokens (*attest.Session).
+type Tokens interface {
+	Token(ctx context.Context) (string, error)
+}
+
+// invalidator is implemented by *attest.Session: a token the server
+// refused is dropped, so the next Token attests again.
+type invalidator interface {
+	Invalidate(token string)
+}
+
+// Network converges the relay network (*netcfg.Manager).
+type Network interface {
+	Apply(ctx context.Context, want netcfg.Relays) error
+}
+
+// Keys is the relay key vault (*vault.Vault).
+type Keys = tor.Keys
+
+// Config wires the loop.
+type Config struct {
+	Client  *api.Client
+	Tokens  Tokens
+	Network Network
+	Keys    Keys        // passed to the supervisor; nil keeps no keys
+	Tor     tor.Options // the supervisor's options; Keys and Log are set from here
+	Log     *slog.Logger
+
+	// Specs, if set, is posted before each config fetch, so relays the
+	// administrator allows (max_relays, relay_memory_mb) are allocated
+	// or freed without a reboot.
+	Specs *api.Specs
+
+	// PollInterval overrides the server's poll_interval_s when > 0 (the
+	// server's minimum is 10 s; tests poll faster).
+	PollInterval time.Duration
+	// RetryMin and RetryMax bound the backoff after a failed round;
+	// defaults 2 s and 60 s, never more than the poll interval.
+	RetryMin, RetryMax time.Duration
+	// ProcRoot is where boot_id and uptime are read; default "/proc".
+	ProcRoot string
+}
+
+// Loop is the reconcile loop.
+type Loop struct {
+	cfg     Config
+	log     *slog.Logger
+	sup     *tor.Supervisor
+	initErr error
+
+	applied map[string]api.Relay // relays as last applied successfully
+	refused map[string]error     // relays whose desired state was refused
+}
+
+// New prepares the loop and its relay supervisor. An error setting up
+// the supervisor is returned by Run.
+func New(cfg Config) *Loop {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.RetryMin <= 0 {
+		cfg.RetryMin = 2 * time.Second
+	}
+	if cfg.RetryMax <= 0 {
+		cfg.RetryMax = time.Minute
+	}
+	if cfg.ProcRoot == "" {
+		cfg.ProcRoot = "/proc"
+	}
+	l := &Loop{cfg: cfg, log: cfg.Log, applied: map[string]api.Relay{}, refused: map[string]error{}}
+	o := cfg.Tor
+	o.Keys = cfg.Keys
+	if o.Log == nil {
+		o.Log = cfg.Log
+	}
+	l.sup, l.initErr = tor.New(o)
+	if l.initErr == nil && (cfg.Client == nil || cfg.Tokens == nil || cfg.Network == nil) {
+		l.initErr = errors.New("reconcile: Client, Tokens and Network are required")
+	}
+	return l
+}
+
+// Supervisor gives access to the relays (status, logs) for a debug shell.
+func (l *Loop) Supervisor() *tor.Supervisor { return l.sup }
+
+// Run reconciles until ctx ends. It returns only ctx's error, or a setup
+// error at once.
+func (l *Loop) Run(ctx context.Context) error {
+	if l.initErr != nil {
+		return l.initErr
+	}
+	retry := l.cfg.RetryMin
+	for {
+		interval, err := l.Once(ctx)
+		wait := interval
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			wait = min(retry, interval)
+			l.log.Warn("reconcile failed; relays keep running", "err", err, "retry_in", wait)
+			retry = min(2*retry, l.cfg.RetryMax)
+		} else {
+			retry = l.cfg.RetryMin
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// Once runs one round: specs, config, network, relays, heartbeat. It
+// returns the poll interval to wait before the next round.
+func (l *Loop) Once(ctx context.Context) (time.Duration, error) {
+	interval := l.interval(0)
+	var cfg *api.NodeConfig
+	err := l.call(ctx, func(tok string) error {
+		if l.cfg.Specs != nil {
+			if _, err := l.cfg.Client.Specs(ctx, tok, l.cfg.Specs); err != nil {
+				return fmt.Errorf("posting specs: %w", err)
+			}
+		}
+		var err error
+		cfg, err = l.cfg.Client.Config(ctx, tok)
+		if err != nil {
+			return fmt.Errorf("fetching config: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return interval, err
+	}
+	interval = l.interval(cfg.PollIntervalS)
+	applyErr := l.apply(ctx, cfg)
+	hbErr := l.call(ctx, func(tok string) error {
+		if err := l.cfg.Client.Status(ctx, tok, l.status()); err != nil {
+			return fmt.Errorf("heartbeat: %w", err)
+		}
+		return nil
+	})
+	return interval, errors.Join(applyErr, hbErr)
+}
+
+func (l *Loop) interval(serverS int) time.Duration {
+	if l.cfg.PollInterval > 0 {
+		return l.cfg.PollInterval
+	}
+	if serverS < 10 {
+		serverS = 300 // the server's default; it never sends less than 10
+	}
+	return time.Duration(serverS) * time.Second
+}
+
+// call runs fn with a token; if the server answers 401 (token expired or
+// revoked) it gets a fresh token and tries once more.
+func (l *Loop) call(ctx context.Context, fn func(token string) error) error {
+	tok, err := l.cfg.Tokens.Token(ctx)
+	if err != nil {
+		return fmt.Errorf("token: %w", err)
+	}
+	err = fn(tok)
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
+		return err
+	}
+	l.log.Info("token refused; attesting again", "err", err)
+	if inv, ok := l.cfg.Tokens.(invalidator); ok {
+		inv.Invalidate(tok)
+	}
+	if tok, err = l.cfg.Tokens.Token(ctx); err != nil {
+		return fmt.Errorf("token: %w", err)
+	}
+	return fn(tok)
+}
+
+// same reports whether relay a can stay as it is to become b.
+func same(a, b api.Relay) bool {
+	return a.TorrcSHA256 == b.TorrcSHA256 && a.UID == b.UID && a.IPv4 == b.IPv4 &&
+		a.IPv6 == b.IPv6 && a.ORPort == b.ORPort
+}
+
+// apply converges to cfg: the network first (addresses must exist before
+// tor binds them), then relays removed, then relays added or changed.
+// A relay the supervisor refuses is reported and the others go on.
+func (l *Loop) apply(ctx context.Context, cfg *api.NodeConfig) error {
+	start := time.Now()
+	want := map[string]api.Relay{}
+	var errs []error
+	for _, r := range cfg.Relays {
+		if _, dup := want[r.Name]; dup {
+			return fmt.Errorf("config names relay %q twice; nothing applied", r.Name)
+		}
+		want[r.Name] = r
+	}
+	if err := l.cfg.Network.Apply(ctx, netcfg.Relays{Network: cfg.Network, Relays: cfg.Relays}); err != nil {
+		return fmt.Errorf("network: %w (relays left as they are)", err)
+	}
+	changed := 0
+	for _, st := range l.sup.Status() {
+		if _, ok := want[st.Name]; ok {
+			continue
+		}
+		if err := l.sup.Remove(ctx, st.Name); err != nil {
+			errs = append(errs, fmt.Errorf("removing %s: %w", st.Name, err))
+		}
+		delete(l.applied, st.Name)
+		changed++
+		l.log.Info("relay removed", "relay", st.Name)
+	}
+	for name := range l.refused {
+		if _, ok := want[name]; !ok {
+			delete(l.refused, name)
+		}
+	}
+	names := make([]string, 0, len(want))
+	for n := range want {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		r := want[n]
+		if prev, ok := l.applied[n]; ok && same(prev, r) {
+			continue
+		}
+		if err := l.applyRelay(ctx, r); err != nil {
+			l.refused[n] = err
+			errs = append(errs, err)
+			l.log.Error("relay refused", "relay", n, "err", err)
+			continue
+		}
+		_, existed := l.applied[n]
+		l.applied[n] = r
+		delete(l.refused, n)
+		changed++
+		l.log.Info("relay applied", "relay", n, "new", !existed, "uid", r.UID, "torrc_sha256", r.TorrcSHA256)
+	}
+	if changed > 0 {
+		l.log.Info("config applied", "changes", changed, "took", time.Since(start))
+	}
+	return errors.Join(errs...)
+}
+
+func (l *Loop) applyRelay(ctx context.Context, r api.Relay) error {
+	sum := sha256.Sum256([]byte(r.Torrc))
+	if !strings.EqualFold(hex.EncodeToString(sum[:]), r.TorrcSHA256) {
+		return fmt.Errorf("relay %s: torrc_sha256 does not match its torrc", r.Name)
+	}
+	return l.sup.Apply(ctx, tor.Spec{Name: r.Name, UID: r.UID, Torrc: []byte(r.Torrc)})
+}
+
+// status is the heartbeat: every supervised relay, plus those whose
+// desired state was refused before they ever ran.
+func (l *Loop) status() *api.Status {
+	s := &api.Status{BootID: l.bootID(), UptimeS: l.uptime(), Relays: []api.RelayStatus{}}
+	seen := map[string]bool{}
+	for _, st := range l.sup.Status() {
+		seen[st.Name] = true
+		s.Relays = append(s.Relays, api.RelayStatus{
+			Name: st.Name, Fingerprint: st.Fingerprint, Ed25519ID: st.Ed25519ID,
+			State: st.State, Restarts: st.Restarts,
+		})
+	}
+	for name := range l.refused {
+		if !seen[name] {
+			s.Relays = append(s.Relays, api.RelayStatus{Name: name, State: StateRefused})
+		}
+	}
+	sort.Slice(s.Relays, func(i, j int) bool { return s.Relays[i].Name < s.Relays[j].Name })
+	return s
+}
+
+// StateRefused is reported for a relay whose configuration the agent
+// could not use (tor --verify-config failed, bad checksum, ...).
+const StateRefused = "refused"
+
+func (l *Loop) bootID() string {
+	b, err := os.ReadFile(l.cfg.ProcRoot + "/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func (l *Loop) uptime() int64 {
+	b, err := os.ReadFile(l.cfg.ProcRoot + "/uptime")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	s, _ := strconv.ParseFloat(f[0], 64)
+	return int64(s)
+}
+
+// Shutdown stops every relay in parallel, gracefully (SIGINT, SIGKILL
+// after the supervisor's StopTimeout, or at once when ctx ends), and
+// returns when all tor processes have exited. Stop Run first.
+func (l *Loop) Shutdown(ctx context.Context) {
+	if l.sup != nil {
+		l.sup.Shutdown(ctx)
+	}
+}

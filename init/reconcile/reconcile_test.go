@@ -1,0 +1,367 @@
+package reconcile
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"patela/configsrv/attest/softek"
+	"patela/configsrv/testsrv"
+	"patela/init/netcfg"
+	"patela/init/netnstest"
+	"patela/init/tor"
+	"patela/internal/api"
+)
+
+// softTokens attests with a software EK through the real protocol
+// (the TPM is C's; the server side is exactly what a TPM node meets).
+type softTokens struct {
+	c     *api.Client
+	ek    *softek.EK
+	ak    []byte
+	mu    sync.Mutex
+	tok   string
+	count int // attestations done
+}
+
+func (s *softTokens) Token(ctx context.Context) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tok != "" {
+		return s.tok, nil
+	}
+	r, err := testsrv.Activate(ctx, s.c, s.ek, s.ak)
+	if err != nil {
+		return "", err
+	}
+	s.tok = r.Token
+	s.count++
+	return s.tok, nil
+}
+
+func (s *softTokens) Invalidate(tok string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tok == tok {
+		s.tok = ""
+	}
+}
+
+func (s *softTokens) attestations() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.count
+}
+
+// enroll makes a pending node from a fresh software EK and enables it.
+func enroll(t *testing.T, s *testsrv.Server) (int64, *softTokens) {
+	ek, err := softek.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ak, err := softek.AKPublic()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := s.Client(t)
+	_, err = c.Attest(context.Background(), &api.AttestRequest{EKPublic: ek.Public, AKPublic: ak})
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Code != api.CodePending {
+		t.Fatalf("first contact: %v", err)
+	}
+	s.Admin(t, "node", "enable", strconv.FormatInt(ae.NodeID, 10))
+	// Start with a token the server refuses: the first round must get
+	// 401 and attest again.
+	return ae.NodeID, &softTokens{c: c, ek: ek, ak: ak, tok: "not-a-token"}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func needTor(t *testing.T) {
+	if _, err := exec.LookPath("tor"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("tor is not installed")
+		}
+		t.Skip("tor is not installed")
+	}
+}
+
+type relayView struct {
+	Name        string    `json:"name"`
+	State       string    `json:"state"`
+	Fingerprint string    `json:"fingerprint"`
+	Restarts    int       `json:"restarts"`
+	ReportedAt  time.Time `json:"reported_at"`
+}
+
+func serverRelays(t *testing.T, s *testsrv.Server, node int64) map[string]relayView {
+	t.Helper()
+	var rs []relayView
+	if err := json.Unmarshal([]byte(s.Admin(t, "relay", "list", "--node", strconv.FormatInt(node, 10), "--json")), &rs); err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]relayView{}
+	for _, r := range rs {
+		m[r.Name] = r
+	}
+	return m
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func statusOf(sup *tor.Supervisor, name string) (tor.Status, bool) {
+	for _, st := range sup.Status() {
+		if st.Name == name {
+			return st, true
+		}
+	}
+	return tor.Status{}, false
+}
+
+// addrsIn lists the global addresses on ifname in ns.
+func addrsIn(t *testing.T, ns *netnstest.NS, ifname string) map[netip.Addr]bool {
+	t.Helper()
+	l, err := ns.NL.LinkByName(ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	as, err := ns.NL.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[netip.Addr]bool{}
+	for _, a := range as {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		m[ip.Unmap()] = true
+	}
+	return m
+}
+
+// The whole agent steady state against a real configsrv, real tor and
+// the real netcfg in a network namespace of the test's own.
+func TestReconcileAgainstConfigsrv(t *testing.T) {
+	netnstest.RequireRoot(t)
+	needTor(t)
+	s := testsrv.Start(t)
+	global := filepath.Join(t.TempDir(), "global.torrc")
+	os.WriteFile(global, []byte(testsrv.GlobalTorrc+"ShutdownWaitLength 1\nExitRelay 0\n"), 0o644)
+	s.Admin(t, "torrc", "import", global, "--default")
+	id, tokens := enroll(t, s)
+	ids := strconv.FormatInt(id, 10)
+	s.Admin(t, "node", "set", ids, "relay_interface", "relay0")
+	s.Admin(t, "node", "set", ids, "poll_interval_s", "10")
+	s.Admin(t, "node", "set", ids, "max_relays", "1")
+
+	var logs syncBuffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log("agent log:\n" + logs.String())
+		}
+	})
+	agent, up := netnstest.New(t), netnstest.New(t)
+	netnstest.Veth(t, agent, "relay0", up, "up0")
+	net, err := netcfg.New(netcfg.Options{NetNS: agent.Fd(), Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer net.Close()
+
+	root := t.TempDir()
+	for p := root; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
+		os.Chmod(p, 0o755) // the relay uids must reach their directories
+	}
+	const poll = time.Second
+	l := New(Config{
+		Client:  s.Client(t),
+		Tokens:  tokens,
+		Network: net,
+		Tor: tor.Options{
+			StateDir: filepath.Join(root, "state"), RunDir: filepath.Join(root, "run"),
+			Accounts: tor.Files{Root: root}, StopTimeout: 10 * time.Second, KeyPoll: 200 * time.Millisecond,
+		},
+		Log:          slog.New(slog.NewTextHandler(&logs, nil)),
+		Specs:        &api.Specs{CPUs: 8, MemoryBytes: 16 << 30, CPUModel: "test"},
+		PollInterval: poll,
+		RetryMin:     200 * time.Millisecond,
+		RetryMax:     time.Second,
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- l.Run(ctx) }()
+	sup := l.Supervisor()
+	stopped := false
+	var runErr error
+	shutdown := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		runErr = <-runDone
+		sctx, c := context.WithTimeout(context.Background(), 30*time.Second)
+		defer c()
+		l.Shutdown(sctx)
+	}
+	t.Cleanup(shutdown)
+
+	// First relay: allocated by the specs the loop posts.
+	var first tor.Status
+	waitFor(t, "first relay running", func() bool {
+		st := sup.Status()
+		if len(st) == 1 && st[0].State == tor.StateRunning {
+			first = st[0]
+			return true
+		}
+		return false
+	})
+	if tokens.attestations() != 1 {
+		t.Errorf("attestations = %d: the refused token did not lead to exactly one new attestation", tokens.attestations())
+	}
+	waitFor(t, "heartbeat with fingerprint", func() bool {
+		r := serverRelays(t, s, id)[first.Name]
+		return r.State == tor.StateRunning && len(r.Fingerprint) == 40
+	})
+	cfg0, _ := s.Client(t).Config(context.Background(), mustToken(t, tokens))
+	relayAddr := func(name string) netip.Addr {
+		for _, r := range cfg0.Relays {
+			if r.Name == name {
+				return netip.MustParsePrefix(r.IPv4).Addr()
+			}
+		}
+		return netip.Addr{}
+	}
+	if a := relayAddr(first.Name); !addrsIn(t, agent, "relay0")[a] {
+		t.Errorf("relay address %v not on relay0", a)
+	}
+
+	// Admin raises max_relays: the loop's next specs post allocates a
+	// second relay, which starts; the first is not touched.
+	t0 := time.Now()
+	s.Admin(t, "node", "set", ids, "max_relays", "2")
+	var second tor.Status
+	waitFor(t, "second relay running", func() bool {
+		for _, st := range sup.Status() {
+			if st.Name != first.Name && st.State == tor.StateRunning {
+				second = st
+				return true
+			}
+		}
+		return false
+	})
+	added := time.Since(t0)
+	t.Logf("max_relays 1→2 to second relay running: %v (poll interval %v)", added, poll)
+	if st, _ := statusOf(sup, first.Name); st.PID != first.PID || st.Restarts != 0 || st.Reloads != 0 {
+		t.Errorf("first relay disturbed by adding the second: %+v, was %+v", st, first)
+	}
+
+	// Admin changes the second relay's torrc (reloadable): applied by
+	// SIGHUP, same process.
+	relayTorrc := filepath.Join(t.TempDir(), "relay.torrc")
+	os.WriteFile(relayTorrc, []byte("ContactInfo relay-level contact <ops@example.org>\nMaxMemInQueues 512 MB\n"), 0o644)
+	t0 = time.Now()
+	s.Admin(t, "torrc", "import", relayTorrc, "--relay", second.Name)
+	waitFor(t, "relay torrc reloaded", func() bool {
+		st, _ := statusOf(sup, second.Name)
+		return st.Reloads == 1 && st.State == tor.StateRunning
+	})
+	t.Logf("torrc import --relay to reloaded: %v", time.Since(t0))
+	live, _ := os.ReadFile(filepath.Join(root, "run", second.Name+".torrc"))
+	if !bytes.Contains(live, []byte("relay-level contact")) {
+		t.Errorf("live torrc lacks the relay level:\n%s", live)
+	}
+	if st, _ := statusOf(sup, second.Name); st.PID != second.PID {
+		t.Errorf("reloadable change restarted tor: pid %d→%d", second.PID, st.PID)
+	}
+
+	// Admin lowers max_relays: the second relay is freed, stopped and
+	// cleaned; the first runs on.
+	t0 = time.Now()
+	s.Admin(t, "node", "set", ids, "max_relays", "1")
+	waitFor(t, "second relay removed", func() bool {
+		_, ok := statusOf(sup, second.Name)
+		return !ok
+	})
+	t.Logf("max_relays 2→1 to second relay removed: %v", time.Since(t0))
+	if unix.Kill(second.PID, 0) == nil {
+		t.Errorf("second relay's tor %d still alive", second.PID)
+	}
+	for _, p := range []string{"state/" + second.Name, "run/" + second.Name, "run/" + second.Name + ".torrc"} {
+		if _, err := os.Stat(filepath.Join(root, p)); !os.IsNotExist(err) {
+			t.Errorf("%s left behind", p)
+		}
+	}
+	if a := relayAddr(second.Name); a.IsValid() && addrsIn(t, agent, "relay0")[a] {
+		t.Errorf("removed relay's address %v still on relay0", a)
+	}
+	if st, _ := statusOf(sup, first.Name); st.PID != first.PID || st.State != tor.StateRunning {
+		t.Errorf("first relay disturbed by the removal: %+v", st)
+	}
+
+	// The server goes away: relays keep running through several rounds.
+	s.Stop()
+	time.Sleep(3 * poll)
+	if st, _ := statusOf(sup, first.Name); st.PID != first.PID || st.State != tor.StateRunning {
+		t.Errorf("relay disturbed while the server was down: %+v", st)
+	}
+	restarted := time.Now()
+	s.Restart(t)
+	waitFor(t, "heartbeat after the server returned", func() bool {
+		return serverRelays(t, s, id)[first.Name].ReportedAt.After(restarted.Add(-time.Second))
+	})
+	t.Logf("server back to heartbeat: %v", time.Since(restarted))
+
+	shutdown()
+	if unix.Kill(first.PID, 0) == nil {
+		t.Errorf("tor %d alive after Shutdown", first.PID)
+	}
+	if !errors.Is(runErr, context.Canceled) {
+		t.Errorf("Run returned %v, want context.Canceled", runErr)
+	}
+}
+
+func mustToken(t *testing.T, tk Tokens) string {
+	tok, err := tk.Token(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
