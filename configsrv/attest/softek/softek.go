@@ -41,6 +41,10 @@ func New() (*EK, error) {
 	return &EK{priv: priv, Public: tpm2.Marshal(tmpl)}, nil
 }
 
+// D returns the private scalar, for importing the same key into a TPM to
+// check Activate against TPM2_ActivateCredential.
+func (e *EK) D() []byte { return e.priv.Bytes() }
+
 // Activate recovers the secret of a MakeCredential to this EK and the
 // object named akName, as TPM2_ActivateCredential does: ECDH with the
 // ephemeral point, KDFe seed, HMAC check of the ID object, AES-128-CFB

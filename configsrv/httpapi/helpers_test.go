@@ -1,0 +1,186 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"crypto/ed25519"
+	"crypto/rand"
+
+	"patela/configsrv/attest"
+	"patela/configsrv/attest/softek"
+	"patela/configsrv/httpapi"
+	"patela/configsrv/store"
+	"patela/configsrv/testsrv"
+	"patela/configsrv/token"
+	"patela/internal/api"
+)
+
+// clock is a settable time source.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// local is an API server built from its parts, for tests that need to
+// control time, the rate limiter or the pools.
+type local struct {
+	api    *httpapi.Server
+	st     *store.Store
+	auth   *token.Authority
+	clock  *clock
+	client *api.Client
+	url    string
+}
+
+func newLocal(t *testing.T, configure func(*httpapi.Server)) *local {
+	t.Helper()
+	st, err := store.Open(filepath.Join(t.TempDir(), "patela.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	clk := &clock{t: time.Now()}
+	l := &local{st: st, clock: clk, auth: token.New(key, time.Hour)}
+	l.api = &httpapi.Server{Store: st, Tokens: l.auth, Trust: &attest.Trust{}, Now: clk.Now,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if configure != nil {
+		configure(l.api)
+	}
+	srv := httptest.NewUnstartedServer(l.api.Handler())
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	l.url = srv.URL
+	l.client = &api.Client{BaseURL: srv.URL, HTTP: srv.Client()}
+	return l
+}
+
+// enroll creates an enabled node with a software EK on a local server.
+func (l *local) enroll(t *testing.T) (id int64, ek *softek.EK, ak []byte) {
+	t.Helper()
+	ek, err := softek.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ak, err = softek.AKPublic()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _, err := l.st.NodeByEK(context.Background(), ek.Public, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.st.SetNodeState(context.Background(), n.ID, store.Enabled); err != nil {
+		t.Fatal(err)
+	}
+	return n.ID, ek, ak
+}
+
+// raw sends a request and returns the status, the error code (if any) and
+// the response.
+func raw(t *testing.T, c *api.Client, method, path, tok string, body []byte) (int, string, *http.Response) {
+	t.Helper()
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req, err := http.NewRequest(method, c.BaseURL+path, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var e api.Error
+	json.Unmarshal(data, &e)
+	return resp.StatusCode, e.Code, resp
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func countRows(t *testing.T, st *store.Store, table string) int {
+	t.Helper()
+	var n int
+	if err := st.DB().QueryRow(`SELECT count(*) FROM ` + table).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+var dataDirRE = regexp.MustCompile(`(?m)^DataDirectory .*$`)
+var userRE = regexp.MustCompile(`(?m)^User .*\n`)
+
+// verifyTorrc runs `tor --verify-config` on a resolved torrc, with the
+// DataDirectory moved to a temp dir and the User line dropped (the
+// _tor-<name> users exist on nodes, not here).
+func verifyTorrc(t *testing.T, text string) {
+	t.Helper()
+	tor, err := exec.LookPath("tor")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("tor not installed in CI: %v", err)
+		}
+		t.Skip("tor not installed (apt-get install tor)")
+	}
+	if !strings.Contains(text, "\nUser _tor-") || !dataDirRE.MatchString(text) {
+		t.Fatalf("torrc lacks the managed User/DataDirectory lines:\n%s", text)
+	}
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	if err := os.Mkdir(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	text = dataDirRE.ReplaceAllLiteralString(text, "DataDirectory "+data)
+	text = userRE.ReplaceAllString(text, "")
+	f := filepath.Join(dir, "torrc")
+	if err := os.WriteFile(f, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(tor, "--verify-config", "--defaults-torrc", "/dev/null", "-f", f).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tor --verify-config: %v\n%s\ntorrc:\n%s", err, out, text)
+	}
+}
+
+// srv is shorthand for the shared test server.
+func srv(t *testing.T) *testsrv.Server { return testsrv.Start(t) }
+
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+func mustAddr(s string) netip.Addr     { return netip.MustParseAddr(s) }

@@ -1,0 +1,93 @@
+// Package tpmtest plays a node's TPM side of attestation against a real
+// swtpm, for the config server's tests: it creates an EK and an AK (under
+// the SRK) and runs ActivateCredential. The agent's production client is
+// init/attest; this is deliberately independent of it.
+package tpmtest
+
+import (
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"patela/configsrv/attest/softek"
+	"patela/internal/swtpmtest"
+)
+
+// Node is a TPM with an EK and an AK loaded.
+type Node struct {
+	TPM      transport.TPMCloser
+	EKPublic []byte // marshalled TPMT_PUBLIC
+	AKPublic []byte
+	AKName   []byte
+	ek, ak   tpm2.NamedHandle
+}
+
+// New starts a swtpm and creates an EK from ekTemplate (tpm2.RSAEKTemplate
+// or tpm2.ECCEKTemplate) and an ECC AK.
+func New(t testing.TB, ekTemplate tpm2.TPMTPublic) *Node {
+	t.Helper()
+	return On(t, swtpmtest.Start(t), ekTemplate)
+}
+
+// On creates the keys on an already running swtpm.
+func On(t testing.TB, tp *swtpmtest.TPM, ekTemplate tpm2.TPMTPublic) *Node {
+	t.Helper()
+	tpm, err := tp.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tpm.Close() })
+	n := &Node{TPM: tpm}
+	ek, err := tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHEndorsement, InPublic: tpm2.New2B(ekTemplate)}.Execute(tpm)
+	if err != nil {
+		t.Fatalf("create EK: %v", err)
+	}
+	n.ek = tpm2.NamedHandle{Handle: ek.ObjectHandle, Name: ek.Name}
+	n.EKPublic = ek.OutPublic.Bytes()
+	srk, err := tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tpm2.ECCSRKTemplate)}.Execute(tpm)
+	if err != nil {
+		t.Fatalf("create SRK: %v", err)
+	}
+	defer tpm2.FlushContext{FlushHandle: srk.ObjectHandle}.Execute(tpm)
+	parent := tpm2.AuthHandle{Handle: srk.ObjectHandle, Name: srk.Name, Auth: tpm2.PasswordAuth(nil)}
+	ak, err := tpm2.Create{ParentHandle: parent, InPublic: tpm2.New2B(softek.AKTemplate(nil, nil))}.Execute(tpm)
+	if err != nil {
+		t.Fatalf("create AK: %v", err)
+	}
+	loaded, err := tpm2.Load{ParentHandle: parent, InPrivate: ak.OutPrivate, InPublic: ak.OutPublic}.Execute(tpm)
+	if err != nil {
+		t.Fatalf("load AK: %v", err)
+	}
+	n.ak = tpm2.NamedHandle{Handle: loaded.ObjectHandle, Name: loaded.Name}
+	n.AKPublic = ak.OutPublic.Bytes()
+	n.AKName = loaded.Name.Buffer
+	return n
+}
+
+// Activate runs TPM2_ActivateCredential with the EK (endorsement policy)
+// and the AK, returning the recovered secret.
+func (n *Node) Activate(blob, encSecret []byte) ([]byte, error) {
+	return ActivateWith(n.TPM, n.ak, tpm2.AuthHandle{
+		Handle: n.ek.Handle, Name: n.ek.Name,
+		Auth: tpm2.Policy(tpm2.TPMAlgSHA256, 16, func(tpm transport.TPM, s tpm2.TPMISHPolicy, nonce tpm2.TPM2BNonce) error {
+			_, err := tpm2.PolicySecret{AuthHandle: tpm2.TPMRHEndorsement, PolicySession: s, NonceTPM: nonce}.Execute(tpm)
+			return err
+		}),
+	}, blob, encSecret)
+}
+
+// ActivateWith runs ActivateCredential for the object activate with the
+// decryption key key.
+func ActivateWith(tpm transport.TPM, activate tpm2.NamedHandle, key tpm2.AuthHandle, blob, encSecret []byte) ([]byte, error) {
+	rsp, err := tpm2.ActivateCredential{
+		ActivateHandle: tpm2.AuthHandle{Handle: activate.Handle, Name: activate.Name, Auth: tpm2.PasswordAuth(nil)},
+		KeyHandle:      key,
+		CredentialBlob: tpm2.TPM2BIDObject{Buffer: blob},
+		Secret:         tpm2.TPM2BEncryptedSecret{Buffer: encSecret},
+	}.Execute(tpm)
+	if err != nil {
+		return nil, err
+	}
+	return rsp.CertInfo.Buffer, nil
+}
