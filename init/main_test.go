@@ -1,0 +1,97 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/dhcpv4/server4"
+
+	"patela/init/netnstest"
+	"patela/init/reaper"
+)
+
+// TestSelftestOnHost runs the agent binary as an ordinary process (not
+// PID 1) under --root, inside a network namespace with a Go DHCP server
+// at the other end of a veth: it must run the phases up to DHCP, pass the
+// reaper self-test, take the SIGTERM its child sends through the power-off
+// path, and exit 0, leaving resolv.conf from the lease under its root.
+func TestSelftestOnHost(t *testing.T) {
+	cli, srv := netnstest.New(t), netnstest.New(t)
+	netnstest.Veth(t, cli, "eth0", srv, "srv0")
+	srv.Addr(t, "srv0", "192.0.2.1/24")
+	var gs *server4.Server
+	srv.Do(t, func() (err error) {
+		gs, err = server4.NewServer("srv0", &net.UDPAddr{IP: net.IPv4zero, Port: 67}, func(c net.PacketConn, _ net.Addr, m *dhcpv4.DHCPv4) {
+			typ := dhcpv4.MessageTypeOffer
+			if m.MessageType() == dhcpv4.MessageTypeRequest {
+				typ = dhcpv4.MessageTypeAck
+			}
+			r, _ := dhcpv4.NewReplyFromRequest(m, dhcpv4.WithMessageType(typ), dhcpv4.WithYourIP(net.IPv4(192, 0, 2, 9)),
+				dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(192, 0, 2, 1))), dhcpv4.WithNetmask(net.CIDRMask(24, 32)),
+				dhcpv4.WithRouter(net.IPv4(192, 0, 2, 1)), dhcpv4.WithDNS(net.IPv4(192, 0, 2, 53)), dhcpv4.WithLeaseTime(600))
+			c.WriteTo(r.ToBytes(), &net.UDPAddr{IP: net.IPv4bcast, Port: 68})
+		})
+		return err
+	})
+	go gs.Serve()
+	defer gs.Close()
+
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "init")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := reaper.CombinedOutput(build); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	root := filepath.Join(dir, "root")
+	os.MkdirAll(filepath.Join(root, "etc/patela"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/patela/agent.json"), []byte(`{"modules":["virtio_net"]}`), 0o644)
+	cmdline := filepath.Join(dir, "cmdline")
+	os.WriteFile(cmdline, []byte("console=ttyS0 patela.selftest=pid1 patela.mgmt_interface=eth0 patela.dhcp_timeout=20s\n"), 0o644)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", cli.Name, bin, "--root", root, "--cmdline", cmdline)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := reaper.Run(cmd)
+	console := out.String()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) || ctx.Err() != nil {
+		t.Fatalf("agent: %v\n%s", err, console)
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("agent exited %d, want 0 (power off)\n%s", code, console)
+	}
+	for _, re := range []string{
+		`msg=timeline phase=mount start=\S+ took=`,
+		`msg=timeline phase=config `,
+		`msg=timeline phase=entropy `,
+		`msg="DHCP lease" interface=eth0 addr=192.0.2.9/24`,
+		`msg=timeline phase=dhcp `,
+		`selftest: orphan reaped by the agent`,
+		`msg=timeline phase=selftest `,
+		`signal: power off requested`,
+		`not PID 1: exiting instead" action="power off"`,
+	} {
+		if !regexp.MustCompile(re).MatchString(console) {
+			t.Errorf("console lacks %s", re)
+		}
+	}
+	rc, err := os.ReadFile(filepath.Join(root, "etc/resolv.conf"))
+	if err != nil || !strings.Contains(string(rc), "nameserver 192.0.2.53") {
+		t.Errorf("resolv.conf under root: %q %v", rc, err)
+	}
+	if t.Failed() {
+		t.Logf("console:\n%s", console)
+	}
+}
