@@ -109,7 +109,7 @@ func (e *env) cmdNode(sub string, args []string) error {
 		if sub == "set" {
 			form += " VALUE"
 		}
-		if len(pos) != len(strings.Fields(form)) {
+		if len(pos) != len(strings.Fields(strings.TrimPrefix(form, "--default"))) {
 			return usagef("usage: node %s %s", sub, form)
 		}
 		var id int64

@@ -93,9 +93,9 @@ func loadPair(certPath, keyPath string) (*x509.Certificate, *ecdsa.PrivateKey, e
 	case errors.Is(cerr, os.ErrNotExist) && errors.Is(kerr, os.ErrNotExist):
 		return nil, nil, cerr
 	case cerr != nil:
-		return nil, nil, fmt.Errorf("%s exists but %w", keyPath, cerr)
+		return nil, nil, fmt.Errorf("%s exists but %v", keyPath, cerr)
 	case kerr != nil:
-		return nil, nil, fmt.Errorf("%s exists but %w", certPath, kerr)
+		return nil, nil, fmt.Errorf("%s exists but %v", certPath, kerr)
 	}
 	c, _ := pem.Decode(cb)
 	k, _ := pem.Decode(kb)

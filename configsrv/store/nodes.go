@@ -364,5 +364,5 @@ func (s *Store) SetNodeTorrc(ctx context.Context, id int64, text string) error {
 
 // SetRelayTorrc replaces the torrc of the relay called name.
 func (s *Store) SetRelayTorrc(ctx context.Context, name, text string) error {
-	return s.exec1(ctx, "relay "+name, `UPDATE relays SET torrc = ? WHERE name = ?`, text, name)
+	return s.exec1(ctx, fmt.Sprintf("relay %q", name), `UPDATE relays SET torrc = ? WHERE name = ?`, text, name)
 }
