@@ -5,6 +5,9 @@
 package tpmtest
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -90,4 +93,88 @@ func ActivateWith(tpm transport.TPM, activate tpm2.NamedHandle, key tpm2.AuthHan
 		return nil, err
 	}
 	return rsp.CertInfo.Buffer, nil
+}
+
+// EK certificate NV indices swtpm_setup writes.
+const (
+	RSAEKCertIndex tpm2.TPMHandle = 0x01C00002
+	ECCEKCertIndex tpm2.TPMHandle = 0x01C00016 // P-384; its EK is persisted at 0x81010016
+	ECCEKHandle    tpm2.TPMHandle = 0x81010016
+)
+
+// Manufactured is a swtpm provisioned by swtpm_setup with EK certificates
+// from its own local CA.
+type Manufactured struct {
+	TPM   *swtpmtest.TPM
+	CADir string // the local CA's root and intermediate certificates
+}
+
+// Manufacture runs `swtpm_setup --tpm2 --create-ek-cert` with a private
+// swtpm-localca configuration (XDG_CONFIG_HOME in a temp dir, so the
+// host's /var/lib/swtpm-localca is never touched) and starts swtpm on the
+// result.
+func Manufacture(t testing.TB) *Manufactured {
+	t.Helper()
+	swtpmtest.Require(t)
+	if _, err := exec.LookPath("swtpm_setup"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("swtpm_setup not installed in CI: %v", err)
+		}
+		t.Skip("swtpm_setup not installed (apt-get install swtpm-tools)")
+	}
+	cfg, state := t.TempDir(), t.TempDir()
+	env := append(os.Environ(), "XDG_CONFIG_HOME="+cfg)
+	flags := "skip-if-exist"
+	if os.Geteuid() == 0 {
+		flags = "root," + flags // root must say it means to shadow /etc
+	}
+	for _, args := range [][]string{
+		{"--create-config-files", flags},
+		{"--tpm2", "--tpmstate", state, "--create-ek-cert"},
+	} {
+		cmd := exec.Command("swtpm_setup", args...)
+		cmd.Env = env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("swtpm_setup %v: %v\n%s", args, err, out)
+		}
+	}
+	ca := t.TempDir()
+	localca := filepath.Join(cfg, "var/lib/swtpm-localca")
+	for _, f := range []string{"swtpm-localca-rootca-cert.pem", "issuercert.pem"} {
+		b, err := os.ReadFile(filepath.Join(localca, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(ca, f), b, 0o644)
+	}
+	return &Manufactured{TPM: swtpmtest.StartState(t, state), CADir: ca}
+}
+
+// ReadNV reads a whole NV index (EK certificates: empty auth, the index
+// authorizes itself).
+func ReadNV(tpm transport.TPM, index tpm2.TPMHandle) ([]byte, error) {
+	pub, err := tpm2.NVReadPublic{NVIndex: index}.Execute(tpm)
+	if err != nil {
+		return nil, err
+	}
+	nv, err := pub.NVPublic.Contents()
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	for off := uint16(0); off < nv.DataSize; {
+		n := min(nv.DataSize-off, 512)
+		rsp, err := tpm2.NVRead{
+			AuthHandle: tpm2.AuthHandle{Handle: index, Name: pub.NVName, Auth: tpm2.PasswordAuth(nil)},
+			NVIndex:    tpm2.NamedHandle{Handle: index, Name: pub.NVName},
+			Size:       n,
+			Offset:     off,
+		}.Execute(tpm)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rsp.Data.Buffer...)
+		off += n
+	}
+	return out, nil
 }
