@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -53,10 +54,10 @@ type Session struct {
 	ekCert []byte
 	ak     *tpmkeys.Key
 
-	mu        sync.Mutex
+	mu        sync.Mutex // held through an attestation
 	tok       Token
 	refreshAt time.Time
-	nodeID    int64
+	nodeID    atomic.Int64 // readable while an attestation waits
 }
 
 type options struct {
@@ -117,11 +118,7 @@ func NewSession(tpm transport.TPM, c *api.Client, log *slog.Logger, opts ...Opti
 }
 
 // NodeID is the node's id at the server, known after the first attempt.
-func (s *Session) NodeID() int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.nodeID
-}
+func (s *Session) NodeID() int64 { return s.nodeID.Load() }
 
 // EKName is the TPM Name of the endorsement key (nameAlg ‖ digest).
 func (s *Session) EKName() []byte { return append([]byte(nil), s.ekName.Buffer...) }
@@ -251,7 +248,7 @@ func (s *Session) attestOnce(ctx context.Context) (Token, error) {
 
 func (s *Session) setNodeID(id int64) {
 	if id != 0 {
-		s.nodeID = id // s.mu is held by Current
+		s.nodeID.Store(id)
 	}
 }
 

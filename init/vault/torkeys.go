@@ -276,7 +276,6 @@ func restoreEntry(e *Entry, dataDir string, uid, gid int) error {
 	return nil
 }
 
-
 func ownedDir(d string, uid, gid int) error {
 	if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err

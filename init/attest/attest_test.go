@@ -1,0 +1,249 @@
+package attest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"patela/configsrv/testsrv"
+	"patela/init/tpmdev"
+	"patela/internal/api"
+	"patela/internal/swtpmtest"
+)
+
+// logBuf is a goroutine-safe log sink.
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// machine is a node whose TPM state survives reboots (swtpm restarts).
+type machine struct {
+	t     *testing.T
+	state string
+	tp    *swtpmtest.TPM
+	dev   transport.TPMCloser
+	Cnt   *tpmdev.Counter
+}
+
+func newMachine(t *testing.T) *machine {
+	m := &machine{t: t, state: t.TempDir()}
+	m.boot()
+	return m
+}
+
+func (m *machine) boot() {
+	m.t.Helper()
+	if m.tp != nil {
+		m.dev.Close()
+		m.tp.Stop()
+	}
+	m.tp = swtpmtest.StartState(m.t, m.state)
+	dev, err := tpmdev.Open("unix:" + m.tp.Socket)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	m.dev = dev
+	m.t.Cleanup(func() { dev.Close() })
+	m.Cnt = tpmdev.NewCounter(dev)
+}
+
+var fast = WithBackoff(20*time.Millisecond, 100*time.Millisecond)
+
+// enroll attests a new node, enabling it when it shows up pending, and
+// returns its session and first token.
+func enroll(t *testing.T, m *machine, srv *testsrv.Server, log *logBuf) (*Session, Token) {
+	t.Helper()
+	s, err := NewSession(m.Cnt, srv.Client(t), slog.New(slog.NewTextHandler(log, nil)), fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	go func() {
+		// The administrator reads the console and enables the node.
+		for ctx.Err() == nil {
+			if id := s.NodeID(); id != 0 && strings.Contains(log.String(), "configsrv node enable "+strconv.FormatInt(id, 10)) {
+				srv.Admin(t, "node", "enable", strconv.FormatInt(id, 10))
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	tok, err := s.Current(ctx)
+	if err != nil {
+		t.Fatalf("attesting: %v\n%s", err, log)
+	}
+	return s, tok
+}
+
+func TestAttestAgainstConfigsrv(t *testing.T) {
+	srv := testsrv.Start(t)
+	m := newMachine(t)
+	var log logBuf
+	s, tok := enroll(t, m, srv, &log)
+	if tok.NodeID == 0 || tok.NodeID != s.NodeID() || !tok.FirstBoot || time.Until(tok.ExpiresAt) <= 0 {
+		t.Fatalf("token %+v, node %d", tok, s.NodeID())
+	}
+	// The token opens the node endpoints.
+	if _, err := srv.Client(t).Specs(context.Background(), tok.Value,
+		&api.Specs{CPUs: 2, MemoryBytes: 4 << 30, CPUModel: "test"}); err != nil {
+		t.Fatalf("using the token: %v", err)
+	}
+	// Cached: no second activation.
+	m.Cnt.Reset()
+	again, err := s.Token(context.Background())
+	if err != nil || again != tok.Value || m.Cnt.Total() != 0 {
+		t.Fatalf("second Token: same=%v err=%v, %d TPM commands", again == tok.Value, err, m.Cnt.Total())
+	}
+	if hs, _ := tpmdev.Handles(m.dev, tpm2.TPMHTTransient); len(hs) != 0 {
+		t.Fatalf("transients leaked: %v", hs)
+	}
+	t.Logf("console:\n%s", log.String())
+}
+
+func TestRebootSameNodeNoNewAK(t *testing.T) {
+	srv := testsrv.Start(t)
+	m := newMachine(t)
+	var log logBuf
+	first, tok1 := enroll(t, m, srv, &log)
+
+	m.boot()
+	start := time.Now()
+	s, err := NewSession(m.Cnt, srv.Client(t), nil, fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok2, err := s.Current(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok2.NodeID != tok1.NodeID || tok2.FirstBoot {
+		t.Fatalf("after reboot: node %d (was %d), first_boot %v", tok2.NodeID, tok1.NodeID, tok2.FirstBoot)
+	}
+	if !bytes.Equal(s.EKName(), first.EKName()) || !bytes.Equal(s.ak.Name.Buffer, first.ak.Name.Buffer) {
+		t.Fatal("EK or AK changed across the reboot")
+	}
+	// No key generated: the AK is loaded from its persistent handle; the
+	// only CreatePrimary is the EK's deterministic re-derivation.
+	if n := m.Cnt.Count(tpm2.TPMCCCreate) + m.Cnt.Count(tpm2.TPMCCEvictControl); n != 0 {
+		t.Fatalf("second boot ran %d Create/EvictControl", n)
+	}
+	if n := m.Cnt.Count(tpm2.TPMCCCreatePrimary); n != 2 {
+		t.Fatalf("second boot ran %d CreatePrimary, want 2 (EK public, EK for activation)", n)
+	}
+	t.Logf("second boot: %d TPM commands, %v", m.Cnt.Total(), time.Since(start))
+}
+
+func TestRefreshBeforeExpiry(t *testing.T) {
+	srv := testsrv.Start(t)
+	m := newMachine(t)
+	var log logBuf
+	enroll(t, m, srv, &log)
+	// A margin longer than the token's life: every call re-attests.
+	s, err := NewSession(m.Cnt, srv.Client(t), nil, fast, WithRefreshMargin(2*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Cnt.Reset()
+	for range 2 {
+		if _, err := s.Token(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := m.Cnt.Count(tpm2.TPMCCActivateCredential); n != 2 {
+		t.Fatalf("%d activations for 2 tokens inside the margin", n)
+	}
+	// Invalidate forces one too.
+	s2, _ := NewSession(m.Cnt, srv.Client(t), nil, fast)
+	tok, _ := s2.Token(context.Background())
+	s2.Invalidate(tok)
+	m.Cnt.Reset()
+	s2.Token(context.Background())
+	if n := m.Cnt.Count(tpm2.TPMCCActivateCredential); n != 1 {
+		t.Fatalf("%d activations after Invalidate", n)
+	}
+}
+
+func TestServerDownAtBoot(t *testing.T) {
+	srv := testsrv.Start(t)
+	m := newMachine(t)
+	var log logBuf
+	enroll(t, m, srv, &log)
+	srv.Stop()
+	m.boot()
+	var log2 logBuf
+	s, err := NewSession(m.Cnt, srv.Client(t), slog.New(slog.NewTextHandler(&log2, nil)), fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for !strings.Contains(log2.String(), "attempt=3") {
+			time.Sleep(10 * time.Millisecond)
+		}
+		srv.Restart(t)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := s.Token(ctx); err != nil {
+		t.Fatalf("%v\n%s", err, log2.String())
+	}
+}
+
+func TestBannedIsPermanent(t *testing.T) {
+	srv := testsrv.Start(t)
+	m := newMachine(t)
+	var log logBuf
+	_, tok := enroll(t, m, srv, &log)
+	srv.Admin(t, "node", "ban", strconv.FormatInt(tok.NodeID, 10))
+	s, err := NewSession(m.Cnt, srv.Client(t), nil, fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = s.Token(ctx)
+	if !errors.Is(err, ErrBanned) || ctx.Err() != nil {
+		t.Fatalf("banned node: %v", err)
+	}
+}
+
+func TestPendingUntilContextEnds(t *testing.T) {
+	srv := testsrv.Start(t)
+	m := newMachine(t)
+	var log logBuf
+	s, err := NewSession(m.Cnt, srv.Client(t), slog.New(slog.NewTextHandler(&log, nil)), fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if _, err := s.Token(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("pending node: %v", err)
+	}
+	want := "waiting for an administrator: configsrv node enable " + strconv.FormatInt(s.NodeID(), 10)
+	if s.NodeID() == 0 || strings.Count(log.String(), want) < 2 {
+		t.Fatalf("console does not say %q repeatedly:\n%s", want, log.String())
+	}
+}
