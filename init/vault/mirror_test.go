@@ -1,0 +1,267 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"patela/configsrv/testsrv"
+	"patela/init/attest"
+	"patela/init/tpmkeys"
+	"patela/internal/api"
+)
+
+// recorder sits between the agent and the real configsrv and keeps every
+// request body the server receives.
+type recorder struct {
+	mu     sync.Mutex
+	bodies map[string][][]byte // "METHOD /path" → bodies
+}
+
+func (r *recorder) all() [][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out [][]byte
+	for _, bs := range r.bodies {
+		out = append(out, bs...)
+	}
+	return out
+}
+
+func (r *recorder) count(key string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.bodies[key])
+}
+
+// recordingClient returns an API client whose requests pass through a
+// recorder on their way to srv.
+func recordingClient(t *testing.T, srv *testsrv.Server) (*api.Client, *recorder) {
+	target, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(srv.CA)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
+	rec := &recorder{bodies: map[string][][]byte{}}
+	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		rec.mu.Lock()
+		k := r.Method + " " + r.URL.Path
+		rec.bodies[k] = append(rec.bodies[k], body)
+		rec.mu.Unlock()
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		rp.ServeHTTP(w, r)
+	}))
+	ts.StartTLS()
+	t.Cleanup(ts.Close)
+	c, err := api.NewClient(ts.URL, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, rec
+}
+
+// attested enrolls the machine's TPM with the server (enabling it when it
+// shows up pending) and returns its session.
+func attested(t *testing.T, m *machine, srv *testsrv.Server, c *api.Client) *attest.Session {
+	s, err := attest.NewSession(m.Cnt, c, nil, attest.WithBackoff(20*time.Millisecond, 100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	go func() {
+		for ctx.Err() == nil {
+			if id := s.NodeID(); id != 0 {
+				srv.AdminErr("node", "enable", strconv.FormatInt(id, 10))
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	if _, err := s.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// leaks reports which secrets appear in a body, raw or inside any base64
+// string of its JSON.
+func leaks(body []byte, secrets map[string][]byte) []string {
+	blobs := [][]byte{body}
+	var walk func(v any)
+	walk = func(v any) {
+		switch x := v.(type) {
+		case string:
+			if d, err := base64.StdEncoding.DecodeString(x); err == nil {
+				blobs = append(blobs, d)
+			}
+			blobs = append(blobs, []byte(x))
+		case map[string]any:
+			for _, e := range x {
+				walk(e)
+			}
+		case []any:
+			for _, e := range x {
+				walk(e)
+			}
+		}
+	}
+	var v any
+	if json.Unmarshal(body, &v) == nil {
+		walk(v)
+	}
+	var found []string
+	for name, s := range secrets {
+		for _, b := range blobs {
+			if bytes.Contains(b, s) {
+				found = append(found, name)
+				break
+			}
+		}
+	}
+	return found
+}
+
+func TestMirrorWhenNVFull(t *testing.T) {
+	const n = 3
+	dirs, fps := torKeys(t, n)
+	srv := testsrv.Start(t)
+	c, rec := recordingClient(t, srv)
+	m := newMachine(t)
+	ctx := context.Background()
+
+	sess := attested(t, m, srv, c)
+	opts := Options{EKName: sess.EKName(), PCRs: []int{7}, Mirror: ServerMirror{c, sess}, NVMaxBytes: 256}
+	v := m.mustOpen(opts)
+	secrets := map[string][]byte{"vault key": bytes.Clone(v.key)}
+	for i, d := range dirs {
+		name := fmt.Sprintf("relay%d", i)
+		if _, err := v.Capture(name, d); err != nil {
+			t.Fatal(err)
+		}
+		e := v.relays[name]
+		w := len(e.RSAIdentity) / 2
+		secrets[name+" ed25519"] = e.Ed25519Master
+		secrets[name+" ed25519 seed half"] = e.Ed25519Master[:32]
+		secrets[name+" p"] = e.RSAIdentity[:w]
+		secrets[name+" q"] = e.RSAIdentity[w:]
+		secrets[name+" ntor"] = e.Ntor
+		pemKey, _ := os.ReadFile(filepath.Join(d, "keys", fileRSAIdentity))
+		secrets[name+" PEM"] = pemKey[40:100]
+	}
+	secrets["family"] = v.relays["relay0"].Family[0].Secret
+	if err := v.Save(ctx); err != nil {
+		t.Fatal(err)
+	}
+	nv, _ := newNVStore(m.dev, 0)
+	if h, _ := nv.readHeader(); h == nil || h.location != locMirror || h.version != 1 {
+		t.Fatalf("header after a save that does not fit: %+v", h)
+	}
+	if cnt, size, _ := nv.usage(); cnt != 1 || size != headerLen {
+		t.Fatalf("NV holds %d vault indices, %d bytes; want the header only", cnt, size)
+	}
+	if rec.count("PUT /v1/node/keys") != 1 {
+		t.Fatal("bundle not sent to the mirror")
+	}
+
+	// Reboot: the bundle comes back from the server.
+	m.boot()
+	sess = attested(t, m, srv, c)
+	opts.Mirror = ServerMirror{c, sess}
+	v = m.mustOpen(opts)
+	for i := range n {
+		dir := filepath.Join(t.TempDir(), "data")
+		if ok, err := v.Restore(fmt.Sprintf("relay%d", i), dir, os.Getuid(), os.Getgid()); !ok || err != nil {
+			t.Fatalf("restore %d: %v %v", i, ok, err)
+		}
+		if got := fingerprints(t, dir); got != fps[i] {
+			t.Errorf("relay %d: %q after restore from the mirror, %q before", i, got, fps[i])
+		}
+	}
+	// A change goes out as a newer version.
+	v.Forget("relay2")
+	if err := v.Save(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kb, err := c.GetKeys(ctx, mustToken(t, sess))
+	if err != nil || kb.Version != 2 {
+		t.Fatalf("mirror after the second save: %+v %v", kb, err)
+	}
+
+	// The server never saw anything that decrypts without the TPM.
+	bodies := rec.all()
+	if len(bodies) < 5 {
+		t.Fatalf("only %d requests recorded", len(bodies))
+	}
+	for _, b := range bodies {
+		if found := leaks(b, secrets); len(found) > 0 {
+			t.Fatalf("the server received %v in a request body", found)
+		}
+	}
+	// The scan itself finds a leak when there is one.
+	plain, _ := encodeBundle(&Bundle{Version: 9, Relays: v.relays})
+	leaky, _ := json.Marshal(api.KeyBundle{Bundle: plain, Version: 9})
+	if found := leaks(leaky, secrets); len(found) == 0 {
+		t.Fatal("the leak scan misses a plaintext bundle")
+	}
+}
+
+func mustToken(t *testing.T, s *attest.Session) string {
+	tok, err := s.Token(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// TestOrphanedMirrorBundle: a TPM without a vault key (cleared, or
+// replaced) must not start a new bundle over the one the server keeps.
+func TestOrphanedMirrorBundle(t *testing.T) {
+	dirs, _ := torKeys(t, 1)
+	srv := testsrv.Start(t)
+	c := srv.Client(t)
+	m := newMachine(t)
+	sess := attested(t, m, srv, c)
+	opts := Options{EKName: sess.EKName(), Mirror: ServerMirror{c, sess}, NVMaxBytes: 256}
+	v := m.mustOpen(opts)
+	v.Capture("murazzano", dirs[0])
+	if err := v.Save(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// The operator clears the vault in the TPM; the mirror copy stays.
+	if err := tpmkeys.Evict(m.dev, tpmkeys.SealHandle); err != nil {
+		t.Fatal(err)
+	}
+	nv, _ := newNVStore(m.dev, 0)
+	nv.undefine(tpmkeys.NVHeader)
+	m.boot()
+	_, err := m.open(opts)
+	if !errors.Is(err, ErrOrphaned) {
+		t.Fatalf("vault key gone, mirror bundle present: %v", err)
+	}
+	if !strings.Contains(err.Error(), "refusing to replace") {
+		t.Fatal(err)
+	}
+}
