@@ -282,7 +282,6 @@ func (s *Supervisor) Remove(ctx context.Context, name string) error {
 	if err := s.stopLocked(r); err != nil {
 		return err
 	}
-	s.setRelay(name, nil)
 	var errs []error
 	errs = append(errs, s.wipe(name))
 	if err := s.o.Accounts.Remove("_tor-" + name); err != nil {
@@ -294,6 +293,8 @@ func (s *Supervisor) Remove(ctx context.Context, name string) error {
 			errs = append(errs, fmt.Errorf("saving keys: %w", err))
 		}
 	}
+	// Gone from Status only once nothing of it is left.
+	s.setRelay(name, nil)
 	s.o.Log.Info("relay removed", "relay", name)
 	return errors.Join(errs...)
 }
