@@ -1,0 +1,218 @@
+// Package tpmcli is the agent's TPM tool for operators on a live node
+// (`init tpm …` when the agent does not run as PID 1).
+package tpmcli
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"patela/init/tpmdev"
+	"patela/init/tpmkeys"
+	"patela/init/vault"
+)
+
+const usage = `usage: init tpm [--tpm DEVICE] COMMAND
+
+commands:
+  info                 manufacturer, firmware, EK, AK, vault and NV state
+  ek [--rsa]           print the EK's SHA-256 (the value configsrv's --ek-allowlist takes)
+  clear-vault --yes    delete the vault (sealed key and key bundle) from the TPM:
+                       every relay gets a new identity on the next boot
+
+DEVICE is /dev/tpmrm0 (default), unix:/path/to/swtpm-sock or tcp:HOST:PORT.
+`
+
+// Main runs the CLI on args (with or without a leading "tpm") and returns
+// the exit status.
+func Main(args []string) int {
+	return Run(args, os.Stdout, os.Stderr)
+}
+
+// Run is Main with explicit output streams.
+func Run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "tpm" {
+		args = args[1:]
+	}
+	top := flag.NewFlagSet("tpm", flag.ContinueOnError)
+	top.SetOutput(stderr)
+	top.Usage = func() { fmt.Fprint(stderr, usage) }
+	dev := top.String("tpm", tpmdev.Default, "TPM device")
+	if err := top.Parse(args); err != nil {
+		return 2
+	}
+	if top.NArg() == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmd, rest := top.Arg(0), top.Args()[1:]
+	fs := flag.NewFlagSet("tpm "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(dev, "tpm", *dev, "TPM device")
+	rsa := fs.Bool("rsa", false, "use the RSA-2048 EK (ek, info)")
+	yes := fs.Bool("yes", false, "confirm (clear-vault)")
+	if err := fs.Parse(rest); err != nil {
+		return 2
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "tpm %s: unexpected argument %q\n", cmd, fs.Arg(0))
+		return 2
+	}
+	alg := tpm2.TPMAlgECC
+	if *rsa {
+		alg = tpm2.TPMAlgRSA
+	}
+	var run func(t transport.TPM) error
+	switch cmd {
+	case "info":
+		run = func(t transport.TPM) error { return info(t, stdout, *dev, alg) }
+	case "ek":
+		run = func(t transport.TPM) error { return ek(t, stdout, alg) }
+	case "clear-vault":
+		if !*yes {
+			fmt.Fprintln(stderr, "tpm clear-vault: this destroys every relay's identity keys held by this TPM; run again with --yes to do it")
+			return 2
+		}
+		run = func(t transport.TPM) error { return clearVault(t, stdout) }
+	default:
+		fmt.Fprintf(stderr, "tpm: unknown command %q\n%s", cmd, usage)
+		return 2
+	}
+	t, err := tpmdev.Open(*dev)
+	if err != nil {
+		fmt.Fprintln(stderr, "tpm:", err)
+		return 1
+	}
+	defer t.Close()
+	if err := run(t); err != nil {
+		fmt.Fprintf(stderr, "tpm %s: %v\n", cmd, err)
+		return 1
+	}
+	return 0
+}
+
+func ek(t transport.TPM, w io.Writer, alg tpm2.TPMAlgID) error {
+	k, err := tpmkeys.EK(t, alg)
+	if err != nil {
+		return err
+	}
+	k.Close(t)
+	h := tpmkeys.PublicHash(k.Public)
+	_, err = fmt.Fprintln(w, hex.EncodeToString(h[:]))
+	return err
+}
+
+func vendorString(v uint32) string {
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], v)
+	return strings.TrimRight(strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return -1
+		}
+		return r
+	}, string(b[:])), " ")
+}
+
+func info(t transport.TPM, w io.Writer, dev string, alg tpm2.TPMAlgID) error {
+	p := func(k, format string, a ...any) { fmt.Fprintf(w, "%-16s"+format+"\n", append([]any{k}, a...)...) }
+	p("device", "%s", dev)
+	if v, err := tpmdev.Property(t, tpm2.TPMPTManufacturer); err == nil {
+		p("manufacturer", "%s (0x%08x)", vendorString(v), v)
+	} else {
+		p("manufacturer", "unknown (%v)", err)
+	}
+	f1, err1 := tpmdev.Property(t, tpm2.TPMPTFirmwareVersion1)
+	f2, err2 := tpmdev.Property(t, tpm2.TPMPTFirmwareVersion2)
+	if err := errors.Join(err1, err2); err == nil {
+		p("firmware", "%d.%d.%d.%d", f1>>16, f1&0xffff, f2>>16, f2&0xffff)
+	}
+
+	k, err := tpmkeys.EK(t, alg)
+	if err != nil {
+		return fmt.Errorf("EK: %w", err)
+	}
+	k.Close(t)
+	h := tpmkeys.PublicHash(k.Public)
+	where := "derived from the TCG template"
+	if !k.Transient {
+		where = fmt.Sprintf("persisted at 0x%08x", uint32(k.Handle))
+	}
+	p("EK", "%s, %s", map[tpm2.TPMAlgID]string{tpm2.TPMAlgECC: "ECC P-256", tpm2.TPMAlgRSA: "RSA-2048"}[alg], where)
+	p("EK sha256", "%x", h)
+	p("EK name", "%x", k.Name.Buffer)
+	cert, err := tpmkeys.EKCertificate(t, alg)
+	switch {
+	case err != nil:
+		p("EK certificate", "unreadable: %v", err)
+	case cert == nil:
+		p("EK certificate", "none in NV")
+	default:
+		p("EK certificate", "%d bytes in NV", len(cert))
+	}
+
+	ak, err := tpmkeys.Persisted(t, tpmkeys.AKHandle)
+	switch {
+	case errors.Is(err, tpmkeys.ErrNotPersisted):
+		p("AK", "none at 0x%08x (created at the first attestation)", uint32(tpmkeys.AKHandle))
+	case err != nil:
+		return fmt.Errorf("AK: %w", err)
+	case !tpmkeys.Matches(ak.Public, tpmkeys.AKTemplate):
+		p("AK", "0x%08x holds an object that is not a patela AK (replaced at the next attestation)", uint32(tpmkeys.AKHandle))
+	default:
+		p("AK", "0x%08x, name %x", uint32(tpmkeys.AKHandle), ak.Name.Buffer)
+	}
+
+	st, err := vault.Inspect(t)
+	if err != nil {
+		return fmt.Errorf("vault: %w", err)
+	}
+	switch {
+	case !st.Sealed && !st.Header:
+		p("vault", "none (created at the first boot)")
+	case !st.Sealed:
+		p("vault", "BROKEN: key bundle header present but the sealed key is missing")
+	default:
+		lock := "none"
+		if st.LockPCR >= 0 {
+			lock = fmt.Sprint(st.LockPCR)
+		}
+		p("vault", "sealed key at 0x%08x, PCRs %v, lock PCR %s", uint32(tpmkeys.SealHandle), st.PCRs, lock)
+		if st.Location == "none" {
+			p("key bundle", "none saved yet")
+		} else {
+			p("key bundle", "version %d, %d bytes, in %s", st.Version, st.Length,
+				map[string]string{"nv": "TPM NV", "mirror": "the config server mirror"}[st.Location])
+		}
+	}
+	p("NV", "%d vault indices, %d bytes; NV_INDEX_MAX %d, NV_BUFFER_MAX %d",
+		st.NVIndices, st.NVBytes, st.IndexMax, st.BufferMax)
+	return nil
+}
+
+func clearVault(t transport.TPM, w io.Writer) error {
+	st, err := vault.Inspect(t)
+	if err != nil {
+		return err
+	}
+	if !st.Sealed && !st.Header && st.NVIndices == 0 {
+		fmt.Fprintln(w, "no vault in this TPM; nothing cleared")
+		return nil
+	}
+	if err := vault.Clear(t); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "vault cleared: sealed key and %d NV indices (%d bytes) removed; relays start with new identities at the next boot\n",
+		st.NVIndices, st.NVBytes)
+	if st.Location == "mirror" {
+		fmt.Fprintln(w, "the config server still holds the old, now undecryptable bundle: the next boot refuses to replace it until an administrator removes it (configsrv node remove N drops it with the node's record)")
+	}
+	return nil
+}

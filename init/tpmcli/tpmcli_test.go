@@ -1,0 +1,101 @@
+package tpmcli
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"strings"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"patela/init/tpmdev"
+	"patela/init/tpmkeys"
+	"patela/init/vault"
+	"patela/internal/swtpmtest"
+)
+
+func run(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := Run(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestEK(t *testing.T) {
+	tp := swtpmtest.Start(t)
+	code, out, errs := run("tpm", "--tpm", "unix:"+tp.Socket, "ek")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	dev, _ := tpmdev.Open("unix:" + tp.Socket)
+	defer dev.Close()
+	k, err := tpmkeys.EK(dev, tpm2.TPMAlgECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.Close(dev)
+	h := tpmkeys.PublicHash(k.Public)
+	if strings.TrimSpace(out) != hex.EncodeToString(h[:]) {
+		t.Fatalf("ek printed %q", out)
+	}
+	// The flag may follow the command; --rsa names the other EK.
+	_, rsaOut, _ := run("ek", "--rsa", "--tpm", "unix:"+tp.Socket)
+	if len(strings.TrimSpace(rsaOut)) != 64 || rsaOut == out {
+		t.Fatalf("rsa ek printed %q", rsaOut)
+	}
+}
+
+func TestInfoAndClearVault(t *testing.T) {
+	tp := swtpmtest.Start(t)
+	spec := "unix:" + tp.Socket
+	code, out, errs := run("--tpm", spec, "info")
+	if code != 0 || !strings.Contains(out, "vault           none") || !strings.Contains(out, "AK              none") {
+		t.Fatalf("fresh TPM: exit %d\n%s%s", code, out, errs)
+	}
+	if !strings.Contains(out, "manufacturer    IBM") || !strings.Contains(out, "NV_INDEX_MAX 2048") {
+		t.Fatalf("fresh TPM info:\n%s", out)
+	}
+
+	dev, err := tpmdev.Open(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ek, _ := tpmkeys.EK(dev, tpm2.TPMAlgECC)
+	ek.Close(dev)
+	if _, err := vault.Open(context.Background(), dev, vault.Options{EKName: ek.Name.Buffer, PCRs: []int{7}}); err != nil {
+		t.Fatal(err)
+	}
+	dev.Close()
+	_, out, _ = run("--tpm", spec, "info")
+	if !strings.Contains(out, "PCRs [7 15], lock PCR 15") || !strings.Contains(out, "none saved yet") {
+		t.Fatalf("info with a vault:\n%s", out)
+	}
+
+	code, out, errs = run("--tpm", spec, "clear-vault")
+	if code != 2 || !strings.Contains(errs, "--yes") {
+		t.Fatalf("clear-vault without --yes: exit %d %q", code, errs)
+	}
+	if _, out, _ = run("--tpm", spec, "info"); !strings.Contains(out, "sealed key at") {
+		t.Fatal("clear-vault without --yes changed the TPM")
+	}
+	if code, out, errs = run("--tpm", spec, "clear-vault", "--yes"); code != 0 || !strings.Contains(out, "vault cleared") {
+		t.Fatalf("clear-vault --yes: exit %d %s%s", code, out, errs)
+	}
+	if _, out, _ = run("--tpm", spec, "info"); !strings.Contains(out, "vault           none") || !strings.Contains(out, "0 vault indices") {
+		t.Fatalf("after clear:\n%s", out)
+	}
+	if _, out, _ = run("--tpm", spec, "clear-vault", "--yes"); !strings.Contains(out, "nothing cleared") {
+		t.Fatalf("second clear: %s", out)
+	}
+}
+
+func TestBadUsage(t *testing.T) {
+	for _, args := range [][]string{nil, {"tpm"}, {"frobnicate"}, {"info", "extra"}, {"--nope"}} {
+		if code, _, _ := run(args...); code != 2 {
+			t.Errorf("%q: exit %d, want 2", args, code)
+		}
+	}
+	if code, _, errs := run("--tpm", "unix:/nonexistent", "info"); code != 1 || errs == "" {
+		t.Errorf("missing device: exit %d %q", code, errs)
+	}
+}

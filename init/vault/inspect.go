@@ -1,0 +1,75 @@
+package vault
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"patela/init/tpmkeys"
+)
+
+// State describes a vault without unsealing it.
+type State struct {
+	Sealed    bool   // the sealed key is at tpmkeys.SealHandle
+	Header    bool   // the NV header exists
+	Location  string // "none", "nv" or "mirror"
+	Version   uint64
+	Length    int   // ciphertext bytes
+	PCRs      []int // the PCR selection recorded at sealing
+	LockPCR   int   // -1: none
+	NVIndices int   // vault NV indices, header included
+	NVBytes   int
+	IndexMax  int // the TPM's NV_INDEX_MAX
+	BufferMax int // the TPM's NV_BUFFER_MAX (as used)
+}
+
+// Inspect reads the vault's state: handles and the NV header only.
+func Inspect(t transport.TPM) (*State, error) {
+	nv, err := newNVStore(t, 0)
+	if err != nil {
+		return nil, err
+	}
+	st := &State{Location: "none", LockPCR: -1, IndexMax: nv.indexMax, BufferMax: nv.chunk}
+	_, err = tpmkeys.Persisted(t, tpmkeys.SealHandle)
+	switch {
+	case err == nil:
+		st.Sealed = true
+	case !errors.Is(err, tpmkeys.ErrNotPersisted):
+		return nil, err
+	}
+	h, err := nv.readHeader()
+	if err != nil {
+		return nil, err
+	}
+	if h != nil {
+		st.Header = true
+		st.Location = [...]string{"none", "nv", "mirror"}[h.location]
+		st.Version, st.Length, st.LockPCR = h.version, h.length, h.lock
+		for m := h.pcrMask; m != 0; m &= m - 1 {
+			st.PCRs = append(st.PCRs, bits.TrailingZeros32(m))
+		}
+	}
+	if st.NVIndices, st.NVBytes, err = nv.usage(); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// Clear deletes the vault from the TPM: the sealed key, the header and the
+// data indices. The relay keys it held are gone for good (a copy on the
+// config server's mirror cannot be decrypted any more either).
+func Clear(t transport.TPM) error {
+	nv, err := newNVStore(t, 0)
+	if err != nil {
+		return err
+	}
+	if err := tpmkeys.Evict(t, tpmkeys.SealHandle); err != nil && !errors.Is(err, tpmkeys.ErrNotPersisted) {
+		return fmt.Errorf("evicting the sealed key: %w", err)
+	}
+	if err := nv.freeFrom(0); err != nil {
+		return err
+	}
+	return nv.undefine(tpmkeys.NVHeader)
+}
