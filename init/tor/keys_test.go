@@ -1,0 +1,96 @@
+package tor
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"patela/init/tpmdev"
+	"patela/init/tpmkeys"
+	"patela/init/vault"
+	"patela/internal/swtpmtest"
+)
+
+// bootVault powers the swtpm in stateDir up (PCRs reset, NV kept) and
+// opens the real key vault on it, as the agent does at boot.
+func bootVault(t *testing.T, stateDir string) (*vault.Vault, func()) {
+	tp := swtpmtest.StartState(t, stateDir)
+	dev, err := tpmdev.Open("unix:" + tp.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ek, err := tpmkeys.EK(dev, tpm2.TPMAlgECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ek.Close(dev)
+	v, err := vault.Open(context.Background(), dev, vault.Options{EKName: ek.Name.Buffer, Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, func() { dev.Close(); tp.Stop() }
+}
+
+// A new relay's keys, written by tor at its first start, are captured into
+// the TPM vault; after a "reboot" (TPM power cycle, empty tmpfs) they are
+// restored before tor starts, so the relay keeps its identity.
+func TestKeysSurviveReboot(t *testing.T) {
+	needTor(t)
+	swtpmtest.Require(t)
+	tpmState := t.TempDir()
+	ctx := context.Background()
+
+	v, powerOff := bootVault(t, tpmState)
+	h := newHarness(t, func(o *Options) { o.Keys = v })
+	spec := Spec{Name: "golf", UID: 20007, Torrc: serverTorrc("golf", 39107)}
+	if err := h.sup.Apply(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	first := h.waitRunning(t, "golf")
+	waitFor(t, "keys captured into the vault", func() bool { return slices.Contains(v.Relays(), "golf") })
+	waitFor(t, "fingerprints", func() bool {
+		first = h.status(t, "golf")
+		return first.Fingerprint != "" && first.Ed25519ID != ""
+	})
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	h.sup.Shutdown(sctx)
+	cancel()
+	powerOff()
+
+	// Next boot: fresh tmpfs, TPM power-cycled.
+	v2, powerOff2 := bootVault(t, tpmState)
+	defer powerOff2()
+	if !slices.Contains(v2.Relays(), "golf") {
+		t.Fatalf("vault after reboot holds %v, not golf", v2.Relays())
+	}
+	h2 := newHarness(t, func(o *Options) { o.Keys = v2 })
+	if err := h2.sup.Apply(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	h2.waitRunning(t, "golf")
+	var again Status
+	waitFor(t, "fingerprints after reboot", func() bool {
+		again = h2.status(t, "golf")
+		return again.Fingerprint != ""
+	})
+	if again.Fingerprint != first.Fingerprint || again.Ed25519ID != first.Ed25519ID {
+		t.Fatalf("identity changed across reboot: %s/%s → %s/%s", first.Fingerprint, first.Ed25519ID, again.Fingerprint, again.Ed25519ID)
+	}
+	fi, err := os.Stat(filepath.Join(h2.root, "state", "golf", "keys", "secret_id_key"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("restored secret_id_key: %v %v", fi, err)
+	}
+
+	// Removing the relay forgets its keys for good.
+	if err := h2.sup.Remove(ctx, "golf"); err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(v2.Relays(), "golf") {
+		t.Errorf("vault still holds keys of a removed relay")
+	}
+}
