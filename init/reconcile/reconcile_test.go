@@ -67,7 +67,7 @@ func (s *softTokens) attestations() int {
 }
 
 // enroll makes a pending node from a fresh software EK and enables it.
-func enroll(t *testing.T, s *testsrv.Server) (int64, *softTokens) {
+func enroll(t testing.TB, s *testsrv.Server) (int64, *softTokens) {
 	ek, err := softek.New()
 	if err != nil {
 		t.Fatal(err)
@@ -105,7 +105,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func needTor(t *testing.T) {
+func needTor(t testing.TB) {
 	if _, err := exec.LookPath("tor"); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatal("tor is not installed")
@@ -176,54 +176,80 @@ func addrsIn(t *testing.T, ns *netnstest.NS, ifname string) map[netip.Addr]bool 
 	return m
 }
 
-// The whole agent steady state against a real configsrv, real tor and
-// the real netcfg in a network namespace of the test's own.
-func TestReconcileAgainstConfigsrv(t *testing.T) {
-	netnstest.RequireRoot(t)
-	needTor(t)
-	s := testsrv.Start(t)
-	global := filepath.Join(t.TempDir(), "global.torrc")
-	os.WriteFile(global, []byte(testsrv.GlobalTorrc+"ShutdownWaitLength 1\nExitRelay 0\n"), 0o644)
-	s.Admin(t, "torrc", "import", global, "--default")
-	id, tokens := enroll(t, s)
-	ids := strconv.FormatInt(id, 10)
-	s.Admin(t, "node", "set", ids, "relay_interface", "relay0")
-	s.Admin(t, "node", "set", ids, "poll_interval_s", "10")
-	s.Admin(t, "node", "set", ids, "max_relays", "1")
+// world is an agent's surroundings: a real configsrv with one enrolled
+// node allowed maxRelays relays, the agent's network namespace with its
+// relay NIC, and a loop wired to real netcfg and tor.
+type world struct {
+	s      *testsrv.Server
+	id     int64
+	ids    string
+	tokens *softTokens
+	agent  *netnstest.NS
+	root   string
+	logs   *syncBuffer
+	l      *Loop
+}
 
-	var logs syncBuffer
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log("agent log:\n" + logs.String())
+func newWorld(tb testing.TB, maxRelays int, poll time.Duration) *world {
+	netnstest.RequireRoot(tb)
+	needTor(tb)
+	w := &world{s: testsrv.Start(tb), logs: &syncBuffer{}}
+	s := w.s
+	global := filepath.Join(tb.TempDir(), "global.torrc")
+	os.WriteFile(global, []byte(testsrv.GlobalTorrc+"ShutdownWaitLength 1\nExitRelay 0\n"), 0o644)
+	s.Admin(tb, "torrc", "import", global, "--default")
+	w.id, w.tokens = enroll(tb, s)
+	w.ids = strconv.FormatInt(w.id, 10)
+	s.Admin(tb, "node", "set", w.ids, "relay_interface", "relay0")
+	s.Admin(tb, "node", "set", w.ids, "poll_interval_s", "10")
+	s.Admin(tb, "node", "set", w.ids, "max_relays", strconv.Itoa(maxRelays))
+
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			tb.Log("agent log:\n" + w.logs.String())
 		}
 	})
-	agent, up := netnstest.New(t), netnstest.New(t)
-	netnstest.Veth(t, agent, "relay0", up, "up0")
-	net, err := netcfg.New(netcfg.Options{NetNS: agent.Fd(), Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	log := slog.New(slog.NewTextHandler(w.logs, nil))
+	w.agent = netnstest.New(tb)
+	netnstest.Veth(tb, w.agent, "relay0", netnstest.New(tb), "up0")
+	net, err := netcfg.New(netcfg.Options{NetNS: w.agent.Fd(), Log: log})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	defer net.Close()
+	tb.Cleanup(net.Close)
 
-	root := t.TempDir()
-	for p := root; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
+	w.root = tb.TempDir()
+	for p := w.root; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
 		os.Chmod(p, 0o755) // the relay uids must reach their directories
 	}
-	const poll = time.Second
-	l := New(Config{
-		Client:  s.Client(t),
-		Tokens:  tokens,
+	w.l = New(Config{
+		Client:  s.Client(tb),
+		Tokens:  w.tokens,
 		Network: net,
 		Tor: tor.Options{
-			StateDir: filepath.Join(root, "state"), RunDir: filepath.Join(root, "run"),
-			Accounts: tor.Files{Root: root}, StopTimeout: 10 * time.Second, KeyPoll: 200 * time.Millisecond,
+			StateDir: filepath.Join(w.root, "state"), RunDir: filepath.Join(w.root, "run"),
+			Accounts: tor.Files{Root: w.root}, StopTimeout: 10 * time.Second, KeyPoll: 200 * time.Millisecond,
 		},
-		Log:          slog.New(slog.NewTextHandler(&logs, nil)),
+		Log:          log,
 		Specs:        &api.Specs{CPUs: 8, MemoryBytes: 16 << 30, CPUModel: "test"},
 		PollInterval: poll,
 		RetryMin:     200 * time.Millisecond,
 		RetryMax:     time.Second,
 	})
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		w.l.Shutdown(ctx)
+	})
+	return w
+}
+
+// The whole agent steady state against a real configsrv, real tor and
+// the real netcfg in a network namespace of the test's own.
+func TestReconcileAgainstConfigsrv(t *testing.T) {
+	const poll = time.Second
+	w := newWorld(t, 1, poll)
+	s, id, ids, tokens, agent, root, l := w.s, w.id, w.ids, w.tokens, w.agent, w.root, w.l
 	ctx, cancel := context.WithCancel(context.Background())
 	runDone := make(chan error, 1)
 	go func() { runDone <- l.Run(ctx) }()

@@ -1,0 +1,74 @@
+package reconcile
+
+import (
+	"context"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"patela/init/tor"
+)
+
+// vmRSS is this process's resident set in KiB: the agent side only, tor
+// processes are separate.
+func vmRSS(tb testing.TB) float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			n, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return n
+		}
+	}
+	tb.Fatal("no VmRSS")
+	return 0
+}
+
+// BenchmarkRound8Relays is one reconcile round (specs, config, network
+// converge, relay diff, heartbeat) of a node running 8 real tor relays
+// against a real configsrv, nothing changed. It reports the RSS of this
+// process (tor excluded, but the in-process configsrv included) before the
+// relays and with the 8 relays supervised, and the time from the first
+// round to 8 relays running.
+func BenchmarkRound8Relays(b *testing.B) {
+	w := newWorld(b, 8, time.Hour)
+	ctx := context.Background()
+	runtime.GC()
+	before := vmRSS(b)
+	start := time.Now()
+	if _, err := w.l.Once(ctx); err != nil {
+		b.Fatal(err)
+	}
+	for {
+		st := w.l.Supervisor().Status()
+		n := 0
+		for _, s := range st {
+			if s.State == tor.StateRunning && s.Fingerprint != "" {
+				n++
+			}
+		}
+		if n == 8 {
+			break
+		}
+		if time.Since(start) > time.Minute {
+			b.Fatalf("relays not running: %+v", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	toRunning := time.Since(start)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := w.l.Once(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(toRunning.Seconds(), "s-to-8-running")
+	b.ReportMetric(before, "KiB-rss-before")
+	b.ReportMetric(vmRSS(b), "KiB-rss-8-relays")
+}
