@@ -13,6 +13,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -58,7 +59,17 @@ func Open(spec string) (transport.TPMCloser, error) {
 	}
 	t = Retrying(t)
 	if emulated {
-		if _, err := FlushTransients(t); err != nil {
+		// An emulator that was just started may have bound its socket
+		// without listening yet: give it a moment.
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			_, err = FlushTransients(t)
+			if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err != nil {
 			t.Close()
 			return nil, fmt.Errorf("TPM %s: flushing leaked handles: %w", spec, err)
 		}
@@ -125,12 +136,14 @@ func CommandCode(cmd []byte) (tpm2.TPMCC, bool) {
 }
 
 // Counter is a transport that counts the commands sent through it by
-// command code. Tests use it to prove what a boot did (and did not do).
+// command code, and the time spent waiting for the TPM. Tests use it to
+// prove what a boot did (and did not do); benchmarks to measure it.
 type Counter struct {
 	transport.TPM
-	mu     sync.Mutex
-	counts map[tpm2.TPMCC]int
-	total  int
+	mu      sync.Mutex
+	counts  map[tpm2.TPMCC]int
+	total   int
+	elapsed time.Duration
 }
 
 // NewCounter counts the commands sent to t.
@@ -140,13 +153,24 @@ func NewCounter(t transport.TPM) *Counter {
 
 // Send implements transport.TPM.
 func (c *Counter) Send(cmd []byte) ([]byte, error) {
+	start := time.Now()
+	rsp, err := c.TPM.Send(cmd)
+	d := time.Since(start)
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if cc, ok := CommandCode(cmd); ok {
-		c.mu.Lock()
 		c.counts[cc]++
 		c.total++
-		c.mu.Unlock()
 	}
-	return c.TPM.Send(cmd)
+	c.elapsed += d
+	return rsp, err
+}
+
+// Elapsed returns the time spent in the TPM (transport included).
+func (c *Counter) Elapsed() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.elapsed
 }
 
 // Count returns how many commands with code cc were sent.
@@ -169,6 +193,7 @@ func (c *Counter) Reset() {
 	defer c.mu.Unlock()
 	c.counts = map[tpm2.TPMCC]int{}
 	c.total = 0
+	c.elapsed = 0
 }
 
 // Handles lists the TPM's handles of one type (transient, persistent, NV

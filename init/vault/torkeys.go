@@ -306,9 +306,6 @@ func writeOwned(path string, data []byte, uid, gid int) error {
 	if err == nil {
 		err = tmp.Chown(uid, gid)
 	}
-	if err == nil {
-		err = tmp.Sync()
-	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
