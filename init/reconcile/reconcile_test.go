@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -390,4 +391,73 @@ func mustToken(t *testing.T, tk Tokens) string {
 		t.Fatal(err)
 	}
 	return tok
+}
+
+// A desired state the agent cannot use is refused with a clear error and
+// changes nothing that runs: a relay named twice, a relay interface that
+// does not exist, a torrc that does not match its checksum.
+func TestApplyRefusesBadConfig(t *testing.T) {
+	w := newWorld(t, 1, time.Hour)
+	ctx := context.Background()
+	if _, err := w.l.Once(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sup := w.l.Supervisor()
+	var first tor.Status
+	waitFor(t, "relay running", func() bool {
+		st := sup.Status()
+		if len(st) == 1 && st[0].State == tor.StateRunning {
+			first = st[0]
+			return true
+		}
+		return false
+	})
+	good, err := w.s.Client(t).Config(ctx, mustToken(t, w.tokens))
+	if err != nil {
+		t.Fatal(err)
+	}
+	untouched := func(what string) {
+		t.Helper()
+		st := sup.Status()
+		if len(st) != 1 || st[0].PID != first.PID || st[0].State != tor.StateRunning || st[0].Reloads != 0 {
+			t.Errorf("%s disturbed the running relay: %+v, was %+v", what, st, first)
+		}
+	}
+	clone := func() *api.NodeConfig {
+		c := *good
+		c.Relays = append([]api.Relay(nil), good.Relays...)
+		return &c
+	}
+
+	dup := clone()
+	dup.Relays = append(dup.Relays, dup.Relays[0])
+	if err := w.l.apply(ctx, dup); err == nil || !strings.Contains(err.Error(), "twice") {
+		t.Errorf("duplicate relay: %v", err)
+	}
+	untouched("a duplicate relay")
+
+	noNIC := clone()
+	noNIC.Network.RelayInterface = "nosuch0"
+	noNIC.Relays[0].Torrc += "ContactInfo other\n"
+	if err := w.l.apply(ctx, noNIC); err == nil || !strings.Contains(err.Error(), "network") {
+		t.Errorf("missing relay interface: %v", err)
+	}
+	untouched("a network failure")
+
+	badSum := clone()
+	extra := badSum.Relays[0]
+	extra.Name, extra.UID, extra.IPv4, extra.IPv6 = "forged", extra.UID+1, "192.0.2.250/24", ""
+	extra.Torrc += "ContactInfo tampered\n"
+	badSum.Relays = append(badSum.Relays, extra)
+	if err := w.l.apply(ctx, badSum); err == nil || !strings.Contains(err.Error(), "torrc_sha256") {
+		t.Errorf("checksum mismatch: %v", err)
+	}
+	untouched("a relay with a bad checksum")
+	hb := w.l.status()
+	if len(hb.Relays) != 2 || hb.Relays[0].Name != "forged" || hb.Relays[0].State != StateRefused {
+		t.Errorf("heartbeat does not report the refused relay: %+v", hb.Relays)
+	}
+	if hb.BootID == "" || hb.UptimeS <= 0 {
+		t.Errorf("heartbeat boot id %q uptime %d", hb.BootID, hb.UptimeS)
+	}
 }
