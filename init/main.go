@@ -12,7 +12,10 @@
 //
 // Not PID 1, the same sequence runs as an ordinary process against
 // --root: nothing is mounted, no module is loaded, the clock is not set,
-// and power off/reboot end the process (exit 0/3).
+// and power off/reboot end the process (exit 0/3). Subcommands, only when
+// not PID 1:
+//
+//	init tpm info|ek|clear-vault   the TPM developer CLI (init/tpmcli)
 //
 // Self-test mode (patela.selftest=pid1 on the kernel command line) needs no
 // config server and no TPM: it runs the phases up to DHCP, then checks the
@@ -55,6 +58,7 @@ import (
 	"patela/init/reaper"
 	"patela/init/reconcile"
 	"patela/init/tor"
+	"patela/init/tpmcli"
 	"patela/init/tpmdev"
 	"patela/init/vault"
 	"patela/internal/api"
@@ -259,12 +263,19 @@ func (a *agent) tpmRandom() ([]byte, error) {
 }
 
 func (a *agent) startDHCP(ctx context.Context) error {
-	ifname, err := mgmtInterface(a.cfg)
-	if err != nil {
-		return err
-	}
 	dctx, cancel := context.WithTimeout(ctx, time.Duration(a.cfg.DHCPTimeout))
 	defer cancel()
+	// The NIC appears when its driver has probed it, which may trail the
+	// module load a little.
+	ifname, err := mgmtInterface(a.cfg)
+	for err != nil {
+		select {
+		case <-dctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+		ifname, err = mgmtInterface(a.cfg)
+	}
 	a.dhcp, err = dhcp.Start(dctx, dhcp.Config{
 		Interface:  ifname,
 		ResolvConf: a.path("/etc/resolv.conf"),
@@ -495,6 +506,8 @@ func zombies() int {
 // subcommand runs the non-PID-1 entry points.
 func subcommand(name string, args []string) (int, bool) {
 	switch name {
+	case "tpm":
+		return tpmcli.Main(args), true
 	case "selftest-child":
 		// Start a grandchild and exit without waiting: it becomes an
 		// orphan, reparented to PID 1.

@@ -78,11 +78,13 @@ func Start(ctx context.Context, cfg Config) (*Client, error) {
 		cfg.Log = slog.Default()
 	}
 	c := &Client{cfg: cfg, log: cfg.Log.With("interface", cfg.Interface)}
+	// Route netlink only: a handle for every family also opens XFRM,
+	// which a minimal kernel (xfrm_user not loaded) refuses.
 	var err error
 	if cfg.NetNS != 0 {
-		c.nl, err = netlink.NewHandleAt(netns.NsHandle(cfg.NetNS))
+		c.nl, err = netlink.NewHandleAt(netns.NsHandle(cfg.NetNS), unix.NETLINK_ROUTE)
 	} else {
-		c.nl, err = netlink.NewHandle()
+		c.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("dhcp: netlink: %w", err)

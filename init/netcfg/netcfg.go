@@ -99,12 +99,14 @@ func New(opts Options) (*Manager, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
+	// Route netlink only: a handle for every family also opens XFRM,
+	// which a minimal kernel (xfrm_user not loaded) refuses.
 	var h *netlink.Handle
 	var err error
 	if opts.NetNS != 0 {
-		h, err = netlink.NewHandleAt(netns.NsHandle(opts.NetNS))
+		h, err = netlink.NewHandleAt(netns.NsHandle(opts.NetNS), unix.NETLINK_ROUTE)
 	} else {
-		h, err = netlink.NewHandle()
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("netcfg: netlink: %w", err)
