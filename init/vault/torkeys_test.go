@@ -2,6 +2,7 @@ package vault
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,26 +23,27 @@ func requireTor(t testing.TB) {
 }
 
 // fingerprints runs tor offline on dataDir (creating any missing keys) and
-// returns its RSA and ed25519 fingerprints.
+// returns its RSA and ed25519 fingerprints. Safe to call from goroutines:
+// failures are reported with Errorf and an empty result.
 func fingerprints(t testing.TB, dataDir string) string {
-	t.Helper()
-	rc := filepath.Join(t.TempDir(), "torrc")
+	rc := filepath.Join(dataDir, "torrc")
 	if err := os.WriteFile(rc, nil, 0o600); err != nil {
-		t.Fatal(err)
+		t.Error(err)
+		return ""
 	}
+	defer os.Remove(rc)
 	out, err := exec.Command("tor", "--list-fingerprint", "--DisableNetwork", "1",
 		"--DataDirectory", dataDir, "--ORPort", "127.0.0.1:auto",
 		"--defaults-torrc", rc, "-f", rc, "--Log", "err stderr").CombinedOutput()
 	if err != nil {
-		t.Fatalf("tor --list-fingerprint: %v\n%s", err, out)
+		t.Errorf("tor --list-fingerprint: %v\n%s", err, out)
+		return ""
 	}
-	rsa, err := os.ReadFile(filepath.Join(dataDir, "fingerprint"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ed, err := os.ReadFile(filepath.Join(dataDir, "fingerprint-ed25519"))
-	if err != nil {
-		t.Fatal(err)
+	rsa, err1 := os.ReadFile(filepath.Join(dataDir, "fingerprint"))
+	ed, err2 := os.ReadFile(filepath.Join(dataDir, "fingerprint-ed25519"))
+	if err := errors.Join(err1, err2); err != nil {
+		t.Error(err)
+		return ""
 	}
 	return strings.TrimSpace(string(rsa)) + " " + strings.TrimSpace(string(ed))
 }
@@ -58,6 +60,9 @@ func torKeys(t testing.TB, n int) (dirs, fps []string) {
 		wg.Go(func() { fps[i] = fingerprints(t, dirs[i]) })
 	}
 	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
 	cmd := exec.Command("tor", "--keygen-family", "fam", "--defaults-torrc", "/dev/null", "--Log", "err stderr")
 	cmd.Dir = filepath.Join(dirs[0], "keys")
 	if out, err := cmd.CombinedOutput(); err != nil {

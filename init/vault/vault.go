@@ -268,8 +268,13 @@ func (v *Vault) Capture(name, dataDir string) (changed bool, err error) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if old := v.relays[name]; old != nil && old.equal(e) {
+	old := v.relays[name]
+	if old != nil && old.equal(e) {
 		return false, nil
+	}
+	if old != nil && (!bytes.Equal(old.Ed25519Master, e.Ed25519Master) || !bytes.Equal(old.RSAIdentity, e.RSAIdentity)) {
+		// Only happens if tor ran without the restored keys.
+		v.log.Warn("relay identity keys differ from the stored ones; storing the new identity", "relay", name)
 	}
 	v.relays[name] = e
 	return true, nil
@@ -314,7 +319,22 @@ func (v *Vault) Save(ctx context.Context) error {
 			return fmt.Errorf("saving the key bundle (%d bytes): %w, and no mirror is configured", len(env), err)
 		}
 		v.log.Info("key bundle does not fit in TPM NV; storing its ciphertext on the config server", "bytes", len(env), "reason", err)
-		if err := v.mirror.Put(ctx, &api.KeyBundle{Bundle: env, Version: b.Version}); err != nil {
+		err := v.mirror.Put(ctx, &api.KeyBundle{Bundle: env, Version: b.Version})
+		if api.IsCode(err, api.CodeConflict) {
+			// The mirror already has this version: an earlier save reached
+			// it but not the NV header. Go past it.
+			remote, gerr := v.mirrorGet(ctx)
+			if gerr != nil || remote == nil {
+				return fmt.Errorf("saving the key bundle to the mirror: %w", err)
+			}
+			b.Version = max(b.Version, remote.Version+1)
+			if env, err = seal(v.key, v.ekName, b); err != nil {
+				return err
+			}
+			hdr.version, hdr.length, hdr.sum = b.Version, len(env), sha256.Sum256(env)
+			err = v.mirror.Put(ctx, &api.KeyBundle{Bundle: env, Version: b.Version})
+		}
+		if err != nil {
 			return fmt.Errorf("saving the key bundle to the mirror: %w", err)
 		}
 		hdr.location, hdr.count = locMirror, 0

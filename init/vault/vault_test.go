@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -126,6 +127,7 @@ func TestEightRelaysRoundTrip(t *testing.T) {
 
 	m.boot()
 	v = m.mustOpen(Options{PCRs: []int{7}})
+	restored := make([]string, n)
 	for i := range n {
 		dir := filepath.Join(t.TempDir(), "data")
 		uid := 10001 + i
@@ -140,8 +142,17 @@ func TestEightRelaysRoundTrip(t *testing.T) {
 			checkOwned(t, filepath.Join(dir, "keys", e.Name()), uid, 0o600)
 		}
 		chownTree(t, dir)
-		if got := fingerprints(t, dir); got != fps[i] {
-			t.Errorf("relay %d: fingerprints %q after restore, %q before", i, got, fps[i])
+		restored[i] = dir
+	}
+	var wg sync.WaitGroup
+	got := make([]string, n)
+	for i := range n {
+		wg.Go(func() { got[i] = fingerprints(t, restored[i]) })
+	}
+	wg.Wait()
+	for i := range n {
+		if got[i] != fps[i] {
+			t.Errorf("relay %d: fingerprints %q after restore, %q before", i, got[i], fps[i])
 		}
 	}
 	fam, err := os.ReadFile(filepath.Join(dirs[0], "keys", "fam"+familySuffix))
