@@ -15,9 +15,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 
@@ -38,7 +38,8 @@ const (
 	CAPath          = "etc/patela/server-ca.pem"
 	ModulesDir      = "lib/patela-modules" // <name>.ko, loaded in the config's order
 	TorPath         = "usr/bin/tor"
-	ShellPath       = "bin/sh" // debug flavour only
+	AgentPath       = "bin/init" // /init links here
+	ShellPath       = "bin/sh"   // debug flavour only
 )
 
 // nssFiles is dlopen'd by glibc for getpwnam (tor's User option), so ldd
@@ -46,9 +47,10 @@ const (
 const nssFiles = "/lib/x86_64-linux-gnu/libnss_files.so.2"
 
 // DebugCommands are the u-root commands of the --debug flavour, built as
-// one busybox under /bbin. gosh is the shell behind /bin/sh.
+// one busybox under /bbin. gosh is the shell behind /bin/sh, built with
+// the goshsmall tag (no line-editor dependencies outside go.mod).
 var DebugCommands = []string{
-	"cat", "chmod", "cp", "date", "dd", "df", "dmesg", "echo", "find", "free",
+	"cat", "chmod", "cp", "date", "df", "dmesg", "echo", "find", "free",
 	"grep", "gosh", "head", "hexdump", "id", "ip", "kill", "ln", "ls", "lsmod",
 	"mkdir", "more", "mount", "mv", "netstat", "pidof", "ps", "readlink", "rm",
 	"seq", "sleep", "strace", "sync", "tail", "tee", "touch", "uname", "uptime", "wc",
@@ -168,24 +170,26 @@ func Build(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
-	out, err := newArchive(tmp, path.Base(o.AgentPkg))
+	agent := filepath.Join(tmp, "init")
+	if err := buildAgent(ctx, o.AgentPkg, agent); err != nil {
+		return nil, err
+	}
+	out, err := newArchive(tmp)
 	if err != nil {
 		return nil, err
 	}
 	defer out.abort()
 
-	files := slices.Clone(torFiles)
+	files := append([]string{agent + ":" + AgentPath}, torFiles...)
 	for _, m := range mods {
 		files = append(files, filepath.Join(o.KernelModulesDir, m.Path)+":"+path.Join(ModulesDir, m.Name+".ko"))
 	}
 	mk := []uimage.Modifier{
-		uimage.WithEnv(golang.DisableCGO(), func(e *golang.Environ) { e.GOARCH = "amd64"; e.GOOS = "linux" }),
+		uimage.WithEnv(golang.DisableCGO(), golang.WithBuildTag("goshsmall"),
+			func(e *golang.Environ) { e.GOARCH = "amd64"; e.GOOS = "linux" }),
 		uimage.WithTempDir(tmp),
 		uimage.WithBaseArchive(base(cfgJSON, ca)),
-		// Reproducible and as fast as a plain go build: stripped,
-		// trimmed paths, inlining on (u-root turns it off by default).
-		uimage.WithBinaryCommandsOpts(&golang.BuildOpts{EnableInlining: true}, o.AgentPkg),
-		uimage.WithInit(path.Base(o.AgentPkg)),
+		uimage.WithInit("/" + AgentPath),
 		// tor's libraries are listed by torFiles; no ldd on anything else.
 		uimage.WithSkipLDD(),
 		uimage.WithFiles(files...),
@@ -211,6 +215,18 @@ func Build(ctx context.Context, o Options) (*Report, error) {
 	}
 	rep.Modules = order
 	return rep, nil
+}
+
+// buildAgent compiles the agent as a static, reproducible binary: no cgo,
+// trimmed paths, no build ID or VCS stamp, baseline amd64. (uimage's own
+// builder passes -a, rebuilding the standard library every time.)
+func buildAgent(ctx context.Context, pkg, out string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w -buildid=", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64=v1")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("initramfs: building the agent %s: %v\n%s", pkg, err, b)
+	}
+	return nil
 }
 
 func logPrintf(l *slog.Logger) llog.Printf {
@@ -277,6 +293,7 @@ func torFiles(tor string) ([]string, error) {
 // resolv.conf (the agent writes one from DHCP/config).
 func base(cfgJSON, ca []byte) *cpio.Archive {
 	a, _ := cpio.ArchiveFromRecords([]cpio.Record{
+		cpio.Directory(".", 0o755),
 		cpio.Directory("bin", 0o755),
 		cpio.Directory("dev", 0o755),
 		cpio.CharDev("dev/console", 0o600, 5, 1),
@@ -305,23 +322,22 @@ func base(cfgJSON, ca []byte) *cpio.Archive {
 // records give equal bytes.
 type archive struct {
 	cpio.RecordWriter
-	f         *os.File
-	zw        *gzip.Writer
-	raw       countWriter
-	agentName string
-	parts     map[string]*Part
-	finished  bool
+	f        *os.File
+	zw       *gzip.Writer
+	raw      countWriter
+	parts    map[string]*Part
+	finished bool
 }
 
 var partOrder = []string{"agent", "tor+libs", "modules", "config", "debug tools", "base"}
 
-func newArchive(dir, agentName string) (*archive, error) {
+func newArchive(dir string) (*archive, error) {
 	f, err := os.CreateTemp(dir, "initramfs-*.cpio.gz")
 	if err != nil {
 		return nil, err
 	}
 	zw, _ := gzip.NewWriterLevel(f, gzip.BestCompression)
-	a := &archive{f: f, zw: zw, agentName: agentName, parts: map[string]*Part{}}
+	a := &archive{f: f, zw: zw, parts: map[string]*Part{}}
 	for _, n := range partOrder {
 		a.parts[n] = &Part{Name: n}
 	}
@@ -350,7 +366,7 @@ func (a *archive) WriteRecord(r cpio.Record) error {
 
 func (a *archive) part(name string) string {
 	switch {
-	case name == "bin/"+a.agentName:
+	case name == AgentPath:
 		return "agent"
 	case strings.HasPrefix(name, ModulesDir+"/"):
 		return "modules"
