@@ -1,0 +1,155 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"patela/initramfs/ramfs"
+)
+
+// need skips when a component cannot exist here, except under CI.
+func need(t *testing.T, what string, ok bool) {
+	t.Helper()
+	if ok {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s missing (CI installs it: scripts/deps.sh, just kernel)", what)
+	}
+	t.Skipf("%s missing (scripts/deps.sh, just kernel)", what)
+}
+
+// TestPID1InQEMU boots the agent as /init of a real initramfs under QEMU
+// (TCG) with the Debian kernel, in the self-test mode that needs no config
+// server (patela.selftest=pid1, see init/main.go): it must mount, load the
+// modules in the resolved order, get a DHCP lease from QEMU's user
+// network, print its boot timeline, reap an orphan while the orphan's
+// parent's status reaches its owner, and power the VM off on the SIGTERM a
+// child sends it. QEMU exiting by itself with status 0 is the power-off.
+func TestPID1InQEMU(t *testing.T) {
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	need(t, "qemu-system-x86_64", err == nil)
+	kernel, _ := filepath.Abs("../build/kernel/vmlinuz")
+	mods, _ := filepath.Glob(filepath.Join(filepath.Dir(kernel), "modules/*"))
+	_, kerr := os.Stat(kernel)
+	need(t, "build/kernel (just kernel)", kerr == nil && len(mods) == 1)
+	need(t, "tor (the initramfs carries it)", fileExists("/usr/bin/tor"))
+
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "agent.json")
+	// A server URL is required by the config; the self-test never uses it.
+	os.WriteFile(cfg, []byte(`{"server_url":"https://config.invalid:8443","modules":["virtio_pci","virtio_net","nf_tables"]}`), 0o644)
+	ca := filepath.Join(dir, "ca.pem")
+	os.WriteFile(ca, selfSignedPEM(t), 0o644)
+	img := filepath.Join(dir, "initramfs.cpio.gz")
+	// The builder compiles the agent package from the module root.
+	t.Chdir("..")
+	start := time.Now()
+	rep, err := ramfs.Build(context.Background(), ramfs.Options{
+		AgentConfig: cfg, CA: ca, KernelModulesDir: mods[0], Out: img,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("initramfs built in %v: modules %v\n%s", time.Since(start).Round(time.Millisecond), rep.Modules, rep)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, qemu,
+		"-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1",
+		"-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
+		"-kernel", kernel, "-initrd", img,
+		"-append", "console=ttyS0 panic=-1 quiet patela.selftest=pid1 patela.reboot_delay=1s patela.dhcp_timeout=30s",
+		"-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0",
+	)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start = time.Now()
+	err = cmd.Run()
+	wall := time.Since(start)
+	console := strings.ReplaceAll(out.String(), "\r", "")
+	if ctx.Err() != nil {
+		t.Fatalf("QEMU still running after 120 s: the agent did not power off\n%s", console)
+	}
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatal(err)
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("QEMU exit status %d, want 0 (power off)", code)
+	}
+	t.Logf("QEMU ran %v (wall)", wall.Round(time.Millisecond))
+
+	// Modules were loaded, in the resolved order.
+	var loaded []string
+	for _, m := range regexp.MustCompile(`msg=module name=(\S+) status=`).FindAllStringSubmatch(console, -1) {
+		loaded = append(loaded, m[1])
+	}
+	if !slices.Equal(loaded, rep.Modules) {
+		t.Errorf("modules loaded %v, want %v", loaded, rep.Modules)
+	}
+	for _, re := range []string{
+		`msg=timeline phase=mount start=\S+ took=\S+`,
+		`msg=timeline phase=modules `,
+		`msg=timeline phase=entropy `,
+		// restrict=on: slirp leases an address but names no router or DNS.
+		`msg="DHCP lease" interface=eth0 addr=10\.0\.2\.15/24 `,
+		`msg=timeline phase=dhcp `,
+		`selftest: child exited, status collected by its owner" child=\d+ status=0 orphan=\d+`,
+		`selftest: orphan reaped by the agent" pid=\d+ pid1=true`,
+		`signal: power off requested" signal=terminated`,
+		`msg=halting action="power off"`,
+	} {
+		if !regexp.MustCompile(re).MatchString(console) {
+			t.Errorf("console lacks %s", re)
+		}
+	}
+	if strings.Contains(console, "FATAL") || strings.Contains(console, "Kernel panic") {
+		t.Errorf("fatal error on the console")
+	}
+	var timeline []string
+	for _, line := range strings.Split(console, "\n") {
+		if strings.Contains(line, "msg=timeline") {
+			timeline = append(timeline, line)
+		}
+	}
+	t.Logf("boot timeline:\n%s", strings.Join(timeline, "\n"))
+	if t.Failed() {
+		t.Logf("console:\n%s", console)
+	}
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func selfSignedPEM(t *testing.T) []byte {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "pid1 test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
