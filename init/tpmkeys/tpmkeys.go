@@ -29,7 +29,7 @@ const (
 	SealHandle tpm2.TPMHandle = 0x81008F01 // the vault's sealed key
 	NVHeader   tpm2.TPMHandle = 0x01008F00 // the vault's storage header
 	NVData     tpm2.TPMHandle = 0x01008F01 // first vault data index
-	NVDataMax                 = 64         // data indices NVData .. NVData+63
+	NVDataMax                 = 64         // data indices NVData .. NVData+63 (two slots of 32)
 )
 
 // Key is a loaded key. Transient keys must be flushed with Close.

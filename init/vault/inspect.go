@@ -68,7 +68,7 @@ func Clear(t transport.TPM) error {
 	if err := tpmkeys.Evict(t, tpmkeys.SealHandle); err != nil && !errors.Is(err, tpmkeys.ErrNotPersisted) {
 		return fmt.Errorf("evicting the sealed key: %w", err)
 	}
-	if err := nv.freeFrom(0); err != nil {
+	if err := nv.freeExcept(0, 0); err != nil {
 		return err
 	}
 	return nv.undefine(tpmkeys.NVHeader)

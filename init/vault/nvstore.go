@@ -22,12 +22,18 @@ const (
 // header is the vault's small NV index (tpmkeys.NVHeader), 64 bytes:
 //
 //	"PTLN" | format u8 | location u8 | data indices u8 | lock PCR u8 (0xFF none) |
-//	length u32 | version u64 | SHA-256 of the ciphertext [32] | PCR mask u32 | zeros
+//	length u32 | version u64 | SHA-256 of the ciphertext [32] | PCR mask u32 |
+//	slot u8 | zeros
 //
 // It says where the ciphertext is and which version and hash to expect, so
 // a mirror (or NV) serving an older or different bundle is noticed.
+//
+// NV data lives in one of two slots of indices. A save writes the slot not
+// in use, then switches the header (one 64-byte NV write) to it, then frees
+// the old one: a power cut at any point leaves one complete bundle.
 type header struct {
 	location byte
+	slot     int
 	count    int
 	lock     int
 	length   int
@@ -40,7 +46,13 @@ const (
 	headerMagic = "PTLN"
 	headerLen   = 64
 	nvAlign     = 64
+	slotMax     = tpmkeys.NVDataMax / 2 // indices per slot
 )
+
+// dataIndex is the i-th data index of a slot.
+func dataIndex(slot, i int) tpm2.TPMHandle {
+	return tpmkeys.NVData + tpm2.TPMHandle(slot*slotMax+i)
+}
 
 func (h *header) marshal() []byte {
 	b := make([]byte, headerLen)
@@ -56,6 +68,7 @@ func (h *header) marshal() []byte {
 	binary.BigEndian.PutUint64(b[12:], h.version)
 	copy(b[20:52], h.sum[:])
 	binary.BigEndian.PutUint32(b[52:], h.pcrMask)
+	b[56] = byte(h.slot)
 	return b
 }
 
@@ -70,12 +83,13 @@ func parseHeader(b []byte) (*header, error) {
 		length:   int(binary.BigEndian.Uint32(b[8:])),
 		version:  binary.BigEndian.Uint64(b[12:]),
 		pcrMask:  binary.BigEndian.Uint32(b[52:]),
+		slot:     int(b[56]),
 	}
 	if b[7] == 0xFF {
 		h.lock = -1
 	}
 	copy(h.sum[:], b[20:52])
-	if h.location > locMirror || h.count > tpmkeys.NVDataMax {
+	if h.location > locMirror || h.count > slotMax || h.slot > 1 {
 		return nil, errors.New("vault NV header is malformed")
 	}
 	return h, nil
@@ -235,26 +249,26 @@ func (s *nvStore) layout(n int) []int {
 	return sizes
 }
 
-// writeData stores data over NV indices and returns how many it used. All
-// indices are defined before any byte is written, so running out of space
-// leaves the stored bundle as it was.
-func (s *nvStore) writeData(data []byte) (int, error) {
+// writeData stores data over the NV indices of a slot and returns how many
+// it used. All indices are defined before any byte is written, so running
+// out of space writes nothing.
+func (s *nvStore) writeData(slot int, data []byte) (int, error) {
 	sizes := s.layout(len(data))
 	total := 0
 	for _, sz := range sizes {
 		total += sz
 	}
-	if len(sizes) > tpmkeys.NVDataMax || (s.capBytes > 0 && total > s.capBytes) {
+	if len(sizes) > slotMax || (s.capBytes > 0 && total > s.capBytes) {
 		return 0, fmt.Errorf("%w: %d bytes over %d indices (cap %d)", ErrNVFull, total, len(sizes), s.capBytes)
 	}
 	for i, sz := range sizes {
-		if err := s.ensure(tpmkeys.NVData+tpm2.TPMHandle(i), sz); err != nil {
+		if err := s.ensure(dataIndex(slot, i), sz); err != nil {
 			return 0, err
 		}
 	}
 	for i := range sizes {
 		off := i * s.indexMax
-		if err := s.write(tpmkeys.NVData+tpm2.TPMHandle(i), data[off:min(off+s.indexMax, len(data))]); err != nil {
+		if err := s.write(dataIndex(slot, i), data[off:min(off+s.indexMax, len(data))]); err != nil {
 			return 0, err
 		}
 	}
@@ -265,7 +279,7 @@ func (s *nvStore) readData(h *header) ([]byte, error) {
 	out := make([]byte, 0, h.length)
 	for i := 0; i < h.count; i++ {
 		n := min(s.indexMax, h.length-len(out))
-		b, err := s.read(tpmkeys.NVData+tpm2.TPMHandle(i), n)
+		b, err := s.read(dataIndex(h.slot, i), n)
 		if err != nil {
 			return nil, err
 		}
@@ -277,14 +291,15 @@ func (s *nvStore) readData(h *header) ([]byte, error) {
 	return out, nil
 }
 
-// freeFrom undefines the data indices from the i-th on.
-func (s *nvStore) freeFrom(i int) error {
+// freeExcept undefines every data index but the first count of slot.
+func (s *nvStore) freeExcept(slot, count int) error {
 	hs, err := tpmdev.Handles(s.t, tpm2.TPMHTNVIndex)
 	if err != nil {
 		return err
 	}
 	for _, h := range hs {
-		if h >= tpmkeys.NVData+tpm2.TPMHandle(i) && h < tpmkeys.NVData+tpmkeys.NVDataMax {
+		inUse := h >= dataIndex(slot, 0) && h < dataIndex(slot, count)
+		if !inUse && h >= tpmkeys.NVData && h < tpmkeys.NVData+tpmkeys.NVDataMax {
 			if err := s.undefine(h); err != nil {
 				return err
 			}

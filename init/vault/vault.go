@@ -311,9 +311,9 @@ func (v *Vault) Save(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	hdr := header{location: locNV, lock: v.hdr.lock, pcrMask: v.hdr.pcrMask,
+	hdr := header{location: locNV, slot: v.hdr.slot ^ 1, lock: v.hdr.lock, pcrMask: v.hdr.pcrMask,
 		length: len(env), version: b.Version, sum: sha256.Sum256(env)}
-	hdr.count, err = v.nv.writeData(env)
+	hdr.count, err = v.nv.writeData(hdr.slot, env)
 	if errors.Is(err, ErrNVFull) {
 		if v.mirror == nil {
 			return fmt.Errorf("saving the key bundle (%d bytes): %w, and no mirror is configured", len(env), err)
@@ -345,7 +345,7 @@ func (v *Vault) Save(ctx context.Context) error {
 		return err
 	}
 	v.hdr, v.version, v.stored = hdr, b.Version, cur
-	if err := v.nv.freeFrom(hdr.count); err != nil {
+	if err := v.nv.freeExcept(hdr.slot, hdr.count); err != nil {
 		v.log.Warn("freeing unused vault NV indices", "err", err)
 	}
 	v.log.Info("key bundle saved", "version", b.Version, "relays", len(v.relays), "bytes", len(env),

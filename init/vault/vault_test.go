@@ -276,7 +276,7 @@ func TestCorruptedCiphertext(t *testing.T) {
 	// One flipped bit in the stored ciphertext, with the header's hash
 	// updated to match, as an attacker with owner auth could.
 	data[len(data)-20] ^= 1
-	if _, err := nv.writeData(data); err != nil {
+	if _, err := nv.writeData(h.slot, data); err != nil {
 		t.Fatal(err)
 	}
 	h.sum = sha256.Sum256(data)
@@ -290,9 +290,8 @@ func TestCorruptedCiphertext(t *testing.T) {
 	// Without the hash update: noticed before decryption.
 	data[len(data)-20] ^= 1
 	nv, _ = newNVStore(m.dev, 0)
-	nv.writeData(data)
 	data[0] ^= 0xFF
-	nv.writeData(data)
+	nv.writeData(h.slot, data)
 	m.boot()
 	if _, err := m.open(Options{}); !errors.Is(err, ErrUndecryptable) {
 		t.Fatalf("corrupted NV: %v", err)
@@ -373,5 +372,40 @@ func TestLockIsEnforcedByTheTPM(t *testing.T) {
 	m.extend(DefaultLockPCR)
 	if err := unseal(); !errors.Is(err, tpm2.TPMRCPolicyFail) {
 		t.Fatalf("unseal after the lock: %v", err)
+	}
+}
+
+// TestInterruptedSave: a save that stops after writing the new slot but
+// before switching the header (power cut) leaves the old bundle readable,
+// and the next save recovers the half-written slot.
+func TestInterruptedSave(t *testing.T) {
+	m := newMachine(t)
+	v, dir := saveOne(t, m, Options{})
+	nv, _ := newNVStore(m.dev, 0)
+	h, _ := nv.readHeader()
+	junk := make([]byte, 3000)
+	if _, err := nv.writeData(h.slot^1, junk); err != nil {
+		t.Fatal(err)
+	}
+	v.Forget("murazzano")
+	m.boot()
+	v = m.mustOpen(Options{})
+	if got := v.Relays(); len(got) != 1 || got[0] != "murazzano" {
+		t.Fatalf("after an interrupted save: relays %v", got)
+	}
+	if _, err := v.Capture("gorgonzola", dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Save(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	nv, _ = newNVStore(m.dev, 0)
+	if n, size, err := nv.usage(); n != 2 || size > headerLen+2048 {
+		t.Logf("usage: %v", err)
+		t.Fatalf("after the next save: %d indices, %d bytes (the stale slot was not freed)", n, size)
+	}
+	m.boot()
+	if got := m.mustOpen(Options{}).Relays(); len(got) != 2 {
+		t.Fatalf("relays %v", got)
 	}
 }
