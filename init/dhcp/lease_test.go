@@ -112,3 +112,17 @@ func FuzzFromACK(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkFromACK(b *testing.B) {
+	raw := ack(b, dhcpv4.WithDomainSearchList("lab.example.org")).ToBytes()
+	now := time.Now()
+	for b.Loop() {
+		m, err := dhcpv4.FromBytes(raw)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := FromACK(m, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
