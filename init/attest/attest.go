@@ -70,8 +70,11 @@ type options struct {
 // Option tunes a Session.
 type Option func(*options)
 
-// WithRSAEK uses the RSA-2048 EK instead of ECC P-256.
+// WithRSAEK uses the RSA-2048 EK.
 func WithRSAEK() Option { return func(o *options) { o.alg = tpm2.TPMAlgRSA } }
+
+// WithECCEK uses the ECC P-256 EK.
+func WithECCEK() Option { return func(o *options) { o.alg = tpm2.TPMAlgECC } }
 
 // WithBackoff sets the first and the largest delay between attempts while
 // the server is unreachable or the node is pending.
@@ -85,11 +88,19 @@ func WithRefreshMargin(d time.Duration) Option { return func(o *options) { o.mar
 
 // NewSession loads the EK (and its certificate, if the TPM has one) and the
 // AK, creating and persisting the AK on first use. It does not contact the
-// server; Token does.
+// server; Token does. Without WithRSAEK or WithECCEK the EK is the one
+// tpmkeys.ChooseEK picks: ECC P-256 unless only an RSA EK is certified.
 func NewSession(tpm transport.TPM, c *api.Client, log *slog.Logger, opts ...Option) (*Session, error) {
-	o := options{alg: tpm2.TPMAlgECC, minBackoff: time.Second, maxBackoff: time.Minute}
+	o := options{minBackoff: time.Second, maxBackoff: time.Minute}
 	for _, f := range opts {
 		f(&o)
+	}
+	if o.alg == 0 {
+		alg, err := tpmkeys.ChooseEK(tpm)
+		if err != nil {
+			return nil, fmt.Errorf("choosing the EK: %w", err)
+		}
+		o.alg = alg
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -112,7 +123,8 @@ func NewSession(tpm transport.TPM, c *api.Client, log *slog.Logger, opts ...Opti
 	}
 	s.ak = ak
 	h := tpmkeys.PublicHash(s.ekPub)
-	log.Info("TPM identity", "ek_sha256", hex.EncodeToString(h[:]), "ek_cert", len(s.ekCert) > 0,
+	log.Info("TPM identity", "ek", map[tpm2.TPMAlgID]string{tpm2.TPMAlgECC: "ECC P-256", tpm2.TPMAlgRSA: "RSA-2048"}[o.alg],
+		"ek_sha256", hex.EncodeToString(h[:]), "ek_cert", len(s.ekCert) > 0,
 		"ak_handle", fmt.Sprintf("0x%08x", uint32(ak.Handle)), "ak_created", created)
 	return s, nil
 }

@@ -75,10 +75,18 @@ var fast = WithBackoff(20*time.Millisecond, 100*time.Millisecond)
 // returns its session and first token.
 func enroll(t *testing.T, m *machine, srv *testsrv.Server, log *logBuf) (*Session, Token) {
 	t.Helper()
-	s, err := NewSession(m.Cnt, srv.Client(t), slog.New(slog.NewTextHandler(log, nil)), fast)
+	s, err := NewSession(m.Cnt, srv.Client(t), nil, fast)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s, enrollSession(t, s, srv, log)
+}
+
+// enrollSession gets a first token for s, enabling the node as an
+// administrator would once the console names it.
+func enrollSession(t *testing.T, s *Session, srv *testsrv.Server, log *logBuf) Token {
+	t.Helper()
+	s.log = slog.New(slog.NewTextHandler(log, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	go func() {
@@ -95,7 +103,7 @@ func enroll(t *testing.T, m *machine, srv *testsrv.Server, log *logBuf) (*Sessio
 	if err != nil {
 		t.Fatalf("attesting: %v\n%s", err, log)
 	}
-	return s, tok
+	return tok
 }
 
 func TestAttestAgainstConfigsrv(t *testing.T) {

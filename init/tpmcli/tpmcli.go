@@ -24,11 +24,13 @@ const usage = `usage: init tpm [--tpm DEVICE] COMMAND
 
 commands:
   info                 manufacturer, firmware, EK, AK, vault and NV state
-  ek [--rsa]           print the EK's SHA-256 (the value configsrv's --ek-allowlist takes)
+  ek [--rsa|--ecc]     print the EK's SHA-256 (the value configsrv's --ek-allowlist takes)
   clear-vault --yes    delete the vault (sealed key and key bundle) from the TPM:
                        every relay gets a new identity on the next boot
 
 DEVICE is /dev/tpmrm0 (default), unix:/path/to/swtpm-sock or tcp:HOST:PORT.
+Without --rsa or --ecc the EK is the one the agent uses: ECC P-256 unless
+the TPM only has an RSA EK certificate.
 `
 
 // Main runs the CLI on args (with or without a leading "tpm") and returns
@@ -58,6 +60,7 @@ func Run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.StringVar(dev, "tpm", *dev, "TPM device")
 	rsa := fs.Bool("rsa", false, "use the RSA-2048 EK (ek, info)")
+	ecc := fs.Bool("ecc", false, "use the ECC P-256 EK (ek, info)")
 	yes := fs.Bool("yes", false, "confirm (clear-vault)")
 	if err := fs.Parse(rest); err != nil {
 		return 2
@@ -66,9 +69,16 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tpm %s: unexpected argument %q\n", cmd, fs.Arg(0))
 		return 2
 	}
-	alg := tpm2.TPMAlgECC
-	if *rsa {
+	if *rsa && *ecc {
+		fmt.Fprintln(stderr, "tpm: --rsa and --ecc exclude each other")
+		return 2
+	}
+	var alg tpm2.TPMAlgID
+	switch {
+	case *rsa:
 		alg = tpm2.TPMAlgRSA
+	case *ecc:
+		alg = tpm2.TPMAlgECC
 	}
 	var run func(t transport.TPM) error
 	switch cmd {
@@ -92,6 +102,12 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer t.Close()
+	if alg == 0 {
+		if alg, err = tpmkeys.ChooseEK(t); err != nil {
+			fmt.Fprintln(stderr, "tpm: choosing the EK:", err)
+			return 1
+		}
+	}
 	if err := run(t); err != nil {
 		fmt.Fprintf(stderr, "tpm %s: %v\n", cmd, err)
 		return 1

@@ -64,6 +64,32 @@ func EKTemplate(alg tpm2.TPMAlgID) (tpm2.TPMTPublic, tpm2.TPMHandle, tpm2.TPMHan
 	return tpm2.TPMTPublic{}, 0, 0, fmt.Errorf("unsupported EK algorithm 0x%x", uint16(alg))
 }
 
+// ChooseEK picks the EK algorithm when none is configured: ECC P-256,
+// unless the TPM has no P-256 EK certificate but an RSA one, so that a
+// server checking EK certificates can check this one. It depends only on
+// what the manufacturer provisioned, so every boot picks the same EK.
+func ChooseEK(t transport.TPM) (tpm2.TPMAlgID, error) {
+	has := func(idx tpm2.TPMHandle) (bool, error) {
+		_, err := tpm2.NVReadPublic{NVIndex: idx}.Execute(t)
+		if errors.Is(err, tpm2.TPMRCHandle) {
+			return false, nil
+		}
+		return err == nil, err
+	}
+	ecc, err := has(EKCertECC)
+	if err != nil || ecc {
+		return tpm2.TPMAlgECC, err
+	}
+	rsa, err := has(EKCertRSA)
+	if err != nil {
+		return 0, err
+	}
+	if rsa {
+		return tpm2.TPMAlgRSA, nil
+	}
+	return tpm2.TPMAlgECC, nil
+}
+
 // EK loads the endorsement key: the persisted one at the TCG handle when it
 // matches the template, else a CreatePrimary from the template (the same
 // key: primaries are derived from the hierarchy seed).

@@ -151,3 +151,33 @@ func TestEKCertificate(t *testing.T) {
 		t.Fatalf("read %d bytes, %v", len(got), err)
 	}
 }
+
+func TestChooseEK(t *testing.T) {
+	dev := open(t, swtpmtest.Start(t))
+	define := func(idx tpm2.TPMHandle) {
+		t.Helper()
+		if _, err := (tpm2.NVDefineSpace{
+			AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHPlatform, Auth: tpm2.PasswordAuth(nil)},
+			PublicInfo: tpm2.New2B(tpm2.TPMSNVPublic{NVIndex: idx, NameAlg: tpm2.TPMAlgSHA256,
+				Attributes: tpm2.TPMANV{PPWrite: true, PPRead: true, OwnerRead: true, AuthRead: true,
+					PlatformCreate: true, NoDA: true, NT: tpm2.TPMNTOrdinary}, DataSize: 16}),
+		}).Execute(dev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, step := range []struct {
+		define tpm2.TPMHandle
+		want   tpm2.TPMAlgID
+	}{
+		{0, tpm2.TPMAlgECC},         // no certificate: ECC
+		{EKCertRSA, tpm2.TPMAlgRSA}, // only RSA certified
+		{EKCertECC, tpm2.TPMAlgECC}, // both: ECC
+	} {
+		if step.define != 0 {
+			define(step.define)
+		}
+		if got, err := ChooseEK(dev); err != nil || got != step.want {
+			t.Fatalf("after defining 0x%08x: %v %v, want %v", uint32(step.define), got, err, step.want)
+		}
+	}
+}
