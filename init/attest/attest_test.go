@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -253,5 +254,36 @@ func TestPendingUntilContextEnds(t *testing.T) {
 	want := "waiting for an administrator: configsrv node enable " + strconv.FormatInt(s.NodeID(), 10)
 	if s.NodeID() == 0 || strings.Count(log.String(), want) < 2 {
 		t.Fatalf("console does not say %q repeatedly:\n%s", want, log.String())
+	}
+}
+
+func TestRateLimitedHonoursRetryAfter(t *testing.T) {
+	srv := testsrv.Start(t)
+	m := newMachine(t)
+	var log logBuf
+	enroll(t, m, srv, &log)
+	limited := 0
+	c, _ := proxy(t, srv, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != api.PathAttest || limited > 0 {
+			return false
+		}
+		limited++
+		w.Header().Set("Retry-After", "1")
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusTooManyRequests)
+		w.Write([]byte(`{"error":"slow down","code":"rate_limited"}`))
+		return true
+	})
+	var log2 logBuf
+	s, err := NewSession(m.Cnt, c, slog.New(slog.NewTextHandler(&log2, nil)), fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Token(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// The backoff would have been 10-20 ms; the server asked for 1 s.
+	if limited != 1 || !strings.Contains(log2.String(), `msg="rate limited by the config server" retry_in=1s`) {
+		t.Fatalf("limited %d times; console:\n%s", limited, log2.String())
 	}
 }

@@ -67,6 +67,12 @@ func manufacture(t *testing.T) (state, caDir string) {
 
 // recordAttest returns a client whose POST /v1/attest bodies are kept.
 func recordAttest(t *testing.T, srv *testsrv.Server) (*api.Client, func() [][]byte) {
+	return proxy(t, srv, nil)
+}
+
+// proxy returns a client whose requests pass through a recorder on their
+// way to srv; intercept, if set, may answer a request itself.
+func proxy(t *testing.T, srv *testsrv.Server, intercept func(w http.ResponseWriter, r *http.Request) bool) (*api.Client, func() [][]byte) {
 	target, _ := url.Parse(srv.URL)
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(srv.CA)
@@ -80,6 +86,9 @@ func recordAttest(t *testing.T, srv *testsrv.Server) (*api.Client, func() [][]by
 			mu.Lock()
 			bodies = append(bodies, body)
 			mu.Unlock()
+		}
+		if intercept != nil && intercept(w, r) {
+			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		rp.ServeHTTP(w, r)
