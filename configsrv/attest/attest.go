@@ -17,6 +17,8 @@ import (
 // digest a TPM supports with a SHA-256 name algorithm.
 const SecretSize = 32
 
+var randReader = rand.Reader
+
 // Errors for the two bad-request cases of POST /v1/attest.
 var (
 	ErrBadEK = errors.New("bad endorsement key")
@@ -103,5 +105,5 @@ func MakeCredential(ek *tpm2.TPMTPublic, akName, secret []byte) (blob, encSecret
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", ErrBadEK, err)
 	}
-	return tpm2.CreateCredential(rand.Reader, key, akName, secret)
+	return tpm2.CreateCredential(randReader, key, akName, secret)
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -505,5 +506,79 @@ func TestSpecsAllocation(t *testing.T) {
 	}
 	for _, r := range cfg.Relays {
 		verifyTorrc(t, r.Torrc)
+	}
+}
+
+// With an EK policy configured, an EK that fails it gets 403 ek_untrusted
+// and leaves no node behind; one that passes starts pending.
+func TestEKUntrusted(t *testing.T) {
+	good, _ := softek.New()
+	bad, _ := softek.New()
+	ak, _ := softek.AKPublic()
+	l := newLocal(t, func(s *httpapi.Server) {
+		s.Trust = &attest.Trust{Allow: map[[32]byte]bool{sha256.Sum256(good.Public): true}}
+	})
+	if status, code, _ := raw(t, l.client, "POST", api.PathAttest, "", mustJSON(t, api.AttestRequest{EKPublic: bad.Public, AKPublic: ak})); status != 403 || code != api.CodeEKUntrusted {
+		t.Fatalf("untrusted EK: %d %s", status, code)
+	}
+	if n := countRows(t, l.st, "nodes"); n != 0 {
+		t.Fatalf("untrusted EK created %d nodes", n)
+	}
+	if status, code, _ := raw(t, l.client, "POST", api.PathAttest, "", mustJSON(t, api.AttestRequest{EKPublic: good.Public, AKPublic: ak})); status != 403 || code != api.CodePending {
+		t.Fatalf("allowlisted EK: %d %s", status, code)
+	}
+}
+
+// Rendered configs are cached, but every admin change (made by the CLI, a
+// separate process in production) shows at the next fetch; heartbeats do
+// not invalidate the cache.
+func TestConfigFollowsAdminChanges(t *testing.T) {
+	s := testsrv.Start(t)
+	id, tok := s.EnrollSoftwareNode(t)
+	c := s.Client(t)
+	ctx := context.Background()
+	if _, err := c.Specs(ctx, tok, &api.Specs{CPUs: 2, MemoryBytes: 4 << 30}); err != nil {
+		t.Fatal(err)
+	}
+	fetch := func() *api.NodeConfig {
+		t.Helper()
+		cfg, err := c.Config(ctx, tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	first := fetch()
+	if again := fetch(); again.Relays[0].TorrcSHA256 != first.Relays[0].TorrcSHA256 {
+		t.Fatal("config changed with nothing changed")
+	}
+	ids := strconv.FormatInt(id, 10)
+	s.Admin(t, "node", "set", ids, "poll_interval_s", "60")
+	if cfg := fetch(); cfg.PollIntervalS != 60 {
+		t.Fatalf("poll interval after node set: %d", cfg.PollIntervalS)
+	}
+	f := t.TempDir() + "/relay.torrc"
+	os.WriteFile(f, []byte("MaxMemInQueues 256 MB\n"), 0o644)
+	s.Admin(t, "torrc", "import", f, "--relay", first.Relays[1].Name)
+	cfg := fetch()
+	if strings.Contains(cfg.Relays[0].Torrc, "MaxMemInQueues") || !strings.Contains(cfg.Relays[1].Torrc, "MaxMemInQueues 256 MB\n") {
+		t.Fatalf("relay torrc import not reflected:\n%s", cfg.Relays[1].Torrc)
+	}
+	verifyTorrc(t, cfg.Relays[1].Torrc)
+	st, err := store.Open(s.DBPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	g0, _ := st.ConfigGeneration(ctx)
+	if err := c.Status(ctx, tok, &api.Status{BootID: "x", Relays: []api.RelayStatus{{Name: cfg.Relays[0].Name, Fingerprint: "F", State: "running"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if g1, _ := st.ConfigGeneration(ctx); g1 != g0 {
+		t.Errorf("a heartbeat bumped the config generation %d -> %d", g0, g1)
+	}
+	s.Admin(t, "pool", "add", "198.51.100.0/24", "--gateway", "198.51.100.1")
+	if g2, _ := st.ConfigGeneration(ctx); g2 == g0 {
+		t.Error("adding a pool did not bump the config generation")
 	}
 }

@@ -38,6 +38,9 @@ type Server struct {
 	Limiter *Limiter      // on /v1/attest*; nil: unlimited
 	Log     *slog.Logger
 	Now     func() time.Time // nil: time.Now
+
+	keys    attest.Cache
+	configs configCache
 }
 
 func (s *Server) now() time.Time {
@@ -136,20 +139,20 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
 		return
 	}
-	ek, err := attest.ParseEK(req.EKPublic)
+	ek, err := s.keys.EK(req.EKPublic)
 	if err != nil {
 		s.audit(ctx, "client:"+clientAddr(r), "attest.bad_ek", "-", err.Error())
 		writeErr(w, http.StatusBadRequest, api.CodeBadEK, err.Error())
 		return
 	}
 	ekHash := hex.EncodeToString(store.EKHash(req.EKPublic))
-	_, akName, err := attest.ParseAK(req.AKPublic)
+	akName, err := s.keys.AKName(req.AKPublic)
 	if err != nil {
 		s.audit(ctx, "client:"+clientAddr(r), "attest.bad_ak", "ek:"+ekHash, err.Error())
 		writeErr(w, http.StatusBadRequest, api.CodeBadAK, err.Error())
 		return
 	}
-	if err := s.Trust.Check(req.EKPublic, ek, req.EKCertificate); err != nil {
+	if err := s.Trust.Check(req.EKPublic, ek.Public, req.EKCertificate); err != nil {
 		s.audit(ctx, "client:"+clientAddr(r), "attest.ek_untrusted", "ek:"+ekHash, err.Error())
 		writeErr(w, http.StatusForbidden, api.CodeEKUntrusted, err.Error())
 		return
@@ -183,7 +186,7 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 	id := make([]byte, 16)
 	rand.Read(secret)
 	rand.Read(id)
-	blob, enc, err := attest.MakeCredential(ek, akName, secret)
+	blob, enc, err := ek.MakeCredential(akName, secret)
 	if err != nil {
 		s.internal(w, r, err)
 		return
@@ -318,12 +321,29 @@ func (s *Server) specs(w http.ResponseWriter, r *http.Request, id int64) {
 }
 
 func (s *Server) config(w http.ResponseWriter, r *http.Request, id int64) {
-	c, err := resolve.NodeConfig(r.Context(), s.Store, id)
+	gen, err := s.Store.ConfigGeneration(r.Context())
 	if err != nil {
 		s.internal(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, c)
+	body := s.configs.get(gen, id)
+	if body == nil {
+		c, err := resolve.NodeConfig(r.Context(), s.Store, id)
+		if err != nil {
+			s.internal(w, r, err)
+			return
+		}
+		if body, err = json.Marshal(c); err != nil {
+			s.internal(w, r, err)
+			return
+		}
+		body = append(body, '\n')
+		// Cache under the generation read before resolving: a change made
+		// meanwhile bumps it, so a stale body is never served for long.
+		s.configs.put(gen, id, body)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(body)
 }
 
 func (s *Server) getKeys(w http.ResponseWriter, r *http.Request, id int64) {

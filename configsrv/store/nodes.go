@@ -69,7 +69,7 @@ func scanNode(r scanner) (*Node, error) {
 
 // Node returns node id.
 func (s *Store) Node(ctx context.Context, id int64) (*Node, error) {
-	n, err := scanNode(s.db.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes n WHERE n.id = ?`, id))
+	n, err := scanNode(s.queryRow(ctx, `SELECT `+nodeCols+` FROM nodes n WHERE n.id = ?`, id))
 	if errors.Is(err, ErrNotFound) {
 		return nil, fmt.Errorf("node %d: %w", id, ErrNotFound)
 	}
@@ -80,7 +80,7 @@ func (s *Store) Node(ctx context.Context, id int64) (*Node, error) {
 // endpoint makes before any work.
 func (s *Store) NodeState(ctx context.Context, id int64) (string, error) {
 	var st string
-	err := s.db.QueryRowContext(ctx, `SELECT state FROM nodes WHERE id = ?`, id).Scan(&st)
+	err := s.queryRow(ctx, `SELECT state FROM nodes WHERE id = ?`, id).Scan(&st)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", fmt.Errorf("node %d: %w", id, ErrNotFound)
 	}
@@ -89,7 +89,7 @@ func (s *Store) NodeState(ctx context.Context, id int64) (string, error) {
 
 // Nodes returns every node by id.
 func (s *Store) Nodes(ctx context.Context) ([]Node, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+nodeCols+` FROM nodes n ORDER BY n.id`)
+	rows, err := s.QueryContext(ctx, `SELECT `+nodeCols+` FROM nodes n ORDER BY n.id`)
 	if err != nil {
 		return nil, err
 	}
@@ -108,13 +108,19 @@ func (s *Store) Nodes(ctx context.Context) ([]Node, error) {
 // NodeByEK finds a node by its EK, creating it pending on first contact.
 func (s *Store) NodeByEK(ctx context.Context, ekPublic []byte, now time.Time) (n *Node, created bool, err error) {
 	h := EKHash(ekPublic)
-	res, err := s.db.ExecContext(ctx, `INSERT INTO nodes(ek_hash, ek_public, state, first_seen, last_seen)
+	const q = `SELECT ` + nodeCols + ` FROM nodes n WHERE n.ek_hash = ?`
+	// Known nodes are the common case: look before writing.
+	n, err = scanNode(s.queryRow(ctx, q, h))
+	if !errors.Is(err, ErrNotFound) {
+		return n, false, err
+	}
+	res, err := s.exec(ctx, `INSERT INTO nodes(ek_hash, ek_public, state, first_seen, last_seen)
 		VALUES (?, ?, 'pending', ?, ?) ON CONFLICT(ek_hash) DO NOTHING`, h, ekPublic, unix(now), unix(now))
 	if err != nil {
 		return nil, false, err
 	}
 	k, _ := res.RowsAffected()
-	n, err = scanNode(s.db.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes n WHERE n.ek_hash = ?`, h))
+	n, err = scanNode(s.queryRow(ctx, q, h))
 	return n, k == 1, err
 }
 
@@ -136,7 +142,7 @@ func (s *Store) RemoveNode(ctx context.Context, id int64) error {
 
 // exec1 runs a statement that must touch exactly one row.
 func (s *Store) exec1(ctx context.Context, what, query string, args ...any) error {
-	res, err := s.db.ExecContext(ctx, query, args...)
+	res, err := s.exec(ctx, query, args...)
 	if err != nil {
 		return err
 	}
@@ -172,7 +178,7 @@ func (s *Store) AddChallenge(ctx context.Context, c Challenge, now time.Time) er
 func (s *Store) TakeChallenge(ctx context.Context, id string) (*Challenge, error) {
 	var c Challenge
 	var exp int64
-	err := s.db.QueryRowContext(ctx, `DELETE FROM challenges WHERE id = ? RETURNING id, node_id, secret_hash, ak_name, expires`, id).
+	err := s.queryRow(ctx, `DELETE FROM challenges WHERE id = ? RETURNING id, node_id, secret_hash, ak_name, expires`, id).
 		Scan(&c.ID, &c.NodeID, &c.SecretHash, &c.AKName, &exp)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("challenge: %w", ErrNotFound)
@@ -205,7 +211,7 @@ func (s *Store) CompleteAttestation(ctx context.Context, id int64, akName []byte
 
 // Touch updates a node's last_seen.
 func (s *Store) Touch(ctx context.Context, id int64, now time.Time) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE nodes SET last_seen = ? WHERE id = ?`, unix(now), id)
+	_, err := s.exec(ctx, `UPDATE nodes SET last_seen = ? WHERE id = ?`, unix(now), id)
 	return err
 }
 
@@ -213,7 +219,7 @@ func (s *Store) Touch(ctx context.Context, id int64, now time.Time) error {
 func (s *Store) KeyBundle(ctx context.Context, nodeID int64) (*api.KeyBundle, error) {
 	var b api.KeyBundle
 	var v int64
-	err := s.db.QueryRowContext(ctx, `SELECT bundle, version FROM key_bundles WHERE node_id = ?`, nodeID).Scan(&b.Bundle, &v)
+	err := s.queryRow(ctx, `SELECT bundle, version FROM key_bundles WHERE node_id = ?`, nodeID).Scan(&b.Bundle, &v)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("key bundle of node %d: %w", nodeID, ErrNotFound)
 	}
@@ -268,7 +274,7 @@ func (s *Store) RecordStatus(ctx context.Context, nodeID int64, st *api.Status, 
 
 // Settings returns the global settings and, for nodeID != 0, the node's.
 func (s *Store) Settings(ctx context.Context, nodeID int64) (global, node map[string]string, err error) {
-	return settingsQ(ctx, s.db, nodeID)
+	return settingsQ(ctx, s, nodeID)
 }
 
 type querier interface {
@@ -308,7 +314,7 @@ func settingsQ(ctx context.Context, q querier, nodeID int64) (global, node map[s
 // caller validates the value.
 func (s *Store) SetSetting(ctx context.Context, nodeID int64, key, value string) error {
 	if nodeID == 0 {
-		_, err := s.db.ExecContext(ctx, `INSERT INTO global_settings(key, value) VALUES (?, ?)
+		_, err := s.exec(ctx, `INSERT INTO global_settings(key, value) VALUES (?, ?)
 			ON CONFLICT(key) DO UPDATE SET value = excluded.value`, key, value)
 		return err
 	}
@@ -343,7 +349,7 @@ func nodeExists(tx *sql.Tx, id int64) error {
 // GlobalTorrc returns the global torrc text ("" when none was imported).
 func (s *Store) GlobalTorrc(ctx context.Context) (string, error) {
 	var t string
-	err := s.db.QueryRowContext(ctx, `SELECT torrc FROM global_torrc WHERE id = 1`).Scan(&t)
+	err := s.queryRow(ctx, `SELECT torrc FROM global_torrc WHERE id = 1`).Scan(&t)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", nil
 	}
@@ -352,7 +358,7 @@ func (s *Store) GlobalTorrc(ctx context.Context) (string, error) {
 
 // SetGlobalTorrc replaces the global torrc.
 func (s *Store) SetGlobalTorrc(ctx context.Context, text string) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO global_torrc(id, torrc) VALUES (1, ?)
+	_, err := s.exec(ctx, `INSERT INTO global_torrc(id, torrc) VALUES (1, ?)
 		ON CONFLICT(id) DO UPDATE SET torrc = excluded.torrc`, text)
 	return err
 }
@@ -365,4 +371,12 @@ func (s *Store) SetNodeTorrc(ctx context.Context, id int64, text string) error {
 // SetRelayTorrc replaces the torrc of the relay called name.
 func (s *Store) SetRelayTorrc(ctx context.Context, name, text string) error {
 	return s.exec1(ctx, fmt.Sprintf("relay %q", name), `UPDATE relays SET torrc = ? WHERE name = ?`, text, name)
+}
+
+// ConfigGeneration returns a number that changes whenever anything a
+// node's resolved configuration depends on changes (by any process).
+func (s *Store) ConfigGeneration(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.queryRow(ctx, `SELECT n FROM config_generation WHERE id = 1`).Scan(&n)
+	return n, err
 }

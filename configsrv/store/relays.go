@@ -82,7 +82,7 @@ func (s *Store) AddPool(ctx context.Context, cidr netip.Prefix, gw netip.Addr, n
 
 // Pools lists the pools by id with their usage.
 func (s *Store) Pools(ctx context.Context) ([]Pool, error) {
-	return poolsQ(ctx, s.db)
+	return poolsQ(ctx, s)
 }
 
 func poolsQ(ctx context.Context, q querier) ([]Pool, error) {
@@ -165,7 +165,7 @@ func (s *Store) Relays(ctx context.Context, nodeID int64) ([]Relay, error) {
 		q += ` WHERE r.node_id = ?`
 		args = append(args, nodeID)
 	}
-	rows, err := s.db.QueryContext(ctx, q+` ORDER BY r.node_id, r.idx`, args...)
+	rows, err := s.QueryContext(ctx, q+` ORDER BY r.node_id, r.idx`, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -183,7 +183,7 @@ func (s *Store) Relays(ctx context.Context, nodeID int64) ([]Relay, error) {
 
 // RelayByName returns the relay called name.
 func (s *Store) RelayByName(ctx context.Context, name string) (*Relay, error) {
-	r, err := scanRelay(s.db.QueryRowContext(ctx, `SELECT r.id, r.node_id, r.idx, r.name, r.ipv4, p4.cidr, p4.gateway, r.ipv6, p6.cidr, p6.gateway,
+	r, err := scanRelay(s.queryRow(ctx, `SELECT r.id, r.node_id, r.idx, r.name, r.ipv4, p4.cidr, p4.gateway, r.ipv6, p6.cidr, p6.gateway,
 		r.or_port, r.torrc, r.fingerprint, r.ed25519_id, r.run_state, r.restarts, r.reported_at
 		FROM relays r JOIN pools p4 ON p4.id = r.ipv4_pool LEFT JOIN pools p6 ON p6.id = r.ipv6_pool
 		WHERE r.name = ?`, name))

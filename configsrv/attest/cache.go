@@ -1,0 +1,82 @@
+package attest
+
+import (
+	"crypto/sha256"
+	"sync"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// maxCached bounds each map of a Cache; a full map is simply dropped.
+const maxCached = 1 << 16
+
+// EK is a parsed endorsement key ready for MakeCredential.
+type EK struct {
+	Public *tpm2.TPMTPublic
+	key    tpm2.LabeledEncapsulationKey
+}
+
+// MakeCredential encrypts secret to the EK, bound to akName (see the
+// package-level MakeCredential).
+func (e *EK) MakeCredential(akName, secret []byte) (blob, encSecret []byte, err error) {
+	return tpm2.CreateCredential(randReader, e.key, akName, secret)
+}
+
+// Cache memoizes ParseEK and ParseAK: a fleet re-attests with the same
+// keys every boot and every token expiry, and TPM structure (un)marshalling
+// by reflection is the bulk of a handshake's CPU otherwise. Only successful
+// parses are kept. The zero Cache is ready to use.
+type Cache struct {
+	mu  sync.Mutex
+	eks map[[32]byte]*EK
+	aks map[[32]byte][]byte
+}
+
+// EK parses (or recalls) an EK public area.
+func (c *Cache) EK(b []byte) (*EK, error) {
+	h := sha256.Sum256(b)
+	c.mu.Lock()
+	e, ok := c.eks[h]
+	c.mu.Unlock()
+	if ok {
+		return e, nil
+	}
+	pub, err := ParseEK(b)
+	if err != nil {
+		return nil, err
+	}
+	key, err := tpm2.ImportEncapsulationKey(pub)
+	if err != nil {
+		return nil, err
+	}
+	e = &EK{Public: pub, key: key}
+	c.mu.Lock()
+	if c.eks == nil || len(c.eks) >= maxCached {
+		c.eks = map[[32]byte]*EK{}
+	}
+	c.eks[h] = e
+	c.mu.Unlock()
+	return e, nil
+}
+
+// AKName checks (or recalls) an AK public area and returns its Name.
+func (c *Cache) AKName(b []byte) ([]byte, error) {
+	h := sha256.Sum256(b)
+	c.mu.Lock()
+	n, ok := c.aks[h]
+	c.mu.Unlock()
+	if ok {
+		return n, nil
+	}
+	_, n, err := ParseAK(b)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.aks == nil || len(c.aks) >= maxCached {
+		c.aks = map[[32]byte][]byte{}
+	}
+	c.aks[h] = n
+	c.mu.Unlock()
+	return n, nil
+}

@@ -1,0 +1,75 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// BenchmarkRelays reads one node's 4 relays from a 10,000-node fleet.
+func BenchmarkRelays(b *testing.B) {
+	s, err := Open(b.TempDir() + "/p.db")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	s.AddPool(ctx, netip.MustParsePrefix("198.18.0.0/15"), netip.MustParseAddr("198.18.0.1"), time.Now())
+	s.AddPool(ctx, netip.MustParsePrefix("2001:db8::/64"), netip.MustParseAddr("2001:db8::1"), time.Now())
+	tx, _ := s.db.Begin()
+	a4, a6 := netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("2001:db8::2")
+	for i := 1; i <= 10000; i++ {
+		tx.Exec(`INSERT INTO nodes(id, ek_hash, ek_public, state, first_seen, last_seen) VALUES (?, ?, x'00', 'enabled', 0, 0)`, i, fmt.Sprint(i))
+		for r := 0; r < 4; r++ {
+			if _, err := tx.Exec(`INSERT INTO relays(node_id, idx, name, ipv4, ipv4_pool, ipv6, ipv6_pool, or_port, created) VALUES (?, ?, ?, ?, 1, ?, 2, 9001, 0)`,
+				i, r, fmt.Sprint("n", i, "r", r), a4.String(), a6.String()); err != nil {
+				b.Fatal(err)
+			}
+			a4, a6 = a4.Next(), a6.Next()
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		b.Fatal(err)
+	}
+	for _, q := range []struct {
+		name string
+		f    func(id int64) error
+	}{
+		{"NodeState", func(id int64) error { _, err := s.NodeState(ctx, id); return err }},
+		{"Relays", func(id int64) error {
+			rs, err := s.Relays(ctx, id)
+			if err == nil && len(rs) != 4 {
+				err = fmt.Errorf("%d relays", len(rs))
+			}
+			return err
+		}},
+		{"RelaysNoJoin", func(id int64) error {
+			rows, err := s.QueryContext(ctx, `SELECT id, name, ipv4, ipv6, torrc FROM relays WHERE node_id = ? ORDER BY idx`, id)
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			n := 0
+			for rows.Next() {
+				var a int64
+				var b, c, d, e string
+				rows.Scan(&a, &b, &c, &d, &e)
+				n++
+			}
+			if n != 4 {
+				return fmt.Errorf("%d", n)
+			}
+			return rows.Err()
+		}},
+	} {
+		b.Run(q.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				if err := q.f(int64(i%10000 + 1)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
