@@ -57,6 +57,7 @@ import (
 	"patela/init/pid1"
 	"patela/init/reaper"
 	"patela/init/reconcile"
+	"patela/init/resolv"
 	"patela/init/tor"
 	"patela/init/tpmcli"
 	"patela/init/tpmdev"
@@ -91,6 +92,8 @@ type agent struct {
 	actions <-chan pid1.Action
 	delay   time.Duration
 	reaped  chan int
+
+	resolv *resolv.File
 
 	tpm   transport.TPMCloser
 	dhcp  *dhcp.Client
@@ -134,6 +137,7 @@ func (a *agent) boot() {
 	}
 	a.phase("modules", a.loadModules)
 	a.phase("etc", func() error { return pid1.WriteEtc(a.root, hostname()) })
+	a.resolv = &resolv.File{Path: a.path("/etc/resolv.conf")}
 	a.phase("entropy", func() error { return pid1.WaitEntropy(ctx, 3*time.Second, a.tpmRandom, a.log) })
 	a.phase("dhcp", func() error { return a.startDHCP(ctx) })
 
@@ -180,7 +184,7 @@ func (a *agent) boot() {
 				return err
 			}
 			a.loop = reconcile.New(reconcile.Config{
-				Client: client, Tokens: sess, Network: a.net, Keys: v, Log: a.log, Specs: specs,
+				Client: client, Tokens: sess, Network: relayNetwork{a.net, a.resolv}, Keys: v, Log: a.log, Specs: specs,
 				Tor: tor.Options{
 					Tor:      "/usr/bin/tor",
 					StateDir: a.path(pid1.StateDir),
@@ -277,10 +281,10 @@ func (a *agent) startDHCP(ctx context.Context) error {
 		ifname, err = mgmtInterface(a.cfg)
 	}
 	a.dhcp, err = dhcp.Start(dctx, dhcp.Config{
-		Interface:  ifname,
-		ResolvConf: a.path("/etc/resolv.conf"),
-		IPv6:       true,
-		Log:        a.log,
+		Interface: ifname,
+		Resolv:    a.resolv,
+		IPv6:      true,
+		Log:       a.log,
 	})
 	return err
 }
@@ -358,6 +362,21 @@ func (a *agent) apiClient() *api.Client {
 		pid1.Fatal(err, a.delay, a.log)
 	}
 	return c
+}
+
+// relayNetwork applies the node's network: the relay side through netcfg,
+// and the resolvers the server names (exit relays resolve through them)
+// into resolv.conf, in place of the DHCP lease's.
+type relayNetwork struct {
+	*netcfg.Manager
+	dns *resolv.File
+}
+
+func (n relayNetwork) Apply(ctx context.Context, want netcfg.Relays) error {
+	if err := n.dns.SetServer(want.Network.DNS); err != nil {
+		return err
+	}
+	return n.Manager.Apply(ctx, want)
 }
 
 // readSpecs reads the hardware the server sizes relays by.

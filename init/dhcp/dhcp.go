@@ -35,8 +35,9 @@ type Config struct {
 	Interface string
 	// NetNS is an open netns fd to work in; 0 is the current namespace.
 	NetNS int
-	// ResolvConf is the file to write DNS servers to; empty: none.
-	ResolvConf string
+	// Resolv receives the lease's DNS servers (a *resolv.File); nil:
+	// they are not written anywhere.
+	Resolv Resolver
 	// AttemptTimeout bounds one exchange (default 3 s); retries back off
 	// up to MaxBackoff (default 30 s).
 	AttemptTimeout time.Duration
@@ -47,6 +48,11 @@ type Config struct {
 	// OnLease, if set, is called after each lease (new or renewed) is
 	// installed.
 	OnLease func(*Lease)
+}
+
+// Resolver takes the DNS servers and search domains of a lease.
+type Resolver interface {
+	SetDHCP(dns []netip.Addr, search []string) error
 }
 
 // Client holds the management NIC's lease.
@@ -353,9 +359,9 @@ func (c *Client) install(l *Lease, old *Lease) error {
 			return fmt.Errorf("default route via %s: %w", l.Router, err)
 		}
 	}
-	if c.cfg.ResolvConf != "" {
-		if err := WriteFileAtomic(c.cfg.ResolvConf, l.ResolvConf(), 0o644); err != nil {
-			return fmt.Errorf("resolv.conf: %w", err)
+	if c.cfg.Resolv != nil {
+		if err := c.cfg.Resolv.SetDHCP(l.DNS, l.Search); err != nil {
+			return err
 		}
 	}
 	c.mu.Lock()

@@ -18,6 +18,7 @@ import (
 
 	"patela/init/netnstest"
 	"patela/init/reaper"
+	"patela/init/resolv"
 )
 
 // pair is a client namespace (cli0) wired to a server namespace (srv0,
@@ -91,10 +92,10 @@ func TestLeaseFromDnsmasq(t *testing.T) {
 		}
 	})
 
-	resolv := filepath.Join(dir, "etc/resolv.conf")
+	rcPath := filepath.Join(dir, "etc/resolv.conf")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := Start(ctx, Config{Interface: "cli0", NetNS: cli.Fd(), ResolvConf: resolv, AttemptTimeout: time.Second})
+	c, err := Start(ctx, Config{Interface: "cli0", NetNS: cli.Fd(), Resolv: &resolv.File{Path: rcPath}, AttemptTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +117,7 @@ func TestLeaseFromDnsmasq(t *testing.T) {
 	if gw := defaultRoute(t, cli); gw != "192.0.2.1" {
 		t.Errorf("default route via %q", gw)
 	}
-	got, err := os.ReadFile(resolv)
+	got, err := os.ReadFile(rcPath)
 	if err != nil {
 		t.Fatal(err)
 	}

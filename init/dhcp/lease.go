@@ -5,12 +5,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"patela/init/resolv"
 )
 
 // Lease is what a DHCPv4 ACK means for the machine: the settings to
@@ -90,11 +89,11 @@ func FromACK(ack *dhcpv4.DHCPv4, now time.Time) (*Lease, error) {
 	}
 	if ds := ack.DomainSearch(); ds != nil {
 		for _, s := range ds.Labels {
-			if validDomain(s) {
+			if resolv.ValidDomain(s) {
 				l.Search = append(l.Search, s)
 			}
 		}
-	} else if d := ack.DomainName(); validDomain(d) {
+	} else if d := ack.DomainName(); resolv.ValidDomain(d) {
 		l.Search = []string{d}
 	}
 	l.Duration = ack.IPAddressLeaseTime(0)
@@ -121,63 +120,4 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
 	v |= host
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
-}
-
-// validDomain accepts a DNS name that cannot break resolv.conf.
-func validDomain(s string) bool {
-	if s == "" || len(s) > 253 {
-		return false
-	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r == '_') {
-			return false
-		}
-	}
-	return true
-}
-
-// ResolvConf renders resolv.conf for the lease. With no DNS servers the
-// file says so instead of naming a public resolver.
-func (l *Lease) ResolvConf() []byte {
-	var b strings.Builder
-	b.WriteString("# written by the patela agent from the DHCP lease\n")
-	if len(l.Search) > 0 {
-		b.WriteString("search " + strings.Join(l.Search, " ") + "\n")
-	}
-	if len(l.DNS) == 0 {
-		b.WriteString("# the DHCP server sent no DNS server\n")
-	}
-	for i, d := range l.DNS {
-		if i == 3 { // MAXNS
-			break
-		}
-		b.WriteString("nameserver " + d.String() + "\n")
-	}
-	return []byte(b.String())
-}
-
-// WriteFileAtomic replaces path with data (temp file + rename), so a
-// reader never sees half a file.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }

@@ -9,6 +9,8 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/rfc1035label"
+
+	"patela/init/resolv"
 )
 
 func ack(t testing.TB, mods ...dhcpv4.Modifier) *dhcpv4.DHCPv4 {
@@ -42,7 +44,7 @@ func TestFromACK(t *testing.T) {
 	if l.Duration != time.Hour || l.T1 != 30*time.Minute || l.T2 != 52*time.Minute+30*time.Second {
 		t.Errorf("times: lease %v t1 %v t2 %v", l.Duration, l.T1, l.T2)
 	}
-	rc := string(l.ResolvConf())
+	rc := string(resolv.Render(l.DNS, l.Search))
 	if !strings.Contains(rc, "nameserver 192.0.2.53\n") || !strings.Contains(rc, "search lab.example.org\n") {
 		t.Errorf("resolv.conf:\n%s", rc)
 	}
@@ -55,8 +57,8 @@ func TestFromACK(t *testing.T) {
 	}
 	// No DNS: resolv.conf names no resolver, certainly not a public one.
 	l, err = FromACK(ack(t, dhcpv4.WithoutOption(dhcpv4.OptionDomainNameServer)), now)
-	if err != nil || strings.Contains(string(l.ResolvConf()), "nameserver") {
-		t.Errorf("resolv.conf without DNS:\n%s (%v)", l.ResolvConf(), err)
+	if err != nil || len(l.DNS) != 0 {
+		t.Errorf("DNS without a DNS option: %v (%v)", l.DNS, err)
 	}
 
 	for _, tc := range []struct {
@@ -105,7 +107,12 @@ func FuzzFromACK(f *testing.F) {
 		if l.Router.IsValid() && (!l.Router.Is4() || l.Router == a) {
 			t.Fatalf("router %v", l.Router)
 		}
-		for _, line := range strings.Split(strings.TrimSuffix(string(l.ResolvConf()), "\n"), "\n") {
+		for _, d := range l.DNS {
+			if !d.Is4() || d.IsUnspecified() || d.IsMulticast() {
+				t.Fatalf("DNS server %v", d)
+			}
+		}
+		for _, line := range strings.Split(strings.TrimSuffix(string(resolv.Render(l.DNS, l.Search)), "\n"), "\n") {
 			if !strings.HasPrefix(line, "#") && !strings.HasPrefix(line, "nameserver ") && !strings.HasPrefix(line, "search ") {
 				t.Fatalf("resolv.conf line %q", line)
 			}
