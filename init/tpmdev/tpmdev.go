@@ -87,18 +87,30 @@ var (
 
 type retrying struct {
 	transport.TPMCloser
+	mu sync.Mutex
 }
 
 // Retrying wraps t so that commands answered with TPM_RC_RETRY,
 // TPM_RC_YIELDED or TPM_RC_TESTING are sent again after a short backoff.
+// It also serializes commands: the agent's attestation and vault share one
+// TPM from several goroutines, and go-tpm's transports pair each write
+// with the next read.
 func Retrying(t transport.TPMCloser) transport.TPMCloser {
 	if _, ok := t.(*retrying); ok {
 		return t
 	}
-	return &retrying{t}
+	return &retrying{TPMCloser: t}
+}
+
+func (r *retrying) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.TPMCloser.Close()
 }
 
 func (r *retrying) Send(cmd []byte) ([]byte, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	delay := retryBase
 	deadline := time.Now().Add(retryTotal)
 	for {

@@ -177,3 +177,34 @@ func TestPropertyMissing(t *testing.T) {
 		t.Fatal("Property accepted the TPM's answer for another property")
 	}
 }
+
+// TestConcurrentUse: the agent's goroutines share one transport.
+func TestConcurrentUse(t *testing.T) {
+	tp := swtpmtest.Start(t)
+	dev, err := Open("unix:" + tp.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			var err error
+			for range 50 {
+				var rsp *tpm2.GetRandomResponse
+				if rsp, err = (tpm2.GetRandom{BytesRequested: 16}).Execute(dev); err == nil && len(rsp.RandomBytes.Buffer) != 16 {
+					err = fmt.Errorf("%d random bytes", len(rsp.RandomBytes.Buffer))
+				}
+				if err != nil {
+					break
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
