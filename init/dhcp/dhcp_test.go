@@ -61,11 +61,10 @@ func addrs(t *testing.T, ns *netnstest.NS, ifname string) map[string]netlink.Add
 	return out
 }
 
-// TestLeaseFromDnsmasq gets a lease from Debian's dnsmasq and checks what
-// the machine ends up with: address, default route, resolv.conf.
-func TestLeaseFromDnsmasq(t *testing.T) {
-	cli, srv := pair(t)
-	dnsmasq, err := exec.LookPath("dnsmasq")
+// dnsmasq runs Debian's dnsmasq as the DHCP (and DHCPv6/RA) server in
+// srv's namespace until the test ends.
+func dnsmasq(t *testing.T, srv *netnstest.NS, args ...string) {
+	bin, err := exec.LookPath("dnsmasq")
 	if err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatal("dnsmasq missing (scripts/deps.sh installs dnsmasq-base)")
@@ -73,12 +72,9 @@ func TestLeaseFromDnsmasq(t *testing.T) {
 		t.Skip("dnsmasq not installed")
 	}
 	dir := t.TempDir()
-	cmd := exec.Command("ip", "netns", "exec", srv.Name, dnsmasq, "--no-daemon", "--conf-file=/dev/null",
+	cmd := exec.Command("ip", append([]string{"netns", "exec", srv.Name, bin, "--no-daemon", "--conf-file=/dev/null",
 		"--port=0", "--no-ping", "--interface=srv0", "--bind-interfaces",
-		"--dhcp-leasefile="+filepath.Join(dir, "leases"), "--pid-file="+filepath.Join(dir, "pid"),
-		"--dhcp-range=192.0.2.50,192.0.2.60,255.255.255.0,2m",
-		"--dhcp-option=option:router,192.0.2.1", "--dhcp-option=option:dns-server,192.0.2.53,192.0.2.54",
-		"--dhcp-option=option:domain-search,lab.example.org")
+		"--dhcp-leasefile=" + filepath.Join(dir, "leases"), "--pid-file=" + filepath.Join(dir, "pid")}, args...)...)
 	var log strings.Builder
 	cmd.Stderr = &log
 	if err := reaper.Start(cmd); err != nil {
@@ -91,7 +87,16 @@ func TestLeaseFromDnsmasq(t *testing.T) {
 			t.Logf("dnsmasq:\n%s", log.String())
 		}
 	})
+}
 
+// TestLeaseFromDnsmasq gets a lease from Debian's dnsmasq and checks what
+// the machine ends up with: address, default route, resolv.conf.
+func TestLeaseFromDnsmasq(t *testing.T) {
+	cli, srv := pair(t)
+	dnsmasq(t, srv, "--dhcp-range=192.0.2.50,192.0.2.60,255.255.255.0,2m",
+		"--dhcp-option=option:router,192.0.2.1", "--dhcp-option=option:dns-server,192.0.2.53,192.0.2.54",
+		"--dhcp-option=option:domain-search,lab.example.org")
+	dir := t.TempDir()
 	rcPath := filepath.Join(dir, "etc/resolv.conf")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -303,4 +308,46 @@ func TestNoServer(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "nope0") {
 		t.Errorf("missing interface: err = %v", err)
 	}
+}
+
+// TestIPv6FromDnsmasq: dnsmasq sends router advertisements for a prefix
+// (SLAAC) and runs stateful DHCPv6 on it; the management NIC must end up
+// with both its SLAAC address and a DHCPv6 /128 from the range.
+func TestIPv6FromDnsmasq(t *testing.T) {
+	cli, srv := pair(t)
+	srv.Addr(t, "srv0", "2001:db8:1::1/64")
+	dnsmasq(t, srv, "--dhcp-range=192.0.2.50,192.0.2.60,255.255.255.0,2m",
+		"--enable-ra", "--dhcp-range=2001:db8:1::100,2001:db8:1::1ff,slaac,64,2m")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := Start(ctx, Config{Interface: "cli0", NetNS: cli.Fd(), IPv6: true, AttemptTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	l, _ := cli.NL.LinkByName("cli0")
+	prefix := netip.MustParsePrefix("2001:db8:1::/64")
+	var slaac, dhcp6 string
+	for ctx.Err() == nil && (slaac == "" || dhcp6 == "") {
+		as, err := cli.NL.AddrList(l, netlink.FAMILY_V6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range as {
+			ip, _ := netip.AddrFromSlice(a.IP)
+			ones, _ := a.Mask.Size()
+			switch {
+			case !prefix.Contains(ip):
+			case ones == 64:
+				slaac = a.IPNet.String()
+			case ones == 128 && ip.Compare(netip.MustParseAddr("2001:db8:1::100")) >= 0 && ip.Compare(netip.MustParseAddr("2001:db8:1::1ff")) <= 0:
+				dhcp6 = a.IPNet.String()
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if slaac == "" || dhcp6 == "" {
+		t.Fatalf("IPv6: SLAAC address %q, DHCPv6 address %q", slaac, dhcp6)
+	}
+	t.Logf("SLAAC %s, DHCPv6 %s", slaac, dhcp6)
 }
