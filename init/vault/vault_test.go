@@ -124,6 +124,12 @@ func TestEightRelaysRoundTrip(t *testing.T) {
 	if w := m.Cnt.Count(tpm2.TPMCCNVWrite); w != 0 {
 		t.Fatalf("unchanged bundle: %d NV writes", w)
 	}
+	// Everything the vault loaded is flushed (swtpm has no resource manager).
+	for _, ht := range []tpm2.TPMHT{tpm2.TPMHTTransient, tpm2.TPMHTHMACSession, tpm2.TPMHTPolicySession} {
+		if hs, _ := tpmdev.Handles(m.dev, ht); len(hs) != 0 {
+			t.Fatalf("handles left loaded: %v", hs)
+		}
+	}
 
 	m.boot()
 	v = m.mustOpen(Options{PCRs: []int{7}})
