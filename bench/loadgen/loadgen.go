@@ -69,8 +69,11 @@ func (n *Node) FirstContact(ctx context.Context, rec *Recorder) error {
 	_, err := n.Client.Attest(ctx, &api.AttestRequest{EKPublic: n.EK.Public, AKPublic: n.AK})
 	rec.Add("first_contact", time.Since(t0), err)
 	var ae *api.Error
+	if err == nil {
+		return fmt.Errorf("first contact from %s: answered 200, want 403 pending", n.Addr)
+	}
 	if !errors.As(err, &ae) || ae.Code != api.CodePending || ae.NodeID == 0 {
-		return fmt.Errorf("first contact from %s: want 403 pending with a node id, got %v", n.Addr, err)
+		return fmt.Errorf("first contact from %s: want 403 pending with a node id, got %w", n.Addr, err)
 	}
 	n.ID = ae.NodeID
 	return nil

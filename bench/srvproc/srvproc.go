@@ -129,15 +129,10 @@ func (s *Server) Start(extra ...string) error {
 	if listen == "" {
 		listen = "127.0.0.1:0"
 	}
-	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
 	args := append([]string{"--db", s.DB, "serve", "--dir", s.Dir, "--listen", listen}, extra...)
 	// After a kill the kernel may hold the port a moment longer.
 	for try := 0; ; try++ {
-		cmd, done, addr, err := s.startOnce(args, logf)
+		cmd, done, addr, err := s.startOnce(args)
 		if err == nil {
 			s.cmd, s.done = cmd, done
 			s.Addr, s.URL = addr, "https://"+addr
@@ -150,16 +145,23 @@ func (s *Server) Start(extra ...string) error {
 	}
 }
 
-func (s *Server) startOnce(args []string, logf *os.File) (*exec.Cmd, chan error, string, error) {
+func (s *Server) startOnce(args []string) (*exec.Cmd, chan error, string, error) {
+	// The log file stays open as long as the process: the copy of its
+	// standard error must never fail, or the server dies of SIGPIPE.
+	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, nil, "", err
+	}
 	pr, pw := io.Pipe()
 	cmd := exec.Command(s.Bin, args...)
 	cmd.Stdout = logf
 	cmd.Stderr = io.MultiWriter(logf, pw)
 	if err := cmd.Start(); err != nil {
+		logf.Close()
 		return nil, nil, "", err
 	}
 	done := make(chan error, 1)
-	go func() { done <- cmd.Wait(); pw.Close() }()
+	go func() { done <- cmd.Wait(); pw.Close(); logf.Close() }()
 	addr, err := waitServing(pr, done)
 	if err != nil {
 		cmd.Process.Kill()
