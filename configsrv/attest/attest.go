@@ -7,6 +7,7 @@ package attest
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -89,11 +90,16 @@ func ParseAK(b []byte) (*tpm2.TPMTPublic, []byte, error) {
 	if len(missing) > 0 {
 		return nil, nil, fmt.Errorf("%w: lacks %v", ErrBadAK, missing)
 	}
-	name, err := tpm2.ObjectName(pub)
+	// The Name is nameAlg ‖ H(TPMT_PUBLIC); b is the canonical encoding,
+	// so hash it rather than marshal pub again.
+	h, err := pub.NameAlg.Hash()
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", ErrBadAK, err)
+		return nil, nil, fmt.Errorf("%w: name algorithm: %v", ErrBadAK, err)
 	}
-	return pub, name.Buffer, nil
+	d := h.New()
+	d.Write(b)
+	name := binary.BigEndian.AppendUint16(nil, uint16(pub.NameAlg))
+	return pub, d.Sum(name), nil
 }
 
 // MakeCredential encrypts secret to the EK, bound to the AK name: only the

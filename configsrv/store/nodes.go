@@ -106,11 +106,22 @@ func (s *Store) Nodes(ctx context.Context) ([]Node, error) {
 }
 
 // NodeByEK finds a node by its EK, creating it pending on first contact.
+// Only the identity fields (ID, EKHash, State, FirstSeen) are filled: it is
+// on the attestation hot path.
 func (s *Store) NodeByEK(ctx context.Context, ekPublic []byte, now time.Time) (n *Node, created bool, err error) {
 	h := EKHash(ekPublic)
-	const q = `SELECT ` + nodeCols + ` FROM nodes n WHERE n.ek_hash = ?`
+	get := func() (*Node, error) {
+		n := &Node{EKHash: h}
+		var first int64
+		err := s.queryRow(ctx, `SELECT id, state, first_seen FROM nodes WHERE ek_hash = ?`, h).Scan(&n.ID, &n.State, &first)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, ErrNotFound
+		}
+		n.FirstSeen = time.Unix(first, 0).UTC()
+		return n, err
+	}
 	// Known nodes are the common case: look before writing.
-	n, err = scanNode(s.queryRow(ctx, q, h))
+	n, err = get()
 	if !errors.Is(err, ErrNotFound) {
 		return n, false, err
 	}
@@ -120,7 +131,7 @@ func (s *Store) NodeByEK(ctx context.Context, ekPublic []byte, now time.Time) (n
 		return nil, false, err
 	}
 	k, _ := res.RowsAffected()
-	n, err = scanNode(s.queryRow(ctx, q, h))
+	n, err = get()
 	return n, k == 1, err
 }
 
@@ -161,16 +172,17 @@ type Challenge struct {
 	Expires    time.Time
 }
 
-// AddChallenge stores c and drops expired challenges.
+// AddChallenge stores c and, at most once a second, drops expired
+// challenges (TakeChallenge refuses them anyway; this only bounds the table).
 func (s *Store) AddChallenge(ctx context.Context, c Challenge, now time.Time) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.Exec(`DELETE FROM challenges WHERE expires < ?`, now.UnixNano()); err != nil {
+	if last := s.swept.Load(); now.Unix() != last && s.swept.CompareAndSwap(last, now.Unix()) {
+		if _, err := s.exec(ctx, `DELETE FROM challenges WHERE expires < ?`, now.UnixNano()); err != nil {
 			return err
 		}
-		_, err := tx.Exec(`INSERT INTO challenges(id, node_id, secret_hash, ak_name, expires) VALUES (?, ?, ?, ?, ?)`,
-			c.ID, c.NodeID, c.SecretHash, c.AKName, c.Expires.UnixNano())
-		return err
-	})
+	}
+	_, err := s.exec(ctx, `INSERT INTO challenges(id, node_id, secret_hash, ak_name, expires) VALUES (?, ?, ?, ?, ?)`,
+		c.ID, c.NodeID, c.SecretHash, c.AKName, c.Expires.UnixNano())
+	return err
 }
 
 // TakeChallenge removes and returns challenge id: a challenge is spent by

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	_ "github.com/mattn/go-sqlite3" // the SQLite driver
@@ -34,7 +35,8 @@ var (
 // Store is the database. It is safe for concurrent use.
 type Store struct {
 	db    *sql.DB
-	stmts sync.Map // query text → *sql.Stmt
+	stmts sync.Map     // query text → *sql.Stmt
+	swept atomic.Int64 // unix second of the last expired-challenge sweep
 }
 
 // Open opens (creating if needed) the database at path and applies any
