@@ -265,3 +265,31 @@ func TestOrphanedMirrorBundle(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestMirrorDownAtOpen: the ciphertext is fetched before the key is
+// unsealed and the vault locked, so a server that is briefly down costs a
+// retry, not a reboot.
+func TestMirrorDownAtOpen(t *testing.T) {
+	dirs, _ := torKeys(t, 1)
+	srv := testsrv.Start(t)
+	c := srv.Client(t)
+	m := newMachine(t)
+	sess := attested(t, m, srv, c)
+	opts := Options{EKName: sess.EKName(), Mirror: ServerMirror{c, sess}, NVMaxBytes: 256}
+	v := m.mustOpen(opts)
+	v.Capture("murazzano", dirs[0])
+	if err := v.Save(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	m.boot()
+	mustToken(t, sess)
+	srv.Stop()
+	if _, err := m.open(opts); err == nil || errors.Is(err, ErrLocked) {
+		t.Fatalf("open with the mirror down: %v", err)
+	}
+	srv.Restart(t)
+	v = m.mustOpen(opts)
+	if got := v.Relays(); len(got) != 1 {
+		t.Fatalf("relays %v", got)
+	}
+}

@@ -130,6 +130,19 @@ func Open(ctx context.Context, t transport.TPM, opts Options) (*Vault, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Fetch the ciphertext before unsealing: a failure here (server
+	// unreachable) leaves the vault unlocked for a retry in this boot.
+	if hdr == nil {
+		// Sealed on an earlier boot that stopped before writing the header.
+		hdr = &header{location: locNone, lock: pol.lock, pcrMask: pol.mask()}
+		if err := nv.writeHeader(hdr); err != nil {
+			return nil, err
+		}
+	}
+	env, err := v.fetch(ctx, hdr)
+	if err != nil {
+		return nil, err
+	}
 	key, err := unsealKey(t, srk, sealed, pol)
 	if err != nil {
 		return nil, err
@@ -141,7 +154,7 @@ func Open(ctx context.Context, t transport.TPM, opts Options) (*Vault, error) {
 		}
 	}
 	v.key = key
-	if err := v.load(ctx, hdr, pol); err != nil {
+	if err := v.decrypt(hdr, env); err != nil {
 		clear(v.key)
 		return nil, err
 	}
@@ -187,51 +200,49 @@ func (v *Vault) mirrorGet(ctx context.Context) (*api.KeyBundle, error) {
 	return b, nil
 }
 
-// load reads the bundle where the header says it is.
-func (v *Vault) load(ctx context.Context, hdr *header, pol pcrPolicy) error {
-	if hdr == nil {
-		// Sealed on an earlier boot that stopped before writing the header.
-		hdr = &header{location: locNone, lock: pol.lock, pcrMask: pol.mask()}
-		if err := v.nv.writeHeader(hdr); err != nil {
-			return err
-		}
-	}
-	v.hdr = *hdr
-	var env []byte
+// fetch reads the bundle ciphertext where the header says it is (nil when
+// none was saved yet).
+func (v *Vault) fetch(ctx context.Context, hdr *header) ([]byte, error) {
 	switch hdr.location {
-	case locNone:
-		v.stored, _ = encodeBundle(&Bundle{Relays: v.relays})
-		return nil
 	case locNV:
 		data, err := v.nv.readData(hdr)
 		if err != nil {
-			return fmt.Errorf("reading the key bundle from NV: %w", err)
+			return nil, fmt.Errorf("reading the key bundle from NV: %w", err)
 		}
 		if sha256.Sum256(data) != hdr.sum {
-			return fmt.Errorf("%w: the NV copy does not match its header (interrupted write or tampering)", ErrUndecryptable)
+			return nil, fmt.Errorf("%w: the NV copy does not match its header (interrupted write or tampering)", ErrUndecryptable)
 		}
-		env = data
+		return data, nil
 	case locMirror:
 		b, err := v.mirrorGet(ctx)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if b == nil {
-			return fmt.Errorf("the key bundle (version %d) should be on the config server, which has none", hdr.version)
+			return nil, fmt.Errorf("the key bundle (version %d) should be on the config server, which has none", hdr.version)
 		}
 		if b.Version < hdr.version {
-			return fmt.Errorf("the config server serves key bundle version %d, older than the %d this TPM recorded (rollback)", b.Version, hdr.version)
+			return nil, fmt.Errorf("the config server serves key bundle version %d, older than the %d this TPM recorded (rollback)", b.Version, hdr.version)
 		}
-		env = b.Bundle
+		return b.Bundle, nil
 	}
-	b, err := open(v.key, v.ekName, env)
-	if err != nil {
-		return err
+	return nil, nil
+}
+
+// decrypt opens the fetched ciphertext with the unsealed key.
+func (v *Vault) decrypt(hdr *header, env []byte) error {
+	v.hdr = *hdr
+	if env != nil {
+		b, err := open(v.key, v.ekName, env)
+		if err != nil {
+			return err
+		}
+		if b.Version < hdr.version {
+			return fmt.Errorf("key bundle version %d is older than the %d this TPM recorded (rollback)", b.Version, hdr.version)
+		}
+		v.relays, v.version = b.Relays, b.Version
 	}
-	if b.Version < hdr.version {
-		return fmt.Errorf("key bundle version %d is older than the %d this TPM recorded (rollback)", b.Version, hdr.version)
-	}
-	v.relays, v.version = b.Relays, b.Version
+	var err error
 	v.stored, err = encodeBundle(&Bundle{Relays: v.relays})
 	return err
 }
