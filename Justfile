@@ -40,3 +40,8 @@ generate:
 # Fetch Debian bookworm's kernel and the modules the images need into build/kernel (cached).
 kernel:
     ./scripts/kernel.sh
+
+# Benchmark the config server over HTTPS on loopback with 10,000 nodes x 4 relays:
+# attestation handshakes/s and GET /v1/node/config fetches/s, with p99 latency.
+bench-configsrv:
+    {{go}} test -tags '{{srv_tags}}' -run '^$' -bench . -benchtime 5s -count 1 ./configsrv/httpapi/
