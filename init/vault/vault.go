@@ -125,7 +125,10 @@ func Open(ctx context.Context, t transport.TPM, opts Options) (*Vault, error) {
 		} else if b != nil {
 			return nil, ErrOrphaned
 		}
-		return v, v.create(t, srk, pol)
+		if err := v.create(t, srk, pol); err != nil {
+			return nil, err
+		}
+		return v, nil
 	}
 	if err != nil {
 		return nil, err
@@ -165,6 +168,17 @@ func Open(ctx context.Context, t transport.TPM, opts Options) (*Vault, error) {
 
 // create makes, seals and locks a new vault key (first boot).
 func (v *Vault) create(t transport.TPM, srk *tpmkeys.Key, pol pcrPolicy) error {
+	if pol.lock >= 0 {
+		// Sealed to a non-zero lock PCR, the key could never be unsealed
+		// after a reboot resets it.
+		val, err := readPCR(t, pol.lock)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(val, make([]byte, len(val))) {
+			return fmt.Errorf("lock PCR %d is not zero at boot (something else extends it); configure another lock PCR", pol.lock)
+		}
+	}
 	v.key = make([]byte, keySize)
 	if _, err := rand.Read(v.key); err != nil {
 		return err

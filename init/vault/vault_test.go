@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -414,4 +415,16 @@ func TestInterruptedSave(t *testing.T) {
 	if got := m.mustOpen(Options{}).Relays(); len(got) != 2 {
 		t.Fatalf("relays %v", got)
 	}
+}
+
+func TestLockPCRInUse(t *testing.T) {
+	m := newMachine(t)
+	m.extend(DefaultLockPCR)
+	if _, err := m.open(Options{}); err == nil || !strings.Contains(err.Error(), "not zero at boot") {
+		t.Fatalf("lock PCR already extended at first boot: %v", err)
+	}
+	if _, err := tpmkeys.Persisted(m.dev, tpmkeys.SealHandle); !errors.Is(err, tpmkeys.ErrNotPersisted) {
+		t.Fatal("a key was sealed anyway")
+	}
+	m.mustOpen(Options{LockPCR: 14})
 }
