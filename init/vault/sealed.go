@@ -152,9 +152,11 @@ func unsealKey(t transport.TPM, srk, sealed *tpmkeys.Key, p pcrPolicy) ([]byte, 
 	if sealed.Public.ObjectAttributes.UserWithAuth != (len(want) == 0) {
 		return nil, errors.New("the sealed vault key has an unexpected authorization (not made by patela?)")
 	}
-	if (len(p.pcrs) == 0) != (len(want) == 0) {
-		return nil, fmt.Errorf("%w: sealed with%s a PCR policy, configured with%s", ErrPolicy,
-			map[bool]string{true: "", false: "out"}[len(want) != 0], map[bool]string{true: "", false: "out"}[len(p.pcrs) != 0])
+	if len(p.pcrs) == 0 && len(want) != 0 {
+		return nil, fmt.Errorf("%w: the key is sealed to PCRs, the configuration names none", ErrPolicy)
+	}
+	if len(p.pcrs) != 0 && len(want) == 0 {
+		return nil, fmt.Errorf("%w: the key is sealed without PCRs, the configuration names %v", ErrPolicy, p.pcrs)
 	}
 	enc := []tpm2.AuthOption{tpm2.Salted(srk.Handle, srk.Public), tpm2.AESEncryption(128, tpm2.EncryptOut)}
 	var auth tpm2.Session

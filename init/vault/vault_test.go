@@ -428,3 +428,14 @@ func TestLockPCRInUse(t *testing.T) {
 	}
 	m.mustOpen(Options{LockPCR: 14})
 }
+
+func TestNoLockNoPCRs(t *testing.T) {
+	// Development mode: no PCRs, no lock; the key unseals with an HMAC
+	// session (userWithAuth) as often as asked.
+	m := newMachine(t)
+	m.mustOpen(Options{NoLock: true})
+	m.mustOpen(Options{NoLock: true})
+	if _, err := m.open(Options{}); !errors.Is(err, ErrPolicy) {
+		t.Fatalf("sealed without PCRs, opened with the lock PCR: %v", err)
+	}
+}
