@@ -159,11 +159,18 @@ func (s *Session) Current(ctx context.Context) (Token, error) {
 		return Token{}, err
 	}
 	s.tok = tok
+	life := time.Until(tok.ExpiresAt)
 	margin := s.o.margin
 	if margin == 0 {
-		margin = min(5*time.Minute, time.Until(tok.ExpiresAt)/5)
+		margin = min(5*time.Minute, life/5)
 	}
 	s.refreshAt = tok.ExpiresAt.Add(-margin)
+	if life <= 0 {
+		// Expired by our clock but just issued: the clock is off. Use the
+		// token and attest again in a minute rather than on every call.
+		s.log.Warn("the new token is already expired by the local clock; is the clock wrong?", "expires_at", tok.ExpiresAt)
+		s.refreshAt = time.Now().Add(time.Minute)
+	}
 	return tok, nil
 }
 
@@ -196,8 +203,13 @@ func (s *Session) attest(ctx context.Context) (Token, error) {
 		switch {
 		case api.IsCode(err, api.CodePending):
 			errors.As(err, &ae)
-			s.log.Warn(fmt.Sprintf("waiting for an administrator: configsrv node enable %d", ae.NodeID),
-				"node_id", ae.NodeID, "retry_in", wait.Round(time.Millisecond))
+			h := tpmkeys.PublicHash(s.ekPub)
+			msg := fmt.Sprintf("waiting for an administrator: configsrv node enable %d", ae.NodeID)
+			if ae.NodeID == 0 {
+				msg = "waiting for an administrator to enable this node"
+			}
+			s.log.Warn(msg, "node_id", ae.NodeID, "ek_sha256", hex.EncodeToString(h[:]),
+				"retry_in", wait.Round(time.Millisecond))
 		case api.IsCode(err, api.CodeEKUntrusted):
 			h := tpmkeys.PublicHash(s.ekPub)
 			s.log.Warn("the config server does not trust this EK: add its certificate's CA or allowlist its hash",
