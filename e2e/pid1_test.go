@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"patela/e2e/harness"
 	"patela/initramfs/ramfs"
 )
 
@@ -42,8 +43,10 @@ func need(t *testing.T, what string, ok bool) {
 // network, print its boot timeline, reap an orphan while the orphan's
 // parent's status reaches its owner, and power the VM off on the SIGTERM a
 // child sends it. QEMU exiting by itself with status 0 is the power-off.
+// It boots twice: with RDRAND trusted, and with it distrusted so that the
+// kernel RNG must be seeded from a TPM (swtpm).
 func TestPID1InQEMU(t *testing.T) {
-	qemu, err := exec.LookPath("qemu-system-x86_64")
+	_, err := exec.LookPath("qemu-system-x86_64")
 	need(t, "qemu-system-x86_64", err == nil)
 	kernel, _ := filepath.Abs("../build/kernel/vmlinuz")
 	mods, _ := filepath.Glob(filepath.Join(filepath.Dir(kernel), "modules/*"))
@@ -69,23 +72,60 @@ func TestPID1InQEMU(t *testing.T) {
 	}
 	t.Logf("initramfs built in %v: modules %v\n%s", time.Since(start).Round(time.Millisecond), rep.Modules, rep)
 
+	t.Run("rdrand", func(t *testing.T) {
+		console := bootPID1(t, kernel, img, "", nil)
+		checkPID1(t, console, rep.Modules)
+		if !regexp.MustCompile(`msg=timeline phase=entropy start=\S+ took=\d+(\.\d+)?(µs|ms) `).MatchString(console) {
+			t.Errorf("entropy not ready at once with -cpu max (RDRAND)")
+		}
+	})
+	// Without crediting RDRAND the kernel RNG stays uninitialized under
+	// TCG: the agent must seed it from the TPM (TPM2_GetRandom +
+	// RNDADDENTROPY) and go on.
+	t.Run("tpm-seeded-rng", func(t *testing.T) {
+		_, err := exec.LookPath("swtpm")
+		need(t, "swtpm", err == nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		tpm, err := harness.StartSWTPM(ctx, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tpm.Stop()
+		console := bootPID1(t, kernel, img, "random.trust_cpu=off random.trust_bootloader=off", tpm.QEMUArgs())
+		checkPID1(t, console, rep.Modules)
+		if !strings.Contains(console, `msg="kernel RNG seeded" bytes=32`) {
+			t.Errorf("kernel RNG not seeded from the TPM")
+		}
+	})
+}
+
+// bootPID1 boots the image in self-test mode and returns the console once
+// QEMU has exited by itself with status 0 (the agent powered off).
+func bootPID1(t *testing.T, kernel, img, appendArgs string, extra []string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, qemu,
+	args := []string{
 		"-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1",
 		"-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
 		"-kernel", kernel, "-initrd", img,
-		"-append", "console=ttyS0 panic=-1 quiet patela.selftest=pid1 patela.reboot_delay=1s patela.dhcp_timeout=30s",
+		"-append", "console=ttyS0 panic=-1 quiet patela.selftest=pid1 patela.reboot_delay=1s patela.dhcp_timeout=30s " + appendArgs,
 		"-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0",
-	)
+	}
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", append(args, extra...)...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	start = time.Now()
-	err = cmd.Run()
+	start := time.Now()
+	err := cmd.Run()
 	wall := time.Since(start)
 	console := strings.ReplaceAll(out.String(), "\r", "")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("console:\n%s", console)
+		}
+	})
 	if ctx.Err() != nil {
-		t.Fatalf("QEMU still running after 120 s: the agent did not power off\n%s", console)
+		t.Fatalf("QEMU still running after 120 s: the agent did not power off")
 	}
 	var ee *exec.ExitError
 	if err != nil && !errors.As(err, &ee) {
@@ -95,14 +135,18 @@ func TestPID1InQEMU(t *testing.T) {
 		t.Errorf("QEMU exit status %d, want 0 (power off)", code)
 	}
 	t.Logf("QEMU ran %v (wall)", wall.Round(time.Millisecond))
+	return console
+}
 
-	// Modules were loaded, in the resolved order.
+// checkPID1 checks the console of a self-test boot.
+func checkPID1(t *testing.T, console string, modules []string) {
+	t.Helper()
 	var loaded []string
 	for _, m := range regexp.MustCompile(`msg=module name=(\S+) status=`).FindAllStringSubmatch(console, -1) {
 		loaded = append(loaded, m[1])
 	}
-	if !slices.Equal(loaded, rep.Modules) {
-		t.Errorf("modules loaded %v, want %v", loaded, rep.Modules)
+	if !slices.Equal(loaded, modules) {
+		t.Errorf("modules loaded %v, want %v", loaded, modules)
 	}
 	for _, re := range []string{
 		`msg=timeline phase=mount start=\S+ took=\S+`,
@@ -130,9 +174,6 @@ func TestPID1InQEMU(t *testing.T) {
 		}
 	}
 	t.Logf("boot timeline:\n%s", strings.Join(timeline, "\n"))
-	if t.Failed() {
-		t.Logf("console:\n%s", console)
-	}
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
