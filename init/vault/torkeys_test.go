@@ -97,3 +97,38 @@ func TestCaptureNotReady(t *testing.T) {
 		t.Fatalf("empty dir: %v", err)
 	}
 }
+
+// TestSymlinksNotFollowed: the keys directory belongs to the relay's user,
+// who could plant links to files only root may read or write.
+func TestSymlinksNotFollowed(t *testing.T) {
+	dirs, _ := torKeys(t, 1)
+	e, err := captureEntry(filepath.Join(dirs[0], "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(victim, []byte("root's secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+	keys := filepath.Join(data, "keys")
+	os.Mkdir(keys, 0o700)
+	if err := os.Symlink(victim, filepath.Join(keys, fileRSAIdentity)); err != nil {
+		t.Fatal(err)
+	}
+	if err := restoreEntry(e, data, 4242, 4242); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "root's secret" {
+		t.Fatal("restore wrote through a symlink")
+	}
+	if fi, _ := os.Lstat(filepath.Join(keys, fileRSAIdentity)); fi.Mode()&os.ModeSymlink != 0 {
+		t.Fatal("the symlink is still there")
+	}
+	// Capture refuses a linked key file.
+	os.Remove(filepath.Join(keys, fileEd25519Master))
+	os.Symlink(victim, filepath.Join(keys, fileEd25519Master))
+	if _, err := captureEntry(keys); err == nil {
+		t.Fatal("capture followed a symlink")
+	}
+}
