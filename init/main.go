@@ -106,7 +106,7 @@ func (a *agent) boot() {
 	a.delay = 30 * time.Second
 	defer func() {
 		if r := recover(); r != nil {
-			pid1.Fatal(fmt.Errorf("panic: %v\n%s", r, debug.Stack()), a.delay, a.log)
+			pid1.Fatal(fmt.Errorf("panic: %v\n%s", r, debug.Stack()), a.delay, a.actions, a.log)
 		}
 	}()
 	// Signals first: nothing may start a child before PID 1 handles them.
@@ -194,7 +194,7 @@ func (a *agent) boot() {
 			go func() {
 				if err := a.loop.Run(ctx); err != nil && ctx.Err() == nil {
 					// Run returns early only for a setup error.
-					pid1.Fatal(fmt.Errorf("reconcile: %w", err), a.delay, a.log)
+					pid1.Fatal(fmt.Errorf("reconcile: %w", err), a.delay, a.actions, a.log)
 				}
 			}()
 			return nil
@@ -208,7 +208,7 @@ func (a *agent) boot() {
 // phase runs one boot phase on the timeline; its failure is fatal.
 func (a *agent) phase(name string, fn func() error) {
 	if err := a.tl.Run(name, fn); err != nil {
-		pid1.Fatal(fmt.Errorf("%s: %w", name, err), a.delay, a.log)
+		pid1.Fatal(fmt.Errorf("%s: %w", name, err), a.delay, a.actions, a.log)
 	}
 }
 
@@ -351,11 +351,11 @@ func (a *agent) checkClock(ctx context.Context) error {
 func (a *agent) apiClient() *api.Client {
 	ca, err := os.ReadFile(a.path(a.cfg.ServerCA))
 	if err != nil {
-		pid1.Fatal(fmt.Errorf("server CA: %w", err), a.delay, a.log)
+		pid1.Fatal(fmt.Errorf("server CA: %w", err), a.delay, a.actions, a.log)
 	}
 	c, err := api.NewClient(a.cfg.ServerURL, ca)
 	if err != nil {
-		pid1.Fatal(err, a.delay, a.log)
+		pid1.Fatal(err, a.delay, a.actions, a.log)
 	}
 	return c
 }

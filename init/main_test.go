@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,11 +48,7 @@ func TestSelftestOnHost(t *testing.T) {
 	defer gs.Close()
 
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "init")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := reaper.CombinedOutput(build); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildAgent(t, dir)
 	root := filepath.Join(dir, "root")
 	os.MkdirAll(filepath.Join(root, "etc/patela"), 0o755)
 	os.WriteFile(filepath.Join(root, "etc/patela/agent.json"), []byte(`{"modules":["virtio_net"]}`), 0o644)
@@ -93,5 +90,75 @@ func TestSelftestOnHost(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("console:\n%s", console)
+	}
+}
+
+func buildAgent(t *testing.T, dir string) string {
+	bin := filepath.Join(dir, "init")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := reaper.CombinedOutput(build); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestFatalConfigOnHost: a typo on the kernel command line stops the boot
+// with a message naming it, then the agent waits to reboot; a SIGTERM in
+// that wait powers off at once (exit 0 when not PID 1).
+func TestFatalConfigOnHost(t *testing.T) {
+	dir := t.TempDir()
+	bin := buildAgent(t, dir)
+	root := filepath.Join(dir, "root")
+	os.MkdirAll(filepath.Join(root, "etc/patela"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/patela/agent.json"), []byte(`{"server_url":"https://192.0.2.10"}`), 0o644)
+	cmdline := filepath.Join(dir, "cmdline")
+	os.WriteFile(cmdline, []byte("console=ttyS0 patela.sever_url=https://192.0.2.11\n"), 0o644)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "--root", root, "--cmdline", cmdline)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := reaper.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	var console bytes.Buffer
+	fatal, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		signalled := false
+		for {
+			n, err := pr.Read(buf)
+			console.Write(buf[:n])
+			if !signalled && strings.Contains(console.String(), "rebooting in") {
+				signalled = true
+				close(fatal)
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case <-fatal:
+	case <-ctx.Done():
+		t.Fatalf("no fatal error reported")
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	reaper.Wait(cmd)
+	<-done
+	if code := cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit %d, want 0 (power off during the reboot delay)", code)
+	}
+	out := console.String()
+	for _, want := range []string{`FATAL: config: agent config`, `unknown key \"sever_url\"`, `patela: rebooting in 30s`, `action="power off"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("console lacks %s:\n%s", want, out)
+		}
 	}
 }

@@ -170,11 +170,17 @@ func Halt(a Action, log *slog.Logger) {
 }
 
 // Fatal is the end of every unrecoverable error: print it, leave it on the
-// console for delay, and reboot. It never returns.
-func Fatal(err error, delay time.Duration, log *slog.Logger) {
+// console for delay, and reboot. A power-off or reboot requested on
+// actions (nil: none) meanwhile is obeyed at once, so an operator can
+// still power off a machine stuck in a crash loop. It never returns.
+func Fatal(err error, delay time.Duration, actions <-chan Action, log *slog.Logger) {
 	log.Error("FATAL: "+err.Error(), "reboot_in", delay)
 	fmt.Fprintf(os.Stderr, "\npatela: fatal: %v\npatela: rebooting in %v\n", err, delay)
 	unix.Sync()
-	time.Sleep(delay)
-	Halt(Reboot, log)
+	act := Reboot
+	select {
+	case <-time.After(delay):
+	case act = <-actions:
+	}
+	Halt(act, log)
 }
