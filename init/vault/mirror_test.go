@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
+
 	"patela/configsrv/testsrv"
 	"patela/init/attest"
 	"patela/init/tpmkeys"
@@ -292,4 +294,49 @@ func TestMirrorDownAtOpen(t *testing.T) {
 	if got := v.Relays(); len(got) != 1 {
 		t.Fatalf("relays %v", got)
 	}
+}
+
+// TestTPMOutOfNVSpace: the TPM itself answers TPM_RC_NV_SPACE (its NV
+// filled by other indices); the bundle goes to the mirror, and the NV the
+// vault reserved for it is not left half-defined.
+func TestTPMOutOfNVSpace(t *testing.T) {
+	dirs, _ := torKeys(t, 1)
+	srv := testsrv.Start(t)
+	c := srv.Client(t)
+	m := newMachine(t)
+	sess := attested(t, m, srv, c)
+	opts := Options{EKName: sess.EKName(), Mirror: ServerMirror{c, sess}}
+	v := m.mustOpen(opts)
+	nv, _ := newNVStore(m.dev, 0)
+	filled := 0
+	for _, size := range []int{nv.indexMax, 256, 64} {
+		for filled < 500 {
+			err := nv.define(0x01500000+tpm2.TPMHandle(filled), size)
+			if errors.Is(err, ErrNVFull) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			filled++
+		}
+	}
+	if filled == 0 || filled == 500 {
+		t.Fatalf("filled NV with %d indices", filled)
+	}
+	v.Capture("murazzano", dirs[0])
+	if err := v.Save(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := nv.readHeader(); h.location != locMirror {
+		t.Fatalf("header location %d after NV ran out", h.location)
+	}
+	if n, _, _ := nv.usage(); n != 1 {
+		t.Fatalf("%d vault indices left defined; want the header only", n)
+	}
+	m.boot()
+	if got := m.mustOpen(opts).Relays(); len(got) != 1 {
+		t.Fatalf("relays %v", got)
+	}
+	t.Logf("NV full after %d extra indices", filled)
 }
