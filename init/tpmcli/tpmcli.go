@@ -148,7 +148,7 @@ func info(t transport.TPM, w io.Writer, dev string, alg tpm2.TPMAlgID) error {
 	f1, err1 := tpmdev.Property(t, tpm2.TPMPTFirmwareVersion1)
 	f2, err2 := tpmdev.Property(t, tpm2.TPMPTFirmwareVersion2)
 	if err := errors.Join(err1, err2); err == nil {
-		p("firmware", "%d.%d.%d.%d", f1>>16, f1&0xffff, f2>>16, f2&0xffff)
+		p("firmware", "%d.%d.%d.%d (0x%08x 0x%08x)", f1>>16, f1&0xffff, f2>>16, f2&0xffff, f1, f2)
 	}
 
 	k, err := tpmkeys.EK(t, alg)
@@ -208,7 +208,7 @@ func info(t transport.TPM, w io.Writer, dev string, alg tpm2.TPMAlgID) error {
 				map[string]string{"nv": "TPM NV", "mirror": "the config server mirror"}[st.Location])
 		}
 	}
-	p("NV", "%d vault indices, %d bytes; NV_INDEX_MAX %d, NV_BUFFER_MAX %d",
+	p("NV", "vault uses %d indices, %d bytes; NV_INDEX_MAX %d, NV_BUFFER_MAX %d",
 		st.NVIndices, st.NVBytes, st.IndexMax, st.BufferMax)
 	return nil
 }
