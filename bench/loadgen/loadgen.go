@@ -317,3 +317,95 @@ func Duplicates(nodes []*Node) []string {
 	}
 	return dups
 }
+
+// FleetResult is what a fleet boot measured and found.
+type FleetResult struct {
+	Nodes        []*Node
+	Boot         time.Duration // wall time of the concurrent boot
+	Failed       []error       // one per node whose boot failed
+	Ops          []OpStats     // the fleet's requests (first contact excluded)
+	ServerErrors int           // fleet requests answered 5xx
+	Duplicates   []string      // relay names or addresses given twice
+	Abuser       map[int]int   // the abuser's answers by HTTP status (0: transport error)
+	AbuserSent   int
+}
+
+// AbuserAddr is where the abusive client's connections come from; the
+// fleet's start at FleetAddr.
+var (
+	AbuserAddr = netip.MustParseAddr("127.0.0.2")
+	FleetAddr  = netip.MustParseAddr("127.1.0.1")
+)
+
+// RunFleet enrolls n nodes (first contact, then enabled by the
+// administrator), then boots them all at once with specs while, if abuse
+// is set, one client floods POST /v1/attest from AbuserAddr.
+func RunFleet(ctx context.Context, srv *srvproc.Server, n int, specs *api.Specs, abuse bool) (*FleetResult, error) {
+	nodes, err := NewNodes(srv, n, FleetAddr)
+	if err != nil {
+		return nil, err
+	}
+	res := &FleetResult{Nodes: nodes, Abuser: map[int]int{}}
+	if errs := Each(ctx, nodes, 64, func(ctx context.Context, nd *Node) error { return nd.FirstContact(ctx, nil) }); len(errs) > 0 {
+		return nil, fmt.Errorf("%d first contacts failed, first: %w", len(errs), errs[0])
+	}
+	if err := Enable(ctx, srv.DB, nodes); err != nil {
+		return nil, err
+	}
+	stop := make(chan struct{})
+	var abusers sync.WaitGroup
+	if abuse {
+		c, err := srv.Client(AbuserAddr)
+		if err != nil {
+			return nil, err
+		}
+		defer c.HTTP.CloseIdleConnections()
+		ek, err := softek.New()
+		if err != nil {
+			return nil, err
+		}
+		ak, err := softek.AKPublic()
+		if err != nil {
+			return nil, err
+		}
+		var mu sync.Mutex
+		for range 8 {
+			abusers.Add(1)
+			go func() {
+				defer abusers.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					_, err := c.Attest(ctx, &api.AttestRequest{EKPublic: ek.Public, AKPublic: ak})
+					st := http.StatusOK
+					var ae *api.Error
+					if errors.As(err, &ae) {
+						st = ae.Status
+					} else if err != nil {
+						st = 0
+					}
+					mu.Lock()
+					res.Abuser[st]++
+					res.AbuserSent++
+					mu.Unlock()
+				}
+			}()
+		}
+	}
+	rec := NewRecorder()
+	t0 := time.Now()
+	res.Failed = Each(ctx, nodes, 0, func(ctx context.Context, nd *Node) error { return nd.Boot(ctx, specs, rec) })
+	res.Boot = time.Since(t0)
+	close(stop)
+	abusers.Wait()
+	for _, nd := range nodes {
+		nd.Close()
+	}
+	res.Ops = rec.Stats()
+	res.ServerErrors = rec.ServerErrors()
+	res.Duplicates = Duplicates(nodes)
+	return res, nil
+}
