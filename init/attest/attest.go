@@ -106,7 +106,7 @@ func NewSession(tpm transport.TPM, c *api.Client, log *slog.Logger, opts ...Opti
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Session{tpm: tpm, c: c, log: log, o: o}
-	ek, err := tpmkeys.EK(tpm, o.alg)
+	ek, err := tpmkeys.PersistEK(tpm, o.alg)
 	if err != nil {
 		return nil, fmt.Errorf("loading EK: %w", err)
 	}

@@ -104,6 +104,30 @@ func EK(t transport.TPM, alg tpm2.TPMAlgID) (*Key, error) {
 	return createPrimary(t, tpm2.TPMRHEndorsement, tmpl)
 }
 
+// PersistEK is EK, and makes the EK persistent at its TCG handle when that
+// handle is free, as provisioning tools do: later boots then load it
+// instead of generating it again (RSA key generation takes seconds on
+// hardware TPMs). A handle holding something else is left alone.
+func PersistEK(t transport.TPM, alg tpm2.TPMAlgID) (*Key, error) {
+	k, err := EK(t, alg)
+	if err != nil || !k.Transient {
+		return k, err
+	}
+	_, h, _, _ := EKTemplate(alg)
+	if _, err := Persisted(t, h); !errors.Is(err, ErrNotPersisted) {
+		return k, nil // occupied (or unreadable): keep the transient EK
+	}
+	if _, err := (tpm2.EvictControl{
+		Auth:             tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+		ObjectHandle:     k.Named(),
+		PersistentHandle: h,
+	}).Execute(t); err != nil {
+		return k, nil // no persistent slot left: derive it each boot
+	}
+	k.Close(t)
+	return Persisted(t, h)
+}
+
 // SRK derives the ECC storage root key from the owner hierarchy.
 func SRK(t transport.TPM) (*Key, error) {
 	return createPrimary(t, tpm2.TPMRHOwner, tpm2.ECCSRKTemplate)
@@ -147,6 +171,9 @@ func Persisted(t transport.TPM, h tpm2.TPMHandle) (*Key, error) {
 // Matches reports whether pub was made from tmpl: everything but the
 // unique field (the key itself) must be equal.
 func Matches(pub, tmpl tpm2.TPMTPublic) bool {
+	if pub.Type != tmpl.Type {
+		return false // and the unions below would not marshal together
+	}
 	tmpl.Unique = pub.Unique
 	return bytes.Equal(tpm2.Marshal(pub), tpm2.Marshal(tmpl))
 }

@@ -181,3 +181,42 @@ func TestChooseEK(t *testing.T) {
 		}
 	}
 }
+
+func TestPersistEK(t *testing.T) {
+	dev := open(t, swtpmtest.Start(t))
+	a, err := PersistEK(dev, tpm2.TPMAlgECC)
+	if err != nil || a.Transient || a.Handle != EKHandleECC {
+		t.Fatalf("first: %+v %v", a, err)
+	}
+	c := tpmdev.NewCounter(dev)
+	b, err := PersistEK(c, tpm2.TPMAlgECC)
+	if err != nil || !bytes.Equal(a.Name.Buffer, b.Name.Buffer) || c.Count(tpm2.TPMCCCreatePrimary) != 0 {
+		t.Fatalf("second: %v, %d CreatePrimary", err, c.Count(tpm2.TPMCCCreatePrimary))
+	}
+	// A foreign object at the RSA EK handle is left alone.
+	srk, _ := SRK(dev)
+	tpm2.EvictControl{
+		Auth:             tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+		ObjectHandle:     srk.Named(),
+		PersistentHandle: EKHandleRSA,
+	}.Execute(dev)
+	srk.Close(dev)
+	r, err := PersistEK(dev, tpm2.TPMAlgRSA)
+	if err != nil || !r.Transient {
+		t.Fatalf("RSA EK with its handle taken: %+v %v", r, err)
+	}
+	r.Close(dev)
+	if k, _ := Persisted(dev, EKHandleRSA); !bytes.Equal(k.Name.Buffer, srk.Name.Buffer) {
+		t.Fatal("the foreign object was replaced")
+	}
+}
+
+func TestMatchesOtherType(t *testing.T) {
+	// A persisted object of another type must not match (nor panic).
+	if Matches(tpm2.RSAEKTemplate, tpm2.ECCEKTemplate) || Matches(tpm2.ECCSRKTemplate, AKTemplate) {
+		t.Fatal("matched")
+	}
+	if !Matches(tpm2.ECCEKTemplate, tpm2.ECCEKTemplate) {
+		t.Fatal("a template does not match itself")
+	}
+}
