@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"patela/configsrv/internal/tortest"
 	"patela/configsrv/pki"
 	"patela/configsrv/store"
 	"patela/internal/api"
@@ -209,9 +210,12 @@ func TestAdminRoundTrip(t *testing.T) {
 			t.Errorf("resolved murazzano lacks %q:\n%s", want, res)
 		}
 	}
+	tortest.Verify(t, res)
 	if res := ok(t, db, "torrc", "resolve", "--relay", "castelmagno"); strings.Contains(res, "ExitPolicy reject *:25") ||
 		!strings.Contains(res, "ExitPolicy reject *:*") {
 		t.Errorf("relay level did not replace ExitPolicy:\n%s", res)
+	} else {
+		tortest.Verify(t, res)
 	}
 	exp := ok(t, db, "torrc", "resolve", "--relay", "castelmagno", "--explain")
 	for _, lv := range []string{"# global, line 1", "# node, line 2", "# relay, line 2", "# managed"} {

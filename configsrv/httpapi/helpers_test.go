@@ -9,11 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,8 +20,8 @@ import (
 	"patela/configsrv/attest"
 	"patela/configsrv/attest/softek"
 	"patela/configsrv/httpapi"
+	"patela/configsrv/internal/tortest"
 	"patela/configsrv/store"
-	"patela/configsrv/testsrv"
 	"patela/configsrv/token"
 	"patela/internal/api"
 )
@@ -144,43 +140,7 @@ func countRows(t *testing.T, st *store.Store, table string) int {
 	return n
 }
 
-var dataDirRE = regexp.MustCompile(`(?m)^DataDirectory .*$`)
-var userRE = regexp.MustCompile(`(?m)^User .*\n`)
-
-// verifyTorrc runs `tor --verify-config` on a resolved torrc, with the
-// DataDirectory moved to a temp dir and the User line dropped (the
-// _tor-<name> users exist on nodes, not here).
-func verifyTorrc(t *testing.T, text string) {
-	t.Helper()
-	tor, err := exec.LookPath("tor")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("tor not installed in CI: %v", err)
-		}
-		t.Skip("tor not installed (apt-get install tor)")
-	}
-	if !strings.Contains(text, "\nUser _tor-") || !dataDirRE.MatchString(text) {
-		t.Fatalf("torrc lacks the managed User/DataDirectory lines:\n%s", text)
-	}
-	dir := t.TempDir()
-	data := filepath.Join(dir, "data")
-	if err := os.Mkdir(data, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	text = dataDirRE.ReplaceAllLiteralString(text, "DataDirectory "+data)
-	text = userRE.ReplaceAllString(text, "")
-	f := filepath.Join(dir, "torrc")
-	if err := os.WriteFile(f, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command(tor, "--verify-config", "--defaults-torrc", "/dev/null", "-f", f).CombinedOutput()
-	if err != nil {
-		t.Fatalf("tor --verify-config: %v\n%s\ntorrc:\n%s", err, out, text)
-	}
-}
-
-// srv is shorthand for the shared test server.
-func srv(t *testing.T) *testsrv.Server { return testsrv.Start(t) }
+func verifyTorrc(t *testing.T, text string) { t.Helper(); tortest.Verify(t, text) }
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 func mustAddr(s string) netip.Addr     { return netip.MustParseAddr(s) }

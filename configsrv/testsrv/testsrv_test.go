@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"patela/configsrv/internal/tortest"
 	"patela/internal/api"
 )
 
@@ -36,6 +37,9 @@ func TestStartEnrollRestart(t *testing.T) {
 		if !strings.Contains(r.Torrc, want+"\n") {
 			t.Errorf("torrc lacks %q:\n%s", want, r.Torrc)
 		}
+	}
+	for _, r := range cfg.Relays {
+		tortest.Verify(t, r.Torrc)
 	}
 	url := s.URL
 	s.Restart(t)
