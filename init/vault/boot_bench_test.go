@@ -21,7 +21,7 @@ import (
 // configsrv: attest (enabling the node if it is new), open the vault, then
 // restore every relay it knows and capture and save the rest, as the
 // reconcile loop does. It returns the command counter.
-func bootTPM(b *testing.B, tp *swtpmtest.TPM, srv *testsrv.Server, c *api.Client, dirs []string) *tpmdev.Counter {
+func bootTPM(b *testing.B, tp *swtpmtest.TPM, srv *testsrv.Server, c *api.Client, dirs []string, opts ...attest.Option) *tpmdev.Counter {
 	dev, err := tpmdev.Open("unix:" + tp.Socket)
 	if err != nil {
 		b.Fatal(err)
@@ -29,7 +29,7 @@ func bootTPM(b *testing.B, tp *swtpmtest.TPM, srv *testsrv.Server, c *api.Client
 	defer dev.Close()
 	cnt := tpmdev.NewCounter(dev)
 	ctx := context.Background()
-	sess, err := attest.NewSession(cnt, c, nil, attest.WithBackoff(time.Millisecond, 10*time.Millisecond))
+	sess, err := attest.NewSession(cnt, c, nil, append(opts, attest.WithBackoff(time.Millisecond, 10*time.Millisecond))...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -91,39 +91,44 @@ func BenchmarkBoot(b *testing.B) {
 	dirs, _ := torKeys(b, 8)
 	srv := testsrv.Start(b)
 	c := srv.Client(b)
-	b.Run("first", func(b *testing.B) {
-		var cmds, creates, primaries int
-		var tpmTime time.Duration
-		for range b.N {
-			b.StopTimer()
-			tp := swtpmtest.Start(b)
-			b.StartTimer()
-			cnt := bootTPM(b, tp, srv, c, dirs)
-			cmds, tpmTime = cmds+cnt.Total(), tpmTime+cnt.Elapsed()
-			creates += cnt.Count(tpm2.TPMCCCreate)
-			primaries += cnt.Count(tpm2.TPMCCCreatePrimary)
-			b.StopTimer()
-			tp.Stop()
-			b.StartTimer()
-		}
-		report(b, cmds, creates, primaries, tpmTime)
-	})
-	b.Run("later", func(b *testing.B) {
-		state := b.TempDir()
-		tp := swtpmtest.StartState(b, state)
-		bootTPM(b, tp, srv, c, dirs)
-		var cmds, creates, primaries int
-		var tpmTime time.Duration
-		for range b.N {
-			b.StopTimer()
-			tp.Stop()
-			tp = swtpmtest.StartState(b, state) // power cycle
-			b.StartTimer()
-			cnt := bootTPM(b, tp, srv, c, dirs)
-			cmds, tpmTime = cmds+cnt.Total(), tpmTime+cnt.Elapsed()
-			creates += cnt.Count(tpm2.TPMCCCreate)
-			primaries += cnt.Count(tpm2.TPMCCCreatePrimary)
-		}
-		report(b, cmds, creates, primaries, tpmTime)
-	})
+	for _, ek := range []struct {
+		name string
+		opt  attest.Option
+	}{{"ecc", attest.WithECCEK()}, {"rsa", attest.WithRSAEK()}} {
+		b.Run(ek.name+"/first", func(b *testing.B) {
+			var cmds, creates, primaries int
+			var tpmTime time.Duration
+			for range b.N {
+				b.StopTimer()
+				tp := swtpmtest.Start(b)
+				b.StartTimer()
+				cnt := bootTPM(b, tp, srv, c, dirs, ek.opt)
+				cmds, tpmTime = cmds+cnt.Total(), tpmTime+cnt.Elapsed()
+				creates += cnt.Count(tpm2.TPMCCCreate)
+				primaries += cnt.Count(tpm2.TPMCCCreatePrimary)
+				b.StopTimer()
+				tp.Stop()
+				b.StartTimer()
+			}
+			report(b, cmds, creates, primaries, tpmTime)
+		})
+		b.Run(ek.name+"/later", func(b *testing.B) {
+			state := b.TempDir()
+			tp := swtpmtest.StartState(b, state)
+			bootTPM(b, tp, srv, c, dirs, ek.opt)
+			var cmds, creates, primaries int
+			var tpmTime time.Duration
+			for range b.N {
+				b.StopTimer()
+				tp.Stop()
+				tp = swtpmtest.StartState(b, state) // power cycle
+				b.StartTimer()
+				cnt := bootTPM(b, tp, srv, c, dirs, ek.opt)
+				cmds, tpmTime = cmds+cnt.Total(), tpmTime+cnt.Elapsed()
+				creates += cnt.Count(tpm2.TPMCCCreate)
+				primaries += cnt.Count(tpm2.TPMCCCreatePrimary)
+			}
+			report(b, cmds, creates, primaries, tpmTime)
+		})
+	}
 }
