@@ -213,8 +213,12 @@ func EKCertificate(t transport.TPM, alg tpm2.TPMAlgID) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := tpm2.AuthHandle{Handle: idx, Name: pub.NVName, Auth: tpm2.PasswordAuth(nil)}
-	data, err := ReadNV(t, h, tpm2.NamedHandle{Handle: idx, Name: pub.NVName}, int(nv.DataSize))
+	// Vendors set AuthRead (empty index password), OwnerRead, or both.
+	auth := tpm2.AuthHandle{Handle: idx, Name: pub.NVName, Auth: tpm2.PasswordAuth(nil)}
+	if !nv.Attributes.AuthRead {
+		auth = tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)}
+	}
+	data, err := ReadNV(t, auth, tpm2.NamedHandle{Handle: idx, Name: pub.NVName}, int(nv.DataSize))
 	if err != nil {
 		return nil, fmt.Errorf("reading EK certificate: %w", err)
 	}

@@ -220,3 +220,25 @@ func TestMatchesOtherType(t *testing.T) {
 		t.Fatal("a template does not match itself")
 	}
 }
+
+func TestEKCertificateOwnerReadOnly(t *testing.T) {
+	dev := open(t, swtpmtest.Start(t))
+	cert := []byte("a DER certificate stand-in, owner-readable only")
+	platform := tpm2.AuthHandle{Handle: tpm2.TPMRHPlatform, Auth: tpm2.PasswordAuth(nil)}
+	if _, err := (tpm2.NVDefineSpace{AuthHandle: platform, PublicInfo: tpm2.New2B(tpm2.TPMSNVPublic{
+		NVIndex: EKCertRSA, NameAlg: tpm2.TPMAlgSHA256,
+		Attributes: tpm2.TPMANV{PPWrite: true, PPRead: true, OwnerRead: true,
+			PlatformCreate: true, NoDA: true, NT: tpm2.TPMNTOrdinary},
+		DataSize: uint16(len(cert)),
+	})}).Execute(dev); err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := tpm2.NVReadPublic{NVIndex: EKCertRSA}.Execute(dev)
+	if _, err := (tpm2.NVWrite{AuthHandle: platform, NVIndex: tpm2.NamedHandle{Handle: EKCertRSA, Name: pub.NVName},
+		Data: tpm2.TPM2BMaxNVBuffer{Buffer: cert}}).Execute(dev); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := EKCertificate(dev, tpm2.TPMAlgRSA); err != nil || !bytes.Equal(got, cert) {
+		t.Fatalf("%q %v", got, err)
+	}
+}
