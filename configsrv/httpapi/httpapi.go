@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -110,10 +111,26 @@ func clientAddr(r *http.Request) string {
 	return host
 }
 
+// limitKey is the rate-limit bucket of a client: its IPv4 address, or its
+// IPv6 /64 (one host usually holds a whole /64, so per-address buckets
+// would cost an attacker nothing).
+func limitKey(r *http.Request) string {
+	a, err := netip.ParseAddr(clientAddr(r))
+	if err != nil {
+		return clientAddr(r)
+	}
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.WithZone("").Prefix(64)
+		return p.String()
+	}
+	return a.String()
+}
+
 func (s *Server) limited(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if s.Limiter != nil {
-			if ok, wait := s.Limiter.Allow(clientAddr(r), s.now()); !ok {
+			if ok, wait := s.Limiter.Allow(limitKey(r), s.now()); !ok {
 				secs := int((wait + time.Second - 1) / time.Second)
 				w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
 				writeErr(w, http.StatusTooManyRequests, api.CodeRateLimited, "too many attestation requests; retry later")
