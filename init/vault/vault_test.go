@@ -114,6 +114,7 @@ func TestEightRelaysRoundTrip(t *testing.T) {
 	if err := v.Save(ctx); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("%d relays: %d-byte ciphertext in %d NV indices", n, v.hdr.length, v.hdr.count)
 	// Nothing changed: a capture reports so and Save writes nothing.
 	m.Cnt.Reset()
 	if changed, err := v.Capture("relay0", dirs[0]); err != nil || changed {
