@@ -45,3 +45,23 @@ kernel:
 # attestation handshakes/s and GET /v1/node/config fetches/s, with p99 latency.
 bench-configsrv:
     {{go}} test -tags '{{srv_tags}}' -run '^$' -bench . -benchtime 5s -count 1 ./configsrv/httpapi/
+
+# Measure everything into bench/REPORT.md + report.json (root; ~15 min; args: -skip qemu, -fleet N, ...).
+bench *args:
+    {{go}} run -tags '{{srv_tags}}' ./bench/cmd/benchreport -out bench {{args}}
+
+# Run every fuzz target in the tree for fuzztime each; fails if any fails.
+fuzz fuzztime="20s":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    list=$({{go}} test -tags '{{srv_tags}}' -list '^Fuzz' ./...)
+    targets=$(awk '/^Fuzz/ {t[++n] = $1; next} /^ok / {for (i = 1; i <= n; i++) print $2, t[i]; n = 0}' <<<"$list")
+    if [ -z "$targets" ]; then echo "no fuzz targets found"; exit 1; fi
+    failed=()
+    while read -r pkg target; do
+        echo "== $target ($pkg) for {{fuzztime}}"
+        {{go}} test -tags '{{srv_tags}}' -run '^$' -fuzz "^${target}\$" -fuzztime '{{fuzztime}}' "$pkg" </dev/null \
+            || failed+=("$target ($pkg)")
+    done <<<"$targets"
+    echo "$(wc -l <<<"$targets") fuzz targets, {{fuzztime}} each"
+    if [ ${#failed[@]} -gt 0 ]; then printf 'FAILED: %s\n' "${failed[@]}"; exit 1; fi

@@ -362,7 +362,7 @@ func TestOversizedInputRefused(t *testing.T) {
 	if _, err := a.Client.GetKeys(context.Background(), a.Token); !api.IsCode(err, api.CodeNotFound) {
 		t.Errorf("a refused key bundle was stored: %v", err)
 	}
-	if rss, err := srv.RSS(); err != nil || rss > 200<<20 {
+	if rss, _, err := srv.RSS(); err != nil || rss > 200<<20 {
 		t.Errorf("server RSS after the abuse: %d MiB %v", rss>>20, err)
 	}
 }

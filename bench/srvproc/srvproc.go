@@ -237,32 +237,38 @@ func (s *Server) Logs() (string, error) {
 	return string(b), err
 }
 
-// RSS returns the serving process's resident set size (VmRSS) in bytes.
-func (s *Server) RSS() (int64, error) {
+// RSS returns the serving process's resident set size (VmRSS) and its
+// peak (VmHWM) in bytes.
+func (s *Server) RSS() (rss, peak int64, err error) {
 	pid := s.PID()
 	if pid == 0 {
-		return 0, errors.New("configsrv is not running")
+		return 0, 0, errors.New("configsrv is not running")
 	}
-	return VmRSS(pid)
+	if rss, err = ProcStatus(pid, "VmRSS"); err != nil {
+		return 0, 0, err
+	}
+	peak, err = ProcStatus(pid, "VmHWM")
+	return rss, peak, err
 }
 
-// VmRSS reads a process's resident set size from /proc/PID/status.
-func VmRSS(pid int) (int64, error) {
+// ProcStatus reads a size field (VmRSS, VmHWM, ...) of a process from
+// /proc/PID/status, in bytes.
+func ProcStatus(pid int, field string) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			f := strings.Fields(v)
 			if len(f) != 2 || f[1] != "kB" {
-				return 0, fmt.Errorf("odd VmRSS line %q", line)
+				return 0, fmt.Errorf("odd %s line %q", field, line)
 			}
 			kb, err := strconv.ParseInt(f[0], 10, 64)
 			return kb << 10, err
 		}
 	}
-	return 0, errors.New("no VmRSS in /proc status")
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }
 
 // Client returns an API client trusting the server's CA whose connections

@@ -1,0 +1,163 @@
+// Command benchreport measures the whole system on the machine it runs on
+// and writes bench/REPORT.md and bench/report.json: every Go benchmark in
+// the tree, a fleet of simulated nodes booting at once, the configsrv
+// binary's throughput and memory at 10,000 nodes, and the agent's boot in
+// QEMU with the sizes of what it boots. `just bench` runs it.
+//
+// A figure whose producer is missing or failed is reported as "not
+// measured" with the reason, never estimated.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"patela/bench/srvproc"
+)
+
+// Report is everything one run measured; report.json is this value.
+type Report struct {
+	Started  time.Time     `json:"started"`
+	Took     time.Duration `json:"took_ns"`
+	Machine  Machine       `json:"machine"`
+	Headline []Figure      `json:"headline"`
+	GoBench  *GoBenchRun   `json:"go_benchmarks,omitempty"`
+	Fleet    *FleetRun     `json:"fleet,omitempty"`
+	Server   *ServerRun    `json:"configsrv_10k,omitempty"`
+	Boot     *BootRun      `json:"qemu_boot,omitempty"`
+	Skipped  []string      `json:"not_measured,omitempty"` // sections not run, with why
+}
+
+// Figure is one headline number (or why it is missing).
+type Figure struct {
+	What   string `json:"what"`
+	Value  string `json:"value"` // "not measured: …" when missing
+	Source string `json:"source"`
+}
+
+func main() {
+	out := flag.String("out", "bench", "directory for REPORT.md, report.json and gobench.txt")
+	benchtime := flag.String("benchtime", "1s", "go test -benchtime for the Go benchmarks")
+	fleetN := flag.Int("fleet", 2000, "simulated nodes booting at once")
+	nodes := flag.Int("nodes", 10000, "nodes seeded for the configsrv throughput and memory run")
+	relays := flag.Int("relays", 4, "relays per seeded node")
+	skip := flag.String("skip", "", "comma-separated sections not to run: gobench, fleet, server, qemu")
+	flag.Parse()
+	log.SetFlags(log.Ltime)
+	skipped := map[string]bool{}
+	for _, s := range strings.Split(*skip, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			skipped[s] = true
+		}
+	}
+	root, err := srvproc.ModuleRoot()
+	if err != nil {
+		log.Fatal(err)
+	}
+	if !filepath.IsAbs(*out) {
+		*out = filepath.Join(root, *out)
+	}
+	work, err := os.MkdirTemp("", "patela-bench-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(work)
+	ctx := context.Background()
+
+	r := &Report{Started: time.Now().UTC()}
+	r.Machine = machine(ctx, root)
+	log.Printf("machine: %s, %d cores, %d MiB, kernel %s, %s, load %s", r.Machine.CPU, r.Machine.Cores,
+		r.Machine.MemoryBytes>>20, r.Machine.Kernel, r.Machine.Go, r.Machine.LoadAvg)
+	bin, err := srvproc.Build(root, work)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	section := func(name, why string, run func() error) {
+		if skipped[name] {
+			r.Skipped = append(r.Skipped, name+": skipped with -skip")
+			return
+		}
+		log.Printf("%s: %s", name, why)
+		t0 := time.Now()
+		if err := run(); err != nil {
+			log.Printf("%s failed: %v", name, err)
+			r.Skipped = append(r.Skipped, fmt.Sprintf("%s: failed: %v", name, err))
+			return
+		}
+		log.Printf("%s: done in %v", name, time.Since(t0).Round(time.Second))
+	}
+	section("gobench", "every Go benchmark in the tree", func() (err error) {
+		r.GoBench, err = runGoBenchmarks(ctx, root, *benchtime, filepath.Join(*out, "gobench.txt"))
+		return err
+	})
+	section("fleet", fmt.Sprintf("%d simulated nodes boot at once under an abuser", *fleetN), func() (err error) {
+		r.Fleet, err = runFleet(ctx, bin, work, *fleetN)
+		return err
+	})
+	section("server", fmt.Sprintf("configsrv binary at %d nodes x %d relays", *nodes, *relays), func() (err error) {
+		r.Server, err = runServer(ctx, bin, work, *nodes, *relays)
+		return err
+	})
+	section("qemu", "the agent's boot in QEMU (first boot, reboot) and image sizes", func() (err error) {
+		r.Boot, err = runBoot(ctx, work)
+		return err
+	})
+	r.Took = time.Since(r.Started)
+	r.Headline = headline(r)
+
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		log.Fatal(err)
+	}
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(*out, "report.json"), append(js, '\n'), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(*out, "REPORT.md"), []byte(markdown(r)), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	log.Printf("wrote %s and %s (%v)", filepath.Join(*out, "REPORT.md"), filepath.Join(*out, "report.json"), r.Took.Round(time.Second))
+	if bad := r.failures(); len(bad) > 0 {
+		for _, b := range bad {
+			log.Printf("FAILED: %s", b)
+		}
+		os.Exit(1)
+	}
+}
+
+// failures are the correctness checks the run makes on the way: a
+// benchmark that failed, a node that did not boot, a 5xx, a duplicate
+// address, a damaged database, a request that failed in a burst.
+func (r *Report) failures() []string {
+	var bad []string
+	if r.GoBench != nil {
+		bad = append(bad, r.GoBench.Failed...)
+	}
+	if f := r.Fleet; f != nil {
+		if f.Failed+f.ServerErrors+f.Duplicates+len(f.DBProblems) > 0 {
+			bad = append(bad, fmt.Sprintf("fleet: %d failed boots (%s), %d 5xx, %d duplicates, database: %v",
+				f.Failed, f.FirstFailure, f.ServerErrors, f.Duplicates, f.DBProblems))
+		}
+		if f.Abuser[429] == 0 {
+			bad = append(bad, "fleet: the abuser was never rate limited")
+		}
+	}
+	if s := r.Server; s != nil {
+		for _, b := range append(s.Fetch, s.Handshake) {
+			if b.Errors > 0 {
+				bad = append(bad, fmt.Sprintf("configsrv: %d of %d failed in %s", b.Errors, b.Requests, b.Name))
+			}
+		}
+	}
+	return bad
+}

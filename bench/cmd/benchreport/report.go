@@ -1,0 +1,266 @@
+package main
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Where the headline figures come from.
+const (
+	pkgHTTPAPI   = "patela/configsrv/httpapi"
+	pkgTorrc     = "patela/internal/torrc"
+	pkgVault     = "patela/init/vault"
+	pkgReconcile = "patela/init/reconcile"
+	pkgTor       = "patela/init/tor"
+)
+
+// metric formats one Go benchmark metric, or says why it is missing.
+func (r *Report) metric(pkg, name, unit string, format func(float64) string) string {
+	if r.GoBench == nil {
+		return "not measured: " + r.why("gobench")
+	}
+	if b := r.GoBench.find(pkg, name); b != nil {
+		if v, ok := b.Metrics[unit]; ok {
+			return format(v)
+		}
+		return fmt.Sprintf("not measured: %s reports no %q", name, unit)
+	}
+	if f := r.GoBench.failure(pkg); f != "" {
+		return "not measured: the benchmark run failed: " + firstLine(f)
+	}
+	return fmt.Sprintf("not measured: no %s in %s (not landed)", name, pkg)
+}
+
+// why says why a section has no result.
+func (r *Report) why(section string) string {
+	for _, s := range r.Skipped {
+		if strings.HasPrefix(s, section+":") {
+			return s
+		}
+	}
+	return section + " did not run"
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > 200 {
+		s = s[:200] + "…"
+	}
+	return s
+}
+
+func num(v float64) string {
+	switch {
+	case v >= 100:
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	case v >= 10:
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	}
+	return strconv.FormatFloat(v, 'f', 2, 64)
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+func ms(d time.Duration) string { return num(float64(d)/float64(time.Millisecond)) + " ms" }
+
+func headline(r *Report) []Figure {
+	var f []Figure
+	add := func(what, value, source string) { f = append(f, Figure{what, value, source}) }
+	perS := func(unit string) func(float64) string { return func(v float64) string { return num(v) + " " + unit } }
+
+	// configsrv throughput at 10,000 nodes x 4 relays.
+	hs := r.metric(pkgHTTPAPI, "BenchmarkHandshake", "handshakes/s", perS("handshakes/s"))
+	if p99 := r.metric(pkgHTTPAPI, "BenchmarkHandshake", "p99-ms", num); !strings.HasPrefix(hs, "not") && !strings.HasPrefix(p99, "not") {
+		hs += ", p99 " + p99 + " ms"
+	}
+	add("configsrv attestation handshakes, 10,000 nodes × 4 relays, HTTPS loopback", hs, pkgHTTPAPI+" BenchmarkHandshake (server in the benchmark process)")
+	cf := r.metric(pkgHTTPAPI, "BenchmarkConfigFetch", "fetches/s", perS("fetches/s"))
+	if p99 := r.metric(pkgHTTPAPI, "BenchmarkConfigFetch", "p99-ms", num); !strings.HasPrefix(cf, "not") && !strings.HasPrefix(p99, "not") {
+		cf += ", p99 " + p99 + " ms"
+	}
+	add("configsrv config fetches, 10,000 nodes × 4 relays, HTTPS loopback", cf, pkgHTTPAPI+" BenchmarkConfigFetch (server in the benchmark process)")
+	if s := r.Server; s != nil {
+		for _, b := range append(s.Fetch, s.Handshake) {
+			add(fmt.Sprintf("configsrv binary, %d nodes × %d relays: %s", s.Nodes, s.Relays, b.Name),
+				fmt.Sprintf("%s/s, p50 %s, p99 %s, %d errors of %d", num(b.PerSec), ms(b.P50), ms(b.P99), b.Errors, b.Requests),
+				fmt.Sprintf("benchreport: %d clients, one connection and loopback address each", s.Clients))
+		}
+		add(fmt.Sprintf("configsrv RSS at %d nodes × %d relays", s.Nodes, s.Relays),
+			fmt.Sprintf("%s idle, %s after the bursts (peak %s); database %s", mib(s.RSSIdle), mib(s.RSSAfter), mib(s.RSSPeak), mib(s.DBBytes)),
+			"benchreport: VmRSS/VmHWM of the configsrv process")
+	} else {
+		add("configsrv binary at 10,000 nodes: fetches/s, handshakes/s, RSS", "not measured: "+r.why("server"), "benchreport")
+	}
+
+	add("torrc merge, 500-line cascade (global 300 + node 120 + relay 80)",
+		r.metric(pkgTorrc, "BenchmarkMerge500", "ns/op", func(v float64) string { return num(v/1000) + " µs" }), pkgTorrc+" BenchmarkMerge500")
+
+	if b := r.Boot; b != nil {
+		for _, bt := range b.Boots {
+			add("agent boot in QEMU (TCG), "+bt.Name,
+				fmt.Sprintf("boot complete %s after QEMU start (guest uptime %s); %d relays running (seen by the server) at %s",
+					ms(bt.BootComplete), bt.GuestUptime, bt.Relays, ms(bt.RelaysRunning)),
+				"e2e/harness; per-phase timeline below")
+		}
+		add("compressed initramfs", fmt.Sprintf("%s gzip (%s cpio)", mib(b.InitramfsGzip), mib(b.InitramfsCPIO)), "initramfs/ramfs via e2e/harness.BuildImage")
+		add("OS package", fmt.Sprintf("%s zip + %d B descriptor (kernel %s inside)", mib(b.PackageZip), b.PackageJSON, mib(b.Kernel)), "stimage ospkg create via e2e/harness")
+	} else {
+		add("agent boot timeline in QEMU; initramfs and OS package sizes", "not measured: "+r.why("qemu"), "e2e/harness")
+	}
+
+	for _, sub := range []string{"first", "later"} {
+		add("TPM commands per boot ("+sub+" boot: attestation + vault, 8 relays)",
+			r.metric(pkgVault, "BenchmarkBoot/"+sub, "tpm-cmds/boot", func(v float64) string {
+				return num(v) + " commands, " + r.metric(pkgVault, "BenchmarkBoot/"+sub, "tpm-ms/boot", num) + " ms in the TPM (swtpm)"
+			}), pkgVault+" BenchmarkBoot/"+sub)
+	}
+	add("agent RSS with 8 relays (reconcile loop, agent process)",
+		r.metric(pkgReconcile, "BenchmarkRound8Relays", "KiB-rss-8-relays", func(v float64) string { return num(v/1024) + " MiB" }),
+		pkgReconcile+" BenchmarkRound8Relays")
+
+	if fl := r.Fleet; fl != nil {
+		var p99 []string
+		for _, o := range fl.Ops {
+			p99 = append(p99, o.Op+" "+ms(o.P99))
+		}
+		add(fmt.Sprintf("%d simulated nodes booting at once (attest, specs, config, heartbeat)", fl.Nodes),
+			fmt.Sprintf("%d failed, %d 5xx, %d duplicate names/addresses, %d database problems; all booted in %s; p99 %s",
+				fl.Failed, fl.ServerErrors, fl.Duplicates, len(fl.DBProblems), ms(fl.Boot), strings.Join(p99, ", ")),
+			"bench/loadgen.RunFleet against the configsrv binary (default rate limits)")
+		add("abusive client (127.0.0.2) during the fleet boot",
+			fmt.Sprintf("%d requests: %d refused 429, %d let through (403 pending)", fl.AbuserSent, fl.Abuser[429], fl.Abuser[403]),
+			"bench/loadgen.RunFleet")
+	} else {
+		add("2,000 simulated nodes booting at once", "not measured: "+r.why("fleet"), "bench/loadgen")
+	}
+	return f
+}
+
+func markdown(r *Report) string {
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	m := r.Machine
+	w("# patela benchmark report\n\n")
+	w("Generated by `just bench` (bench/cmd/benchreport) on %s in %s. Raw Go benchmark output: `gobench.txt`; everything below is also in `report.json`.\n\n",
+		r.Started.Format(time.RFC3339), r.Took.Round(time.Second))
+	w("## Machine\n\n| | |\n|---|---|\n")
+	w("| CPU | %s |\n| cores | %d |\n| memory | %s |\n| kernel | %s |\n| OS | %s |\n| Go | %s |\n| commit | %s |\n| load average at start | %s |\n\n",
+		m.CPU, m.Cores, mib(m.MemoryBytes), m.Kernel, m.OS, m.Go, m.Commit, m.LoadAvg)
+	w("The machine is shared with other work and has 2 cores: load generator and server compete for them, so rates are lower bounds.\n\n")
+
+	w("## Headline figures\n\n| figure | value | source |\n|---|---|---|\n")
+	for _, f := range r.Headline {
+		w("| %s | %s | %s |\n", f.What, cell(f.Value), f.Source)
+	}
+	w("\n")
+
+	if bt := r.Boot; bt != nil && len(bt.Boots) > 0 {
+		w("## Agent boot timeline in QEMU (TCG, `-cpu max`, 2 vCPUs, swtpm, real configsrv)\n\n")
+		w("Phases as the agent prints them (`timeline phase=… start=… took=…`, guest uptime).\n\n| phase |")
+		for _, x := range bt.Boots {
+			w(" %s start | took |", x.Name)
+		}
+		w("\n|---|")
+		for range bt.Boots {
+			w("---|---|")
+		}
+		w("\n")
+		var order []string
+		seen := map[string]bool{}
+		for _, x := range bt.Boots {
+			for _, p := range x.Phases {
+				if !seen[p.Name] {
+					seen[p.Name] = true
+					order = append(order, p.Name)
+				}
+			}
+		}
+		for _, name := range order {
+			w("| %s |", name)
+			for _, x := range bt.Boots {
+				found := false
+				for _, p := range x.Phases {
+					if p.Name == name {
+						w(" %s | %s |", p.Start, p.Took)
+						found = true
+						break
+					}
+				}
+				if !found {
+					w(" – | – |")
+				}
+			}
+			w("\n")
+		}
+		for _, x := range bt.Boots {
+			if x.Note != "" {
+				w("\n%s: %s.", x.Name, x.Note)
+			}
+		}
+		w("\nBuilding the tools, initramfs and signed OS package took %s.\n\n", bt.Build.Round(time.Second))
+		w("Initramfs contents (uncompressed):\n\n| part | files | bytes |\n|---|---|---|\n")
+		for _, p := range bt.InitramfsParts {
+			w("| %s | %d | %s |\n", p.Name, p.Files, mib(p.Bytes))
+		}
+		w("\n")
+	}
+
+	if s := r.Server; s != nil {
+		w("## configsrv binary at %d nodes × %d relays\n\n", s.Nodes, s.Relays)
+		w("Seeded straight into SQLite in %s (database %s), then `configsrv serve --attest-rate 0` (one load generator stands for the fleet). %d clients, each with its own HTTPS connection and loopback address.\n\n",
+			s.Seed.Round(time.Millisecond), mib(s.DBBytes), s.Clients)
+		w("| burst | requests | errors | took | per second | p50 | p99 |\n|---|---|---|---|---|---|---|\n")
+		for _, x := range append(s.Fetch, s.Handshake) {
+			w("| %s | %d | %d | %s | %s | %s | %s |\n", x.Name, x.Requests, x.Errors, x.Took.Round(time.Millisecond), num(x.PerSec), ms(x.P50), ms(x.P99))
+		}
+		w("\nRSS: %s idle after start, %s after the bursts, peak %s.\n\n", mib(s.RSSIdle), mib(s.RSSAfter), mib(s.RSSPeak))
+	}
+
+	if fl := r.Fleet; fl != nil {
+		w("## Fleet boot: %d simulated nodes at once, with an abuser\n\n", fl.Nodes)
+		w("Each node: its own software EK, loopback address and HTTPS connection; first contact and enable beforehand, then all at once: attest, complete, specs (%d cpus, %s), config, heartbeat. Meanwhile 8 goroutines at 127.0.0.2 send POST /v1/attest as fast as they can. Server: the configsrv binary with its default limits (5/s, burst 20 per address).\n\n",
+			fl.Specs.CPUs, mib(int64(fl.Specs.MemoryBytes)))
+		w("| request | count | errors | statuses | p50 | p99 | max |\n|---|---|---|---|---|---|---|\n")
+		for _, o := range fl.Ops {
+			w("| %s | %d | %d | %v | %s | %s | %s |\n", o.Op, o.Count, o.Errors, o.Statuses, ms(o.P50), ms(o.P99), ms(o.Max))
+		}
+		w("\nAll nodes booted in %s; %d failed", ms(fl.Boot), fl.Failed)
+		if fl.FirstFailure != "" {
+			w(" (first: %s)", fl.FirstFailure)
+		}
+		w("; %d answers 5xx; %d duplicate relay names or addresses; database check: %d problems. Abuser: %d requests, statuses %v. Server RSS afterwards %s (peak %s).\n\n",
+			fl.ServerErrors, fl.Duplicates, len(fl.DBProblems), fl.AbuserSent, fl.Abuser, mib(fl.ServerRSS), mib(fl.ServerPeak))
+	}
+
+	if g := r.GoBench; g != nil {
+		w("## Go benchmarks (`go test -bench . -benchmem -benchtime %s`)\n\n| package | benchmark | n | results |\n|---|---|---|---|\n", g.Benchtime)
+		res := append([]Benchmark(nil), g.Results...)
+		sort.SliceStable(res, func(i, j int) bool { return res[i].Pkg < res[j].Pkg })
+		for _, x := range res {
+			var parts []string
+			for _, u := range x.Units {
+				parts = append(parts, num(x.Metrics[u])+" "+u)
+			}
+			w("| %s | %s | %d | %s |\n", strings.TrimPrefix(x.Pkg, "patela/"), x.Name, x.N, strings.Join(parts, ", "))
+		}
+		for _, f := range g.Failed {
+			w("\nFailed: `%s`\n", firstLine(f))
+		}
+		w("\n")
+	}
+	if len(r.Skipped) > 0 {
+		w("## Not measured\n\n")
+		for _, s := range r.Skipped {
+			w("- %s\n", cell(firstLine(s)))
+		}
+	}
+	return b.String()
+}
+
+// cell keeps a value inside one table cell.
+func cell(s string) string {
+	return strings.NewReplacer("|", `\|`, "\n", " ").Replace(s)
+}
