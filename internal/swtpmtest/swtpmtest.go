@@ -5,6 +5,7 @@ package swtpmtest
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,8 +72,11 @@ func Launch(stateDir string) (*TPM, error) {
 		os.RemoveAll(sockDir)
 		return nil, fmt.Errorf("starting swtpm: %w", err)
 	}
-	for i := 0; i < 200; i++ {
-		if _, err := os.Stat(tp.Socket); err == nil {
+	// The socket file appears before swtpm listens on it: wait until a
+	// connection is accepted.
+	for i := 0; i < 300; i++ {
+		if c, err := net.Dial("unix", tp.Socket); err == nil {
+			c.Close()
 			return tp, nil
 		}
 		time.Sleep(10 * time.Millisecond)
