@@ -29,7 +29,7 @@ func (e *env) cmdNode(sub string, args []string) error {
 		if _, err := parse(fs, args, 0, 0); err != nil {
 			return err
 		}
-		st, err := e.open()
+		st, err := e.openExisting()
 		if err != nil {
 			return err
 		}
@@ -170,7 +170,7 @@ type nodeView struct {
 }
 
 func (e *env) nodeShow(id int64, asJSON bool) error {
-	st, err := e.open()
+	st, err := e.openExisting()
 	if err != nil {
 		return err
 	}
@@ -256,7 +256,7 @@ func (e *env) cmdRelayList(args []string) error {
 			return err
 		}
 	}
-	st, err := e.open()
+	st, err := e.openExisting()
 	if err != nil {
 		return err
 	}
@@ -319,7 +319,7 @@ func (e *env) cmdPool(sub string, args []string) error {
 		if _, err := parse(fs, args, 0, 0); err != nil {
 			return err
 		}
-		st, err := e.open()
+		st, err := e.openExisting()
 		if err != nil {
 			return err
 		}
@@ -382,7 +382,7 @@ func (e *env) cmdAudit(args []string) error {
 	if *limit < 1 {
 		return fmt.Errorf("--limit %d: must be at least 1", *limit)
 	}
-	st, err := e.open()
+	st, err := e.openExisting()
 	if err != nil {
 		return err
 	}

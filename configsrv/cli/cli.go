@@ -164,7 +164,7 @@ func (e *env) dispatch(args []string) error {
 	return usagef("unknown command %q", cmd)
 }
 
-// open opens the database (once).
+// open opens the database (once), creating it if needed.
 func (e *env) open() (*store.Store, error) {
 	if e.st != nil {
 		return e.st, nil
@@ -181,6 +181,15 @@ func (e *env) open() (*store.Store, error) {
 		}
 	}
 	return st, nil
+}
+
+// openExisting opens the database for a command that only reads: a
+// mistyped --db must not silently create an empty one.
+func (e *env) openExisting() (*store.Store, error) {
+	if _, err := os.Stat(e.db); err != nil {
+		return nil, fmt.Errorf("database %s: %w (set --db or PATELA_DB)", e.db, err)
+	}
+	return e.open()
 }
 
 // audit records an admin action that has succeeded. If the audit row

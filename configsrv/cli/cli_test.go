@@ -112,12 +112,16 @@ func TestAdminRoundTrip(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "p.db")
 	tmp := t.TempDir()
 	ctx := context.Background()
-	if out := ok(t, db, "node", "list", "--json"); strings.TrimSpace(out) != "[]" {
-		t.Fatalf("empty node list: %q", out)
+	fails(t, db, "no such file", "node", "list")
+	if _, err := os.Stat(db); err == nil {
+		t.Fatal("a listing created the database")
 	}
 	st, err := store.Open(db)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if out := ok(t, db, "node", "list", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Fatalf("empty node list: %q", out)
 	}
 	n1, _, _ := st.NodeByEK(ctx, []byte("ek-one"), time.Now())
 	st.NodeByEK(ctx, []byte("ek-two"), time.Now())

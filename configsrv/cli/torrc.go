@@ -114,7 +114,7 @@ func (e *env) cmdTorrc(sub string, args []string) error {
 		if err := lv.check(); err != nil {
 			return err
 		}
-		st, err := e.open()
+		st, err := e.openExisting()
 		if err != nil {
 			return err
 		}
@@ -151,7 +151,7 @@ func (e *env) cmdTorrc(sub string, args []string) error {
 		if *relay == "" {
 			return usagef("torrc resolve needs --relay NAME")
 		}
-		st, err := e.open()
+		st, err := e.openExisting()
 		if err != nil {
 			return err
 		}
@@ -182,7 +182,7 @@ func (e *env) cmdTorrc(sub string, args []string) error {
 		if _, err := torrc.ParseUser(src); err != nil {
 			return fmt.Errorf("%s: %w", pos[0], err)
 		}
-		st, err := e.open()
+		st, err := e.openExisting()
 		if err != nil {
 			return err
 		}
