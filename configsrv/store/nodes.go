@@ -190,6 +190,8 @@ func (s *Store) AddChallenge(ctx context.Context, c Challenge, now time.Time) er
 func (s *Store) TakeChallenge(ctx context.Context, id string) (*Challenge, error) {
 	var c Challenge
 	var exp int64
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	err := s.queryRow(ctx, `DELETE FROM challenges WHERE id = ? RETURNING id, node_id, secret_hash, ak_name, expires`, id).
 		Scan(&c.ID, &c.NodeID, &c.SecretHash, &c.AKName, &exp)
 	if errors.Is(err, sql.ErrNoRows) {

@@ -37,6 +37,12 @@ type Store struct {
 	db    *sql.DB
 	stmts sync.Map     // query text → *sql.Stmt
 	swept atomic.Int64 // unix second of the last expired-challenge sweep
+
+	// SQLite has one writer at a time. Queuing this process's writers
+	// here hands the lock over at once; contending inside SQLite means
+	// its busy handler, which sleeps in steps of milliseconds. Other
+	// processes (the CLI) still meet the busy timeout.
+	wmu sync.Mutex
 }
 
 // Open opens (creating if needed) the database at path and applies any
@@ -121,11 +127,14 @@ func (s *Store) QueryContext(ctx context.Context, query string, args ...any) (*s
 	return st.QueryContext(ctx, args...)
 }
 
+// exec runs a prepared write statement.
 func (s *Store) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	st, err := s.stmt(ctx, query)
 	if err != nil {
 		return nil, err
 	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	return st.ExecContext(ctx, args...)
 }
 
@@ -175,6 +184,8 @@ func (s *Store) migrate() error {
 
 // tx runs f in a write transaction, committing if f returns nil.
 func (s *Store) tx(ctx context.Context, f func(*sql.Tx) error) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
