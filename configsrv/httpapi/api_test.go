@@ -582,3 +582,24 @@ func TestConfigFollowsAdminChanges(t *testing.T) {
 		t.Error("adding a pool did not bump the config generation")
 	}
 }
+
+// Wrong methods and unknown paths answer JSON errors too.
+func TestRouting(t *testing.T) {
+	l := newLocal(t, nil)
+	for _, c := range []struct {
+		method, path string
+		status       int
+		allow        string
+	}{
+		{"GET", api.PathAttest, 405, "POST"},
+		{"DELETE", api.PathKeys, 405, "GET, PUT"},
+		{"POST", api.PathConfig, 405, "GET"},
+		{"GET", "/v1/admin", 404, ""},
+		{"GET", api.PathConfig + "/x", 404, ""},
+	} {
+		status, code, resp := raw(t, l.client, c.method, c.path, "", nil)
+		if status != c.status || code == "" || resp.Header.Get("Allow") != c.allow {
+			t.Errorf("%s %s: %d %q Allow %q", c.method, c.path, status, code, resp.Header.Get("Allow"))
+		}
+	}
+}

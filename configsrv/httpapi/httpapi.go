@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -58,20 +59,36 @@ func (s *Server) log() *slog.Logger {
 	return slog.Default()
 }
 
-// Handler routes the API.
+// Handler routes the API. Every answer, 404 and 405 included, is JSON.
 func (s *Server) Handler() http.Handler {
 	m := http.NewServeMux()
-	m.HandleFunc("POST "+api.PathAttest, s.limited(s.attest))
-	m.HandleFunc("POST "+api.PathAttestComplete, s.limited(s.complete))
-	m.HandleFunc("POST "+api.PathSpecs, s.node(s.specs))
-	m.HandleFunc("GET "+api.PathConfig, s.node(s.config))
-	m.HandleFunc("GET "+api.PathKeys, s.node(s.getKeys))
-	m.HandleFunc("PUT "+api.PathKeys, s.node(s.putKeys))
-	m.HandleFunc("POST "+api.PathStatus, s.node(s.status))
+	m.Handle(api.PathAttest, methods{"POST": s.limited(s.attest)})
+	m.Handle(api.PathAttestComplete, methods{"POST": s.limited(s.complete)})
+	m.Handle(api.PathSpecs, methods{"POST": s.node(s.specs)})
+	m.Handle(api.PathConfig, methods{"GET": s.node(s.config)})
+	m.Handle(api.PathKeys, methods{"GET": s.node(s.getKeys), "PUT": s.node(s.putKeys)})
+	m.Handle(api.PathStatus, methods{"POST": s.node(s.status)})
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeErr(w, http.StatusNotFound, api.CodeNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+		writeErr(w, http.StatusNotFound, api.CodeNotFound, "no such endpoint: "+r.URL.Path)
 	})
 	return m
+}
+
+// methods dispatches one path by method.
+type methods map[string]http.HandlerFunc
+
+func (ms methods) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h, ok := ms[r.Method]; ok {
+		h(w, r)
+		return
+	}
+	allow := make([]string, 0, len(ms))
+	for m := range ms {
+		allow = append(allow, m)
+	}
+	sort.Strings(allow)
+	w.Header().Set("Allow", strings.Join(allow, ", "))
+	writeErr(w, http.StatusMethodNotAllowed, api.CodeBadRequest, r.Method+" not allowed on "+r.URL.Path)
 }
 
 // NewHTTPServer wraps h in an HTTPS server speaking TLS 1.3 only, with
