@@ -66,12 +66,6 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return e.run(args)
 }
 
-// MainContext is Main with a context that stops `serve`.
-func MainContext(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	e := &env{ctx: ctx, stdin: stdin, stdout: stdout, stderr: stderr}
-	return e.run(args)
-}
-
 func (e *env) run(args []string) int {
 	err := e.dispatch(args)
 	if e.st != nil {

@@ -223,12 +223,6 @@ func (s *Store) CompleteAttestation(ctx context.Context, id int64, akName []byte
 	return firstBoot, err
 }
 
-// Touch updates a node's last_seen.
-func (s *Store) Touch(ctx context.Context, id int64, now time.Time) error {
-	_, err := s.exec(ctx, `UPDATE nodes SET last_seen = ? WHERE id = ?`, unix(now), id)
-	return err
-}
-
 // KeyBundle returns the node's key-bundle ciphertext mirror.
 func (s *Store) KeyBundle(ctx context.Context, nodeID int64) (*api.KeyBundle, error) {
 	var b api.KeyBundle
