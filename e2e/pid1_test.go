@@ -6,11 +6,16 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -56,10 +61,13 @@ func TestPID1InQEMU(t *testing.T) {
 
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "agent.json")
-	// A server URL is required by the config; the self-test never uses it.
-	os.WriteFile(cfg, []byte(`{"server_url":"https://config.invalid:8443","modules":["virtio_pci","virtio_net","nf_tables"]}`), 0o644)
+	// The self-test asks the server only for the time, when the RTC is
+	// wrong (subtest rtc-2000: QEMU forwards 10.0.2.100:443 to a host
+	// HTTPS server whose certificate this CA signed).
+	os.WriteFile(cfg, []byte(`{"server_url":"https://10.0.2.100","modules":["virtio_pci","virtio_net","nf_tables"]}`), 0o644)
 	ca := filepath.Join(dir, "ca.pem")
-	os.WriteFile(ca, selfSignedPEM(t), 0o644)
+	caCert, caKey := newCA(t)
+	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw}), 0o644)
 	img := filepath.Join(dir, "initramfs.cpio.gz")
 	start := time.Now()
 	rep, err := ramfs.Build(context.Background(), ramfs.Options{
@@ -71,8 +79,11 @@ func TestPID1InQEMU(t *testing.T) {
 	t.Logf("initramfs built in %v: modules %v\n%s", time.Since(start).Round(time.Millisecond), rep.Modules, rep)
 
 	t.Run("rdrand", func(t *testing.T) {
-		console := bootPID1(t, kernel, img, "", nil)
+		console := bootPID1(t, kernel, img, "", slirp, nil)
 		checkPID1(t, console, rep.Modules)
+		if !strings.Contains(console, `msg="clock ok (RTC)"`) {
+			t.Errorf("clock not accepted from the RTC")
+		}
 		if !regexp.MustCompile(`msg=timeline phase=entropy start=\S+ took=\d+(\.\d+)?(µs|ms) `).MatchString(console) {
 			t.Errorf("entropy not ready at once with -cpu max (RDRAND)")
 		}
@@ -90,17 +101,44 @@ func TestPID1InQEMU(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer tpm.Stop()
-		console := bootPID1(t, kernel, img, "random.trust_cpu=off random.trust_bootloader=off", tpm.QEMUArgs())
+		console := bootPID1(t, kernel, img, "random.trust_cpu=off random.trust_bootloader=off", slirp, tpm.QEMUArgs())
 		checkPID1(t, console, rep.Modules)
 		if !strings.Contains(console, `msg="kernel RNG seeded" bytes=32`) {
 			t.Errorf("kernel RNG not seeded from the TPM")
 		}
 	})
+	// An RTC in 2000 (a dead battery): before the agent's epoch, so the
+	// agent sets the clock from the config server's Date header, over TLS
+	// verified against its CA without trusting the local clock.
+	t.Run("rtc-2000", func(t *testing.T) {
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert(t, caCert, caKey, net.IPv4(10, 0, 2, 100))}}
+		srv.StartTLS()
+		defer srv.Close()
+		port := srv.Listener.Addr().(*net.TCPAddr).Port
+		netdev := fmt.Sprintf("%s,guestfwd=tcp:10.0.2.100:443-tcp:127.0.0.1:%d", slirp, port)
+		console := bootPID1(t, kernel, img, "", netdev, []string{"-rtc", "base=2000-01-01T00:00:00"})
+		checkPID1(t, console, rep.Modules)
+		m := regexp.MustCompile(`msg="CLOCK SET from the config server's Date header" was=2000-01-01\S* now=(\S+)`).FindStringSubmatch(console)
+		if m == nil {
+			t.Fatalf("clock not set from the server")
+		}
+		now, err := time.Parse(time.RFC3339, m[1]) // slog's format for time values
+		if err != nil {
+			t.Fatalf("clock line %q: %v", m[0], err)
+		}
+		if d := time.Since(now); d < 0 || d > 5*time.Minute {
+			t.Errorf("clock set to %v, host time %v", now, time.Now())
+		}
+	})
 }
+
+// slirp is QEMU user networking that reaches nothing outside.
+const slirp = "user,id=n0,restrict=on"
 
 // bootPID1 boots the image in self-test mode and returns the console once
 // QEMU has exited by itself with status 0 (the agent powered off).
-func bootPID1(t *testing.T, kernel, img, appendArgs string, extra []string) string {
+func bootPID1(t *testing.T, kernel, img, appendArgs, netdev string, extra []string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	args := []string{
@@ -108,7 +146,7 @@ func bootPID1(t *testing.T, kernel, img, appendArgs string, extra []string) stri
 		"-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
 		"-kernel", kernel, "-initrd", img,
 		"-append", "console=ttyS0 panic=-1 quiet patela.selftest=pid1 patela.reboot_delay=1s patela.dhcp_timeout=30s " + appendArgs,
-		"-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0",
+		"-netdev", netdev, "-device", "virtio-net-pci,netdev=n0",
 	}
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", append(args, extra...)...)
 	var out bytes.Buffer
@@ -176,19 +214,41 @@ func checkPID1(t *testing.T, console string, modules []string) {
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-func selfSignedPEM(t *testing.T) []byte {
+func newCA(t *testing.T) (*x509.Certificate, *ecdsa.PrivateKey) {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "pid1 test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, k
+}
+
+func serverCert(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, ip net.IP) tls.Certificate {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: ip.String()},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{ip}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der, ca.Raw}, PrivateKey: k}
 }

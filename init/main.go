@@ -18,7 +18,8 @@
 //	init tpm info|ek|clear-vault   the TPM developer CLI (init/tpmcli)
 //
 // Self-test mode (patela.selftest=pid1 on the kernel command line) needs no
-// config server and no TPM: it runs the phases up to DHCP, then checks the
+// TPM, and a config server only if the clock is wrong: it runs the phases
+// up to DHCP and the clock check, then checks the
 // reaper (a child that leaves an orphan behind: the child's status goes to
 // its owner, the orphan is reaped by PID 1), then has a child send SIGTERM
 // to its parent, the agent, and the normal power-off path ends the machine. It exists for
@@ -140,10 +141,10 @@ func (a *agent) boot() {
 	a.phase("entropy", func() error { return pid1.WaitEntropy(ctx, 3*time.Second, a.tpmRandom, a.log) })
 	a.phase("dhcp", func() error { return a.startDHCP(ctx) })
 
+	a.phase("clock", func() error { return a.checkClock(ctx) })
 	if a.cfg.Selftest == "pid1" {
 		a.phase("selftest", a.selftestPID1)
 	} else {
-		a.phase("clock", func() error { return a.checkClock(ctx) })
 		client := a.apiClient()
 		var sess *attest.Session
 		a.phase("tpm", func() (err error) {
@@ -323,15 +324,21 @@ func mgmtInterface(cfg *agentcfg.Config) (string, error) {
 // config server's Date header is used, read over TLS verified without
 // trusting the local clock (see pid1.ServerTime).
 func (a *agent) checkClock(ctx context.Context) error {
-	ca, err := os.ReadFile(a.path(a.cfg.ServerCA))
-	if err != nil {
-		return fmt.Errorf("server CA: %w", err)
+	// A missing CA is reported by the phases that need it; the clock
+	// needs it only when it is wrong.
+	ca, caErr := os.ReadFile(a.path(a.cfg.ServerCA))
+	floor := pid1.Epoch
+	if caErr == nil {
+		floor = pid1.ClockFloor(ca)
 	}
-	floor := pid1.ClockFloor(ca)
 	if now := time.Now(); !now.Before(floor) {
 		a.log.Info("clock ok (RTC)", "now", now.UTC().Format(time.RFC3339))
 		return nil
 	}
+	if caErr != nil {
+		return fmt.Errorf("clock %v is before %v and cannot be set from the server: %w", time.Now().UTC(), floor, caErr)
+	}
+	var err error
 	a.log.Warn("clock is before the agent epoch / CA validity; asking the config server", "now", time.Now().UTC(), "floor", floor.UTC())
 	var t time.Time
 	for n := 0; ; n++ {
