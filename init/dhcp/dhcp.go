@@ -67,7 +67,7 @@ type Client struct {
 	lease *Lease
 
 	stop context.CancelFunc
-	done chan struct{}
+	wg   sync.WaitGroup // keep and dhcpv6
 }
 
 // Start brings the interface up, waits for its link, and obtains and
@@ -125,10 +125,10 @@ func Start(ctx context.Context, cfg Config) (*Client, error) {
 		return fail(err)
 	}
 	rctx, cancel := context.WithCancel(context.Background())
-	c.stop, c.done = cancel, make(chan struct{})
-	go c.keep(rctx)
+	c.stop = cancel
+	c.wg.Go(func() { c.keep(rctx) })
 	if cfg.IPv6 {
-		go c.dhcpv6(rctx)
+		c.wg.Go(func() { c.dhcpv6(rctx) })
 	}
 	return c, nil
 }
@@ -145,7 +145,7 @@ func (c *Client) Lease() *Lease {
 func (c *Client) Stop() {
 	if c.stop != nil {
 		c.stop()
-		<-c.done
+		c.wg.Wait()
 	}
 	c.close()
 }
@@ -242,7 +242,6 @@ func (c *Client) request(ctx context.Context) (*Lease, error) {
 // keep renews at T1 (to the server that gave the lease), rebinds at T2
 // (to any server) and, if the lease expires, removes it and starts over.
 func (c *Client) keep(ctx context.Context) {
-	defer close(c.done)
 	for {
 		l := c.Lease()
 		t1 := l.Acquired.Add(l.T1)
