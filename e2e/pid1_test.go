@@ -186,6 +186,7 @@ func checkPID1(t *testing.T, console string, modules []string) {
 	}
 	for _, re := range []string{
 		`msg=timeline phase=mount start=\S+ took=\S+`,
+		`selftest: every filesystem mounted`,
 		`msg=timeline phase=modules `,
 		`msg=timeline phase=entropy `,
 		// restrict=on: slirp leases an address but names no router or DNS.

@@ -465,6 +465,16 @@ func (a *agent) selftestPID1() error {
 	if err != nil {
 		return err
 	}
+	if pid1.IsPID1() {
+		mounts, err := os.ReadFile("/proc/self/mounts")
+		if err != nil {
+			return err
+		}
+		if missing := pid1.Missing(mounts); len(missing) > 0 {
+			return fmt.Errorf("not mounted: %s", strings.Join(missing, ", "))
+		}
+		a.log.Info("selftest: every filesystem mounted")
+	}
 	// Drain orphans reaped so far (none expected).
 	for len(a.reaped) > 0 {
 		<-a.reaped

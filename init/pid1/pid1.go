@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -93,6 +94,24 @@ func Mount(root string, log *slog.Logger) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Missing lists the filesystems Mount mounts that mounts (the contents of
+// /proc/self/mounts) does not show, as "fstype on target".
+func Missing(mountsFile []byte) []string {
+	have := map[string]bool{}
+	for _, line := range strings.Split(string(mountsFile), "\n") {
+		if f := strings.Fields(line); len(f) >= 3 {
+			have[f[2]+" on "+f[1]] = true
+		}
+	}
+	var out []string
+	for _, m := range mounts {
+		if k := m.fstype + " on " + m.target; !have[k] {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // Action is what a signal asks of the machine.

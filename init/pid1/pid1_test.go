@@ -132,3 +132,17 @@ func TestServerTime(t *testing.T) {
 		t.Errorf("wrong CA: err = %v", err)
 	}
 }
+
+func TestMissing(t *testing.T) {
+	all := ""
+	for _, m := range mounts {
+		all += m.source + " " + m.target + " " + m.fstype + " rw 0 0\n"
+	}
+	if got := Missing([]byte(all)); len(got) != 0 {
+		t.Errorf("missing %v from a full table", got)
+	}
+	got := Missing([]byte("proc /proc proc rw 0 0\n"))
+	if len(got) != len(mounts)-1 || !strings.Contains(strings.Join(got, ","), "devtmpfs on /dev") {
+		t.Errorf("missing = %v", got)
+	}
+}
