@@ -95,11 +95,13 @@ type agent struct {
 
 	resolv *resolv.File
 
-	tpm   transport.TPMCloser
-	dhcp  *dhcp.Client
-	net   *netcfg.Manager
-	loop  *reconcile.Loop
-	token string
+	tpm      transport.TPMCloser
+	dhcp     *dhcp.Client
+	net      *netcfg.Manager
+	loop     *reconcile.Loop
+	stopLoop context.CancelFunc
+	loopDone chan struct{}
+	token    string
 }
 
 // boot runs the whole life of the machine and never returns.
@@ -192,8 +194,11 @@ func (a *agent) boot() {
 					Accounts: tor.Files{Root: a.path("/")},
 				},
 			})
+			lctx, stop := context.WithCancel(ctx)
+			a.stopLoop, a.loopDone = stop, make(chan struct{})
 			go func() {
-				if err := a.loop.Run(ctx); err != nil && ctx.Err() == nil {
+				defer close(a.loopDone)
+				if err := a.loop.Run(lctx); err != nil && lctx.Err() == nil {
 					// Run returns early only for a setup error.
 					pid1.Fatal(fmt.Errorf("reconcile: %w", err), a.delay, a.actions, a.log)
 				}
@@ -426,6 +431,14 @@ func (a *agent) shutdown(act pid1.Action) {
 	a.log.Info("shutting down", "action", act)
 	start := pid1.Uptime()
 	if a.loop != nil {
+		// No reconcile round may run (and re-apply the network) while
+		// the machine goes down.
+		a.stopLoop()
+		select {
+		case <-a.loopDone:
+		case <-time.After(30 * time.Second):
+			a.log.Warn("reconcile loop did not stop in 30 s; shutting down anyway")
+		}
 		// tor's SIGINT exit takes up to ShutdownWaitLength (30 s by default);
 		// the supervisor escalates to SIGKILL itself, this bounds the rest.
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)

@@ -29,6 +29,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -73,6 +74,7 @@ type Options struct {
 // as the kernel state it describes); rules, routes and the nftables table
 // are read back from the kernel.
 type Manager struct {
+	mu    sync.Mutex // one Apply or Teardown at a time
 	opts  Options
 	nl    *netlink.Handle
 	log   *slog.Logger
@@ -236,6 +238,8 @@ func (m *Manager) Apply(ctx context.Context, want Relays) error {
 	if err != nil {
 		return fmt.Errorf("netcfg: %w", err)
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -276,6 +280,8 @@ func (m *Manager) Apply(ctx context.Context, want Relays) error {
 // routes, the nftables table and the relay addresses. The management side
 // stays as it is, so the next boot (or a reboot after this) starts clean.
 func (m *Manager) Teardown() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	var errs []error
 	if err := m.syncNft(nil, &plan{}, false); err != nil {
 		errs = append(errs, fmt.Errorf("nftables: %w", err))
