@@ -6,6 +6,7 @@ package alloc
 import (
 	"net/netip"
 	"strconv"
+	"strings"
 )
 
 // FirstUID is the uid of a node's first relay; relay i gets FirstUID+i.
@@ -57,6 +58,25 @@ func Name(i int) string {
 	return c
 }
 
+// NameIndex inverts Name: the index of a candidate name, if it is one.
+func NameIndex(name string) (int, bool) {
+	for ci, c := range Cheeses {
+		rest, ok := strings.CutPrefix(name, c)
+		if !ok {
+			continue
+		}
+		if rest == "" {
+			return ci, true
+		}
+		r, err := strconv.Atoi(rest)
+		if err != nil || r < 2 || strconv.Itoa(r) != rest {
+			continue // another cheese with this one as its prefix
+		}
+		return (r-1)*len(Cheeses) + ci, true
+	}
+	return 0, false
+}
+
 // FreeName returns the first candidate name not in used.
 func FreeName(used map[string]bool) string {
 	for i := 0; ; i++ {
@@ -79,8 +99,18 @@ func FreeIndex(used map[int]bool) int {
 // address, the gateway, the IPv4 broadcast, or in used. ok is false when the
 // pool is full.
 func FreeAddr(pool netip.Prefix, gateway netip.Addr, used map[netip.Addr]bool) (netip.Addr, bool) {
+	return FreeAddrFrom(pool, gateway, used, pool.Masked().Addr())
+}
+
+// FreeAddrFrom is FreeAddr starting the search at from (the caller knows
+// everything below it is taken).
+func FreeAddrFrom(pool netip.Prefix, gateway netip.Addr, used map[netip.Addr]bool, from netip.Addr) (netip.Addr, bool) {
 	pool = pool.Masked()
-	for a := pool.Addr().Next(); a.IsValid() && pool.Contains(a); a = a.Next() {
+	start := pool.Addr().Next()
+	if pool.Contains(from) && start.Less(from) {
+		start = from
+	}
+	for a := start; a.IsValid() && pool.Contains(a); a = a.Next() {
 		if a == gateway || used[a] {
 			continue
 		}

@@ -71,3 +71,16 @@ func TestFreeAddr(t *testing.T) {
 		t.Error("Size")
 	}
 }
+
+func TestNameIndex(t *testing.T) {
+	for i := 0; i < 10*len(Cheeses); i++ {
+		if j, ok := NameIndex(Name(i)); !ok || j != i {
+			t.Fatalf("NameIndex(Name(%d) = %q) = %d, %v", i, Name(i), j, ok)
+		}
+	}
+	for _, n := range []string{"", "gouda", "murazzano1", "murazzano02", "toma-2", "bra2x"} {
+		if i, ok := NameIndex(n); ok {
+			t.Errorf("NameIndex(%q) = %d", n, i)
+		}
+	}
+}

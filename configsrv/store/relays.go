@@ -259,9 +259,15 @@ func (s *Store) Allocate(ctx context.Context, nodeID int64, sp *api.Specs, now t
 		}
 		eff := settings.Resolve(g, n)
 		after = alloc.RelayCount(sp.CPUs, sp.MemoryBytes, eff.RelayMemoryMB, eff.MaxRelays)
-		return resize(ctx, tx, nodeID, after, now)
+		if err := s.resize(ctx, tx, nodeID, after, now); err != nil {
+			return err
+		}
+		// Our own writes bumped the generation: record where the cached
+		// allocation state now stands, for the next allocation.
+		return tx.QueryRow(`SELECT n FROM config_generation WHERE id = 1`).Scan(&s.alloc.gen)
 	})
 	if err != nil {
+		s.alloc = nil // partly applied to the cache, rolled back in the database
 		return 0, 0, err
 	}
 	return before, after, nil
@@ -270,21 +276,29 @@ func (s *Store) Allocate(ctx context.Context, nodeID int64, sp *api.Specs, now t
 type relayRow struct {
 	id   int64
 	idx  int
-	ipv6 bool
+	name string
+	ipv4 string
+	ipv6 sql.NullString
+	p4   int64
+	p6   sql.NullInt64
 }
 
 // resize makes node nodeID own exactly want relays: it drops those of
 // highest index, gives missing IPv6 addresses when a v6 pool exists, and
 // adds relays with the lowest free index, name and addresses.
-func resize(ctx context.Context, tx *sql.Tx, nodeID int64, want int, now time.Time) error {
-	rows, err := tx.QueryContext(ctx, `SELECT id, idx, ipv6 IS NOT NULL FROM relays WHERE node_id = ? ORDER BY idx`, nodeID)
+func (s *Store) resize(ctx context.Context, tx *sql.Tx, nodeID int64, want int, now time.Time) error {
+	a, err := s.allocState(tx)
+	if err != nil {
+		return err
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT id, idx, name, ipv4, ipv6, ipv4_pool, ipv6_pool FROM relays WHERE node_id = ? ORDER BY idx`, nodeID)
 	if err != nil {
 		return err
 	}
 	var have []relayRow
 	for rows.Next() {
 		var r relayRow
-		if err := rows.Scan(&r.id, &r.idx, &r.ipv6); err != nil {
+		if err := rows.Scan(&r.id, &r.idx, &r.name, &r.ipv4, &r.ipv6, &r.p4, &r.p6); err != nil {
 			rows.Close()
 			return err
 		}
@@ -294,32 +308,30 @@ func resize(ctx context.Context, tx *sql.Tx, nodeID int64, want int, now time.Ti
 	if err := rows.Err(); err != nil {
 		return err
 	}
+	if len(have) == want && (len(a.v6) == 0 || allHaveV6(have)) {
+		return nil
+	}
+	if err := a.load(ctx, tx); err != nil {
+		return err
+	}
 	for len(have) > want {
 		last := have[len(have)-1]
 		if _, err := tx.Exec(`DELETE FROM relays WHERE id = ?`, last.id); err != nil {
 			return err
 		}
+		a.freeName(last.name)
+		a.freeAddr(last.p4, last.ipv4)
+		if last.ipv6.Valid {
+			a.freeAddr(last.p6.Int64, last.ipv6.String)
+		}
 		have = have[:len(have)-1]
 	}
-	pools, err := poolsQ(ctx, tx)
-	if err != nil {
-		return err
-	}
-	var v4, v6 []Pool
-	for _, p := range pools {
-		if p.Family() == 4 {
-			v4 = append(v4, p)
-		} else {
-			v6 = append(v6, p)
-		}
-	}
-	a := &allocator{tx: tx, ctx: ctx}
-	if len(v6) > 0 {
+	if len(a.v6) > 0 {
 		for _, r := range have {
-			if r.ipv6 {
+			if r.ipv6.Valid {
 				continue
 			}
-			addr, pid, err := a.addr(v6)
+			addr, pid, err := a.addr(a.v6, "IPv6")
 			if err != nil {
 				return err
 			}
@@ -328,30 +340,22 @@ func resize(ctx context.Context, tx *sql.Tx, nodeID int64, want int, now time.Ti
 			}
 		}
 	}
-	if len(have) == want {
-		return nil
-	}
 	usedIdx := map[int]bool{}
 	for _, r := range have {
 		usedIdx[r.idx] = true
 	}
-	names, err := a.names()
-	if err != nil {
-		return err
-	}
 	for i := len(have); i < want; i++ {
 		idx := alloc.FreeIndex(usedIdx)
 		usedIdx[idx] = true
-		name := alloc.FreeName(names)
-		names[name] = true
-		addr4, pid4, err := a.addr(v4)
+		name := a.name()
+		addr4, pid4, err := a.addr(a.v4, "IPv4")
 		if err != nil {
 			return err
 		}
 		var addr6 sql.NullString
 		var pid6 sql.NullInt64
-		if len(v6) > 0 {
-			a6, p6, err := a.addr(v6)
+		if len(a.v6) > 0 {
+			a6, p6, err := a.addr(a.v6, "IPv6")
 			if err != nil {
 				return err
 			}
@@ -367,71 +371,157 @@ func resize(ctx context.Context, tx *sql.Tx, nodeID int64, want int, now time.Ti
 	return nil
 }
 
-// allocator caches, for one transaction, the names and addresses in use.
-type allocator struct {
-	ctx  context.Context
-	tx   *sql.Tx
-	used map[int64]map[netip.Addr]bool // per pool
+func allHaveV6(rs []relayRow) bool {
+	for _, r := range rs {
+		if !r.ipv6.Valid {
+			return false
+		}
+	}
+	return true
 }
 
-func (a *allocator) names() (map[string]bool, error) {
-	rows, err := a.tx.QueryContext(a.ctx, `SELECT name FROM relays`)
+// allocState is what allocation needs to know of the whole fleet: names
+// and addresses in use, with hints below which everything is taken. It is
+// loaded once and then kept in step with this process's own allocations;
+// the config generation (bumped by triggers on every relay or pool change,
+// by any process) says when it is stale. Only used under s.wmu, inside a
+// write transaction, so no other writer can interleave.
+type allocState struct {
+	gen    int64 // generation after the last commit it reflects; -1: invalid
+	v4, v6 []Pool
+	loaded bool
+	names  map[string]bool
+	hint   int // every name index below hint is in use
+	pools  map[int64]*poolUse
+}
+
+type poolUse struct {
+	used map[netip.Addr]bool
+	hint netip.Addr // every address of the pool below hint is in use or reserved
+}
+
+// allocState returns the cached state if it matches the database, or a
+// fresh one (pools only; sets are loaded on first need).
+func (s *Store) allocState(tx *sql.Tx) (*allocState, error) {
+	var gen int64
+	if err := tx.QueryRow(`SELECT n FROM config_generation WHERE id = 1`).Scan(&gen); err != nil {
+		return nil, err
+	}
+	if s.alloc != nil && s.alloc.gen == gen {
+		return s.alloc, nil
+	}
+	a := &allocState{gen: gen}
+	rows, err := tx.Query(`SELECT id, cidr, gateway FROM pools ORDER BY id`)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	m := map[string]bool{}
 	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
+		var p Pool
+		var c, g string
+		if err := rows.Scan(&p.ID, &c, &g); err != nil {
 			return nil, err
 		}
-		m[n] = true
+		if p.CIDR, err = netip.ParsePrefix(c); err != nil {
+			return nil, err
+		}
+		if p.Gateway, err = netip.ParseAddr(g); err != nil {
+			return nil, err
+		}
+		if p.Family() == 4 {
+			a.v4 = append(a.v4, p)
+		} else {
+			a.v6 = append(a.v6, p)
+		}
 	}
-	return m, rows.Err()
+	s.alloc = a
+	return a, rows.Err()
+}
+
+// load reads the names and addresses in use, once.
+func (a *allocState) load(ctx context.Context, tx *sql.Tx) error {
+	if a.loaded {
+		return nil
+	}
+	a.names = map[string]bool{}
+	a.pools = map[int64]*poolUse{}
+	for _, p := range append(append([]Pool(nil), a.v4...), a.v6...) {
+		a.pools[p.ID] = &poolUse{used: map[netip.Addr]bool{}, hint: p.CIDR.Masked().Addr()}
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT name, ipv4, ipv4_pool, ipv6, ipv6_pool FROM relays`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name, v4 string
+		var p4 int64
+		var v6 sql.NullString
+		var p6 sql.NullInt64
+		if err := rows.Scan(&name, &v4, &p4, &v6, &p6); err != nil {
+			return err
+		}
+		a.names[name] = true
+		a.use(p4, v4)
+		if v6.Valid {
+			a.use(p6.Int64, v6.String)
+		}
+	}
+	a.loaded = true
+	return rows.Err()
+}
+
+func (a *allocState) use(pool int64, addr string) {
+	if pu, ok := a.pools[pool]; ok {
+		if ad, err := netip.ParseAddr(addr); err == nil {
+			pu.used[ad] = true
+		}
+	}
+}
+
+func (a *allocState) name() string {
+	for ; ; a.hint++ {
+		if n := alloc.Name(a.hint); !a.names[n] {
+			a.names[n] = true
+			a.hint++
+			return n
+		}
+	}
+}
+
+func (a *allocState) freeName(n string) {
+	delete(a.names, n)
+	if i, ok := alloc.NameIndex(n); ok && i < a.hint {
+		a.hint = i
+	}
+}
+
+func (a *allocState) freeAddr(pool int64, addr string) {
+	pu, ok := a.pools[pool]
+	if !ok {
+		return
+	}
+	if ad, err := netip.ParseAddr(addr); err == nil {
+		delete(pu.used, ad)
+		if ad.Less(pu.hint) {
+			pu.hint = ad
+		}
+	}
 }
 
 // addr takes the lowest free address of the first pool (by id) that has one.
-func (a *allocator) addr(pools []Pool) (netip.Addr, int64, error) {
+func (a *allocState) addr(pools []Pool, family string) (netip.Addr, int64, error) {
 	if len(pools) == 0 {
-		return netip.Addr{}, 0, fmt.Errorf("no IPv4 pool: %w (add one with `configsrv pool add CIDR --gateway IP`)", ErrExhausted)
-	}
-	if a.used == nil {
-		a.used = map[int64]map[netip.Addr]bool{}
+		return netip.Addr{}, 0, fmt.Errorf("no %s pool: %w (add one with `configsrv pool add CIDR --gateway IP`)", family, ErrExhausted)
 	}
 	for _, p := range pools {
-		used, ok := a.used[p.ID]
-		if !ok {
-			used = map[netip.Addr]bool{}
-			col := "ipv4"
-			if p.Family() == 6 {
-				col = "ipv6"
-			}
-			rows, err := a.tx.QueryContext(a.ctx, `SELECT `+col+` FROM relays WHERE `+col+`_pool = ?`, p.ID)
-			if err != nil {
-				return netip.Addr{}, 0, err
-			}
-			for rows.Next() {
-				var s string
-				if err := rows.Scan(&s); err != nil {
-					rows.Close()
-					return netip.Addr{}, 0, err
-				}
-				if ad, err := netip.ParseAddr(s); err == nil {
-					used[ad] = true
-				}
-			}
-			rows.Close()
-			a.used[p.ID] = used
-		}
-		if ad, ok := alloc.FreeAddr(p.CIDR, p.Gateway, used); ok {
-			used[ad] = true
+		pu := a.pools[p.ID]
+		if ad, ok := alloc.FreeAddrFrom(p.CIDR, p.Gateway, pu.used, pu.hint); ok {
+			pu.used[ad] = true
+			pu.hint = ad.Next()
 			return ad, p.ID, nil
 		}
+		// Full: the hint stays, as nothing from it on is free either.
 	}
-	fam := "IPv4"
-	if pools[0].Family() == 6 {
-		fam = "IPv6"
-	}
-	return netip.Addr{}, 0, fmt.Errorf("every %s pool is full: %w", fam, ErrExhausted)
+	return netip.Addr{}, 0, fmt.Errorf("every %s pool is full: %w", family, ErrExhausted)
 }

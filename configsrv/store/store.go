@@ -42,7 +42,8 @@ type Store struct {
 	// here hands the lock over at once; contending inside SQLite means
 	// its busy handler, which sleeps in steps of milliseconds. Other
 	// processes (the CLI) still meet the busy timeout.
-	wmu sync.Mutex
+	wmu   sync.Mutex
+	alloc *allocState // guarded by wmu
 }
 
 // Open opens (creating if needed) the database at path and applies any
