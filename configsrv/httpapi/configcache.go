@@ -14,7 +14,7 @@ type configCache struct {
 	m   map[int64][]byte
 }
 
-const maxCachedConfigs = 1 << 17
+const maxCachedConfigs = 1 << 16
 
 func (c *configCache) get(gen, node int64) []byte {
 	c.mu.Lock()
