@@ -1,12 +1,17 @@
 package tor
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -37,8 +42,9 @@ func bootVault(t *testing.T, stateDir string) (*vault.Vault, func()) {
 }
 
 // A new relay's keys, written by tor at its first start, are captured into
-// the TPM vault; after a "reboot" (TPM power cycle, empty tmpfs) they are
-// restored before tor starts, so the relay keeps its identity.
+// the TPM vault, and again when tor rotates its onion keys; after a
+// "reboot" (TPM power cycle, empty tmpfs) they are restored before tor
+// starts, so the relay keeps its identity and its current onion key.
 func TestKeysSurviveReboot(t *testing.T) {
 	needTor(t)
 	swtpmtest.Require(t)
@@ -57,6 +63,40 @@ func TestKeysSurviveReboot(t *testing.T) {
 		first = h.status(t, "golf")
 		return first.Fingerprint != "" && first.Ed25519ID != ""
 	})
+	waitFor(t, "first save", func() bool { return strings.Count(h.logs.String(), "relay keys saved") == 1 })
+
+	// Onion key rotation, the real thing: tor rotates at startup when its
+	// state says the key is older than 28 days.
+	dataDir := filepath.Join(h.root, "state", "golf")
+	stateFile := filepath.Join(dataDir, "state")
+	state, err := os.ReadFile(stateFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().AddDate(0, 0, -40).UTC().Format("2006-01-02 15:04:05")
+	re := regexp.MustCompile(`(?m)^LastRotatedOnionKey .*$`)
+	if re.Match(state) {
+		state = re.ReplaceAll(state, []byte("LastRotatedOnionKey "+old))
+	} else { // tor has not saved it yet
+		state = append(state, "LastRotatedOnionKey "+old+"\n"...)
+	}
+	if err := os.WriteFile(stateFile, state, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ntor := filepath.Join(dataDir, "keys", "secret_onion_key_ntor")
+	before, _ := os.ReadFile(ntor)
+	unix.Kill(first.PID, unix.SIGKILL)
+	waitFor(t, "onion key rotated", func() bool {
+		_, err := os.Stat(ntor + ".old")
+		return err == nil
+	})
+	rotated, _ := os.ReadFile(ntor)
+	if bytes.Equal(rotated, before) {
+		t.Fatal("tor did not rotate its onion key")
+	}
+	// The watcher (not the capture on exit) saves the rotated key.
+	waitFor(t, "rotated key saved", func() bool { return strings.Count(h.logs.String(), "relay keys saved") == 2 })
+
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	h.sup.Shutdown(sctx)
 	cancel()
@@ -84,6 +124,9 @@ func TestKeysSurviveReboot(t *testing.T) {
 	fi, err := os.Stat(filepath.Join(h2.root, "state", "golf", "keys", "secret_id_key"))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("restored secret_id_key: %v %v", fi, err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(h2.root, "state", "golf", "keys", "secret_onion_key_ntor")); !bytes.Equal(got, rotated) {
+		t.Error("the restored onion key is not the rotated one")
 	}
 
 	// Removing the relay forgets its keys for good.

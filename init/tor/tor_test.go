@@ -59,15 +59,20 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// TestLogger returns a logger whose output is printed if t fails.
+// testLogger returns a logger whose output is printed if t fails.
 func testLogger(t testing.TB) *slog.Logger {
-	var buf syncBuffer
+	l, _ := testLog(t)
+	return l
+}
+
+func testLog(t testing.TB) (*slog.Logger, *syncBuffer) {
+	buf := &syncBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Log("supervisor log:\n" + buf.String())
 		}
 	})
-	return slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
 }
 
 // traversableDir is a temporary directory the relay uids can enter.
@@ -84,16 +89,18 @@ func traversableDir(t testing.TB) string {
 type harness struct {
 	sup  *Supervisor
 	root string
+	logs *syncBuffer
 }
 
 func newHarness(t testing.TB, edit func(*Options)) *harness {
 	needTor(t)
 	root := traversableDir(t)
+	log, logs := testLog(t)
 	o := Options{
 		StateDir:    filepath.Join(root, "state"),
 		RunDir:      filepath.Join(root, "run"),
 		Accounts:    Files{Root: root},
-		Log:         testLogger(t),
+		Log:         log,
 		StopTimeout: 10 * time.Second,
 		BackoffMax:  2 * time.Second,
 		KeyPoll:     200 * time.Millisecond,
@@ -110,7 +117,7 @@ func newHarness(t testing.TB, edit func(*Options)) *harness {
 		defer cancel()
 		s.Shutdown(ctx)
 	})
-	return &harness{sup: s, root: root}
+	return &harness{sup: s, root: root, logs: logs}
 }
 
 // serverTorrc is a relay torrc as configsrv resolves it, Debian paths and
