@@ -242,7 +242,9 @@ func addrIn(addr, pool, gw string) (netip.Prefix, netip.Addr, error) {
 // exhaustion nothing changes and the error wraps ErrExhausted. It returns
 // the relay counts before and after.
 func (s *Store) Allocate(ctx context.Context, nodeID int64, sp *api.Specs, now time.Time) (before, after int, err error) {
-	err = s.tx(ctx, func(tx *sql.Tx) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	err = s.txLocked(ctx, func(tx *sql.Tx) error {
 		if err := nodeExists(tx, nodeID); err != nil {
 			return err
 		}

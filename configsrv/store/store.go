@@ -187,6 +187,11 @@ func (s *Store) migrate() error {
 func (s *Store) tx(ctx context.Context, f func(*sql.Tx) error) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	return s.txLocked(ctx, f)
+}
+
+// txLocked is tx for a caller already holding s.wmu.
+func (s *Store) txLocked(ctx context.Context, f func(*sql.Tx) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -196,11 +201,6 @@ func (s *Store) tx(ctx context.Context, f func(*sql.Tx) error) error {
 		return err
 	}
 	return tx.Commit()
-}
-
-// isUnique reports whether err is a UNIQUE constraint violation.
-func isUnique(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
 }
 
 func unix(t time.Time) int64 { return t.Unix() }
