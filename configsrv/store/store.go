@@ -12,7 +12,6 @@ import (
 	"io/fs"
 	"net/url"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
