@@ -141,8 +141,7 @@ func (r *relay) onNotify(pid int, key, value string) {
 func (r *relay) run() {
 	defer close(r.done)
 	defer r.notify.close()
-	var fails []time.Time
-	backoff := r.o.BackoffMin
+	pol := restartPolicy{o: r.o}
 	for {
 		res := r.runOnce()
 		if res.stop != nil {
@@ -154,13 +153,9 @@ func (r *relay) run() {
 			continue
 		}
 		// tor exited on its own (or could not start).
-		now := time.Now()
-		if now.Sub(res.started) >= r.o.StableAfter {
-			fails, backoff = nil, r.o.BackoffMin
-		}
-		fails = append(since(fails, now.Add(-r.o.CrashWindow)), now)
-		if len(fails) >= r.o.CrashLimit {
-			why := fmt.Sprintf("crash loop: %d exits within %s, last: %v", len(fails), r.o.CrashWindow, res.err)
+		delay, n := pol.exited(res.started, time.Now())
+		if delay < 0 {
+			why := fmt.Sprintf("crash loop: %d exits within %s, last: %v", n, r.o.CrashWindow, res.err)
 			r.log.Error("relay failed; not restarting until its configuration changes", "reason", why)
 			r.setState(StateFailed, why)
 			c := <-r.cmds
@@ -170,12 +165,12 @@ func (r *relay) run() {
 				return
 			}
 			c.done <- r.install(c.want)
-			fails, backoff = nil, r.o.BackoffMin
+			pol.reset()
 			continue
 		}
-		r.log.Warn("tor exited; restarting", "err", res.err, "in", backoff)
+		r.log.Warn("tor exited; restarting", "err", res.err, "in", delay)
 		r.setState(StateBackoff, fmt.Sprint(res.err))
-		t := time.NewTimer(backoff)
+		t := time.NewTimer(delay)
 		select {
 		case <-t.C:
 		case c := <-r.cmds:
@@ -187,22 +182,45 @@ func (r *relay) run() {
 			}
 			c.done <- r.install(c.want) // and start it at once
 		}
-		backoff = min(2*backoff, r.o.BackoffMax)
 		r.mu.Lock()
 		r.st.Restarts++
 		r.mu.Unlock()
 	}
 }
 
-// since drops the times before t.
-func since(ts []time.Time, t time.Time) []time.Time {
-	out := ts[:0]
-	for _, x := range ts {
-		if x.After(t) {
-			out = append(out, x)
+// restartPolicy is systemd's Restart=on-failure with a start limit:
+// delays double from BackoffMin to BackoffMax, a run of StableAfter resets
+// them, and CrashLimit exits within CrashWindow mean failed.
+type restartPolicy struct {
+	o     *Options
+	fails []time.Time
+	next  time.Duration
+}
+
+// exited records an exit of a run begun at started and returns the delay
+// before the next start, or -1 when the relay has failed; n is the number
+// of exits within the window.
+func (p *restartPolicy) exited(started, now time.Time) (delay time.Duration, n int) {
+	if p.next == 0 || now.Sub(started) >= p.o.StableAfter {
+		p.reset()
+	}
+	kept := p.fails[:0]
+	for _, t := range p.fails {
+		if now.Sub(t) < p.o.CrashWindow {
+			kept = append(kept, t)
 		}
 	}
-	return out
+	p.fails = append(kept, now)
+	if len(p.fails) >= p.o.CrashLimit {
+		return -1, len(p.fails)
+	}
+	delay = p.next
+	p.next = min(2*p.next, p.o.BackoffMax)
+	return delay, len(p.fails)
+}
+
+func (p *restartPolicy) reset() {
+	p.fails, p.next = nil, p.o.BackoffMin
 }
 
 // runOnce starts tor and supervises it until it exits or a command

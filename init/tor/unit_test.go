@@ -4,8 +4,10 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func regexpMatch(re, s string) bool { return regexp.MustCompile(re).MatchString(s) }
@@ -73,5 +75,43 @@ func TestBuildTorrc(t *testing.T) {
 	}
 	if _, err := buildTorrc([]byte("Bogus 1\n"), "/d", "/c"); err == nil || !strings.Contains(err.Error(), "line 1") {
 		t.Errorf("unknown option: %v", err)
+	}
+}
+
+func TestRestartPolicy(t *testing.T) {
+	o := &Options{BackoffMin: time.Second, BackoffMax: 5 * time.Second, StableAfter: time.Minute,
+		CrashLimit: 5, CrashWindow: 5 * time.Minute}
+	p := restartPolicy{o: o}
+	now := time.Unix(1e9, 0)
+	var got []time.Duration
+	// Four quick crashes: 1, 2, 4, 5 (capped) seconds; the fifth within
+	// the window is a crash loop.
+	for i := 0; i < 5; i++ {
+		d, _ := p.exited(now, now.Add(time.Second))
+		got = append(got, d)
+		now = now.Add(d + time.Second)
+	}
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, -1}
+	if !slices.Equal(got, want) {
+		t.Fatalf("delays %v, want %v", got, want)
+	}
+	// After a config change: counting starts over.
+	p.reset()
+	if d, n := p.exited(now, now.Add(time.Second)); d != time.Second || n != 1 {
+		t.Fatalf("after reset: %v %d", d, n)
+	}
+	// A run longer than StableAfter resets the backoff and the count.
+	p.exited(now, now.Add(time.Second))
+	now = now.Add(10 * time.Second)
+	if d, n := p.exited(now, now.Add(2*time.Minute)); d != time.Second || n != 1 {
+		t.Fatalf("after a stable run: delay %v, %d exits counted", d, n)
+	}
+	// Exits spread wider than the window never add up to a crash loop.
+	p.reset()
+	for i := 0; i < 20; i++ {
+		now = now.Add(2 * time.Minute)
+		if d, _ := p.exited(now.Add(-50*time.Second), now); d < 0 {
+			t.Fatalf("exit %d every 2 min counted as a crash loop", i)
+		}
 	}
 }
