@@ -250,11 +250,13 @@ func TestNodeEndpointAuthTable(t *testing.T) {
 		{"tampered", func() string { return tampered }, 401, api.CodeUnauthorized, nil},
 		{"expired", func() string { return issue(l.auth, a, now.Add(-61*time.Minute)) }, 401, api.CodeUnauthorized, nil},
 		{"removed node", func() string { return issue(l.auth, gone, now) }, 401, api.CodeUnauthorized, nil},
+		// Another node's valid token works, as that node (checked below).
+		{"other node", func() string { return issue(l.auth, b, now) }, 0, "", nil},
 		{"disabled node", func() string { return valid }, 403, api.CodeDisabled, func() { l.st.SetNodeState(ctx, a, store.Disabled) }},
 		{"banned node", func() string { return valid }, 403, api.CodeBanned, func() { l.st.SetNodeState(ctx, a, store.Banned) }},
 		{"valid", func() string { return valid }, 0, "", func() { l.st.SetNodeState(ctx, a, store.Enabled) }},
 	}
-	version := uint64(0)
+	version, otherVersion := uint64(0), uint64(0)
 	for _, c := range cases {
 		if c.setup != nil {
 			c.setup()
@@ -265,6 +267,9 @@ func TestNodeEndpointAuthTable(t *testing.T) {
 			if e.method == "PUT" {
 				version++
 				body = mustJSON(t, api.KeyBundle{Bundle: []byte("ciphertext"), Version: version})
+				if c.name == "other node" {
+					otherVersion = version
+				}
 			}
 			if want == 0 {
 				want = e.ok
@@ -284,8 +289,8 @@ func TestNodeEndpointAuthTable(t *testing.T) {
 	if err != nil || cfg.NodeID != b {
 		t.Fatalf("other node's config: %+v %v", cfg, err)
 	}
-	if _, err := l.client.GetKeys(ctx, tb); !api.IsCode(err, api.CodeNotFound) {
-		t.Fatalf("node b read a key bundle it never stored: %v", err)
+	if kb, err := l.client.GetKeys(ctx, tb); err != nil || kb.Version != otherVersion {
+		t.Fatalf("node b's bundle: %+v %v, want the version it stored (%d)", kb, err, otherVersion)
 	}
 	// Nothing the refused requests carried was stored: a's bundle is the
 	// one the valid PUT stored.
@@ -293,8 +298,10 @@ func TestNodeEndpointAuthTable(t *testing.T) {
 	if err != nil || kb.Version != version {
 		t.Fatalf("bundle of a: %+v %v (want version %d)", kb, err, version)
 	}
-	if n := countRows(t, l.st, "relays WHERE node_id = "+strconv.FormatInt(a, 10)); n != 1 {
-		t.Errorf("node a has %d relays, want 1 from the one valid specs call", n)
+	for _, id := range []int64{a, b} {
+		if n := countRows(t, l.st, "relays WHERE node_id = "+strconv.FormatInt(id, 10)); n != 1 {
+			t.Errorf("node %d has %d relays, want 1 from its one accepted specs call", id, n)
+		}
 	}
 }
 
