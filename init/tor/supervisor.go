@@ -41,7 +41,7 @@ type Options struct {
 	Log      *slog.Logger
 
 	StopTimeout   time.Duration // SIGINT to SIGKILL; default 60 s (Debian's TimeoutStopSec)
-	BackoffMin    time.Duration // first restart delay; default 1 s
+	BackoffMin    time.Duration // first restart delay; at least (and default) 1 s
 	BackoffMax    time.Duration // default 60 s
 	StableAfter   time.Duration // a run this long resets the backoff; default 5 min
 	CrashLimit    int           // this many exits within CrashWindow: failed; default 5
@@ -74,7 +74,7 @@ func (o *Options) defaults() error {
 		}
 	}
 	dur(&o.StopTimeout, 60*time.Second)
-	dur(&o.BackoffMin, time.Second)
+	o.BackoffMin = max(o.BackoffMin, time.Second) // never restart faster than 1 s
 	dur(&o.BackoffMax, 60*time.Second)
 	dur(&o.StableAfter, 5*time.Minute)
 	dur(&o.CrashWindow, 5*time.Minute)
