@@ -42,6 +42,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -95,16 +96,21 @@ type agent struct {
 
 	resolv *resolv.File
 
-	tpm      transport.TPMCloser
+	tpm   transport.TPMCloser
+	token string
+
+	mu       sync.Mutex // the fields below, set by the boot goroutine
 	dhcp     *dhcp.Client
 	net      *netcfg.Manager
 	loop     *reconcile.Loop
-	stopLoop context.CancelFunc
 	loopDone chan struct{}
-	token    string
 }
 
-// boot runs the whole life of the machine and never returns.
+// boot runs the whole life of the machine and never returns. The boot
+// phases and the reconcile loop run in their own goroutine; this one owns
+// the end: a power-off or reboot request (even in the middle of the boot,
+// say while waiting for an administrator to enable the node) or a fatal
+// error. Only this goroutine halts the machine.
 func (a *agent) boot() {
 	a.delay = 30 * time.Second
 	defer func() {
@@ -118,38 +124,96 @@ func (a *agent) boot() {
 	a.log.Info("patela agent starting", "pid", os.Getpid(), "root", a.root, "go", runtime.Version())
 
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	a.phase("mount", func() error { return pid1.Mount(a.root, a.log) })
-	// One reaper for every child, started once /proc is there.
-	a.reaped = make(chan int, 16)
-	go reaper.Loop(ctx, func(pid int) {
-		a.log.Debug("reaped orphan", "pid", pid)
-		select {
-		case a.reaped <- pid:
-		default:
-		}
-	})
-	a.phase("config", a.loadConfig)
-	if slices.Contains(a.cfg.Debug, "shell") {
-		go func() {
-			if err := debugshell.Run(ctx, a.log, debugshell.Shell, debugshell.Console); err != nil && ctx.Err() == nil {
-				a.log.Warn("debug shell", "err", err)
+	bootDone := make(chan struct{})
+	failed := make(chan error, 2)
+	go func() {
+		defer close(bootDone)
+		defer func() {
+			if r := recover(); r != nil {
+				failed <- fmt.Errorf("panic: %v\n%s", r, debug.Stack())
 			}
 		}()
+		if err := a.start(ctx, failed); err != nil {
+			failed <- err
+		}
+	}()
+	select {
+	case act := <-a.actions:
+		// Interrupt whatever phase is running; it ends on ctx.
+		cancel()
+		select {
+		case <-bootDone:
+		case <-time.After(10 * time.Second):
+			a.log.Warn("boot phase did not stop in 10 s; shutting down anyway")
+		}
+		a.shutdown(act)
+	case err := <-failed:
+		pid1.Fatal(err, a.delay, a.actions, a.log)
 	}
-	a.phase("modules", a.loadModules)
-	a.phase("etc", func() error { return pid1.WriteEtc(a.root, hostname()) })
-	a.resolv = &resolv.File{Path: a.path("/etc/resolv.conf")}
-	a.phase("entropy", func() error { return pid1.WaitEntropy(ctx, 3*time.Second, a.tpmRandom, a.log) })
-	a.phase("dhcp", func() error { return a.startDHCP(ctx) })
+}
 
-	a.phase("clock", func() error { return a.checkClock(ctx) })
+// start runs the boot phases and starts the reconcile loop, whose setup
+// error, if any, arrives later on failed.
+func (a *agent) start(ctx context.Context, failed chan<- error) error {
+	phases := []struct {
+		name string
+		fn   func() error
+	}{
+		{"mount", func() error { return pid1.Mount(a.root, a.log) }},
+		{"reaper", func() error {
+			// One reaper for every child, once /proc is there.
+			a.reaped = make(chan int, 16)
+			go reaper.Loop(context.Background(), func(pid int) {
+				a.log.Debug("reaped orphan", "pid", pid)
+				select {
+				case a.reaped <- pid:
+				default:
+				}
+			})
+			return nil
+		}},
+		{"config", a.loadConfig},
+		{"modules", a.loadModules},
+		{"etc", func() error {
+			a.resolv = &resolv.File{Path: a.path("/etc/resolv.conf")}
+			return pid1.WriteEtc(a.root, hostname())
+		}},
+		{"entropy", func() error { return pid1.WaitEntropy(ctx, 3*time.Second, a.tpmRandom, a.log) }},
+		{"dhcp", func() error { return a.startDHCP(ctx) }},
+		{"clock", func() error { return a.checkClock(ctx) }},
+	}
+	for _, p := range phases {
+		if err := a.phase(ctx, p.name, p.fn); err != nil {
+			return err
+		}
+		if p.name == "config" && slices.Contains(a.cfg.Debug, "shell") {
+			go func() {
+				if err := debugshell.Run(context.Background(), a.log, debugshell.Shell, debugshell.Console); err != nil {
+					a.log.Warn("debug shell", "err", err)
+				}
+			}()
+		}
+	}
 	if a.cfg.Selftest == "pid1" {
-		a.phase("selftest", a.selftestPID1)
-	} else {
-		client := a.apiClient()
-		var sess *attest.Session
-		a.phase("tpm", func() (err error) {
+		if err := a.phase(ctx, "selftest", a.selftestPID1); err != nil {
+			return err
+		}
+		a.log.Info("boot complete", "since_boot", pid1.Uptime().Round(time.Millisecond))
+		return nil
+	}
+
+	client, err := a.apiClient()
+	if err != nil {
+		return err
+	}
+	var sess *attest.Session
+	var specs *api.Specs
+	var v *vault.Vault
+	relays := []struct {
+		name string
+		fn   func() error
+	}{
+		{"tpm", func() (err error) {
 			if a.tpm == nil {
 				if a.tpm, err = tpmdev.Open(a.cfg.TPM); err != nil {
 					return err
@@ -157,14 +221,14 @@ func (a *agent) boot() {
 			}
 			sess, err = attest.NewSession(a.tpm, client, a.log)
 			return err
-		})
-		a.phase("attest", func() (err error) {
+		}},
+		{"attest", func() (err error) {
 			a.token, err = sess.Token(ctx)
 			return err
-		})
-		specs, err := readSpecs(a.path("/proc"))
-		a.phase("specs", func() error {
-			if err != nil {
+		}},
+		{"specs", func() error {
+			var err error
+			if specs, err = readSpecs(a.path("/proc")); err != nil {
 				return err
 			}
 			r, err := client.Specs(ctx, a.token, specs)
@@ -172,21 +236,21 @@ func (a *agent) boot() {
 				a.log.Info("specs sent", "cpus", specs.CPUs, "memory", specs.MemoryBytes, "relays", r.RelayCount)
 			}
 			return err
-		})
-		var v *vault.Vault
-		a.phase("vault", func() (err error) {
+		}},
+		{"vault", func() (err error) {
 			v, err = vault.Open(ctx, a.tpm, vault.Options{
 				EKName: sess.EKName(), PCRs: a.cfg.PCRs, Log: a.log,
 				Mirror: vault.ServerMirror{Client: client, Tokens: sess},
 			})
 			return err
-		})
-		a.phase("reconcile", func() (err error) {
-			if a.net, err = netcfg.New(netcfg.Options{Log: a.log}); err != nil {
+		}},
+		{"reconcile", func() error {
+			n, err := netcfg.New(netcfg.Options{Log: a.log})
+			if err != nil {
 				return err
 			}
-			a.loop = reconcile.New(reconcile.Config{
-				Client: client, Tokens: sess, Network: relayNetwork{a.net, a.resolv}, Keys: v, Log: a.log, Specs: specs,
+			loop := reconcile.New(reconcile.Config{
+				Client: client, Tokens: sess, Network: relayNetwork{n, a.resolv}, Keys: v, Log: a.log, Specs: specs,
 				Tor: tor.Options{
 					Tor:      "/usr/bin/tor",
 					StateDir: a.path(pid1.StateDir),
@@ -194,28 +258,42 @@ func (a *agent) boot() {
 					Accounts: tor.Files{Root: a.path("/")},
 				},
 			})
-			lctx, stop := context.WithCancel(ctx)
-			a.stopLoop, a.loopDone = stop, make(chan struct{})
+			done := make(chan struct{})
+			a.mu.Lock()
+			a.net, a.loop, a.loopDone = n, loop, done
+			a.mu.Unlock()
 			go func() {
-				defer close(a.loopDone)
-				if err := a.loop.Run(lctx); err != nil && lctx.Err() == nil {
-					// Run returns early only for a setup error.
-					pid1.Fatal(fmt.Errorf("reconcile: %w", err), a.delay, a.actions, a.log)
+				defer close(done)
+				// Run returns early only for a setup error; otherwise when
+				// ctx ends at shutdown.
+				if err := loop.Run(ctx); err != nil && ctx.Err() == nil {
+					failed <- fmt.Errorf("reconcile: %w", err)
 				}
 			}()
 			return nil
-		})
+		}},
+	}
+	for _, p := range relays {
+		if err := a.phase(ctx, p.name, p.fn); err != nil {
+			return err
+		}
 	}
 	a.log.Info("boot complete", "since_boot", pid1.Uptime().Round(time.Millisecond))
-	act := <-a.actions
-	a.shutdown(act)
+	return nil
 }
 
-// phase runs one boot phase on the timeline; its failure is fatal.
-func (a *agent) phase(name string, fn func() error) {
-	if err := a.tl.Run(name, fn); err != nil {
-		pid1.Fatal(fmt.Errorf("%s: %w", name, err), a.delay, a.actions, a.log)
+// phase runs one boot phase on the timeline. Its error is fatal, unless a
+// shutdown interrupted it.
+func (a *agent) phase(ctx context.Context, name string, fn func() error) error {
+	err := a.tl.Run(name, fn)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		a.log.Info("boot phase interrupted by shutdown", "phase", name)
+		runtime.Goexit() // the boot goroutine ends here; boot() halts
 	}
+	return fmt.Errorf("%s: %w", name, err)
 }
 
 // path resolves a path of the running system under --root.
@@ -282,13 +360,19 @@ func (a *agent) startDHCP(ctx context.Context) error {
 		}
 		ifname, err = mgmtInterface(a.cfg)
 	}
-	a.dhcp, err = dhcp.Start(dctx, dhcp.Config{
+	d, err := dhcp.Start(dctx, dhcp.Config{
 		Interface: ifname,
 		Resolv:    a.resolv,
 		IPv6:      true,
 		Log:       a.log,
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.dhcp = d
+	a.mu.Unlock()
+	return nil
 }
 
 // mgmtInterface picks the management NIC: by name, by MAC, or the first
@@ -360,16 +444,12 @@ func (a *agent) checkClock(ctx context.Context) error {
 	return pid1.SetClock(t, a.log)
 }
 
-func (a *agent) apiClient() *api.Client {
+func (a *agent) apiClient() (*api.Client, error) {
 	ca, err := os.ReadFile(a.path(a.cfg.ServerCA))
 	if err != nil {
-		pid1.Fatal(fmt.Errorf("server CA: %w", err), a.delay, a.actions, a.log)
+		return nil, fmt.Errorf("server CA: %w", err)
 	}
-	c, err := api.NewClient(a.cfg.ServerURL, ca)
-	if err != nil {
-		pid1.Fatal(err, a.delay, a.actions, a.log)
-	}
-	return c
+	return api.NewClient(a.cfg.ServerURL, ca)
 }
 
 // relayNetwork applies the node's network: the relay side through netcfg,
@@ -430,31 +510,33 @@ func readSpecs(proc string) (*api.Specs, error) {
 func (a *agent) shutdown(act pid1.Action) {
 	a.log.Info("shutting down", "action", act)
 	start := pid1.Uptime()
-	if a.loop != nil {
-		// No reconcile round may run (and re-apply the network) while
-		// the machine goes down.
-		a.stopLoop()
+	a.mu.Lock()
+	loop, n, loopDone := a.loop, a.net, a.loopDone
+	a.mu.Unlock()
+	if loop != nil {
+		// boot() has cancelled the loop's context: no reconcile round may
+		// run (and re-apply the network) while the machine goes down.
 		select {
-		case <-a.loopDone:
+		case <-loopDone:
 		case <-time.After(30 * time.Second):
 			a.log.Warn("reconcile loop did not stop in 30 s; shutting down anyway")
 		}
 		// tor's SIGINT exit takes up to ShutdownWaitLength (30 s by default);
 		// the supervisor escalates to SIGKILL itself, this bounds the rest.
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-		a.loop.Shutdown(ctx)
+		loop.Shutdown(ctx)
 		cancel()
 	}
-	if a.net != nil {
-		if err := a.net.Teardown(); err != nil {
+	if n != nil {
+		if err := n.Teardown(); err != nil {
 			a.log.Warn("relay network teardown", "err", err)
 		}
 	}
-	if a.dhcp != nil {
-		a.dhcp.Stop() // nothing released: the next boot asks for the same lease
-	}
-	if a.tpm != nil {
-		a.tpm.Close()
+	a.mu.Lock()
+	d := a.dhcp
+	a.mu.Unlock()
+	if d != nil {
+		d.Stop() // nothing released: the next boot asks for the same lease
 	}
 	a.log.Info("timeline", "phase", "shutdown", "start", start.Round(10*time.Millisecond), "took", (pid1.Uptime() - start).Round(time.Millisecond))
 	pid1.Halt(act, a.log)

@@ -117,6 +117,54 @@ func TestFatalConfigOnHost(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "--root", root, "--cmdline", cmdline)
+	out := runUntil(t, cmd, "rebooting in")
+	if code := cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit %d, want 0 (power off during the reboot delay)", code)
+	}
+	for _, want := range []string{`FATAL: config: agent config`, `unknown key \"sever_url\"`, `patela: rebooting in 30s`, `action="power off"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("console lacks %s:\n%s", want, out)
+		}
+	}
+}
+
+// TestPowerOffDuringBoot: a machine stuck in a boot phase (here DHCP, with
+// no server on the link) still powers off at once on SIGTERM.
+func TestPowerOffDuringBoot(t *testing.T) {
+	cli, srv := netnstest.New(t), netnstest.New(t)
+	netnstest.Veth(t, cli, "eth0", srv, "srv0")
+	dir := t.TempDir()
+	bin := buildAgent(t, dir)
+	root := filepath.Join(dir, "root")
+	os.MkdirAll(filepath.Join(root, "etc/patela"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/patela/agent.json"), []byte(`{"server_url":"https://192.0.2.10","mgmt_interface":"eth0"}`), 0o644)
+	cmdline := filepath.Join(dir, "cmdline")
+	os.WriteFile(cmdline, []byte("console=ttyS0\n"), 0o644)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", cli.Name, bin, "--root", root, "--cmdline", cmdline)
+	console := runUntil(t, cmd, "DHCP: requesting a lease")
+	if code := cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit %d, want 0 (power off)", code)
+	}
+	for _, want := range []string{`boot phase interrupted by shutdown" phase=dhcp`, `signal: power off requested`, `not PID 1: exiting instead" action="power off"`} {
+		if !strings.Contains(console, want) {
+			t.Errorf("console lacks %s", want)
+		}
+	}
+	if strings.Contains(console, "FATAL") {
+		t.Error("an interrupted phase was reported as fatal")
+	}
+	if t.Failed() {
+		t.Logf("console:\n%s", console)
+	}
+}
+
+// runUntil starts cmd, sends it SIGTERM once its output contains marker,
+// waits for it and returns the output.
+func runUntil(t *testing.T, cmd *exec.Cmd, marker string) string {
+	t.Helper()
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +175,7 @@ func TestFatalConfigOnHost(t *testing.T) {
 	}
 	pw.Close()
 	var console bytes.Buffer
-	fatal, done := make(chan struct{}), make(chan struct{})
+	seen, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
 		buf := make([]byte, 4096)
@@ -135,9 +183,9 @@ func TestFatalConfigOnHost(t *testing.T) {
 		for {
 			n, err := pr.Read(buf)
 			console.Write(buf[:n])
-			if !signalled && strings.Contains(console.String(), "rebooting in") {
+			if !signalled && strings.Contains(console.String(), marker) {
 				signalled = true
-				close(fatal)
+				close(seen)
 			}
 			if err != nil {
 				return
@@ -145,20 +193,11 @@ func TestFatalConfigOnHost(t *testing.T) {
 		}
 	}()
 	select {
-	case <-fatal:
-	case <-ctx.Done():
-		t.Fatalf("no fatal error reported")
+	case <-seen:
+		cmd.Process.Signal(syscall.SIGTERM)
+	case <-done:
 	}
-	cmd.Process.Signal(syscall.SIGTERM)
 	reaper.Wait(cmd)
 	<-done
-	if code := cmd.ProcessState.ExitCode(); code != 0 {
-		t.Errorf("exit %d, want 0 (power off during the reboot delay)", code)
-	}
-	out := console.String()
-	for _, want := range []string{`FATAL: config: agent config`, `unknown key \"sever_url\"`, `patela: rebooting in 30s`, `action="power off"`} {
-		if !strings.Contains(out, want) {
-			t.Errorf("console lacks %s:\n%s", want, out)
-		}
-	}
+	return console.String()
 }

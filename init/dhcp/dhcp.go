@@ -117,6 +117,7 @@ func Start(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return fail(fmt.Errorf("opening DHCP socket: %w", err))
 	}
+	c.log.Info("DHCP: requesting a lease")
 	l, err := c.obtain(ctx)
 	if err != nil {
 		return fail(err)
