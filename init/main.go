@@ -2,13 +2,16 @@
 //
 // Boot sequence (each phase is timed on the console, see pid1.Timeline):
 //
-//	signals, reaper → mount → config → modules → /etc → entropy → dhcp →
+//	signals → mount → reaper → config → modules → etc → entropy → dhcp →
 //	clock → tpm → attest → specs → vault → reconcile (until a signal) →
-//	shutdown: relays stopped, relay network torn down, sync, reboot(2)
+//	shutdown: reconcile stopped, relays stopped, relay network torn down,
+//	sync, reboot(2)
 //
-// A fatal error anywhere is printed and the machine reboots after a delay
-// (30 s, 5 s under patela.debug); a panic is a fatal error. PID 1 never
-// exits.
+// Signals follow gokrazy and u-root: SIGTERM, SIGUSR2 (and SIGPWR) power
+// off, SIGINT (ctrl-alt-del) and SIGUSR1 reboot, at any time, also in the
+// middle of a boot phase. A fatal error anywhere is printed and the machine
+// reboots after a delay (30 s, 5 s under patela.debug; a power-off request
+// meanwhile is obeyed); a panic is a fatal error. PID 1 never exits.
 //
 // Not PID 1, the same sequence runs as an ordinary process against
 // --root: nothing is mounted, no module is loaded, the clock is not set,
@@ -18,12 +21,13 @@
 //	init tpm info|ek|clear-vault   the TPM developer CLI (init/tpmcli)
 //
 // Self-test mode (patela.selftest=pid1 on the kernel command line) needs no
-// TPM, and a config server only if the clock is wrong: it runs the phases
-// up to DHCP and the clock check, then checks the
-// reaper (a child that leaves an orphan behind: the child's status goes to
-// its owner, the orphan is reaped by PID 1), then has a child send SIGTERM
-// to its parent, the agent, and the normal power-off path ends the machine. It exists for
-// the QEMU test in e2e/pid1_test.go; its console lines start "selftest".
+// TPM, and a config server only if the clock is wrong. It runs the phases
+// up to the clock check, then checks that every filesystem is mounted and
+// the reaper works (a child that leaves an orphan behind: the child's
+// status goes to its owner, the orphan is reaped by PID 1), then has a
+// child send SIGTERM to its parent, the agent, and the normal power-off
+// path ends the machine. It exists for the QEMU test in e2e/pid1_test.go;
+// its console lines start "selftest".
 package main
 
 import (
