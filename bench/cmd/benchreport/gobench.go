@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log"
 	"os"
 	"os/exec"
@@ -81,9 +80,11 @@ func runGoBenchmarks(ctx context.Context, root, benchtime, rawPath string) (*GoB
 		cmd := exec.CommandContext(ctx, "go", "test", "-tags", srvproc.Tags, "-run", "^$", "-bench", ".",
 			"-benchmem", "-benchtime", benchtime, "-count", "1", "-timeout", "30m", pkg)
 		cmd.Dir = root
-		cmd.Stdout = io.MultiWriter(&buf, raw)
-		cmd.Stderr = &buf
+		cmd.Stdout, cmd.Stderr = &buf, &buf
 		err := cmd.Run()
+		if _, werr := raw.Write(buf.Bytes()); werr != nil {
+			return nil, werr
+		}
 		res := parseBench(pkg, buf.Bytes())
 		run.Results = append(run.Results, res...)
 		if err != nil {
