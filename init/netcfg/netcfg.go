@@ -272,6 +272,7 @@ func (m *Manager) Apply(ctx context.Context, want Relays) error {
 	m.last = p
 	if !unchanged {
 		m.log.Info("relay network applied", "interface", p.ifName, "relays", len(p.relays))
+		m.log.Debug("relay network plan", "plan", p)
 	}
 	return nil
 }
