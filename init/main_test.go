@@ -201,3 +201,20 @@ func runUntil(t *testing.T, cmd *exec.Cmd, marker string) string {
 	<-done
 	return console.String()
 }
+
+func TestReadSpecs(t *testing.T) {
+	proc := t.TempDir()
+	os.WriteFile(filepath.Join(proc, "cpuinfo"), []byte("processor\t: 0\nmodel name\t: QEMU Virtual CPU version 2.5+\n\nprocessor\t: 1\nmodel name\t: QEMU Virtual CPU version 2.5+\n"), 0o644)
+	os.WriteFile(filepath.Join(proc, "meminfo"), []byte("MemTotal:        1004960 kB\nMemFree:          900000 kB\n"), 0o644)
+	s, err := readSpecs(proc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.CPUs != 2 || s.MemoryBytes != 1004960*1024 || s.CPUModel != "QEMU Virtual CPU version 2.5+" {
+		t.Errorf("specs %+v", s)
+	}
+	os.WriteFile(filepath.Join(proc, "meminfo"), []byte("MemFree: 1 kB\n"), 0o644)
+	if _, err := readSpecs(proc); err == nil || !strings.Contains(err.Error(), "memory (0)") {
+		t.Errorf("no MemTotal: err = %v", err)
+	}
+}
