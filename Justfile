@@ -29,8 +29,8 @@ lint:
     if [ -n "$bad" ]; then echo "gofmt needed:"; echo "$bad"; exit 1; fi
     {{go}} vet -tags '{{srv_tags}}' ./...
 
-# The test command: lint, then every test (root needed for network namespaces).
-test: lint
+# The test command: lint, then every test incl. the QEMU e2e suite (root: namespaces, QEMU).
+test: lint kernel
     {{go}} test -tags '{{srv_tags}}' -count=1 -timeout 80m ./...
 
 # Regenerate generated code (tor's option table) from the installed tor.
@@ -40,6 +40,25 @@ generate:
 # Fetch Debian bookworm's kernel and the modules the images need into build/kernel (cached).
 kernel:
     ./scripts/kernel.sh
+
+# Build the initramfs from an agent config and the server CA (flags: -debug adds a shell).
+image agent_config ca out="build/initramfs.cpio.gz" *flags: kernel
+    CGO_ENABLED=0 {{go}} run ./initramfs -agent-config '{{agent_config}}' -ca '{{ca}}' -o '{{out}}' {{flags}}
+
+# Create build/patela-os.{zip,json} from build/kernel + the initramfs and sign it (README).
+ospkg key cert url="patela-os.zip" cmdline="console=tty0 console=ttyS0,115200 panic=10 quiet" initramfs="build/initramfs.cpio.gz": kernel
+    CGO_ENABLED=0 {{go}} build -trimpath -o {{bin}}/stimage ./stimage
+    {{bin}}/stimage ospkg create --out build/patela-os --label "patela relay machine" --url '{{url}}' \
+        --kernel build/kernel/vmlinuz --initramfs '{{initramfs}}' --cmdline '{{cmdline}}'
+    {{bin}}/stimage ospkg sign --key '{{key}}' --cert '{{cert}}' --ospkg build/patela-os
+
+# The QEMU + swtpm end-to-end suite alone (a few minutes).
+e2e: kernel
+    {{go}} test -tags '{{srv_tags}}' -count=1 -timeout 30m -v ./e2e/
+
+# Boot a relay machine in QEMU + swtpm against a fresh config server, reboot it (Ctrl-C safe).
+demo: deps kernel
+    {{go}} run ./e2e/cmd/demo
 
 # Benchmark the config server over HTTPS on loopback with 10,000 nodes x 4 relays:
 # attestation handshakes/s and GET /v1/node/config fetches/s, with p99 latency.

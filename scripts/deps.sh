@@ -2,7 +2,7 @@
 # Installs what the tests and the demo need on a Debian bookworm machine
 # that has only Go. Idempotent: packages already present are skipped.
 set -euo pipefail
-pkgs=(tor swtpm swtpm-tools tpm2-tools nftables dnsmasq-base iproute2 qemu-system-x86 cpio xz-utils zstd ca-certificates kmod)
+pkgs=(tor swtpm swtpm-tools tpm2-tools nftables dnsmasq-base iproute2 qemu-system-x86 cpio xz-utils zstd ca-certificates kmod gcc libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
