@@ -76,11 +76,13 @@ func runGoBenchmarks(ctx context.Context, root, benchtime, rawPath string) (*GoB
 	for _, pkg := range pkgs {
 		log.Printf("  go test -bench . %s", pkg)
 		t0 := time.Now()
-		var buf bytes.Buffer
+		// Results are on standard output; helpers (swtpm) write to
+		// standard error, which would split result lines.
+		var buf, errb bytes.Buffer
 		cmd := exec.CommandContext(ctx, "go", "test", "-tags", srvproc.Tags, "-run", "^$", "-bench", ".",
 			"-benchmem", "-benchtime", benchtime, "-count", "1", "-timeout", "30m", pkg)
 		cmd.Dir = root
-		cmd.Stdout, cmd.Stderr = &buf, &buf
+		cmd.Stdout, cmd.Stderr = &buf, &errb
 		err := cmd.Run()
 		if _, werr := raw.Write(buf.Bytes()); werr != nil {
 			return nil, werr
@@ -88,7 +90,7 @@ func runGoBenchmarks(ctx context.Context, root, benchtime, rawPath string) (*GoB
 		res := parseBench(pkg, buf.Bytes())
 		run.Results = append(run.Results, res...)
 		if err != nil {
-			run.Failed = append(run.Failed, fmt.Sprintf("%s: %v: %s", pkg, err, tail(buf.Bytes(), 15)))
+			run.Failed = append(run.Failed, fmt.Sprintf("%s: %v: %s", pkg, err, tail(append(buf.Bytes(), errb.Bytes()...), 15)))
 		}
 		log.Printf("  %s: %d results in %v (err %v)", pkg, len(res), time.Since(t0).Round(time.Second), err)
 	}
@@ -102,15 +104,23 @@ func parseBench(pkg string, out []byte) []Benchmark {
 	var res []Benchmark
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	pending := "" // a name whose results a log line pushed to the next line
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") || len(f)%2 != 0 {
+		if len(f) > 0 && strings.HasPrefix(f[0], "Benchmark") {
+			pending = f[0]
+		}
+		if len(f) > 0 && !strings.HasPrefix(f[0], "Benchmark") && pending != "" {
+			f = append([]string{pending}, f...)
+		}
+		if len(f) < 4 || len(f)%2 != 0 {
 			continue
 		}
 		n, err := strconv.ParseInt(f[1], 10, 64)
 		if err != nil {
 			continue
 		}
+		pending = ""
 		name := f[0]
 		if i := strings.LastIndexByte(name, '-'); i > 0 {
 			if _, err := strconv.Atoi(name[i+1:]); err == nil {

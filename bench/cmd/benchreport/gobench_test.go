@@ -6,9 +6,10 @@ func TestParseBench(t *testing.T) {
 	out := []byte("goos: linux\npkg: patela/init/reconcile\n" +
 		"BenchmarkRound8Relays-2   \t     747\t   1704215 ns/op\t     28752 KiB-rss-8-relays\t  253255 B/op\t    1701 allocs/op\n" +
 		"BenchmarkBoot/first-2 \t 3\t 1.5e+09 ns/op\t 61.00 tpm-cmds/boot\n" +
-		"BenchmarkBroken-2 \t x\t 12 ns/op\n--- FAIL: BenchmarkOther\nPASS\n")
+		"BenchmarkBroken-2 \t x\t 12 ns/op\n--- FAIL: BenchmarkOther\n" +
+		"BenchmarkBoot/later-2 \tswtpm: Data client disconnected\n      30\t  40812073 ns/op\t 29.00 tpm-cmds/boot\nPASS\n")
 	res := parseBench("patela/init/reconcile", out)
-	if len(res) != 2 {
+	if len(res) != 3 {
 		t.Fatalf("%d results: %+v", len(res), res)
 	}
 	r := res[0]
@@ -18,5 +19,8 @@ func TestParseBench(t *testing.T) {
 	}
 	if res[1].Name != "BenchmarkBoot/first" || res[1].Metrics["tpm-cmds/boot"] != 61 || res[1].Metrics["ns/op"] != 1.5e9 {
 		t.Errorf("%+v", res[1])
+	}
+	if res[2].Name != "BenchmarkBoot/later" || res[2].N != 30 || res[2].Metrics["tpm-cmds/boot"] != 29 {
+		t.Errorf("a result pushed to the next line by a log line: %+v", res[2])
 	}
 }

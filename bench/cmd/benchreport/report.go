@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -54,6 +55,8 @@ func firstLine(s string) string {
 
 func num(v float64) string {
 	switch {
+	case v == math.Trunc(v) && math.Abs(v) < 1e15:
+		return strconv.FormatFloat(v, 'f', 0, 64)
 	case v >= 100:
 		return strconv.FormatFloat(v, 'f', 0, 64)
 	case v >= 10:
@@ -116,8 +119,9 @@ func headline(r *Report) []Figure {
 		add("agent boot timeline in QEMU; initramfs and OS package sizes", "not measured: "+r.why("qemu"), "e2e/harness")
 	}
 
-	for _, sub := range []string{"first", "later"} {
-		add("TPM commands per boot ("+sub+" boot: attestation + vault, 8 relays)",
+	for _, sub := range []string{"ecc/first", "ecc/later", "rsa/first", "rsa/later"} {
+		kind, when, _ := strings.Cut(sub, "/")
+		add(fmt.Sprintf("TPM commands per boot (%s boot, %s EK: attestation + vault, 8 relays)", when, strings.ToUpper(kind)),
 			r.metric(pkgVault, "BenchmarkBoot/"+sub, "tpm-cmds/boot", func(v float64) string {
 				return num(v) + " commands, " + r.metric(pkgVault, "BenchmarkBoot/"+sub, "tpm-ms/boot", num) + " ms in the TPM (swtpm)"
 			}), pkgVault+" BenchmarkBoot/"+sub)
