@@ -141,9 +141,19 @@ func TestRelayMachine(t *testing.T) {
 	defer cancel()
 	tpmA := filepath.Join(t.TempDir(), "tpm-a")
 
+	// Other tests may have left nodes behind: only a new one is ours.
+	before, err := m.server.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	known := map[int64]bool{}
+	for _, n := range before {
+		known[n.ID] = true
+	}
+
 	// Boot 1: a machine the server has never seen.
 	vm, tpm := m.boot(t, ctx, tpmA, "boot1")
-	pending, err := m.server.WaitNode(ctx, func(n harness.NodeInfo) bool { return n.State == "pending" })
+	pending, err := m.server.WaitNode(ctx, func(n harness.NodeInfo) bool { return n.State == "pending" && !known[n.ID] })
 	if err != nil {
 		t.Fatalf("%v\n%s", err, vm.Tail(40))
 	}
@@ -190,8 +200,14 @@ func TestRelayMachine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(nodes) != 1 || nodes[0].ID != pending.ID || nodes[0].State != "enabled" {
-		t.Errorf("after the reboot the server has nodes %+v, want only node %d enabled", nodes, pending.ID)
+	var ours []harness.NodeInfo
+	for _, n := range nodes {
+		if !known[n.ID] {
+			ours = append(ours, n)
+		}
+	}
+	if len(ours) != 1 || ours[0].ID != pending.ID || ours[0].State != "enabled" {
+		t.Errorf("after the reboot the server has new nodes %+v, want only node %d, enabled", ours, pending.ID)
 	}
 	if n := len(vm.Find("vault created")); n != 0 {
 		t.Errorf("reboot created a new vault key in the TPM (%d times)", n)
@@ -209,7 +225,7 @@ func TestRelayMachine(t *testing.T) {
 
 	// Boot 3: a fresh TPM is a different machine.
 	vm, _ = m.boot(t, ctx, filepath.Join(t.TempDir(), "tpm-b"), "boot3")
-	fresh, err := m.server.WaitNode(ctx, func(n harness.NodeInfo) bool { return n.State == "pending" && n.ID != pending.ID })
+	fresh, err := m.server.WaitNode(ctx, func(n harness.NodeInfo) bool { return n.State == "pending" && n.ID != pending.ID && !known[n.ID] })
 	if err != nil {
 		t.Fatalf("%v\n%s", err, vm.Tail(40))
 	}
@@ -295,4 +311,36 @@ func TestTamperedPackage(t *testing.T) {
 	if !strings.Contains(err.Error(), "0 valid signature(s), 2 required: REFUSED") {
 		t.Errorf("unexpected refusal: %v", err)
 	}
+}
+
+// TestOSPackageReproducible: creating the OS package again from the same
+// kernel and initramfs gives the same archive bytes, and two unsigned
+// descriptors are equal too.
+func TestOSPackageReproducible(t *testing.T) {
+	m := setup(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	for _, name := range []string{"a", "b"} {
+		if err := m.image.Stimage(ctx, "ospkg", "create", "--out", filepath.Join(dir, name), "--label", "patela relay machine",
+			"--url", "patela-os.zip", "--kernel", m.kernel.Vmlinuz, "--initramfs", m.image.Initramfs, "--cmdline", harness.Cmdline); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(p string) []byte {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	signed := read(m.image.Package + ".zip")
+	for _, p := range []string{"a.zip", "b.zip"} {
+		if !slices.Equal(read(filepath.Join(dir, p)), signed) {
+			t.Errorf("%s differs from the signed package's archive built earlier from the same inputs", p)
+		}
+	}
+	if !slices.Equal(read(filepath.Join(dir, "a.json")), read(filepath.Join(dir, "b.json"))) {
+		t.Error("two unsigned descriptors differ")
+	}
+	t.Logf("OS package archive: %d bytes", len(signed))
 }
