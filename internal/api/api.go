@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
+	"strings"
 	"time"
 )
 
@@ -180,6 +182,58 @@ func Decode(r io.Reader, v any) error {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return errors.New("malformed JSON: data after the value")
+	}
+	// encoding/json matches field names case-insensitively; the protocol
+	// names fields exactly, so "EK_PUBLIC" is an unknown field here.
+	var raw any
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return fmt.Errorf("malformed JSON: %w", err)
+	}
+	return exactFields(raw, reflect.TypeOf(v))
+}
+
+// exactFields checks that every object key in raw is spelled exactly as a
+// json tag of the struct type t describes, recursing into slices and
+// nested structs.
+func exactFields(raw any, t reflect.Type) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch r := raw.(type) {
+	case map[string]any:
+		if t.Kind() != reflect.Struct {
+			return nil
+		}
+		fields := map[string]reflect.Type{}
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name == "-" || !f.IsExported() {
+				continue
+			}
+			if name == "" {
+				name = f.Name
+			}
+			fields[name] = f.Type
+		}
+		for k, v := range r {
+			ft, ok := fields[k]
+			if !ok {
+				return fmt.Errorf("malformed JSON: unknown field %q", k)
+			}
+			if err := exactFields(v, ft); err != nil {
+				return err
+			}
+		}
+	case []any:
+		if t.Kind() != reflect.Slice && t.Kind() != reflect.Array {
+			return nil
+		}
+		for _, e := range r {
+			if err := exactFields(e, t.Elem()); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
