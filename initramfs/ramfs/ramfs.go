@@ -165,6 +165,10 @@ func Build(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 
+	// Inputs are good: only now may the output directory appear.
+	if err := os.MkdirAll(filepath.Dir(o.Out), 0o755); err != nil {
+		return nil, err
+	}
 	tmp, err := os.MkdirTemp(filepath.Dir(o.Out), ".initramfs-")
 	if err != nil {
 		return nil, err
