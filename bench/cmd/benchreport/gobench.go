@@ -30,6 +30,7 @@ type Benchmark struct {
 	N       int64              `json:"n"`
 	Metrics map[string]float64 `json:"metrics"` // unit → value: ns/op, B/op, allocs/op and custom ones
 	Units   []string           `json:"units"`   // in printed order
+	Procs   string             `json:"-"`       // the -GOMAXPROCS suffix
 }
 
 // benchPackages lists the packages holding benchmarks, with them.
@@ -84,10 +85,10 @@ func runGoBenchmarks(ctx context.Context, root, benchtime, rawPath string) (*GoB
 		cmd.Dir = root
 		cmd.Stdout, cmd.Stderr = &buf, &errb
 		err := cmd.Run()
-		if _, werr := raw.Write(buf.Bytes()); werr != nil {
+		res := parseBench(pkg, buf.Bytes())
+		if _, werr := raw.Write(benchstatText(buf.Bytes(), res)); werr != nil {
 			return nil, werr
 		}
-		res := parseBench(pkg, buf.Bytes())
 		run.Results = append(run.Results, res...)
 		if err != nil {
 			run.Failed = append(run.Failed, fmt.Sprintf("%s: %v: %s", pkg, err, tail(append(buf.Bytes(), errb.Bytes()...), 15)))
@@ -121,13 +122,13 @@ func parseBench(pkg string, out []byte) []Benchmark {
 			continue
 		}
 		pending = ""
-		name := f[0]
+		name, procs := f[0], ""
 		if i := strings.LastIndexByte(name, '-'); i > 0 {
 			if _, err := strconv.Atoi(name[i+1:]); err == nil {
-				name = name[:i]
+				name, procs = name[:i], name[i:]
 			}
 		}
-		b := Benchmark{Pkg: pkg, Name: name, N: n, Metrics: map[string]float64{}}
+		b := Benchmark{Pkg: pkg, Name: name, N: n, Metrics: map[string]float64{}, Procs: procs}
 		for i := 2; i+1 < len(f); i += 2 {
 			v, err := strconv.ParseFloat(f[i], 64)
 			if err != nil {
@@ -142,6 +143,28 @@ func parseBench(pkg string, out []byte) []Benchmark {
 		}
 	}
 	return res
+}
+
+// benchstatText is out in the benchmark format benchstat reads: its
+// header lines and the results one per line, without the log lines of
+// helpers that split them.
+func benchstatText(out []byte, res []Benchmark) []byte {
+	var b bytes.Buffer
+	for _, line := range strings.Split(string(out), "\n") {
+		for _, p := range []string{"goos:", "goarch:", "pkg:", "cpu:"} {
+			if strings.HasPrefix(line, p) {
+				b.WriteString(line + "\n")
+			}
+		}
+	}
+	for _, r := range res {
+		fmt.Fprintf(&b, "%s%s\t%d", r.Name, r.Procs, r.N)
+		for _, u := range r.Units {
+			fmt.Fprintf(&b, "\t%s %s", strconv.FormatFloat(r.Metrics[u], 'g', -1, 64), u)
+		}
+		b.WriteString("\n")
+	}
+	return b.Bytes()
 }
 
 // find returns the benchmark pkg.name, if it ran.
