@@ -65,7 +65,7 @@ demo: deps kernel
 bench-configsrv:
     {{go}} test -tags '{{srv_tags}}' -run '^$' -bench . -benchtime 5s -count 1 ./configsrv/httpapi/
 
-# Measure everything into bench/REPORT.md + report.json (root; ~15 min; args: -skip qemu, -fleet N, ...).
+# Measure everything into bench/REPORT.md + report.json (root; ~4 min on 2 cores; args: -skip qemu, -fleet N, ...).
 bench *args:
     {{go}} run -tags '{{srv_tags}}' ./bench/cmd/benchreport -out bench {{args}}
 
