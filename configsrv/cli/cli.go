@@ -1,6 +1,6 @@
 // Package cli is the configsrv command line: the administrator's whole
-// surface (nodes, settings, pools, torrc levels, relays, audit log), key
-// material creation, and the server itself.
+// surface (nodes, settings, pools, torrc levels, relays, key mirror, audit
+// log), key material creation, and the server itself.
 package cli
 
 import (
@@ -36,6 +36,8 @@ const usage = `usage: configsrv [--db PATH] COMMAND ...
   torrc resolve --relay NAME [--explain]
   torrc diff --relay NAME FILE|-
   relay list [--node ID] [--json]
+  keys show NODE_ID [--json]              version, size and update time of the mirrored key bundle
+  keys drop NODE_ID --yes                 delete it (after a TPM clear): the relays get NEW identities
   audit [--limit N] [--json]
 
 The database is --db, else $PATELA_DB, else ./patela.db.
@@ -152,6 +154,12 @@ func (e *env) dispatch(args []string) error {
 			return usagef("unknown command relay %s", s)
 		}
 		return e.cmdRelayList(r)
+	case "keys":
+		s, r, err := sub()
+		if err != nil {
+			return err
+		}
+		return e.cmdKeys(s, r)
 	case "audit":
 		return e.cmdAudit(rest)
 	}
