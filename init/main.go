@@ -34,6 +34,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -246,6 +247,10 @@ func (a *agent) start(ctx context.Context, failed chan<- error) error {
 				EKName: sess.EKName(), PCRs: a.cfg.PCRs, Log: a.log,
 				Mirror: vault.ServerMirror{Client: client, Tokens: sess},
 			})
+			if errors.Is(err, vault.ErrOrphaned) || errors.Is(err, vault.ErrKeyLost) {
+				// The message says `configsrv keys drop N --yes`: name N.
+				err = fmt.Errorf("%w (this machine is configsrv node %d)", err, sess.NodeID())
+			}
 			return err
 		}},
 		{"reconcile", func() error {

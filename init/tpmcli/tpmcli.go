@@ -228,7 +228,7 @@ func clearVault(t transport.TPM, w io.Writer) error {
 	fmt.Fprintf(w, "vault cleared: sealed key and %d NV indices (%d bytes) removed; relays start with new identities at the next boot\n",
 		st.NVIndices, st.NVBytes)
 	if st.Location == "mirror" {
-		fmt.Fprintln(w, "the config server still holds the old, now undecryptable bundle: the next boot refuses to replace it until an administrator removes it (configsrv node remove N drops it with the node's record)")
+		fmt.Fprintln(w, "the config server still holds the old, now undecryptable bundle: the next boot refuses to replace it until an administrator deletes it on the server with `configsrv keys drop N --yes` (N: this node's id)")
 	}
 	return nil
 }

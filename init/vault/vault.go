@@ -58,10 +58,18 @@ type Options struct {
 // ErrKeyLost means the vault's NV header is there but its sealed key is
 // not (evicted, or the TPM was partly cleared): the stored bundle cannot be
 // decrypted any more, and the vault refuses to start a new one over it.
-var ErrKeyLost = errors.New("the vault's sealed key is missing but its key bundle exists; the relay keys cannot be recovered on this TPM (run `init tpm clear-vault --yes` to start over with new relay identities)")
+// The message tells the operator both ways out.
+var ErrKeyLost = errors.New("the vault's sealed key is missing but its key bundle exists; the relay keys cannot be recovered on this TPM, " +
+	"refusing to replace them. " + recovery)
 
 // ErrOrphaned means the mirror holds a bundle this TPM has no key for.
-var ErrOrphaned = errors.New("the config server holds a key bundle for this node but this TPM has no vault key; refusing to replace it (a TPM clear or swap loses the relay keys; an administrator must delete the mirror copy to start over)")
+var ErrOrphaned = errors.New("the config server holds a key bundle for this node but this TPM has no vault key (the TPM was cleared or replaced); " +
+	"the relay keys in it cannot be recovered, refusing to replace it. " + recovery)
+
+// recovery is the operator's way out of ErrKeyLost and ErrOrphaned.
+const recovery = "To start over, which gives every relay of this node a NEW identity (new fingerprints, the old ones are lost): " +
+	"on this node run `init tpm clear-vault --yes` (deletes the vault left in TPM NV) and " +
+	"on the config server run `configsrv keys drop N --yes` with N this node's id (deletes the mirror copy), then reboot"
 
 // Vault is the unsealed vault of one boot. It is safe for concurrent use.
 type Vault struct {
