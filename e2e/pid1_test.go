@@ -27,6 +27,7 @@ import (
 
 	"patela/e2e/harness"
 	"patela/initramfs/ramfs"
+	"patela/internal/testutil"
 )
 
 // need skips when a component cannot exist here, except under CI.
@@ -35,10 +36,7 @@ func need(t *testing.T, what string, ok bool) {
 	if ok {
 		return
 	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("%s missing (CI installs it: scripts/deps.sh, just kernel)", what)
-	}
-	t.Skipf("%s missing (scripts/deps.sh, just kernel)", what)
+	testutil.SkipOrFail(t, what+" missing (scripts/deps.sh, just kernel)")
 }
 
 // TestPID1InQEMU boots the agent as /init of a real initramfs under QEMU

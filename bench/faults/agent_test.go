@@ -1,14 +1,12 @@
 package faults_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,28 +15,11 @@ import (
 	"patela/init/tpmdev"
 	"patela/internal/api"
 	"patela/internal/swtpmtest"
+	"patela/internal/testutil"
 )
 
-// syncBuf is a log sink the test reads while the agent writes.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // waitFor polls until the log matches re or the deadline passes.
-func waitFor(t *testing.T, log *syncBuf, re string, n int) {
+func waitFor(t *testing.T, log *testutil.SyncBuffer, re string, n int) {
 	t.Helper()
 	rx := regexp.MustCompile(re)
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
@@ -80,7 +61,7 @@ func TestServerDownWhileAgentBoots(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dev.Close()
-	var log syncBuf
+	var log testutil.SyncBuffer
 	sess, err := attest.NewSession(dev, client, slog.New(slog.NewTextHandler(&log, nil)),
 		attest.WithBackoff(40*time.Millisecond, 320*time.Millisecond))
 	if err != nil {

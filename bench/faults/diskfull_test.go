@@ -20,16 +20,14 @@ import (
 	"patela/bench/srvproc"
 	"patela/configsrv/store"
 	"patela/internal/api"
+	"patela/internal/testutil"
 )
 
 // smallVolume mounts a 2 MiB tmpfs for the test and unmounts it at the end.
 func smallVolume(t *testing.T) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("mounting a tmpfs needs root, and CI runs as root")
-		}
-		t.Skip("mounting a tmpfs needs root")
+		testutil.SkipOrFail(t, "mounting a tmpfs needs root (CI runs as root)")
 	}
 	dir := t.TempDir()
 	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=2m,mode=0700"); err != nil {

@@ -19,6 +19,7 @@ import (
 	"patela/init/netnstest"
 	"patela/init/tpmdev"
 	"patela/internal/swtpmtest"
+	"patela/internal/testutil"
 )
 
 // The TPM is not there when the agent reaches its tpm phase: the agent
@@ -162,7 +163,7 @@ func runAgent(t *testing.T, agent string, ns *netnstest.NS, root, until string, 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
-	var out syncBuf
+	var out testutil.SyncBuffer
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns.Name, agent, "--root", root, "--cmdline", cmdline)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {

@@ -21,6 +21,7 @@ import (
 	"patela/init/tpmdev"
 	"patela/init/vault"
 	"patela/internal/swtpmtest"
+	"patela/internal/testutil"
 )
 
 // A node stores real tor relay keys (made by Debian's tor) in its vault
@@ -30,12 +31,7 @@ import (
 // looking at the right bytes) and none of the secret key material, raw,
 // base64 or hex.
 func TestServerNeverSeesRelayKeyPlaintext(t *testing.T) {
-	if _, err := exec.LookPath("tor"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("tor not installed in CI: %v", err)
-		}
-		t.Skip("tor not installed (apt-get install tor)")
-	}
+	testutil.RequireTool(t, "tor", "apt-get install tor")
 	srv := srvproc.StartT(t, bin)
 	client, err := srv.Client(netip.Addr{})
 	if err != nil {

@@ -18,7 +18,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
+
+	"patela/internal/testutil"
 )
 
 // Guest-side constants of the test machine.
@@ -138,20 +139,8 @@ func Missing() []string {
 	return out
 }
 
-// syncWriter serialises writes from several goroutines.
-type syncWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
-}
-
 // SyncWriter makes w safe for concurrent writers.
-func SyncWriter(w io.Writer) io.Writer { return &syncWriter{w: w} }
+func SyncWriter(w io.Writer) io.Writer { return testutil.SyncWriter(w) }
 
 func quote(args []string) string {
 	q := make([]string, len(args))

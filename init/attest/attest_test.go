@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,25 +18,8 @@ import (
 	"patela/init/tpmdev"
 	"patela/internal/api"
 	"patela/internal/swtpmtest"
+	"patela/internal/testutil"
 )
-
-// logBuf is a goroutine-safe log sink.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // machine is a node whose TPM state survives reboots (swtpm restarts).
 type machine struct {
@@ -74,7 +56,7 @@ var fast = WithBackoff(20*time.Millisecond, 100*time.Millisecond)
 
 // enroll attests a new node, enabling it when it shows up pending, and
 // returns its session and first token.
-func enroll(t *testing.T, m *machine, srv *testsrv.Server, log *logBuf) (*Session, Token) {
+func enroll(t *testing.T, m *machine, srv *testsrv.Server, log *testutil.SyncBuffer) (*Session, Token) {
 	t.Helper()
 	s, err := NewSession(m.Cnt, srv.Client(t), nil, fast)
 	if err != nil {
@@ -85,7 +67,7 @@ func enroll(t *testing.T, m *machine, srv *testsrv.Server, log *logBuf) (*Sessio
 
 // enrollSession gets a first token for s, enabling the node as an
 // administrator would once the console names it.
-func enrollSession(t *testing.T, s *Session, srv *testsrv.Server, log *logBuf) Token {
+func enrollSession(t *testing.T, s *Session, srv *testsrv.Server, log *testutil.SyncBuffer) Token {
 	t.Helper()
 	s.log = slog.New(slog.NewTextHandler(log, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -110,7 +92,7 @@ func enrollSession(t *testing.T, s *Session, srv *testsrv.Server, log *logBuf) T
 func TestAttestAgainstConfigsrv(t *testing.T) {
 	srv := testsrv.Start(t)
 	m := newMachine(t)
-	var log logBuf
+	var log testutil.SyncBuffer
 	s, tok := enroll(t, m, srv, &log)
 	if tok.NodeID == 0 || tok.NodeID != s.NodeID() || !tok.FirstBoot || time.Until(tok.ExpiresAt) <= 0 {
 		t.Fatalf("token %+v, node %d", tok, s.NodeID())
@@ -135,7 +117,7 @@ func TestAttestAgainstConfigsrv(t *testing.T) {
 func TestRebootSameNodeNoNewAK(t *testing.T) {
 	srv := testsrv.Start(t)
 	m := newMachine(t)
-	var log logBuf
+	var log testutil.SyncBuffer
 	first, tok1 := enroll(t, m, srv, &log)
 
 	m.boot()
@@ -166,7 +148,7 @@ func TestRebootSameNodeNoNewAK(t *testing.T) {
 func TestRefreshBeforeExpiry(t *testing.T) {
 	srv := testsrv.Start(t)
 	m := newMachine(t)
-	var log logBuf
+	var log testutil.SyncBuffer
 	enroll(t, m, srv, &log)
 	// A margin longer than the token's life: every call re-attests.
 	s, err := NewSession(m.Cnt, srv.Client(t), nil, fast, WithRefreshMargin(2*time.Hour))
@@ -196,11 +178,11 @@ func TestRefreshBeforeExpiry(t *testing.T) {
 func TestServerDownAtBoot(t *testing.T) {
 	srv := testsrv.Start(t)
 	m := newMachine(t)
-	var log logBuf
+	var log testutil.SyncBuffer
 	enroll(t, m, srv, &log)
 	srv.Stop()
 	m.boot()
-	var log2 logBuf
+	var log2 testutil.SyncBuffer
 	s, err := NewSession(m.Cnt, srv.Client(t), slog.New(slog.NewTextHandler(&log2, nil)), fast)
 	if err != nil {
 		t.Fatal(err)
@@ -221,7 +203,7 @@ func TestServerDownAtBoot(t *testing.T) {
 func TestBannedIsPermanent(t *testing.T) {
 	srv := testsrv.Start(t)
 	m := newMachine(t)
-	var log logBuf
+	var log testutil.SyncBuffer
 	_, tok := enroll(t, m, srv, &log)
 	srv.Admin(t, "node", "ban", strconv.FormatInt(tok.NodeID, 10))
 	s, err := NewSession(m.Cnt, srv.Client(t), nil, fast)
@@ -239,7 +221,7 @@ func TestBannedIsPermanent(t *testing.T) {
 func TestPendingUntilContextEnds(t *testing.T) {
 	srv := testsrv.Start(t)
 	m := newMachine(t)
-	var log logBuf
+	var log testutil.SyncBuffer
 	s, err := NewSession(m.Cnt, srv.Client(t), slog.New(slog.NewTextHandler(&log, nil)), fast)
 	if err != nil {
 		t.Fatal(err)
@@ -258,7 +240,7 @@ func TestPendingUntilContextEnds(t *testing.T) {
 func TestRateLimitedHonoursRetryAfter(t *testing.T) {
 	srv := testsrv.Start(t)
 	m := newMachine(t)
-	var log logBuf
+	var log testutil.SyncBuffer
 	enroll(t, m, srv, &log)
 	limited := 0
 	c, _ := proxy(t, srv, func(w http.ResponseWriter, r *http.Request) bool {
@@ -272,7 +254,7 @@ func TestRateLimitedHonoursRetryAfter(t *testing.T) {
 		w.Write([]byte(`{"error":"slow down","code":"rate_limited"}`))
 		return true
 	})
-	var log2 logBuf
+	var log2 testutil.SyncBuffer
 	s, err := NewSession(m.Cnt, c, slog.New(slog.NewTextHandler(&log2, nil)), fast)
 	if err != nil {
 		t.Fatal(err)

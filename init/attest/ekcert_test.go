@@ -25,6 +25,7 @@ import (
 	"patela/init/tpmkeys"
 	"patela/internal/api"
 	"patela/internal/swtpmtest"
+	"patela/internal/testutil"
 )
 
 // manufacture provisions a swtpm state the way a TPM vendor does, with
@@ -116,7 +117,7 @@ func TestEKCertificateSent(t *testing.T) {
 	srv := testsrv.Start(t)
 	c, bodies := recordAttest(t, srv)
 
-	var log logBuf
+	var log testutil.SyncBuffer
 	s, err := NewSession(m.Cnt, c, nil, fast)
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	"patela/init/netnstest"
 	"patela/init/reaper"
 	"patela/init/resolv"
+	"patela/internal/testutil"
 )
 
 // pair is a client namespace (cli0) wired to a server namespace (srv0,
@@ -64,13 +65,7 @@ func addrs(t *testing.T, ns *netnstest.NS, ifname string) map[string]netlink.Add
 // dnsmasq runs Debian's dnsmasq as the DHCP (and DHCPv6/RA) server in
 // srv's namespace until the test ends.
 func dnsmasq(t *testing.T, srv *netnstest.NS, args ...string) {
-	bin, err := exec.LookPath("dnsmasq")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("dnsmasq missing (scripts/deps.sh installs dnsmasq-base)")
-		}
-		t.Skip("dnsmasq not installed")
-	}
+	bin := testutil.RequireTool(t, "dnsmasq", "scripts/deps.sh installs dnsmasq-base")
 	dir := t.TempDir()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", srv.Name, bin, "--no-daemon", "--conf-file=/dev/null",
 		"--port=0", "--no-ping", "--interface=srv0", "--bind-interfaces",

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -25,6 +24,7 @@ import (
 	"patela/init/netnstest"
 	"patela/init/tor"
 	"patela/internal/api"
+	"patela/internal/testutil"
 )
 
 // softTokens attests with a software EK through the real protocol
@@ -87,32 +87,6 @@ func enroll(t testing.TB, s *testsrv.Server) (int64, *softTokens) {
 	// Start with a token the server refuses: the first round must get
 	// 401 and attest again.
 	return ae.NodeID, &softTokens{c: c, ek: ek, ak: ak, tok: "not-a-token"}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func needTor(t testing.TB) {
-	if _, err := exec.LookPath("tor"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("tor is not installed")
-		}
-		t.Skip("tor is not installed")
-	}
 }
 
 type relayView struct {
@@ -187,14 +161,14 @@ type world struct {
 	tokens *softTokens
 	agent  *netnstest.NS
 	root   string
-	logs   *syncBuffer
+	logs   *testutil.SyncBuffer
 	l      *Loop
 }
 
 func newWorld(tb testing.TB, maxRelays int, poll time.Duration) *world {
 	netnstest.RequireRoot(tb)
-	needTor(tb)
-	w := &world{s: testsrv.Start(tb), logs: &syncBuffer{}}
+	testutil.RequireTool(tb, "tor", "apt-get install tor")
+	w := &world{s: testsrv.Start(tb), logs: &testutil.SyncBuffer{}}
 	s := w.s
 	global := filepath.Join(tb.TempDir(), "global.torrc")
 	os.WriteFile(global, []byte(testsrv.GlobalTorrc+"ShutdownWaitLength 1\nExitRelay 0\n"), 0o644)

@@ -7,14 +7,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"patela/internal/testutil"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,37 +26,9 @@ import (
 func needTor(t testing.TB) {
 	t.Helper()
 	if os.Getuid() != 0 {
-		skipOrFail(t, "the supervisor needs root to start tor as relay uids")
+		testutil.SkipOrFail(t, "the supervisor needs root to start tor as relay uids")
 	}
-	if _, err := exec.LookPath("tor"); err != nil {
-		skipOrFail(t, "tor is not installed")
-	}
-}
-
-func skipOrFail(t testing.TB, why string) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatal(why)
-	}
-	t.Skip(why)
-}
-
-// syncBuffer collects the supervisor's log; it is shown if the test fails.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	testutil.RequireTool(t, "tor", "apt-get install tor")
 }
 
 // testLogger returns a logger whose output is printed if t fails.
@@ -65,8 +37,8 @@ func testLogger(t testing.TB) *slog.Logger {
 	return l
 }
 
-func testLog(t testing.TB) (*slog.Logger, *syncBuffer) {
-	buf := &syncBuffer{}
+func testLog(t testing.TB) (*slog.Logger, *testutil.SyncBuffer) {
+	buf := &testutil.SyncBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Log("supervisor log:\n" + buf.String())
@@ -89,7 +61,7 @@ func traversableDir(t testing.TB) string {
 type harness struct {
 	sup  *Supervisor
 	root string
-	logs *syncBuffer
+	logs *testutil.SyncBuffer
 }
 
 func newHarness(t testing.TB, edit func(*Options)) *harness {

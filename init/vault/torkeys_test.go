@@ -9,18 +9,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
-)
 
-// requireTor skips where Debian's tor is missing, except in CI.
-func requireTor(t testing.TB) {
-	t.Helper()
-	if _, err := exec.LookPath("tor"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("tor not installed in CI: %v", err)
-		}
-		t.Skip("tor not installed (apt-get install tor)")
-	}
-}
+	"patela/internal/testutil"
+)
 
 // fingerprints runs tor offline on dataDir (creating any missing keys) and
 // returns its RSA and ed25519 fingerprints. Safe to call from goroutines:
@@ -52,7 +43,7 @@ func fingerprints(t testing.TB, dataDir string) string {
 // gets a family key too. It returns the data directories and fingerprints.
 func torKeys(t testing.TB, n int) (dirs, fps []string) {
 	t.Helper()
-	requireTor(t)
+	testutil.RequireTool(t, "tor", "apt-get install tor")
 	dirs, fps = make([]string, n), make([]string, n)
 	var wg sync.WaitGroup
 	for i := range n {

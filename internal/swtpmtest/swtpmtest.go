@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"patela/internal/testutil"
+
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
 )
@@ -27,12 +29,7 @@ type TPM struct {
 // where it must be.
 func Require(t testing.TB) {
 	t.Helper()
-	if _, err := exec.LookPath("swtpm"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("swtpm not installed in CI: %v", err)
-		}
-		t.Skip("swtpm not installed (apt-get install swtpm swtpm-tools)")
-	}
+	testutil.RequireTool(t, "swtpm", "apt-get install swtpm swtpm-tools")
 }
 
 // Start runs swtpm on a fresh state directory and stops it at test end.

@@ -10,20 +10,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"patela/internal/testutil"
 )
 
 // torBinary finds the tor these tests check against. Without it they cannot
 // say anything; under CI its absence is a failure, not a skip.
 func torBinary(t testing.TB) string {
 	t.Helper()
-	p, err := exec.LookPath("tor")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("tor not installed (CI is set): %v", err)
-		}
-		t.Skipf("tor not installed, cannot check against it: %v", err)
-	}
-	return p
+	return testutil.RequireTool(t, "tor", "apt-get install tor")
 }
 
 // runTor runs tor on a torrc file with empty defaults, never as a service

@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"patela/internal/testutil"
 )
 
 var (
@@ -22,13 +24,7 @@ var (
 // where tor is not installed, except in CI.
 func Verify(t testing.TB, text string) {
 	t.Helper()
-	tor, err := exec.LookPath("tor")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("tor not installed in CI: %v", err)
-		}
-		t.Skip("tor not installed (apt-get install tor)")
-	}
+	tor := testutil.RequireTool(t, "tor", "apt-get install tor")
 	if !strings.Contains(text, "\nUser _tor-") || !dataDirRE.MatchString(text) {
 		t.Fatalf("torrc lacks the managed User/DataDirectory lines:\n%s", text)
 	}
