@@ -11,9 +11,6 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"sync"
 	"testing"
 
@@ -27,44 +24,6 @@ import (
 	"patela/internal/swtpmtest"
 	"patela/internal/testutil"
 )
-
-// manufacture provisions a swtpm state the way a TPM vendor does, with
-// swtpm_setup: EKs and EK certificates from a (private) swtpm-localca. It
-// returns the state directory and the CA certificates' directory.
-func manufacture(t *testing.T) (state, caDir string) {
-	swtpmtest.Require(t)
-	if _, err := exec.LookPath("swtpm_setup"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("swtpm_setup not installed in CI: %v", err)
-		}
-		t.Skip("swtpm_setup not installed (apt-get install swtpm-tools)")
-	}
-	cfg, state := t.TempDir(), t.TempDir()
-	env := append(os.Environ(), "XDG_CONFIG_HOME="+cfg)
-	flags := "skip-if-exist"
-	if os.Geteuid() == 0 {
-		flags = "root," + flags
-	}
-	for _, args := range [][]string{
-		{"--create-config-files", flags},
-		{"--tpm2", "--tpmstate", state, "--create-ek-cert"},
-	} {
-		cmd := exec.Command("swtpm_setup", args...)
-		cmd.Env = env
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("swtpm_setup %v: %v\n%s", args, err, out)
-		}
-	}
-	caDir = t.TempDir()
-	for _, f := range []string{"swtpm-localca-rootca-cert.pem", "issuercert.pem"} {
-		b, err := os.ReadFile(filepath.Join(cfg, "var/lib/swtpm-localca", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(filepath.Join(caDir, f), b, 0o644)
-	}
-	return state, caDir
-}
 
 // recordAttest returns a client whose POST /v1/attest bodies are kept.
 func recordAttest(t *testing.T, srv *testsrv.Server) (*api.Client, func() [][]byte) {
@@ -111,7 +70,7 @@ func proxy(t *testing.T, srv *testsrv.Server, intercept func(w http.ResponseWrit
 // EK (swtpm_setup), the agent picks that EK and sends its certificate, and
 // the config server's own certificate check accepts them.
 func TestEKCertificateSent(t *testing.T) {
-	state, caDir := manufacture(t)
+	state, caDir := swtpmtest.Manufacture(t)
 	m := &machine{t: t, state: state}
 	m.boot()
 	srv := testsrv.Start(t)

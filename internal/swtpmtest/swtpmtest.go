@@ -96,3 +96,44 @@ func (tp *TPM) Stop() {
 	}
 	os.RemoveAll(filepath.Dir(tp.Socket))
 }
+
+// Manufacture provisions a swtpm state the way a TPM vendor does: `swtpm_setup
+// --tpm2 --create-ek-cert` makes the EKs and their certificates from a
+// private swtpm-localca configuration (XDG_CONFIG_HOME in a temp dir, so
+// the host's /var/lib/swtpm-localca is never touched). It returns the
+// state directory, not yet started (StartState), and a directory holding
+// the local CA's root and intermediate certificates
+// (swtpm-localca-rootca-cert.pem, issuercert.pem).
+func Manufacture(t testing.TB) (state, caDir string) {
+	t.Helper()
+	Require(t)
+	testutil.RequireTool(t, "swtpm_setup", "apt-get install swtpm-tools")
+	cfg, state := t.TempDir(), t.TempDir()
+	env := append(os.Environ(), "XDG_CONFIG_HOME="+cfg)
+	flags := "skip-if-exist"
+	if os.Geteuid() == 0 {
+		flags = "root," + flags // root must say it means to shadow /etc
+	}
+	for _, args := range [][]string{
+		{"--create-config-files", flags},
+		{"--tpm2", "--tpmstate", state, "--create-ek-cert"},
+	} {
+		cmd := exec.Command("swtpm_setup", args...)
+		cmd.Env = env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("swtpm_setup %v: %v\n%s", args, err, out)
+		}
+	}
+	caDir = t.TempDir()
+	localca := filepath.Join(cfg, "var/lib/swtpm-localca")
+	for _, f := range []string{"swtpm-localca-rootca-cert.pem", "issuercert.pem"} {
+		b, err := os.ReadFile(filepath.Join(localca, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(caDir, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return state, caDir
+}

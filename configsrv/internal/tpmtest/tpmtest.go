@@ -5,9 +5,6 @@
 package tpmtest
 
 import (
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -109,44 +106,11 @@ type Manufactured struct {
 	CADir string // the local CA's root and intermediate certificates
 }
 
-// Manufacture runs `swtpm_setup --tpm2 --create-ek-cert` with a private
-// swtpm-localca configuration (XDG_CONFIG_HOME in a temp dir, so the
-// host's /var/lib/swtpm-localca is never touched) and starts swtpm on the
-// result.
+// Manufacture provisions a swtpm with EK certificates from a private
+// swtpm-localca (swtpmtest.Manufacture) and starts it.
 func Manufacture(t testing.TB) *Manufactured {
 	t.Helper()
-	swtpmtest.Require(t)
-	if _, err := exec.LookPath("swtpm_setup"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("swtpm_setup not installed in CI: %v", err)
-		}
-		t.Skip("swtpm_setup not installed (apt-get install swtpm-tools)")
-	}
-	cfg, state := t.TempDir(), t.TempDir()
-	env := append(os.Environ(), "XDG_CONFIG_HOME="+cfg)
-	flags := "skip-if-exist"
-	if os.Geteuid() == 0 {
-		flags = "root," + flags // root must say it means to shadow /etc
-	}
-	for _, args := range [][]string{
-		{"--create-config-files", flags},
-		{"--tpm2", "--tpmstate", state, "--create-ek-cert"},
-	} {
-		cmd := exec.Command("swtpm_setup", args...)
-		cmd.Env = env
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("swtpm_setup %v: %v\n%s", args, err, out)
-		}
-	}
-	ca := t.TempDir()
-	localca := filepath.Join(cfg, "var/lib/swtpm-localca")
-	for _, f := range []string{"swtpm-localca-rootca-cert.pem", "issuercert.pem"} {
-		b, err := os.ReadFile(filepath.Join(localca, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(filepath.Join(ca, f), b, 0o644)
-	}
+	state, ca := swtpmtest.Manufacture(t)
 	return &Manufactured{TPM: swtpmtest.StartState(t, state), CADir: ca}
 }
 
