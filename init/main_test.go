@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
-	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 
 	"patela/init/netnstest"
 	"patela/init/reaper"
@@ -30,22 +29,9 @@ func TestSelftestOnHost(t *testing.T) {
 	cli, srv := netnstest.New(t), netnstest.New(t)
 	netnstest.Veth(t, cli, "eth0", srv, "srv0")
 	srv.Addr(t, "srv0", "192.0.2.1/24")
-	var gs *server4.Server
-	srv.Do(t, func() (err error) {
-		gs, err = server4.NewServer("srv0", &net.UDPAddr{IP: net.IPv4zero, Port: 67}, func(c net.PacketConn, _ net.Addr, m *dhcpv4.DHCPv4) {
-			typ := dhcpv4.MessageTypeOffer
-			if m.MessageType() == dhcpv4.MessageTypeRequest {
-				typ = dhcpv4.MessageTypeAck
-			}
-			r, _ := dhcpv4.NewReplyFromRequest(m, dhcpv4.WithMessageType(typ), dhcpv4.WithYourIP(net.IPv4(192, 0, 2, 9)),
-				dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(192, 0, 2, 1))), dhcpv4.WithNetmask(net.CIDRMask(24, 32)),
-				dhcpv4.WithRouter(net.IPv4(192, 0, 2, 1)), dhcpv4.WithDNS(net.IPv4(192, 0, 2, 53)), dhcpv4.WithLeaseTime(600))
-			c.WriteTo(r.ToBytes(), &net.UDPAddr{IP: net.IPv4bcast, Port: 68})
-		})
-		return err
-	})
-	go gs.Serve()
-	defer gs.Close()
+	srv.ServeDHCPv4(t, "srv0", dhcpv4.WithYourIP(net.IPv4(192, 0, 2, 9)),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(192, 0, 2, 1))), dhcpv4.WithNetmask(net.CIDRMask(24, 32)),
+		dhcpv4.WithRouter(net.IPv4(192, 0, 2, 1)), dhcpv4.WithDNS(net.IPv4(192, 0, 2, 53)), dhcpv4.WithLeaseTime(600))
 
 	dir := t.TempDir()
 	bin := buildAgent(t, dir)

@@ -7,7 +7,6 @@ import (
 	"context"
 	"math/rand/v2"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,13 +21,7 @@ import (
 
 var bin string
 
-func TestMain(m *testing.M) {
-	var cleanup func()
-	bin, cleanup = srvproc.BuildForTests()
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { srvproc.TestMain(m, &bin) }
 
 // tracked is what one node was told, and what it had asked when the
 // server died.

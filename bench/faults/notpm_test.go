@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
-	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 
 	"patela/bench/srvproc"
 	"patela/init/netnstest"
@@ -113,24 +112,9 @@ func dhcpNetns(t *testing.T) *netnstest.NS {
 	cli, srv := netnstest.New(t), netnstest.New(t)
 	netnstest.Veth(t, cli, "eth0", srv, "srv0")
 	srv.Addr(t, "srv0", "192.0.2.1/24")
-	var gs *server4.Server
-	srv.Do(t, func() (err error) {
-		gs, err = server4.NewServer("srv0", &net.UDPAddr{IP: net.IPv4zero, Port: 67}, func(c net.PacketConn, _ net.Addr, m *dhcpv4.DHCPv4) {
-			typ := dhcpv4.MessageTypeOffer
-			if m.MessageType() == dhcpv4.MessageTypeRequest {
-				typ = dhcpv4.MessageTypeAck
-			}
-			r, err := dhcpv4.NewReplyFromRequest(m, dhcpv4.WithMessageType(typ), dhcpv4.WithYourIP(net.IPv4(192, 0, 2, 9)),
-				dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(192, 0, 2, 1))), dhcpv4.WithNetmask(net.CIDRMask(24, 32)),
-				dhcpv4.WithRouter(net.IPv4(192, 0, 2, 1)), dhcpv4.WithLeaseTime(600))
-			if err == nil {
-				c.WriteTo(r.ToBytes(), &net.UDPAddr{IP: net.IPv4bcast, Port: 68})
-			}
-		})
-		return err
-	})
-	go gs.Serve()
-	t.Cleanup(func() { gs.Close() })
+	srv.ServeDHCPv4(t, "srv0", dhcpv4.WithYourIP(net.IPv4(192, 0, 2, 9)),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(192, 0, 2, 1))), dhcpv4.WithNetmask(net.CIDRMask(24, 32)),
+		dhcpv4.WithRouter(net.IPv4(192, 0, 2, 1)), dhcpv4.WithLeaseTime(600))
 	return cli
 }
 

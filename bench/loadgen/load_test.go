@@ -16,13 +16,7 @@ import (
 
 var bin string
 
-func TestMain(m *testing.M) {
-	var cleanup func()
-	bin, cleanup = srvproc.BuildForTests()
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { srvproc.TestMain(m, &bin) }
 
 // nodeCount is the fleet size: 200 in `just test`, PATELA_LOAD_NODES
 // otherwise (the bench report boots 2,000 with the same code).

@@ -16,7 +16,6 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -33,13 +32,7 @@ import (
 
 var bin string
 
-func TestMain(m *testing.M) {
-	var cleanup func()
-	bin, cleanup = srvproc.BuildForTests()
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { srvproc.TestMain(m, &bin) }
 
 // fleet starts a server and boots n enabled nodes with 2 relays each.
 func fleet(t *testing.T, n int, first string) (*srvproc.Server, []*loadgen.Node) {

@@ -340,3 +340,13 @@ func BuildForTests() (string, func()) {
 	os.Exit(2)
 	return "", nil
 }
+
+// TestMain is a test package's TestMain: it builds the binary into *bin,
+// runs the package's tests and exits with their status.
+func TestMain(m *testing.M, bin *string) {
+	var cleanup func()
+	*bin, cleanup = BuildForTests()
+	code := m.Run()
+	cleanup()
+	os.Exit(code)
+}

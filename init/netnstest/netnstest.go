@@ -6,6 +6,7 @@ package netnstest
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -13,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -151,4 +154,28 @@ func (ns *NS) Run(t testing.TB, name string, args ...string) string {
 		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, stderr.String())
 	}
 	return string(out)
+}
+
+// ServeDHCPv4 runs a DHCPv4 server on ns's interface iface until the test
+// ends. It offers and acknowledges every request with the lease that
+// opts describe (dhcpv4.WithYourIP, WithNetmask, ...) and answers by
+// broadcast.
+func (ns *NS) ServeDHCPv4(t testing.TB, iface string, opts ...dhcpv4.Modifier) {
+	t.Helper()
+	var gs *server4.Server
+	ns.Do(t, func() (err error) {
+		gs, err = server4.NewServer(iface, &net.UDPAddr{IP: net.IPv4zero, Port: 67}, func(c net.PacketConn, _ net.Addr, m *dhcpv4.DHCPv4) {
+			typ := dhcpv4.MessageTypeOffer
+			if m.MessageType() == dhcpv4.MessageTypeRequest {
+				typ = dhcpv4.MessageTypeAck
+			}
+			r, err := dhcpv4.NewReplyFromRequest(m, append([]dhcpv4.Modifier{dhcpv4.WithMessageType(typ)}, opts...)...)
+			if err == nil {
+				c.WriteTo(r.ToBytes(), &net.UDPAddr{IP: net.IPv4bcast, Port: 68})
+			}
+		})
+		return err
+	})
+	go gs.Serve()
+	t.Cleanup(func() { gs.Close() })
 }

@@ -2,32 +2,13 @@ package reconcile
 
 import (
 	"context"
-	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"patela/init/tor"
+	"patela/internal/testutil"
 )
-
-// vmRSS is this process's resident set in KiB: the agent side only, tor
-// processes are separate.
-func vmRSS(tb testing.TB) float64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			n, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return n
-		}
-	}
-	tb.Fatal("no VmRSS")
-	return 0
-}
 
 // BenchmarkRound8Relays is one reconcile round (specs, config, network
 // converge, relay diff, heartbeat) of a node running 8 real tor relays
@@ -39,7 +20,7 @@ func BenchmarkRound8Relays(b *testing.B) {
 	w := newWorld(b, 8, time.Hour)
 	ctx := context.Background()
 	runtime.GC()
-	before := vmRSS(b)
+	before := testutil.VmRSS(b)
 	start := time.Now()
 	if _, err := w.l.Once(ctx); err != nil {
 		b.Fatal(err)
@@ -70,5 +51,5 @@ func BenchmarkRound8Relays(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(toRunning.Seconds(), "s-to-8-running")
 	b.ReportMetric(before, "KiB-rss-before")
-	b.ReportMetric(vmRSS(b), "KiB-rss-8-relays")
+	b.ReportMetric(testutil.VmRSS(b), "KiB-rss-8-relays")
 }

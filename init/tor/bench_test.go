@@ -3,28 +3,11 @@ package tor
 import (
 	"context"
 	"fmt"
-	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"testing"
-)
 
-// vmRSS is this process's resident set in KiB (tor processes excluded).
-func vmRSS(tb testing.TB) float64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			n, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return n
-		}
-	}
-	tb.Fatal("no VmRSS")
-	return 0
-}
+	"patela/internal/testutil"
+)
 
 // startN starts n relays and waits until all are running.
 func startN(b *testing.B, h *harness, n int) {
@@ -45,7 +28,7 @@ func startN(b *testing.B, h *harness, n int) {
 func BenchmarkStatus8Relays(b *testing.B) {
 	h := newHarness(b, nil)
 	runtime.GC()
-	before := vmRSS(b)
+	before := testutil.VmRSS(b)
 	startN(b, h, 8)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -55,7 +38,7 @@ func BenchmarkStatus8Relays(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(before, "KiB-rss-0-relays")
-	b.ReportMetric(vmRSS(b), "KiB-rss-8-relays")
+	b.ReportMetric(testutil.VmRSS(b), "KiB-rss-8-relays")
 }
 
 // BenchmarkReload is a reloadable torrc change from Apply to tor's READY=1

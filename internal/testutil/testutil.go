@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -70,3 +72,21 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 
 // SyncWriter makes w safe for concurrent writers.
 func SyncWriter(w io.Writer) io.Writer { return &syncWriter{w: w} }
+
+// VmRSS is this process's resident set in KiB (VmRSS in
+// /proc/self/status), for benchmarks that report memory; child processes
+// are not counted.
+func VmRSS(tb testing.TB) float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			n, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return n
+		}
+	}
+	tb.Fatal("no VmRSS")
+	return 0
+}
