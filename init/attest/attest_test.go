@@ -243,7 +243,7 @@ func TestRateLimitedHonoursRetryAfter(t *testing.T) {
 	var log testutil.SyncBuffer
 	enroll(t, m, srv, &log)
 	limited := 0
-	c, _ := proxy(t, srv, func(w http.ResponseWriter, r *http.Request) bool {
+	c, _ := srv.Proxy(t, func(w http.ResponseWriter, r *http.Request) bool {
 		if r.URL.Path != api.PathAttest || limited > 0 {
 			return false
 		}

@@ -2,16 +2,7 @@ package attest
 
 import (
 	"bytes"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
-	"io"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
-	"sync"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -25,47 +16,6 @@ import (
 	"patela/internal/testutil"
 )
 
-// recordAttest returns a client whose POST /v1/attest bodies are kept.
-func recordAttest(t *testing.T, srv *testsrv.Server) (*api.Client, func() [][]byte) {
-	return proxy(t, srv, nil)
-}
-
-// proxy returns a client whose requests pass through a recorder on their
-// way to srv; intercept, if set, may answer a request itself.
-func proxy(t *testing.T, srv *testsrv.Server, intercept func(w http.ResponseWriter, r *http.Request) bool) (*api.Client, func() [][]byte) {
-	target, _ := url.Parse(srv.URL)
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(srv.CA)
-	rp := httputil.NewSingleHostReverseProxy(target)
-	rp.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
-	var mu sync.Mutex
-	var bodies [][]byte
-	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		if r.URL.Path == api.PathAttest {
-			mu.Lock()
-			bodies = append(bodies, body)
-			mu.Unlock()
-		}
-		if intercept != nil && intercept(w, r) {
-			return
-		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		rp.ServeHTTP(w, r)
-	}))
-	ts.StartTLS()
-	t.Cleanup(ts.Close)
-	c, err := api.NewClient(ts.URL, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, func() [][]byte {
-		mu.Lock()
-		defer mu.Unlock()
-		return bodies
-	}
-}
-
 // TestEKCertificateSent: on a TPM whose manufacturer certified only an RSA
 // EK (swtpm_setup), the agent picks that EK and sends its certificate, and
 // the config server's own certificate check accepts them.
@@ -74,7 +24,7 @@ func TestEKCertificateSent(t *testing.T) {
 	m := &machine{t: t, state: state}
 	m.boot()
 	srv := testsrv.Start(t)
-	c, bodies := recordAttest(t, srv)
+	c, rec := srv.Proxy(t, nil)
 
 	var log testutil.SyncBuffer
 	s, err := NewSession(m.Cnt, c, nil, fast)
@@ -86,7 +36,7 @@ func TestEKCertificateSent(t *testing.T) {
 	}
 	enrollSession(t, s, srv, &log)
 
-	got := bodies()
+	got := rec.Bodies("POST " + api.PathAttest)
 	if len(got) == 0 {
 		t.Fatal("no attest request recorded")
 	}

@@ -3,23 +3,14 @@ package vault
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,59 +21,6 @@ import (
 	"patela/init/tpmkeys"
 	"patela/internal/api"
 )
-
-// recorder sits between the agent and the real configsrv and keeps every
-// request body the server receives.
-type recorder struct {
-	mu     sync.Mutex
-	bodies map[string][][]byte // "METHOD /path" → bodies
-}
-
-func (r *recorder) all() [][]byte {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out [][]byte
-	for _, bs := range r.bodies {
-		out = append(out, bs...)
-	}
-	return out
-}
-
-func (r *recorder) count(key string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.bodies[key])
-}
-
-// recordingClient returns an API client whose requests pass through a
-// recorder on their way to srv.
-func recordingClient(t *testing.T, srv *testsrv.Server) (*api.Client, *recorder) {
-	target, err := url.Parse(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(srv.CA)
-	rp := httputil.NewSingleHostReverseProxy(target)
-	rp.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
-	rec := &recorder{bodies: map[string][][]byte{}}
-	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		rec.mu.Lock()
-		k := r.Method + " " + r.URL.Path
-		rec.bodies[k] = append(rec.bodies[k], body)
-		rec.mu.Unlock()
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		rp.ServeHTTP(w, r)
-	}))
-	ts.StartTLS()
-	t.Cleanup(ts.Close)
-	c, err := api.NewClient(ts.URL, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, rec
-}
 
 // attested enrolls the machine's TPM with the server (enabling it when it
 // shows up pending) and returns its session.
@@ -150,7 +88,7 @@ func TestMirrorWhenNVFull(t *testing.T) {
 	const n = 3
 	dirs, fps := torKeys(t, n)
 	srv := testsrv.Start(t)
-	c, rec := recordingClient(t, srv)
+	c, rec := srv.Proxy(t, nil)
 	m := newMachine(t)
 	ctx := context.Background()
 
@@ -184,7 +122,7 @@ func TestMirrorWhenNVFull(t *testing.T) {
 	if cnt, size, _ := nv.usage(); cnt != 1 || size != headerLen {
 		t.Fatalf("NV holds %d vault indices, %d bytes; want the header only", cnt, size)
 	}
-	if rec.count("PUT /v1/node/keys") != 1 {
+	if rec.Count("PUT /v1/node/keys") != 1 {
 		t.Fatal("bundle not sent to the mirror")
 	}
 
@@ -213,7 +151,7 @@ func TestMirrorWhenNVFull(t *testing.T) {
 	}
 
 	// The server never saw anything that decrypts without the TPM.
-	bodies := rec.all()
+	bodies := rec.All()
 	if len(bodies) < 5 {
 		t.Fatalf("only %d requests recorded", len(bodies))
 	}
