@@ -137,3 +137,22 @@ func TestKeysSurviveReboot(t *testing.T) {
 		t.Errorf("vault still holds keys of a removed relay")
 	}
 }
+
+// A new relay's keys reach the vault as soon as tor reports READY, not at
+// the next poll: the window in which a power cut would cost a new relay
+// its identity is as short as tor's own start.
+func TestKeysCapturedAtReady(t *testing.T) {
+	needTor(t)
+	swtpmtest.Require(t)
+	v, powerOff := bootVault(t, t.TempDir())
+	defer powerOff()
+	h := newHarness(t, func(o *Options) { o.Keys = v; o.KeyPoll = time.Hour })
+	spec := Spec{Name: "hotel", UID: 20008, Torrc: serverTorrc("hotel", 39108)}
+	if err := h.sup.Apply(context.Background(), spec); err != nil {
+		t.Fatal(err)
+	}
+	h.waitRunning(t, "hotel")
+	waitFor(t, "keys captured at READY with an hour-long poll", func() bool {
+		return slices.Contains(v.Relays(), "hotel") && strings.Contains(h.logs.String(), "relay keys saved")
+	})
+}

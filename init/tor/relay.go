@@ -81,6 +81,7 @@ type relay struct {
 	log       *slog.Logger
 	cmds      chan command
 	done      chan struct{}
+	ready     chan struct{} // READY=1 seen: tor has written its keys
 
 	mu      sync.Mutex
 	st      Status
@@ -129,6 +130,13 @@ func (r *relay) onNotify(pid int, key, value string) {
 	case "READY":
 		if r.st.State == StateStarting || r.st.State == StateReloading {
 			r.st.State, r.st.Since = StateRunning, time.Now()
+		}
+		// tor creates or loads its keys before it reports ready: capture
+		// them now rather than at the next poll, so a power cut soon
+		// after a first start does not cost the relay its identity.
+		select {
+		case r.ready <- struct{}{}:
+		default:
 		}
 	case "RELOADING":
 		r.st.Reloads++
@@ -260,6 +268,8 @@ func (r *relay) runOnce() outcome {
 			if err := unix.Kill(p.pid, unix.SIGHUP); err != nil {
 				r.log.Warn("SIGHUP", "err", err)
 			}
+		case <-r.ready:
+			r.checkKeys(true)
 		case <-tick.C:
 			r.checkKeys(false)
 		}

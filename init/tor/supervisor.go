@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"patela/init/tor/logring"
+	"patela/internal/atomicfile"
 )
 
 // Spec is one relay as the server wants it.
@@ -172,7 +173,7 @@ func (s *Supervisor) prepare(ctx context.Context, spec Spec) (*desired, error) {
 		return nil, fmt.Errorf("relay %s: %w", spec.Name, err)
 	}
 	d := &desired{spec: spec, cfg: cfg, text: cfg.Render(), candidate: torrcPath + ".new", bind: needsBindCap(cfg)}
-	if err := writeFileAtomic(d.candidate, d.text, 0o644); err != nil {
+	if err := atomicfile.Write(d.candidate, d.text, 0o644); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.o.VerifyTimeout)
@@ -232,7 +233,7 @@ func (s *Supervisor) add(ctx context.Context, spec Spec) (err error) {
 		o: &s.o, name: name, uid: uid, gid: gid,
 		dataDir: dataDir, torrcPath: filepath.Join(s.o.RunDir, name+".torrc"),
 		notify: n, log: log,
-		cmds: make(chan command), done: make(chan struct{}),
+		cmds: make(chan command), done: make(chan struct{}), ready: make(chan struct{}, 1),
 		st: Status{Name: name, UID: uid, State: StateStarting, Since: time.Now()},
 	}
 	r.ring = logring.New(s.o.LogLines, log)
