@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"patela/internal/atomicfile"
 	"patela/stimage/keygen"
 	"patela/stimage/ospkg"
 	"patela/stimage/trust"
@@ -130,12 +131,12 @@ func keygenCertificate(args []string) error {
 		if err != nil {
 			return err
 		}
-		if err := writeFile(keyOut, kp, 0o600); err != nil {
+		if err := atomicfile.Write(keyOut, kp, 0o600); err != nil {
 			return err
 		}
 		fmt.Printf("wrote %s\n", keyOut)
 	}
-	if err := writeFile(certOut, certPEM, 0o644); err != nil {
+	if err := atomicfile.Write(certOut, certPEM, 0o644); err != nil {
 		return err
 	}
 	fmt.Printf("wrote %s (valid %s to %s)\n", certOut, nb.Format(time.RFC3339), na.Format(time.RFC3339))
@@ -180,10 +181,10 @@ func ospkgCreate(args []string) error {
 		return err
 	}
 	zp, dp, _ := pkgPaths(out)
-	if err := writeFile(zp, zb, 0o644); err != nil {
+	if err := atomicfile.Write(zp, zb, 0o644); err != nil {
 		return err
 	}
-	if err := writeFile(dp, db, 0o644); err != nil {
+	if err := atomicfile.Write(dp, db, 0o644); err != nil {
 		os.Remove(zp)
 		return err
 	}
@@ -248,7 +249,7 @@ func ospkgSign(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFile(dp, db, 0o644); err != nil {
+	if err := atomicfile.Write(dp, db, 0o644); err != nil {
 		return err
 	}
 	fmt.Printf("signed %s: %s now holds %d signature(s)\n", zp, dp, len(d.Signatures))
@@ -339,7 +340,7 @@ func ospkgExtract(args []string) error {
 		return err
 	}
 	for n, b := range map[string][]byte{"kernel": p.Kernel, "initramfs": p.Initramfs, "cmdline": []byte(p.Manifest.Cmdline)} {
-		if err := writeFile(filepath.Join(out, n), b, 0o644); err != nil {
+		if err := atomicfile.Write(filepath.Join(out, n), b, 0o644); err != nil {
 			return err
 		}
 	}

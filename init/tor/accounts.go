@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"patela/internal/atomicfile"
 )
 
 // Accounts makes the system user and group a relay runs as.
@@ -89,7 +91,7 @@ func (f Files) edit(file, name string, idField, id int, entry string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	return writeFileAtomic(path, out.Bytes(), 0o644)
+	return atomicfile.Write(path, out.Bytes(), 0o644)
 }
 
 func checkAccountName(name string) error {
@@ -97,26 +99,4 @@ func checkAccountName(name string) error {
 		return fmt.Errorf("bad account name %q", name)
 	}
 	return nil
-}
-
-// writeFileAtomic writes data to a temporary file beside path and renames
-// it over path, so readers see the old or the new content, never a mix.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

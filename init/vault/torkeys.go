@@ -17,6 +17,8 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+
+	"patela/internal/atomicfile"
 )
 
 // tor's key files (DataDirectory/keys). The binary ones start with a
@@ -269,7 +271,7 @@ func restoreEntry(e *Entry, dataDir string, uid, gid int) error {
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(files)) {
-		if err := writeOwned(filepath.Join(keysDir, name), files[name], uid, gid); err != nil {
+		if err := atomicfile.WriteOwned(filepath.Join(keysDir, name), files[name], 0o600, uid, gid); err != nil {
 			return err
 		}
 	}
@@ -291,26 +293,4 @@ func ownedDir(d string, uid, gid int) error {
 		return err
 	}
 	return os.Chmod(d, 0o700)
-}
-
-func writeOwned(path string, data []byte, uid, gid int) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".patela-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Chmod(0o600)
-	}
-	if err == nil {
-		err = tmp.Chown(uid, gid)
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
