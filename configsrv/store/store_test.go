@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -107,14 +108,14 @@ func TestAllocateAcrossPoolsExhaustShrink(t *testing.T) {
 		{"raschera", "192.0.2.4/29", "2001:db8::4/125"},
 		{"bra", "192.0.2.5/29", "2001:db8::5/125"},
 	}
-	if got := relays(t, s, a); !equal(got, want) {
+	if got := relays(t, s, a); !slices.Equal(got, want) {
 		t.Fatalf("a relays:\n%v\nwant\n%v", got, want)
 	}
 	if _, n, err := s.Allocate(ctx, b, specs(2), time.Now()); err != nil || n != 2 {
 		t.Fatalf("b: %d %v", n, err)
 	}
 	want = []relayKey{{"toma", "192.0.2.6/29", "2001:db8::6/125"}, {"robiola", "198.51.100.1/30", "2001:db8::7/125"}}
-	if got := relays(t, s, b); !equal(got, want) {
+	if got := relays(t, s, b); !slices.Equal(got, want) {
 		t.Fatalf("b relays: %v, want %v", got, want)
 	}
 	// Every address is taken: c gets nothing, nothing changes.
@@ -142,7 +143,7 @@ func TestAllocateAcrossPoolsExhaustShrink(t *testing.T) {
 		t.Fatalf("c after a shrank: %d %v", n, err)
 	}
 	want = []relayKey{{"castelmagno", "192.0.2.3/29", "2001:db8::3/125"}, {"raschera", "192.0.2.4/29", "2001:db8::4/125"}}
-	if got := relays(t, s, c); !equal(got, want) {
+	if got := relays(t, s, c); !slices.Equal(got, want) {
 		t.Fatalf("c relays: %v, want %v", got, want)
 	}
 	// The IPv6 pool can run out on its own.
@@ -270,16 +271,4 @@ func TestChallengeSingleUse(t *testing.T) {
 	if _, err := s.TakeChallenge(ctx, "old"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("expired challenge kept: %v", err)
 	}
-}
-
-func equal(a, b []relayKey) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -1,6 +1,9 @@
 package torrc
 
-import "strings"
+import (
+	"slices"
+	"strings"
+)
 
 // Merge cascades levels, lowest first (global → node → relay), with tor's
 // semantics for layered configuration: the first plain line of an option in a
@@ -124,7 +127,7 @@ func NeedsRestart(old, new *Config) bool {
 		if !immutableSet[k] && !(sandbox && sandboxImmSet[k]) {
 			continue
 		}
-		if !equal(o.values(k), n.values(k)) {
+		if !slices.Equal(o.values(k), n.values(k)) {
 			return true
 		}
 	}
@@ -133,16 +136,4 @@ func NeedsRestart(old, new *Config) bool {
 
 func lastIs(v []string, want string) bool {
 	return len(v) > 0 && strings.TrimSpace(v[len(v)-1]) == want
-}
-
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

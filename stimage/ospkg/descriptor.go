@@ -31,7 +31,7 @@ func ParseDescriptor(b []byte) (*Descriptor, error) {
 		return nil, fmt.Errorf("ospkg: descriptor is %d bytes, more than the %d allowed", len(b), MaxDescriptor)
 	}
 	var d Descriptor
-	if err := decodeStrict(b, &d); err != nil {
+	if err := DecodeStrict(b, &d); err != nil {
 		return nil, fmt.Errorf("ospkg: descriptor: %w", err)
 	}
 	if d.Version != 1 {

@@ -186,7 +186,7 @@ func Open(archive []byte) (*Package, error) {
 // ParseManifest decodes and checks manifest.json.
 func ParseManifest(b []byte) (*Manifest, error) {
 	var m Manifest
-	if err := decodeStrict(b, &m); err != nil {
+	if err := DecodeStrict(b, &m); err != nil {
 		return nil, fmt.Errorf("ospkg: %s: %w", ManifestName, err)
 	}
 	if m.Version != 1 {
@@ -234,7 +234,11 @@ func readEntry(f *zip.File, limit int64) ([]byte, error) {
 	return b, nil
 }
 
-func decodeStrict(b []byte, v any) error {
+// DecodeStrict decodes one JSON object into v the way every document
+// stimage reads must be: no unknown fields, nothing after the object
+// (descriptors, manifests, and the trust policy and host config of
+// stimage/trust).
+func DecodeStrict(b []byte, v any) error {
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.DisallowUnknownFields()
 	if err := d.Decode(v); err != nil {

@@ -4,7 +4,6 @@
 package trust
 
 import (
-	"bytes"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -38,7 +37,7 @@ type Policy struct {
 func ParsePolicy(b []byte) (*Policy, error) {
 	var p Policy
 	var raw map[string]json.RawMessage
-	if err := decodeStrict(b, &raw); err != nil {
+	if err := ospkg.DecodeStrict(b, &raw); err != nil {
 		return nil, fmt.Errorf("trust policy: %w", err)
 	}
 	for _, req := range []string{"ospkg_signature_threshold", "ospkg_fetch_method"} {
@@ -46,7 +45,7 @@ func ParsePolicy(b []byte) (*Policy, error) {
 			return nil, fmt.Errorf("trust policy: missing %s", req)
 		}
 	}
-	if err := decodeStrict(b, &p); err != nil {
+	if err := ospkg.DecodeStrict(b, &p); err != nil {
 		return nil, fmt.Errorf("trust policy: %w", err)
 	}
 	if p.SignatureThreshold < 1 {
@@ -124,7 +123,7 @@ var bondingModes = map[string]bool{"balance-rr": true, "active-backup": true, "b
 // ParseHostConfig decodes and checks a host configuration.
 func ParseHostConfig(b []byte) (*HostConfig, error) {
 	var raw map[string]json.RawMessage
-	if err := decodeStrict(b, &raw); err != nil {
+	if err := ospkg.DecodeStrict(b, &raw); err != nil {
 		return nil, fmt.Errorf("host config: %w", err)
 	}
 	clean := map[string]json.RawMessage{}
@@ -135,7 +134,7 @@ func ParseHostConfig(b []byte) (*HostConfig, error) {
 	}
 	cb, _ := json.Marshal(clean)
 	var h HostConfig
-	if err := decodeStrict(cb, &h); err != nil {
+	if err := ospkg.DecodeStrict(cb, &h); err != nil {
 		return nil, fmt.Errorf("host config: %w", err)
 	}
 	if err := h.check(); err != nil {
@@ -193,18 +192,6 @@ func (h *HostConfig) check() error {
 		if h.BondName == nil || *h.BondName == "" {
 			return errors.New("bonding_mode needs bond_name")
 		}
-	}
-	return nil
-}
-
-func decodeStrict(b []byte, v any) error {
-	d := json.NewDecoder(bytes.NewReader(b))
-	d.DisallowUnknownFields()
-	if err := d.Decode(v); err != nil {
-		return err
-	}
-	if d.More() {
-		return errors.New("data after the JSON object")
 	}
 	return nil
 }
