@@ -11,24 +11,29 @@ import (
 	"patela/internal/api"
 )
 
-// BenchmarkRelays reads one node's state and its 4 relays from a
-// 10,000-node fleet (the reads of a config fetch on a cache miss).
-func BenchmarkRelays(b *testing.B) {
+// benchFleet opens a store (closed at the end) with an IPv4 and an IPv6
+// pool and 10,000 enabled nodes (ids 1-10000) of 4 relays each, named and
+// addressed in order as allocation lays them out, then extra enabled
+// nodes without relays (ids 10001-).
+func benchFleet(b *testing.B, extra int) *Store {
 	s, err := Open(b.TempDir() + "/p.db")
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer s.Close()
+	b.Cleanup(func() { s.Close() })
 	ctx := context.Background()
 	s.AddPool(ctx, netip.MustParsePrefix("198.18.0.0/15"), netip.MustParseAddr("198.18.0.1"), time.Now())
 	s.AddPool(ctx, netip.MustParsePrefix("2001:db8::/64"), netip.MustParseAddr("2001:db8::1"), time.Now())
 	tx, _ := s.db.Begin()
 	a4, a6 := netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("2001:db8::2")
-	for i := 1; i <= 10000; i++ {
+	for i := 1; i <= 10000+extra; i++ {
 		tx.Exec(`INSERT INTO nodes(id, ek_hash, ek_public, state, first_seen, last_seen) VALUES (?, ?, x'00', 'enabled', 0, 0)`, i, fmt.Sprint(i))
+		if i > 10000 {
+			continue
+		}
 		for r := 0; r < 4; r++ {
 			if _, err := tx.Exec(`INSERT INTO relays(node_id, idx, name, ipv4, ipv4_pool, ipv6, ipv6_pool, or_port, created) VALUES (?, ?, ?, ?, 1, ?, 2, 9001, 0)`,
-				i, r, fmt.Sprint("n", i, "r", r), a4.String(), a6.String()); err != nil {
+				i, r, alloc.Name((i-1)*4+r), a4.String(), a6.String()); err != nil {
 				b.Fatal(err)
 			}
 			a4, a6 = a4.Next(), a6.Next()
@@ -37,6 +42,14 @@ func BenchmarkRelays(b *testing.B) {
 	if err := tx.Commit(); err != nil {
 		b.Fatal(err)
 	}
+	return s
+}
+
+// BenchmarkRelays reads one node's state and its 4 relays from a
+// 10,000-node fleet (the reads of a config fetch on a cache miss).
+func BenchmarkRelays(b *testing.B) {
+	s := benchFleet(b, 0)
+	ctx := context.Background()
 	for _, q := range []struct {
 		name string
 		f    func(id int64) error
@@ -63,32 +76,8 @@ func BenchmarkRelays(b *testing.B) {
 // BenchmarkAllocate sizes a new node to 4 relays in a fleet of 10,000
 // nodes x 4 relays (each op allocates a node and frees it again).
 func BenchmarkAllocate(b *testing.B) {
-	s, err := Open(b.TempDir() + "/p.db")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := benchFleet(b, 1)
 	ctx := context.Background()
-	s.AddPool(ctx, netip.MustParsePrefix("198.18.0.0/15"), netip.MustParseAddr("198.18.0.1"), time.Now())
-	s.AddPool(ctx, netip.MustParsePrefix("2001:db8::/64"), netip.MustParseAddr("2001:db8::1"), time.Now())
-	tx, _ := s.db.Begin()
-	a4, a6 := netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("2001:db8::2")
-	for i := 1; i <= 10001; i++ {
-		tx.Exec(`INSERT INTO nodes(id, ek_hash, ek_public, state, first_seen, last_seen) VALUES (?, ?, x'00', 'enabled', 0, 0)`, i, fmt.Sprint(i))
-		if i == 10001 {
-			break
-		}
-		for r := 0; r < 4; r++ {
-			if _, err := tx.Exec(`INSERT INTO relays(node_id, idx, name, ipv4, ipv4_pool, ipv6, ipv6_pool, or_port, created) VALUES (?, ?, ?, ?, 1, ?, 2, 9001, 0)`,
-				i, r, alloc.Name((i-1)*4+r), a4.String(), a6.String()); err != nil {
-				b.Fatal(err)
-			}
-			a4, a6 = a4.Next(), a6.Next()
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		b.Fatal(err)
-	}
 	grow, shrink := &api.Specs{CPUs: 4, MemoryBytes: 8 << 30}, &api.Specs{CPUs: 1, MemoryBytes: 512 << 20}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

@@ -187,6 +187,20 @@ func (s *Server) IssueToken(t testing.TB, nodeID int64) string {
 // enabled node's id and token.
 func (s *Server) EnrollSoftwareNode(t testing.TB) (int64, string) {
 	t.Helper()
+	id, ek, ak, c := s.EnableSoftwareNode(t)
+	tok, err := Activate(context.Background(), c, ek, ak)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id, tok.Token
+}
+
+// EnableSoftwareNode makes a fresh software EK and AK, sends their first
+// contact (which must be answered 403 pending with a node id) and enables
+// the node as an administrator would. It returns the node's id, its keys
+// and the client it used; it does not attest again.
+func (s *Server) EnableSoftwareNode(t testing.TB) (int64, *softek.EK, []byte, *api.Client) {
+	t.Helper()
 	ek, err := softek.New()
 	if err != nil {
 		t.Fatal(err)
@@ -196,19 +210,13 @@ func (s *Server) EnrollSoftwareNode(t testing.TB) (int64, string) {
 		t.Fatal(err)
 	}
 	c := s.Client(t)
-	ctx := context.Background()
-	req := &api.AttestRequest{EKPublic: ek.Public, AKPublic: ak}
-	_, err = c.Attest(ctx, req)
+	_, err = c.Attest(context.Background(), &api.AttestRequest{EKPublic: ek.Public, AKPublic: ak})
 	var ae *api.Error
 	if !errors.As(err, &ae) || ae.Code != api.CodePending || ae.NodeID == 0 {
 		t.Fatalf("first contact: want 403 pending with a node id, got %v", err)
 	}
 	s.Admin(t, "node", "enable", strconv.FormatInt(ae.NodeID, 10))
-	tok, err := Activate(ctx, c, ek, ak)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ae.NodeID, tok.Token
+	return ae.NodeID, ek, ak, c
 }
 
 // Activate runs one attestation handshake for a software EK and AK.

@@ -69,24 +69,10 @@ func (s *softTokens) attestations() int {
 
 // enroll makes a pending node from a fresh software EK and enables it.
 func enroll(t testing.TB, s *testsrv.Server) (int64, *softTokens) {
-	ek, err := softek.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ak, err := softek.AKPublic()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := s.Client(t)
-	_, err = c.Attest(context.Background(), &api.AttestRequest{EKPublic: ek.Public, AKPublic: ak})
-	var ae *api.Error
-	if !errors.As(err, &ae) || ae.Code != api.CodePending {
-		t.Fatalf("first contact: %v", err)
-	}
-	s.Admin(t, "node", "enable", strconv.FormatInt(ae.NodeID, 10))
+	id, ek, ak, c := s.EnableSoftwareNode(t)
 	// Start with a token the server refuses: the first round must get
 	// 401 and attest again.
-	return ae.NodeID, &softTokens{c: c, ek: ek, ak: ak, tok: "not-a-token"}
+	return id, &softTokens{c: c, ek: ek, ak: ak, tok: "not-a-token"}
 }
 
 type relayView struct {
