@@ -41,11 +41,7 @@ func NewNodes(srv *srvproc.Server, n int, first netip.Addr) ([]*Node, error) {
 	nodes := make([]*Node, n)
 	a := first
 	for i := range nodes {
-		ek, err := softek.New()
-		if err != nil {
-			return nil, err
-		}
-		ak, err := softek.AKPublic()
+		ek, ak, err := softek.NewKeys()
 		if err != nil {
 			return nil, err
 		}
@@ -360,11 +356,7 @@ func RunFleet(ctx context.Context, srv *srvproc.Server, n int, specs *api.Specs,
 			return nil, err
 		}
 		defer c.HTTP.CloseIdleConnections()
-		ek, err := softek.New()
-		if err != nil {
-			return nil, err
-		}
-		ak, err := softek.AKPublic()
+		ek, ak, err := softek.NewKeys()
 		if err != nil {
 			return nil, err
 		}

@@ -163,11 +163,7 @@ func (f *fleet) seed(st *store.Store) error {
 	a6 := v6.Addr().Next().Next()
 	nameIdx := 0
 	for i := 0; i < benchNodes; i++ {
-		ek, err := softek.New()
-		if err != nil {
-			return err
-		}
-		ak, err := softek.AKPublic()
+		ek, ak, err := softek.NewKeys()
 		if err != nil {
 			return err
 		}

@@ -201,11 +201,7 @@ func (s *Server) EnrollSoftwareNode(t testing.TB) (int64, string) {
 // and the client it used; it does not attest again.
 func (s *Server) EnableSoftwareNode(t testing.TB) (int64, *softek.EK, []byte, *api.Client) {
 	t.Helper()
-	ek, err := softek.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ak, err := softek.AKPublic()
+	ek, ak, err := softek.NewKeys()
 	if err != nil {
 		t.Fatal(err)
 	}

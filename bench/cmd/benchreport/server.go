@@ -222,11 +222,7 @@ func seed(ctx context.Context, db string, n, k int) (*seeded, error) {
 	s := &seeded{}
 	name := 0
 	for range n {
-		ek, err := softek.New()
-		if err != nil {
-			return nil, err
-		}
-		ak, err := softek.AKPublic()
+		ek, ak, err := softek.NewKeys()
 		if err != nil {
 			return nil, err
 		}

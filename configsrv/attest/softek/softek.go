@@ -132,3 +132,17 @@ func AKTemplate(x, y []byte) tpm2.TPMTPublic {
 		}),
 	}
 }
+
+// NewKeys makes what a new software node presents: a fresh EK and the
+// public area of a fresh AK (AKPublic).
+func NewKeys() (*EK, []byte, error) {
+	ek, err := New()
+	if err != nil {
+		return nil, nil, err
+	}
+	ak, err := AKPublic()
+	if err != nil {
+		return nil, nil, err
+	}
+	return ek, ak, nil
+}
