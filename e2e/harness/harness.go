@@ -18,6 +18,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 
 	"patela/internal/testutil"
 )
@@ -151,4 +153,16 @@ func quote(args []string) string {
 		q[i] = a
 	}
 	return strings.Join(q, " ")
+}
+
+// terminate sends pid SIGTERM and waits for done (its Wait's result); if
+// it has not ended after grace, it kills pid's process group and waits.
+func terminate(pid int, done <-chan error, grace time.Duration) {
+	syscall.Kill(pid, syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(grace):
+		syscall.Kill(-pid, syscall.SIGKILL)
+		<-done
+	}
 }

@@ -81,13 +81,7 @@ func (t *SWTPM) Stop() {
 	select {
 	case <-t.done:
 	case <-time.After(2 * time.Second):
-		syscall.Kill(t.cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-t.done:
-		case <-time.After(5 * time.Second):
-			syscall.Kill(-t.cmd.Process.Pid, syscall.SIGKILL)
-			<-t.done
-		}
+		terminate(t.cmd.Process.Pid, t.done, 5*time.Second)
 	}
 	t.cmd = nil
 }
