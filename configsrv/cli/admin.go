@@ -37,37 +37,21 @@ func (e *env) cmdNode(sub string, args []string) error {
 		if err != nil {
 			return err
 		}
-		if *asJSON {
-			if nodes == nil {
-				nodes = []store.Node{}
-			}
-			return e.json(nodes)
-		}
-		var rows [][]string
-		for _, n := range nodes {
-			rows = append(rows, []string{strconv.FormatInt(n.ID, 10), n.State, hex.EncodeToString(n.EKHash)[:16],
-				strconv.Itoa(n.Relays), fmtTime(n.FirstSeen), fmtTime(n.LastSeen)})
-		}
-		return e.table("ID\tSTATE\tEK\tRELAYS\tFIRST SEEN\tLAST SEEN", rows)
+		return listing(e, *asJSON, nodes, "ID\tSTATE\tEK\tRELAYS\tFIRST SEEN\tLAST SEEN", func(n store.Node) []string {
+			return []string{strconv.FormatInt(n.ID, 10), n.State, hex.EncodeToString(n.EKHash)[:16],
+				strconv.Itoa(n.Relays), fmtTime(n.FirstSeen), fmtTime(n.LastSeen)}
+		})
 
 	case "show":
 		asJSON := fs.Bool("json", false, "JSON output")
-		pos, err := parse(fs, args, 1, 1)
-		if err != nil {
-			return err
-		}
-		id, err := nodeID(pos[0])
+		id, err := parseNodeID(fs, args)
 		if err != nil {
 			return err
 		}
 		return e.nodeShow(id, *asJSON)
 
 	case "enable", "disable", "ban", "remove":
-		pos, err := parse(fs, args, 1, 1)
-		if err != nil {
-			return err
-		}
-		id, err := nodeID(pos[0])
+		id, err := parseNodeID(fs, args)
 		if err != nil {
 			return err
 		}
@@ -222,24 +206,24 @@ func (e *env) nodeShow(id int64, asJSON bool) error {
 }
 
 func (e *env) relayTable(relays []store.Relay) error {
-	var rows [][]string
-	for _, r := range relays {
-		v6 := "-"
-		if r.IPv6.IsValid() {
-			v6 = r.IPv6.String()
+	return listing(e, false, relays, relayHeader, relayRow)
+}
+
+const relayHeader = "NAME\tNODE\tUID\tIPV4\tIPV6\tORPORT\tSTATE\tFINGERPRINT"
+
+func relayRow(r store.Relay) []string {
+	orDash := func(s string) string {
+		if s == "" {
+			return "-"
 		}
-		fp := r.Fingerprint
-		if fp == "" {
-			fp = "-"
-		}
-		state := r.State
-		if state == "" {
-			state = "-"
-		}
-		rows = append(rows, []string{r.Name, strconv.FormatInt(r.NodeID, 10), strconv.Itoa(r.UID),
-			r.IPv4.String(), v6, strconv.Itoa(r.ORPort), state, fp})
+		return s
 	}
-	return e.table("NAME\tNODE\tUID\tIPV4\tIPV6\tORPORT\tSTATE\tFINGERPRINT", rows)
+	v6 := ""
+	if r.IPv6.IsValid() {
+		v6 = r.IPv6.String()
+	}
+	return []string{r.Name, strconv.FormatInt(r.NodeID, 10), strconv.Itoa(r.UID),
+		r.IPv4.String(), orDash(v6), strconv.Itoa(r.ORPort), orDash(r.State), orDash(r.Fingerprint)}
 }
 
 func (e *env) cmdRelayList(args []string) error {
@@ -269,13 +253,7 @@ func (e *env) cmdRelayList(args []string) error {
 	if err != nil {
 		return err
 	}
-	if *asJSON {
-		if relays == nil {
-			relays = []store.Relay{}
-		}
-		return e.json(relays)
-	}
-	return e.relayTable(relays)
+	return listing(e, *asJSON, relays, relayHeader, relayRow)
 }
 
 func (e *env) cmdPool(sub string, args []string) error {
@@ -327,22 +305,14 @@ func (e *env) cmdPool(sub string, args []string) error {
 		if err != nil {
 			return err
 		}
-		if *asJSON {
-			if pools == nil {
-				pools = []store.Pool{}
-			}
-			return e.json(pools)
-		}
-		var rows [][]string
-		for _, p := range pools {
+		return listing(e, *asJSON, pools, "CIDR\tFAMILY\tGATEWAY\tUSED\tSIZE", func(p store.Pool) []string {
 			size := strconv.FormatUint(p.Size, 10)
 			if p.Size == 1<<63 {
 				size = "huge"
 			}
-			rows = append(rows, []string{p.CIDR.String(), "IPv" + strconv.Itoa(p.Family()), p.Gateway.String(),
-				strconv.Itoa(p.Used), size})
-		}
-		return e.table("CIDR\tFAMILY\tGATEWAY\tUSED\tSIZE", rows)
+			return []string{p.CIDR.String(), "IPv" + strconv.Itoa(p.Family()), p.Gateway.String(),
+				strconv.Itoa(p.Used), size}
+		})
 
 	case "remove":
 		pos, err := parse(fs, args, 1, 1)
@@ -390,15 +360,7 @@ func (e *env) cmdAudit(args []string) error {
 	if err != nil {
 		return err
 	}
-	if *asJSON {
-		if rows == nil {
-			rows = []store.AuditEntry{}
-		}
-		return e.json(rows)
-	}
-	var out [][]string
-	for _, r := range rows {
-		out = append(out, []string{r.Time.Format(time.RFC3339), r.Actor, r.Action, r.Target, r.Details})
-	}
-	return e.table("TIME\tACTOR\tACTION\tTARGET\tDETAILS", out)
+	return listing(e, *asJSON, rows, "TIME\tACTOR\tACTION\tTARGET\tDETAILS", func(r store.AuditEntry) []string {
+		return []string{r.Time.Format(time.RFC3339), r.Actor, r.Action, r.Target, r.Details}
+	})
 }

@@ -240,6 +240,31 @@ func nodeID(s string) (int64, error) {
 	return id, nil
 }
 
+// parseNodeID parses flags and exactly one positional argument, a node id.
+func parseNodeID(fs *flag.FlagSet, args []string) (int64, error) {
+	pos, err := parse(fs, args, 1, 1)
+	if err != nil {
+		return 0, err
+	}
+	return nodeID(pos[0])
+}
+
+// listing prints items as JSON (an empty list, never null) or as a table
+// of header and one row per item.
+func listing[T any](e *env, asJSON bool, items []T, header string, row func(T) []string) error {
+	if asJSON {
+		if items == nil {
+			items = []T{}
+		}
+		return e.json(items)
+	}
+	rows := make([][]string, 0, len(items))
+	for _, it := range items {
+		rows = append(rows, row(it))
+	}
+	return e.table(header, rows)
+}
+
 func (e *env) json(v any) error {
 	enc := json.NewEncoder(e.stdout)
 	enc.SetIndent("", "  ")

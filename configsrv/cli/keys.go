@@ -15,11 +15,7 @@ func (e *env) cmdKeys(sub string, args []string) error {
 	switch sub {
 	case "show":
 		asJSON := fs.Bool("json", false, "JSON output")
-		pos, err := parse(fs, args, 1, 1)
-		if err != nil {
-			return err
-		}
-		id, err := nodeID(pos[0])
+		id, err := parseNodeID(fs, args)
 		if err != nil {
 			return err
 		}
@@ -49,11 +45,7 @@ func (e *env) cmdKeys(sub string, args []string) error {
 
 	case "drop":
 		yes := fs.Bool("yes", false, "confirm: the node's relays get new identities")
-		pos, err := parse(fs, args, 1, 1)
-		if err != nil {
-			return err
-		}
-		id, err := nodeID(pos[0])
+		id, err := parseNodeID(fs, args)
 		if err != nil {
 			return err
 		}
