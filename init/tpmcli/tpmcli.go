@@ -208,6 +208,14 @@ func info(t transport.TPM, w io.Writer, dev string, alg tpm2.TPMAlgID) error {
 				map[string]string{"nv": "TPM NV", "mirror": "the config server mirror"}[st.Location])
 		}
 	}
+	switch {
+	case st.CounterWritten:
+		p("counter", "rollback counter %d (NV 0x%08x)", st.Counter, uint32(tpmkeys.NVCounter))
+	case st.CounterDefined:
+		p("counter", "rollback counter defined at NV 0x%08x, no value yet", uint32(tpmkeys.NVCounter))
+	default:
+		p("counter", "no rollback counter (defined at the next key bundle save)")
+	}
 	p("NV", "vault uses %d indices, %d bytes; NV_INDEX_MAX %d, NV_BUFFER_MAX %d",
 		st.NVIndices, st.NVBytes, st.IndexMax, st.BufferMax)
 	return nil
@@ -218,7 +226,7 @@ func clearVault(t transport.TPM, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if !st.Sealed && !st.Header && st.NVIndices == 0 {
+	if !st.Sealed && !st.Header && st.NVIndices == 0 && !st.CounterDefined {
 		fmt.Fprintln(w, "no vault in this TPM; nothing cleared")
 		return nil
 	}

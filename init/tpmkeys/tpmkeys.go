@@ -30,6 +30,7 @@ const (
 	NVHeader   tpm2.TPMHandle = 0x01008F00 // the vault's storage header
 	NVData     tpm2.TPMHandle = 0x01008F01 // first vault data index
 	NVDataMax                 = 64         // data indices NVData .. NVData+63 (two slots of 32)
+	NVCounter  tpm2.TPMHandle = 0x01008F80 // the vault's rollback counter (TPM_NT_COUNTER)
 )
 
 // Key is a loaded key. Transient keys must be flushed with Close.

@@ -23,20 +23,30 @@ import (
 // family key (name len u8 | name | 64 B secret). Public keys, the signing key
 // and its certificate are not kept: tor derives them from these.
 //
-// Envelope v1 (what NV or the mirror holds):
+// Envelope v2 (what NV or the mirror holds; written since the rollback
+// counter):
+//
+//	"PTLE" | format u8 = 2 | version u64 | counter u64 | nonce [12] | AES-256-GCM(plaintext)
+//
+// with AAD = "patela-relay-bundle-v2" ‖ EK name ‖ version u64 ‖ counter u64,
+// so a bundle opens only with this TPM's key, for this EK, at the version
+// and rollback counter value (counter.go) it claims. Envelope v1, still
+// read, has no counter:
 //
 //	"PTLE" | format u8 = 1 | version u64 | nonce [12] | AES-256-GCM(plaintext)
 //
-// with AAD = "patela-relay-bundle-v1" ‖ EK name ‖ version u64, so a bundle
-// opens only with this TPM's key, for this EK, at the version it claims.
+// with AAD = "patela-relay-bundle-v1" ‖ EK name ‖ version u64.
 // GCM authenticates everything, so no separate checksum.
 const (
 	bundleMagic   = "PTLK"
 	envelopeMagic = "PTLE"
 	formatV1      = 1
+	envelopeV2    = 2
 	aadLabel      = "patela-relay-bundle-v1"
+	aadLabelV2    = "patela-relay-bundle-v2"
 	nonceSize     = 12
 	envHeader     = 4 + 1 + 8
+	envHeaderV2   = envHeader + 8
 	maxName       = 64
 )
 
@@ -72,6 +82,10 @@ type FamilyKey struct {
 // Bundle is every relay's keys, at one version.
 type Bundle struct {
 	Version uint64
+	// Counter is the rollback counter value that commits this bundle
+	// (envelope v2); counted is false for a v1 envelope, which has none.
+	Counter uint64
+	counted bool
 	Relays  map[string]*Entry
 }
 
@@ -298,6 +312,12 @@ func aad(ekName []byte, version uint64) []byte {
 	return binary.BigEndian.AppendUint64(a, version)
 }
 
+func aadV2(ekName []byte, version, counter uint64) []byte {
+	a := append([]byte(aadLabelV2), ekName...)
+	a = binary.BigEndian.AppendUint64(a, version)
+	return binary.BigEndian.AppendUint64(a, counter)
+}
+
 func newGCM(key []byte) (cipher.AEAD, error) {
 	blk, err := aes.NewCipher(key)
 	if err != nil {
@@ -306,8 +326,13 @@ func newGCM(key []byte) (cipher.AEAD, error) {
 	return cipher.NewGCM(blk)
 }
 
-// seal encrypts b under key for this EK.
+// seal encrypts b under key for this EK, in envelope v2.
 func seal(key, ekName []byte, b *Bundle) ([]byte, error) {
+	return sealFormat(key, ekName, b, envelopeV2)
+}
+
+// sealFormat writes envelope v2, or v1 (tests of old vaults only).
+func sealFormat(key, ekName []byte, b *Bundle, format byte) ([]byte, error) {
 	pt, err := encodeBundle(b)
 	if err != nil {
 		return nil, err
@@ -318,34 +343,48 @@ func seal(key, ekName []byte, b *Bundle) ([]byte, error) {
 		return nil, err
 	}
 	out := []byte(envelopeMagic)
-	out = append(out, formatV1)
+	out = append(out, format)
 	out = binary.BigEndian.AppendUint64(out, b.Version)
+	ad := aad(ekName, b.Version)
+	if format == envelopeV2 {
+		out = binary.BigEndian.AppendUint64(out, b.Counter)
+		ad = aadV2(ekName, b.Version, b.Counter)
+	}
 	nonce := make([]byte, nonceSize)
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, err
 	}
 	out = append(out, nonce...)
-	return g.Seal(out, nonce, pt, aad(ekName, b.Version)), nil
+	return g.Seal(out, nonce, pt, ad), nil
 }
 
 // ErrUndecryptable means the bundle is not this TPM's, was altered, or is
 // not a bundle at all. It is never silently replaced.
 var ErrUndecryptable = errors.New("key bundle cannot be decrypted with this TPM's vault key (another TPM's bundle, or corrupted)")
 
-// envelopeVersion reads the version an envelope claims.
-func envelopeVersion(env []byte) (uint64, error) {
+// envelopeHeader reads what an envelope claims: its version, its counter
+// (v2), the associated data and where the nonce starts.
+func envelopeHeader(ekName, env []byte) (version, counter uint64, counted bool, ad []byte, nonceAt int, err error) {
 	if len(env) < envHeader+nonceSize || string(env[:4]) != envelopeMagic {
-		return 0, fmt.Errorf("%w: not a bundle envelope", ErrUndecryptable)
+		return 0, 0, false, nil, 0, fmt.Errorf("%w: not a bundle envelope", ErrUndecryptable)
 	}
-	if env[4] != formatV1 {
-		return 0, fmt.Errorf("%w: unknown envelope format %d", ErrUndecryptable, env[4])
+	version = binary.BigEndian.Uint64(env[5:13])
+	switch env[4] {
+	case formatV1:
+		return version, 0, false, aad(ekName, version), envHeader, nil
+	case envelopeV2:
+		if len(env) < envHeaderV2+nonceSize {
+			return 0, 0, false, nil, 0, fmt.Errorf("%w: not a bundle envelope", ErrUndecryptable)
+		}
+		counter = binary.BigEndian.Uint64(env[13:21])
+		return version, counter, true, aadV2(ekName, version, counter), envHeaderV2, nil
 	}
-	return binary.BigEndian.Uint64(env[5:13]), nil
+	return 0, 0, false, nil, 0, fmt.Errorf("%w: unknown envelope format %d", ErrUndecryptable, env[4])
 }
 
 // open decrypts and decodes an envelope.
 func open(key, ekName, env []byte) (*Bundle, error) {
-	version, err := envelopeVersion(env)
+	version, counter, counted, ad, at, err := envelopeHeader(ekName, env)
 	if err != nil {
 		return nil, err
 	}
@@ -353,8 +392,8 @@ func open(key, ekName, env []byte) (*Bundle, error) {
 	if err != nil {
 		return nil, err
 	}
-	nonce := env[envHeader : envHeader+nonceSize]
-	pt, err := g.Open(nil, nonce, env[envHeader+nonceSize:], aad(ekName, version))
+	nonce := env[at : at+nonceSize]
+	pt, err := g.Open(nil, nonce, env[at+nonceSize:], ad)
 	if err != nil {
 		return nil, ErrUndecryptable
 	}
@@ -366,5 +405,6 @@ func open(key, ekName, env []byte) (*Bundle, error) {
 	if b.Version != version {
 		return nil, fmt.Errorf("bundle claims version %d inside, %d outside", b.Version, version)
 	}
+	b.Counter, b.counted = counter, counted
 	return b, nil
 }

@@ -22,7 +22,12 @@ type State struct {
 	NVIndices int   // vault NV indices, header included
 	NVBytes   int
 	IndexMax  int // the TPM's NV_INDEX_MAX
-	BufferMax int // the TPM's NV_BUFFER_MAX (as used)
+	// The rollback counter at tpmkeys.NVCounter: CounterDefined, and
+	// Counter its value when CounterWritten (incremented at least once).
+	CounterDefined bool
+	CounterWritten bool
+	Counter        uint64
+	BufferMax      int // the TPM's NV_BUFFER_MAX (as used)
 }
 
 // Inspect reads the vault's state: handles and the NV header only.
@@ -54,11 +59,17 @@ func Inspect(t transport.TPM) (*State, error) {
 	if st.NVIndices, st.NVBytes, err = nv.usage(); err != nil {
 		return nil, err
 	}
+	cs, err := readCounter(t)
+	if err != nil {
+		return nil, err
+	}
+	st.CounterDefined, st.CounterWritten, st.Counter = cs.defined, cs.written, cs.value
 	return st, nil
 }
 
-// Clear deletes the vault from the TPM: the sealed key, the header and the
-// data indices. The relay keys it held are gone for good (a copy on the
+// Clear deletes the vault from the TPM: the sealed key, the header, the
+// data indices and the rollback counter (whose value a new vault's counter
+// starts above). The relay keys it held are gone for good (a copy on the
 // config server's mirror cannot be decrypted any more either).
 func Clear(t transport.TPM) error {
 	nv, err := newNVStore(t, 0)
@@ -70,6 +81,9 @@ func Clear(t transport.TPM) error {
 	}
 	if err := nv.freeExcept(0, 0); err != nil {
 		return err
+	}
+	if err := undefineCounter(t); err != nil {
+		return fmt.Errorf("removing the rollback counter: %w", err)
 	}
 	return nv.undefine(tpmkeys.NVHeader)
 }

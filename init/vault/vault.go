@@ -7,7 +7,10 @@
 // unseal the key again. The relays' keys form one compact bundle, encrypted
 // under that key with the EK name and the bundle version as associated data,
 // kept in TPM NV over as many indices as it needs, or, when NV is full, in
-// the config server's key mirror, which holds only ciphertext.
+// the config server's key mirror, which holds only ciphertext. A TPM NV
+// counter, raised with every save and recorded in the authenticated
+// envelope, makes the vault refuse an older bundle written back to NV or
+// served by the mirror (counter.go).
 package vault
 
 import (
@@ -84,6 +87,21 @@ type Vault struct {
 	version uint64
 	stored  []byte // encoding of the relays as last saved, to detect changes
 	hdr     header
+	// counter is the rollback counter value the stored bundle records;
+	// uncommitted means the TPM counter was not raised to it yet.
+	counter     uint64
+	uncommitted bool
+}
+
+// saveHook, when set (tests), runs between the steps of a save; an error
+// stops the save there, as a power cut would.
+var saveHook func(step string) error
+
+func (v *Vault) step(name string) error {
+	if saveHook != nil {
+		return saveHook(name)
+	}
+	return nil
 }
 
 // Open unseals the vault key, loads and decrypts the key bundle, and locks
@@ -169,7 +187,7 @@ func Open(ctx context.Context, t transport.TPM, opts Options) (*Vault, error) {
 		clear(v.key)
 		return nil, err
 	}
-	log.Info("vault opened", "relays", len(v.relays), "version", v.version,
+	log.Info("vault opened", "relays", len(v.relays), "version", v.version, "counter", v.counter,
 		"stored_in", [...]string{"nothing yet", "TPM NV", "config server mirror"}[v.hdr.location], "pcrs", pol.pcrs)
 	return v, nil
 }
@@ -186,6 +204,11 @@ func (v *Vault) create(t transport.TPM, srk *tpmkeys.Key, pol pcrPolicy) error {
 		if !bytes.Equal(val, make([]byte, len(val))) {
 			return fmt.Errorf("lock PCR %d is not zero at boot (something else extends it); configure another lock PCR", pol.lock)
 		}
+	}
+	// A rollback counter left by an earlier vault takes another key's
+	// auth; the next save defines a new one, which starts above it.
+	if err := undefineCounter(t); err != nil {
+		return fmt.Errorf("removing an old vault's rollback counter: %w", err)
 	}
 	v.key = make([]byte, keySize)
 	if _, err := rand.Read(v.key); err != nil {
@@ -244,7 +267,7 @@ func (v *Vault) fetch(ctx context.Context, hdr *header) ([]byte, error) {
 			return nil, fmt.Errorf("the key bundle (version %d) should be on the config server, which has none", hdr.version)
 		}
 		if b.Version < hdr.version {
-			return nil, fmt.Errorf("the config server serves key bundle version %d, older than the %d this TPM recorded (rollback)", b.Version, hdr.version)
+			return nil, fmt.Errorf("%w (the config server serves version %d, the vault's NV header records %d)", ErrRollback, b.Version, hdr.version)
 		}
 		return b.Bundle, nil
 	}
@@ -260,7 +283,10 @@ func (v *Vault) decrypt(hdr *header, env []byte) error {
 			return err
 		}
 		if b.Version < hdr.version {
-			return fmt.Errorf("key bundle version %d is older than the %d this TPM recorded (rollback)", b.Version, hdr.version)
+			return fmt.Errorf("%w (the bundle is version %d, the vault's NV header records %d)", ErrRollback, b.Version, hdr.version)
+		}
+		if err := v.checkCounter(b); err != nil {
+			return err
 		}
 		v.relays, v.version = b.Relays, b.Version
 	}
@@ -328,7 +354,9 @@ func (v *Vault) Relays() []string {
 }
 
 // Save persists the bundle if it changed since it was loaded or last
-// saved: to NV when it fits, else to the mirror.
+// saved: to NV when it fits, else to the mirror. The new bundle records
+// the next rollback counter value; the save commits by raising the TPM's
+// counter to it, after the header points at the new bundle (counter.go).
 func (v *Vault) Save(ctx context.Context) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -337,9 +365,16 @@ func (v *Vault) Save(ctx context.Context) error {
 		return err
 	}
 	if bytes.Equal(cur, v.stored) {
+		if v.uncommitted {
+			return v.commit()
+		}
 		return nil
 	}
-	b := &Bundle{Version: v.version + 1, Relays: v.relays}
+	cs, err := v.prepareCounter()
+	if err != nil {
+		return fmt.Errorf("saving the key bundle: %w", err)
+	}
+	b := &Bundle{Version: v.version + 1, Counter: max(cs.value, v.counter) + 1, Relays: v.relays}
 	env, err := seal(v.key, v.ekName, b)
 	if err != nil {
 		return err
@@ -374,14 +409,41 @@ func (v *Vault) Save(ctx context.Context) error {
 	} else if err != nil {
 		return fmt.Errorf("saving the key bundle to NV: %w", err)
 	}
+	if err := v.step("bundle written"); err != nil {
+		return err
+	}
 	if err := v.nv.writeHeader(&hdr); err != nil {
 		return err
 	}
-	v.hdr, v.version, v.stored = hdr, b.Version, cur
+	v.hdr, v.version, v.stored, v.counter, v.uncommitted = hdr, b.Version, cur, b.Counter, true
+	if err := v.step("header written"); err != nil {
+		return err
+	}
+	if err := v.raiseCounter(cs, b.Counter); err != nil {
+		return fmt.Errorf("key bundle version %d written but not committed (the next save or boot completes it): %w", v.version, err)
+	}
+	v.uncommitted = false
+	if err := v.step("counter raised"); err != nil {
+		return err
+	}
 	if err := v.nv.freeExcept(hdr.slot, hdr.count); err != nil {
 		v.log.Warn("freeing unused vault NV indices", "err", err)
 	}
-	v.log.Info("key bundle saved", "version", b.Version, "relays", len(v.relays), "bytes", len(env),
+	v.log.Info("key bundle saved", "version", b.Version, "counter", b.Counter, "relays", len(v.relays), "bytes", len(env),
 		"in", map[byte]string{locNV: "TPM NV", locMirror: "config server mirror"}[hdr.location])
+	return nil
+}
+
+// commit raises the TPM's rollback counter to the value the stored bundle
+// records, for a save whose commit failed.
+func (v *Vault) commit() error {
+	cs, err := readCounter(v.nv.t)
+	if err == nil {
+		err = v.raiseCounter(cs, v.counter)
+	}
+	if err != nil {
+		return fmt.Errorf("key bundle version %d written but not committed (the next save or boot completes it): %w", v.version, err)
+	}
+	v.uncommitted = false
 	return nil
 }
