@@ -1,9 +1,11 @@
 // Package reconcile is the agent's steady state: every poll interval it
 // fetches the node's desired state from the config server, converges the
 // relay network and the supervised relays to it without disturbing
-// relays that did not change, and sends a heartbeat. A server that cannot
-// be reached changes nothing: the relays keep running and the loop
-// retries with backoff.
+// relays that did not change, and sends a heartbeat. Between rounds, a
+// change the supervisor reports (a relay ready, exited, restarted) is
+// sent as a heartbeat of its own within seconds, without a config round.
+// A server that cannot be reached changes nothing: the relays keep
+// running and the loop retries with backoff.
 package reconcile
 
 import (
@@ -15,6 +17,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -66,6 +69,13 @@ type Config struct {
 	RetryMin, RetryMax time.Duration
 	// ProcRoot is where boot_id and uptime are read; default "/proc".
 	ProcRoot string
+
+	// HeartbeatDelay is how long after the supervisor reports a relay
+	// change the loop waits, gathering further changes, before it sends
+	// a heartbeat of its own; default 1 s. HeartbeatGap is the least time
+	// between two such heartbeats, so a relay in a crash loop cannot
+	// flood the server; default 5 s. Neither affects the poll rounds.
+	HeartbeatDelay, HeartbeatGap time.Duration
 }
 
 // Loop is the reconcile loop.
@@ -75,8 +85,10 @@ type Loop struct {
 	sup     *tor.Supervisor
 	initErr error
 
-	applied map[string]api.Relay // relays as last applied successfully
-	refused map[string]error     // relays whose desired state was refused
+	applied  map[string]api.Relay // relays as last applied successfully
+	refused  map[string]error     // relays whose desired state was refused
+	reported []api.RelayStatus    // the relays of the last heartbeat the server took
+	changeHB time.Time            // when the last change heartbeat was sent
 }
 
 // New prepares the loop and its relay supervisor. An error setting up
@@ -93,6 +105,12 @@ func New(cfg Config) *Loop {
 	}
 	if cfg.ProcRoot == "" {
 		cfg.ProcRoot = "/proc"
+	}
+	if cfg.HeartbeatDelay <= 0 {
+		cfg.HeartbeatDelay = time.Second
+	}
+	if cfg.HeartbeatGap <= 0 {
+		cfg.HeartbeatGap = 5 * time.Second
 	}
 	l := &Loop{cfg: cfg, log: cfg.Log, applied: map[string]api.Relay{}, refused: map[string]error{}}
 	o := cfg.Tor
@@ -118,7 +136,7 @@ func (l *Loop) Run(ctx context.Context) error {
 	}
 	retry := l.cfg.RetryMin
 	for {
-		interval, err := l.Once(ctx)
+		interval, sent, err := l.round(ctx)
 		wait := interval
 		if err != nil {
 			if ctx.Err() != nil {
@@ -130,12 +148,56 @@ func (l *Loop) Run(ctx context.Context) error {
 		} else {
 			retry = l.cfg.RetryMin
 		}
-		t := time.NewTimer(wait)
+		if err := l.between(ctx, wait, sent, &retry); err != nil {
+			return err
+		}
+	}
+}
+
+// between waits wait for the next round, sending the supervisor's
+// changes meanwhile: HeartbeatDelay after a change (and HeartbeatGap
+// after the previous change heartbeat at the earliest) it posts a
+// heartbeat alone, unless its relays equal those the server last took.
+// It does so only while the server takes heartbeats (sent: it took the
+// round's); otherwise the next round, due with backoff, reports the
+// change. A failed change heartbeat is a failed round: the next round
+// comes after the backoff (*retry, then doubled) if that is sooner.
+func (l *Loop) between(ctx context.Context, wait time.Duration, sent bool, retry *time.Duration) error {
+	due := time.Now().Add(wait)
+	next := time.NewTimer(wait)
+	defer next.Stop()
+	var hb <-chan time.Time // a change heartbeat is pending
+	for {
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			return ctx.Err()
-		case <-t.C:
+		case <-next.C:
+			return nil // the round sends a heartbeat; a pending one is dropped
+		case <-l.sup.Changes():
+			if sent && hb == nil { // else the pending heartbeat or the next round reads the newest state
+				hb = time.After(max(l.cfg.HeartbeatDelay, time.Until(l.changeHB.Add(l.cfg.HeartbeatGap))))
+			}
+		case <-hb:
+			hb = nil
+			st := l.status()
+			if slices.Equal(st.Relays, l.reported) {
+				continue
+			}
+			l.changeHB = time.Now()
+			if err := l.heartbeat(ctx, st); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				sent = false
+				if w := *retry; w < time.Until(due) {
+					next.Reset(w)
+					due = time.Now().Add(w)
+				}
+				l.log.Warn("heartbeat failed; relays keep running", "err", err, "next_round_in", time.Until(due).Round(time.Millisecond))
+				*retry = min(*retry*2, l.cfg.RetryMax)
+				continue
+			}
+			l.log.Debug("heartbeat sent after a relay change", "relays", len(st.Relays))
 		}
 	}
 }
@@ -143,6 +205,12 @@ func (l *Loop) Run(ctx context.Context) error {
 // Once runs one round: specs, config, network, relays, heartbeat. It
 // returns the poll interval to wait before the next round.
 func (l *Loop) Once(ctx context.Context) (time.Duration, error) {
+	interval, _, err := l.round(ctx)
+	return interval, err
+}
+
+// round is Once, and whether the server took its heartbeat.
+func (l *Loop) round(ctx context.Context) (time.Duration, bool, error) {
 	interval := l.interval(0)
 	var cfg *api.NodeConfig
 	err := l.call(ctx, func(tok string) error {
@@ -159,17 +227,26 @@ func (l *Loop) Once(ctx context.Context) (time.Duration, error) {
 		return nil
 	})
 	if err != nil {
-		return interval, err
+		return interval, false, err
 	}
 	interval = l.interval(cfg.PollIntervalS)
 	applyErr := l.apply(ctx, cfg)
-	hbErr := l.call(ctx, func(tok string) error {
-		if err := l.cfg.Client.Status(ctx, tok, l.status()); err != nil {
+	hbErr := l.heartbeat(ctx, l.status())
+	return interval, hbErr == nil, errors.Join(applyErr, hbErr)
+}
+
+// heartbeat posts st and remembers its relays once the server took it.
+func (l *Loop) heartbeat(ctx context.Context, st *api.Status) error {
+	err := l.call(ctx, func(tok string) error {
+		if err := l.cfg.Client.Status(ctx, tok, st); err != nil {
 			return fmt.Errorf("heartbeat: %w", err)
 		}
 		return nil
 	})
-	return interval, errors.Join(applyErr, hbErr)
+	if err == nil {
+		l.reported = st.Relays
+	}
+	return err
 }
 
 func (l *Loop) interval(serverS int) time.Duration {

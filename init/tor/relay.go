@@ -82,9 +82,10 @@ type relay struct {
 	cmds      chan command
 	done      chan struct{}
 	ready     chan struct{} // READY=1 seen: tor has written its keys
+	changed   func()        // the supervisor's Changes signal; nil: none
 
 	mu      sync.Mutex
-	st      Status
+	st      Status // changed only under mu, followed by noteLocked
 	cur     *desired
 	running *proc
 
@@ -110,12 +111,25 @@ func (r *relay) status() Status {
 	return r.st
 }
 
+// noteLocked signals the supervisor's Changes if r.st differs from
+// before in anything but Since. r.mu must be held, so signals follow the
+// changes they announce.
+func (r *relay) noteLocked(before Status) {
+	now := r.st
+	before.Since, now.Since = time.Time{}, time.Time{}
+	if before != now && r.changed != nil {
+		r.changed()
+	}
+}
+
 func (r *relay) setState(state, why string) {
 	r.mu.Lock()
+	before := r.st
 	r.st.State, r.st.Since = state, time.Now()
 	if why != "" {
 		r.st.Error = why
 	}
+	r.noteLocked(before)
 	r.mu.Unlock()
 }
 
@@ -123,6 +137,7 @@ func (r *relay) setState(state, why string) {
 func (r *relay) onNotify(pid int, key, value string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.noteLocked(r.st) // runs before the unlock
 	if pid == 0 || pid != r.st.PID || value != "1" {
 		return
 	}
@@ -191,7 +206,9 @@ func (r *relay) run() {
 			c.done <- r.install(c.want) // and start it at once
 		}
 		r.mu.Lock()
+		before := r.st
 		r.st.Restarts++
+		r.noteLocked(before)
 		r.mu.Unlock()
 	}
 }
@@ -304,7 +321,9 @@ func (r *relay) start() (*proc, error) {
 		close(p.exited)
 	}()
 	r.running = p
+	before := r.st
 	r.st.PID, r.st.State, r.st.Since, r.st.Error = p.pid, StateStarting, time.Now(), ""
+	r.noteLocked(before)
 	r.log.Info("tor started", "pid", p.pid)
 	return p, nil
 }
@@ -315,7 +334,9 @@ func (r *relay) exited(p *proc) {
 	r.ring.Flush()
 	r.mu.Lock()
 	r.running = nil
+	before := r.st
 	r.st.PID, r.st.State, r.st.Since = 0, StateStopped, time.Now()
+	r.noteLocked(before)
 	r.mu.Unlock()
 	r.checkKeys(true)
 }
@@ -358,11 +379,14 @@ func (r *relay) install(d *desired) error {
 	return nil
 }
 
-// checkKeys captures tor's key files into the vault when they changed
-// (new relay, onion key rotation) and refreshes the fingerprints. Unless
+// checkKeys refreshes the fingerprints and captures tor's key files into
+// the vault when they changed (new relay, onion key rotation). Unless
 // forced, a change must hold for two polls, so a key set tor is still
-// writing is not captured half-way.
+// writing is not captured half-way. The fingerprints come first: they
+// are public, and Status (hence the heartbeat) should not wait for a
+// vault save, nor lose them when one fails.
 func (r *relay) checkKeys(force bool) {
+	r.readFingerprints()
 	st, err := keyState(r.dataDir)
 	if err != nil {
 		r.log.Warn("reading keys", "err", err)
@@ -371,7 +395,6 @@ func (r *relay) checkKeys(force bool) {
 	polled := r.keyPolled
 	r.keyPolled = st
 	if st == r.keySeen || (!force && st != polled) {
-		r.readFingerprints()
 		return
 	}
 	if r.o.Keys != nil && st != "" {
@@ -392,13 +415,14 @@ func (r *relay) checkKeys(force bool) {
 		}
 	}
 	r.keySeen = st
-	r.readFingerprints()
 }
 
 func (r *relay) readFingerprints() {
 	fp, ed := fingerprints(r.dataDir)
 	r.mu.Lock()
+	before := r.st
 	r.st.Fingerprint, r.st.Ed25519ID = fp, ed
+	r.noteLocked(before)
 	r.mu.Unlock()
 }
 

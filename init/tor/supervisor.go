@@ -102,6 +102,8 @@ type Supervisor struct {
 	mapMu  sync.RWMutex // guards relays, so Status never waits for a stop
 	relays map[string]*relay
 	closed bool // after Shutdown: Apply refuses
+
+	changes chan struct{} // one pending signal at most; see Changes
 }
 
 // New checks o and prepares the state and run directories.
@@ -119,7 +121,26 @@ func New(o Options) (*Supervisor, error) {
 			return nil, err
 		}
 	}
-	return &Supervisor{o: o, relays: map[string]*relay{}}, nil
+	return &Supervisor{o: o, relays: map[string]*relay{}, changes: make(chan struct{}, 1)}, nil
+}
+
+// Changes returns a channel that receives a value after what Status
+// reports changed: a relay added or removed, or a relay's state, pid,
+// restarts, reloads, fingerprints or error. Signals coalesce: the channel
+// holds at most one, the supervisor never waits for a reader, and each
+// signal is sent after the change it announces is visible, so a reader
+// that calls Status after every receive never misses the latest state
+// (it may see a change before its signal, then find nothing new).
+// There is one channel per Supervisor, for one reader.
+func (s *Supervisor) Changes() <-chan struct{} { return s.changes }
+
+// signal announces a change on Changes without ever blocking: a full
+// channel already holds a signal the reader has not taken.
+func (s *Supervisor) signal() {
+	select {
+	case s.changes <- struct{}{}:
+	default:
+	}
 }
 
 var nickname = regexp.MustCompile(`^[a-zA-Z0-9]{1,19}$`)
@@ -232,7 +253,7 @@ func (s *Supervisor) add(ctx context.Context, spec Spec) (err error) {
 	r := &relay{
 		o: &s.o, name: name, uid: uid, gid: gid,
 		dataDir: dataDir, torrcPath: filepath.Join(s.o.RunDir, name+".torrc"),
-		notify: n, log: log,
+		notify: n, log: log, changed: s.signal,
 		cmds: make(chan command), done: make(chan struct{}), ready: make(chan struct{}, 1),
 		st: Status{Name: name, UID: uid, State: StateStarting, Since: time.Now()},
 	}
@@ -382,6 +403,7 @@ func (s *Supervisor) setRelay(name string, r *relay) {
 	} else {
 		s.relays[name] = r
 	}
+	s.signal()
 }
 
 // chownTree gives path and everything below it to uid:gid.
