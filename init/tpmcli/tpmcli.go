@@ -209,6 +209,8 @@ func info(t transport.TPM, w io.Writer, dev string, alg tpm2.TPMAlgID) error {
 		}
 	}
 	switch {
+	case st.CounterForeign:
+		p("counter", "BROKEN: NV 0x%08x is not a TPM counter (replaced); the vault refuses its bundle", uint32(tpmkeys.NVCounter))
 	case st.CounterWritten:
 		p("counter", "rollback counter %d (NV 0x%08x)", st.Counter, uint32(tpmkeys.NVCounter))
 	case st.CounterDefined:

@@ -22,12 +22,13 @@ type State struct {
 	NVIndices int   // vault NV indices, header included
 	NVBytes   int
 	IndexMax  int // the TPM's NV_INDEX_MAX
+	BufferMax int // the TPM's NV_BUFFER_MAX (as used)
 	// The rollback counter at tpmkeys.NVCounter: CounterDefined, and
 	// Counter its value when CounterWritten (incremented at least once).
 	CounterDefined bool
 	CounterWritten bool
 	Counter        uint64
-	BufferMax      int // the TPM's NV_BUFFER_MAX (as used)
+	CounterForeign bool // the index there is not a TPM counter
 }
 
 // Inspect reads the vault's state: handles and the NV header only.
@@ -60,10 +61,14 @@ func Inspect(t transport.TPM) (*State, error) {
 		return nil, err
 	}
 	cs, err := readCounter(t)
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrRollback):
+		st.CounterDefined, st.CounterForeign = true, true // clear-vault removes it
+	case err != nil:
 		return nil, err
+	default:
+		st.CounterDefined, st.CounterWritten, st.Counter = cs.defined, cs.written, cs.value
 	}
-	st.CounterDefined, st.CounterWritten, st.Counter = cs.defined, cs.written, cs.value
 	return st, nil
 }
 

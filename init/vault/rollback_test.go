@@ -140,6 +140,16 @@ func TestRollbackNV(t *testing.T) {
 	nv.write(tpmkeys.NVCounter, make([]byte, 8))
 	_, err = m.open(Options{})
 	wantRollback(t, err)
+	// The operator can still see it and clear the vault.
+	if st, err := Inspect(m.dev); err != nil || !st.CounterForeign {
+		t.Fatalf("inspect with a foreign index as counter: %+v %v", st, err)
+	}
+	if err := Clear(m.dev); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := Inspect(m.dev); st.CounterDefined {
+		t.Fatal("Clear left the foreign counter index")
+	}
 }
 
 // TestRollbackNVNewestPutBack: once the newest bundle is written back, the
