@@ -12,51 +12,19 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
-	"github.com/google/go-tpm/tpm2/transport"
 
 	"patela/configsrv/testsrv"
 	"patela/init/tpmdev"
+	"patela/init/tpmdev/tpmdevtest"
 	"patela/internal/api"
-	"patela/internal/swtpmtest"
 	"patela/internal/testutil"
 )
-
-// machine is a node whose TPM state survives reboots (swtpm restarts).
-type machine struct {
-	t     *testing.T
-	state string
-	tp    *swtpmtest.TPM
-	dev   transport.TPMCloser
-	Cnt   *tpmdev.Counter
-}
-
-func newMachine(t *testing.T) *machine {
-	m := &machine{t: t, state: t.TempDir()}
-	m.boot()
-	return m
-}
-
-func (m *machine) boot() {
-	m.t.Helper()
-	if m.tp != nil {
-		m.dev.Close()
-		m.tp.Stop()
-	}
-	m.tp = swtpmtest.StartState(m.t, m.state)
-	dev, err := tpmdev.Open("unix:" + m.tp.Socket)
-	if err != nil {
-		m.t.Fatal(err)
-	}
-	m.dev = dev
-	m.t.Cleanup(func() { dev.Close() })
-	m.Cnt = tpmdev.NewCounter(dev)
-}
 
 var fast = WithBackoff(20*time.Millisecond, 100*time.Millisecond)
 
 // enroll attests a new node, enabling it when it shows up pending, and
 // returns its session and first token.
-func enroll(t *testing.T, m *machine, srv *testsrv.Server, log *testutil.SyncBuffer) (*Session, Token) {
+func enroll(t *testing.T, m *tpmdevtest.Machine, srv *testsrv.Server, log *testutil.SyncBuffer) (*Session, Token) {
 	t.Helper()
 	s, err := NewSession(m.Cnt, srv.Client(t), nil, fast)
 	if err != nil {
@@ -91,7 +59,7 @@ func enrollSession(t *testing.T, s *Session, srv *testsrv.Server, log *testutil.
 
 func TestAttestAgainstConfigsrv(t *testing.T) {
 	srv := testsrv.Start(t)
-	m := newMachine(t)
+	m := tpmdevtest.New(t)
 	var log testutil.SyncBuffer
 	s, tok := enroll(t, m, srv, &log)
 	if tok.NodeID == 0 || tok.NodeID != s.NodeID() || !tok.FirstBoot || time.Until(tok.ExpiresAt) <= 0 {
@@ -108,7 +76,7 @@ func TestAttestAgainstConfigsrv(t *testing.T) {
 	if err != nil || again != tok.Value || m.Cnt.Total() != 0 {
 		t.Fatalf("second Token: same=%v err=%v, %d TPM commands", again == tok.Value, err, m.Cnt.Total())
 	}
-	if hs, _ := tpmdev.Handles(m.dev, tpm2.TPMHTTransient); len(hs) != 0 {
+	if hs, _ := tpmdev.Handles(m.Dev, tpm2.TPMHTTransient); len(hs) != 0 {
 		t.Fatalf("transients leaked: %v", hs)
 	}
 	t.Logf("console:\n%s", log.String())
@@ -116,11 +84,11 @@ func TestAttestAgainstConfigsrv(t *testing.T) {
 
 func TestRebootSameNodeNoNewAK(t *testing.T) {
 	srv := testsrv.Start(t)
-	m := newMachine(t)
+	m := tpmdevtest.New(t)
 	var log testutil.SyncBuffer
 	first, tok1 := enroll(t, m, srv, &log)
 
-	m.boot()
+	m.Boot()
 	start := time.Now()
 	s, err := NewSession(m.Cnt, srv.Client(t), nil, fast)
 	if err != nil {
@@ -147,7 +115,7 @@ func TestRebootSameNodeNoNewAK(t *testing.T) {
 
 func TestRefreshBeforeExpiry(t *testing.T) {
 	srv := testsrv.Start(t)
-	m := newMachine(t)
+	m := tpmdevtest.New(t)
 	var log testutil.SyncBuffer
 	enroll(t, m, srv, &log)
 	// A margin longer than the token's life: every call re-attests.
@@ -177,11 +145,11 @@ func TestRefreshBeforeExpiry(t *testing.T) {
 
 func TestServerDownAtBoot(t *testing.T) {
 	srv := testsrv.Start(t)
-	m := newMachine(t)
+	m := tpmdevtest.New(t)
 	var log testutil.SyncBuffer
 	enroll(t, m, srv, &log)
 	srv.Stop()
-	m.boot()
+	m.Boot()
 	var log2 testutil.SyncBuffer
 	s, err := NewSession(m.Cnt, srv.Client(t), slog.New(slog.NewTextHandler(&log2, nil)), fast)
 	if err != nil {
@@ -202,7 +170,7 @@ func TestServerDownAtBoot(t *testing.T) {
 
 func TestBannedIsPermanent(t *testing.T) {
 	srv := testsrv.Start(t)
-	m := newMachine(t)
+	m := tpmdevtest.New(t)
 	var log testutil.SyncBuffer
 	_, tok := enroll(t, m, srv, &log)
 	srv.Admin(t, "node", "ban", strconv.FormatInt(tok.NodeID, 10))
@@ -220,7 +188,7 @@ func TestBannedIsPermanent(t *testing.T) {
 
 func TestPendingUntilContextEnds(t *testing.T) {
 	srv := testsrv.Start(t)
-	m := newMachine(t)
+	m := tpmdevtest.New(t)
 	var log testutil.SyncBuffer
 	s, err := NewSession(m.Cnt, srv.Client(t), slog.New(slog.NewTextHandler(&log, nil)), fast)
 	if err != nil {
@@ -239,7 +207,7 @@ func TestPendingUntilContextEnds(t *testing.T) {
 
 func TestRateLimitedHonoursRetryAfter(t *testing.T) {
 	srv := testsrv.Start(t)
-	m := newMachine(t)
+	m := tpmdevtest.New(t)
 	var log testutil.SyncBuffer
 	enroll(t, m, srv, &log)
 	limited := 0

@@ -10,6 +10,7 @@ import (
 	srvattest "patela/configsrv/attest"
 	"patela/configsrv/store"
 	"patela/configsrv/testsrv"
+	"patela/init/tpmdev/tpmdevtest"
 	"patela/init/tpmkeys"
 	"patela/internal/api"
 	"patela/internal/swtpmtest"
@@ -21,8 +22,7 @@ import (
 // the config server's own certificate check accepts them.
 func TestEKCertificateSent(t *testing.T) {
 	state, caDir := swtpmtest.Manufacture(t)
-	m := &machine{t: t, state: state}
-	m.boot()
+	m := tpmdevtest.At(t, state)
 	srv := testsrv.Start(t)
 	c, rec := srv.Proxy(t, nil)
 

@@ -115,7 +115,7 @@ func TestMirrorWhenNVFull(t *testing.T) {
 	if err := v.Save(ctx); err != nil {
 		t.Fatal(err)
 	}
-	nv, _ := newNVStore(m.dev, 0)
+	nv, _ := newNVStore(m.Dev, 0)
 	if h, _ := nv.readHeader(); h == nil || h.location != locMirror || h.version != 1 {
 		t.Fatalf("header after a save that does not fit: %+v", h)
 	}
@@ -191,10 +191,10 @@ func TestOrphanedMirrorBundle(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The operator clears the vault in the TPM; the mirror copy stays.
-	if err := tpmkeys.Evict(m.dev, tpmkeys.SealHandle); err != nil {
+	if err := tpmkeys.Evict(m.Dev, tpmkeys.SealHandle); err != nil {
 		t.Fatal(err)
 	}
-	nv, _ := newNVStore(m.dev, 0)
+	nv, _ := newNVStore(m.Dev, 0)
 	nv.undefine(tpmkeys.NVHeader)
 	m.boot()
 	_, err := m.open(opts)
@@ -245,7 +245,7 @@ func TestTPMOutOfNVSpace(t *testing.T) {
 	sess := attested(t, m, srv, c)
 	opts := Options{EKName: sess.EKName(), Mirror: ServerMirror{c, sess}}
 	v := m.mustOpen(opts)
-	nv, _ := newNVStore(m.dev, 0)
+	nv, _ := newNVStore(m.Dev, 0)
 	filled := 0
 	for _, size := range []int{nv.indexMax, 256, 64} {
 		for filled < 500 {

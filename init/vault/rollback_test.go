@@ -25,7 +25,7 @@ type nvCopy struct {
 
 func copyNV(t *testing.T, m *machine) nvCopy {
 	t.Helper()
-	nv, err := newNVStore(m.dev, 0)
+	nv, err := newNVStore(m.Dev, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func copyNV(t *testing.T, m *machine) nvCopy {
 // writeBack writes a copy back raw, redefining freed indices as needed.
 func writeBack(t *testing.T, m *machine, c nvCopy) {
 	t.Helper()
-	nv, _ := newNVStore(m.dev, 0)
+	nv, _ := newNVStore(m.Dev, 0)
 	if c.data != nil {
 		if _, err := nv.writeData(c.hdr.slot, c.data); err != nil {
 			t.Fatal(err)
@@ -58,7 +58,7 @@ func writeBack(t *testing.T, m *machine, c nvCopy) {
 
 func tpmCounter(t *testing.T, m *machine) counterState {
 	t.Helper()
-	cs, err := readCounter(m.dev)
+	cs, err := readCounter(m.Dev)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestRollbackNV(t *testing.T) {
 	if c := tpmCounter(t, m); c.value != v.counter || cur.hdr.version != 2 {
 		t.Fatalf("after the second save: counter %d, bundle records %d", c.value, v.counter)
 	}
-	st, err := Inspect(m.dev)
+	st, err := Inspect(m.Dev)
 	if err != nil || !st.CounterWritten || st.Counter != v.counter {
 		t.Fatalf("inspect: %+v %v", st, err)
 	}
@@ -111,7 +111,7 @@ func TestRollbackNV(t *testing.T) {
 	// The counter deleted: a bundle that records one is refused.
 	m.boot()
 	writeBack(t, m, old)
-	if err := undefineCounter(m.dev); err != nil {
+	if err := undefineCounter(m.Dev); err != nil {
 		t.Fatal(err)
 	}
 	_, err = m.open(Options{})
@@ -119,10 +119,10 @@ func TestRollbackNV(t *testing.T) {
 	// Defined again (by the attacker, with an auth of their own) it starts
 	// above every value the old one had.
 	m.boot()
-	if err := defineCounter(m.dev, []byte("attacker")); err != nil {
+	if err := defineCounter(m.Dev, []byte("attacker")); err != nil {
 		t.Fatal(err)
 	}
-	if err := incrementCounter(m.dev, []byte("attacker"), tpmCounter(t, m).name); err != nil {
+	if err := incrementCounter(m.Dev, []byte("attacker"), tpmCounter(t, m).name); err != nil {
 		t.Fatal(err)
 	}
 	if c := tpmCounter(t, m); c.value <= v.counter {
@@ -132,8 +132,8 @@ func TestRollbackNV(t *testing.T) {
 	wantRollback(t, err)
 	// An ordinary index in the counter's place could hold any value.
 	m.boot()
-	undefineCounter(m.dev)
-	nv, _ := newNVStore(m.dev, 0)
+	undefineCounter(m.Dev)
+	nv, _ := newNVStore(m.Dev, 0)
 	if err := nv.define(tpmkeys.NVCounter, 8); err != nil {
 		t.Fatal(err)
 	}
@@ -141,13 +141,13 @@ func TestRollbackNV(t *testing.T) {
 	_, err = m.open(Options{})
 	wantRollback(t, err)
 	// The operator can still see it and clear the vault.
-	if st, err := Inspect(m.dev); err != nil || !st.CounterForeign {
+	if st, err := Inspect(m.Dev); err != nil || !st.CounterForeign {
 		t.Fatalf("inspect with a foreign index as counter: %+v %v", st, err)
 	}
-	if err := Clear(m.dev); err != nil {
+	if err := Clear(m.Dev); err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := Inspect(m.dev); st.CounterDefined {
+	if st, _ := Inspect(m.Dev); st.CounterDefined {
 		t.Fatal("Clear left the foreign counter index")
 	}
 }
@@ -316,7 +316,7 @@ func legacy(t *testing.T, m *machine, v *Vault) {
 	c := copyNV(t, m)
 	c.data, c.hdr.length, c.hdr.sum = env, len(env), sha256.Sum256(env)
 	writeBack(t, m, c)
-	if err := undefineCounter(m.dev); err != nil {
+	if err := undefineCounter(m.Dev); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -335,7 +335,7 @@ func TestUpgradeFromCounterlessVault(t *testing.T) {
 			if got := v.Relays(); len(got) != 1 {
 				t.Fatalf("legacy vault: relays %v", got)
 			}
-			if st, _ := Inspect(m.dev); st.CounterDefined {
+			if st, _ := Inspect(m.Dev); st.CounterDefined {
 				t.Fatal("counter defined by Open")
 			}
 			v.Capture("gorgonzola", dir)
@@ -353,7 +353,7 @@ func TestUpgradeFromCounterlessVault(t *testing.T) {
 				t.Fatal(err)
 			}
 			upgraded := copyNV(t, m)
-			st, err := Inspect(m.dev)
+			st, err := Inspect(m.Dev)
 			if err != nil || !st.CounterWritten || st.Counter != v.counter {
 				t.Fatalf("after the upgrade: %+v %v", st, err)
 			}
@@ -379,10 +379,10 @@ func TestClearVaultRemovesCounter(t *testing.T) {
 	m := newMachine(t)
 	v, dir := saveOne(t, m, Options{})
 	c1 := v.counter
-	if err := Clear(m.dev); err != nil {
+	if err := Clear(m.Dev); err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := Inspect(m.dev); st.CounterDefined || st.Sealed || st.Header {
+	if st, _ := Inspect(m.Dev); st.CounterDefined || st.Sealed || st.Header {
 		t.Fatalf("after Clear: %+v", st)
 	}
 	m.boot()
@@ -396,10 +396,10 @@ func TestClearVaultRemovesCounter(t *testing.T) {
 	}
 	// A counter left over from an older vault (cleared by hand) does not
 	// take this key: a new vault replaces it.
-	if err := tpmkeys.Evict(m.dev, tpmkeys.SealHandle); err != nil {
+	if err := tpmkeys.Evict(m.Dev, tpmkeys.SealHandle); err != nil {
 		t.Fatal(err)
 	}
-	nv, _ := newNVStore(m.dev, 0)
+	nv, _ := newNVStore(m.Dev, 0)
 	nv.freeExcept(0, 0)
 	nv.undefine(tpmkeys.NVHeader)
 	m.boot()

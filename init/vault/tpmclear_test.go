@@ -66,7 +66,7 @@ func savedToMirror(t *testing.T, m *machine, srv *testsrv.Server, names, dirs []
 	if s := adminKeysShow(t, srv, id); !s.Present || s.Version != uint64(len(dirs)) || s.Size == 0 {
 		t.Fatalf("mirror before the clear: %+v", s)
 	}
-	if st, err := Inspect(m.dev); err != nil || st.Location != "mirror" || !st.Sealed {
+	if st, err := Inspect(m.Dev); err != nil || st.Location != "mirror" || !st.Sealed {
 		t.Fatalf("vault before the clear: %+v %v", st, err)
 	}
 	return id
@@ -101,10 +101,10 @@ func TestRecoverAfterTPMClear(t *testing.T) {
 	id := savedToMirror(t, m, srv, names, dirs)
 	ek := bytes.Clone(m.EK)
 
-	if _, err := (tpm2.Clear{AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHLockout, Auth: tpm2.PasswordAuth(nil)}}).Execute(m.dev); err != nil {
+	if _, err := (tpm2.Clear{AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHLockout, Auth: tpm2.PasswordAuth(nil)}}).Execute(m.Dev); err != nil {
 		t.Fatalf("TPM2_Clear: %v", err)
 	}
-	if st, err := Inspect(m.dev); err != nil || st.Sealed || st.Header || st.NVIndices != 0 {
+	if st, err := Inspect(m.Dev); err != nil || st.Sealed || st.Header || st.NVIndices != 0 {
 		t.Fatalf("vault after TPM2_Clear: %+v %v", st, err)
 	}
 
@@ -133,7 +133,7 @@ func TestRecoverAfterTPMClear(t *testing.T) {
 		t.Fatal("keys drop without --yes dropped the bundle")
 	}
 	srv.Admin(t, "keys", "drop", node, "--yes")
-	if err := Clear(m.dev); err != nil { // init tpm clear-vault --yes
+	if err := Clear(m.Dev); err != nil { // init tpm clear-vault --yes
 		t.Fatal(err)
 	}
 	if s := adminKeysShow(t, srv, id); s.Present {
@@ -193,7 +193,7 @@ func TestRecoverAfterSealedKeyLost(t *testing.T) {
 	srv := testsrv.Start(t)
 	m := newMachine(t)
 	id := savedToMirror(t, m, srv, []string{"murazzano"}, dirs)
-	if err := tpmkeys.Evict(m.dev, tpmkeys.SealHandle); err != nil {
+	if err := tpmkeys.Evict(m.Dev, tpmkeys.SealHandle); err != nil {
 		t.Fatal(err)
 	}
 	_, err := reopen(t, m, srv, id)
@@ -202,7 +202,7 @@ func TestRecoverAfterSealedKeyLost(t *testing.T) {
 	}
 	checkRecoveryMessage(t, err)
 
-	if err := Clear(m.dev); err != nil { // init tpm clear-vault --yes
+	if err := Clear(m.Dev); err != nil { // init tpm clear-vault --yes
 		t.Fatal(err)
 	}
 	_, err = reopen(t, m, srv, id)

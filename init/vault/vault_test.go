@@ -18,46 +18,36 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"patela/init/tpmdev"
+	"patela/init/tpmdev/tpmdevtest"
 	"patela/init/tpmkeys"
-	"patela/internal/swtpmtest"
 )
 
-// machine is a node whose TPM state survives reboots (swtpm restarts).
+// machine is a node's TPM across reboots, with the EK name the vault binds
+// its bundle to.
 type machine struct {
-	t     *testing.T
-	state string
-	tp    *swtpmtest.TPM
-	dev   transport.TPMCloser
-	Cnt   *tpmdev.Counter
-	EK    []byte
+	*tpmdevtest.Machine
+	EK []byte
 }
 
 func newMachine(t *testing.T) *machine {
-	m := &machine{t: t, state: t.TempDir()}
-	m.boot()
+	m := &machine{Machine: tpmdevtest.New(t)}
+	m.readEK()
 	return m
 }
 
 // boot power-cycles the TPM: PCRs reset, persistent state kept.
 func (m *machine) boot() {
-	m.t.Helper()
-	if m.tp != nil {
-		m.dev.Close()
-		m.tp.Stop()
-	}
-	m.tp = swtpmtest.StartState(m.t, m.state)
-	dev, err := tpmdev.Open("unix:" + m.tp.Socket)
+	m.Boot()
+	m.readEK()
+}
+
+func (m *machine) readEK() {
+	m.T.Helper()
+	ek, err := tpmkeys.EK(m.Dev, tpm2.TPMAlgECC)
 	if err != nil {
-		m.t.Fatal(err)
+		m.T.Fatal(err)
 	}
-	m.dev = dev
-	m.t.Cleanup(func() { dev.Close() })
-	m.Cnt = tpmdev.NewCounter(dev)
-	ek, err := tpmkeys.EK(dev, tpm2.TPMAlgECC)
-	if err != nil {
-		m.t.Fatal(err)
-	}
-	ek.Close(dev)
+	ek.Close(m.Dev)
 	m.EK = ek.Name.Buffer
 }
 
@@ -69,18 +59,18 @@ func (m *machine) open(opts Options) (*Vault, error) {
 }
 
 func (m *machine) mustOpen(opts Options) *Vault {
-	m.t.Helper()
+	m.T.Helper()
 	v, err := m.open(opts)
 	if err != nil {
-		m.t.Fatal(err)
+		m.T.Fatal(err)
 	}
 	return v
 }
 
 func (m *machine) extend(pcr int) {
-	m.t.Helper()
-	if err := lockPCR(m.dev, pcr); err != nil {
-		m.t.Fatal(err)
+	m.T.Helper()
+	if err := lockPCR(m.Dev, pcr); err != nil {
+		m.T.Fatal(err)
 	}
 }
 
@@ -128,7 +118,7 @@ func TestEightRelaysRoundTrip(t *testing.T) {
 	}
 	// Everything the vault loaded is flushed (swtpm has no resource manager).
 	for _, ht := range []tpm2.TPMHT{tpm2.TPMHTTransient, tpm2.TPMHTHMACSession, tpm2.TPMHTPolicySession} {
-		if hs, _ := tpmdev.Handles(m.dev, ht); len(hs) != 0 {
+		if hs, _ := tpmdev.Handles(m.Dev, ht); len(hs) != 0 {
 			t.Fatalf("handles left loaded: %v", hs)
 		}
 	}
@@ -242,7 +232,7 @@ func saveOne(t *testing.T, m *machine, opts Options) (*Vault, string) {
 
 func nvData(t *testing.T, m *machine) []byte {
 	t.Helper()
-	nv, err := newNVStore(m.dev, 0)
+	nv, err := newNVStore(m.Dev, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +267,7 @@ func TestOtherEKCannotDecrypt(t *testing.T) {
 func TestCorruptedCiphertext(t *testing.T) {
 	m := newMachine(t)
 	saveOne(t, m, Options{})
-	nv, _ := newNVStore(m.dev, 0)
+	nv, _ := newNVStore(m.Dev, 0)
 	h, _ := nv.readHeader()
 	data := nvData(t, m)
 
@@ -297,7 +287,7 @@ func TestCorruptedCiphertext(t *testing.T) {
 	}
 	// Without the hash update: noticed before decryption.
 	data[len(data)-20] ^= 1
-	nv, _ = newNVStore(m.dev, 0)
+	nv, _ = newNVStore(m.Dev, 0)
 	data[0] ^= 0xFF
 	nv.writeData(h.slot, data)
 	m.boot()
@@ -324,7 +314,7 @@ func TestNVFullWithoutMirror(t *testing.T) {
 func TestSealedKeyLost(t *testing.T) {
 	m := newMachine(t)
 	saveOne(t, m, Options{})
-	if err := tpmkeys.Evict(m.dev, tpmkeys.SealHandle); err != nil {
+	if err := tpmkeys.Evict(m.Dev, tpmkeys.SealHandle); err != nil {
 		t.Fatal(err)
 	}
 	m.boot()
@@ -338,8 +328,8 @@ func TestVaultKeyNeverInNV(t *testing.T) {
 	// NV index for it.
 	m := newMachine(t)
 	v, _ := saveOne(t, m, Options{})
-	hs, _ := tpmdev.Handles(m.dev, tpm2.TPMHTNVIndex)
-	nv, _ := newNVStore(m.dev, 0)
+	hs, _ := tpmdev.Handles(m.Dev, tpm2.TPMHTNVIndex)
+	nv, _ := newNVStore(m.Dev, 0)
 	for _, h := range hs {
 		n, _, _ := nv.size(h)
 		d, err := nv.read(h, n)
@@ -357,12 +347,12 @@ func TestLockIsEnforcedByTheTPM(t *testing.T) {
 	m.boot()
 	pol, _ := newPolicy([]int{7}, DefaultLockPCR)
 	unseal := func() error {
-		srk, err := tpmkeys.SRK(m.dev)
+		srk, err := tpmkeys.SRK(m.Dev)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer srk.Close(m.dev)
-		sealed, err := tpmkeys.Persisted(m.dev, tpmkeys.SealHandle)
+		defer srk.Close(m.Dev)
+		sealed, err := tpmkeys.Persisted(m.Dev, tpmkeys.SealHandle)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -371,7 +361,7 @@ func TestLockIsEnforcedByTheTPM(t *testing.T) {
 			Auth: tpm2.Policy(tpm2.TPMAlgSHA256, 16, func(t transport.TPM, s tpm2.TPMISHPolicy, _ tpm2.TPM2BNonce) error {
 				_, err := tpm2.PolicyPCR{PolicySession: s, Pcrs: sel}.Execute(t)
 				return err
-			})}}.Execute(m.dev)
+			})}}.Execute(m.Dev)
 		return err
 	}
 	if err := unseal(); err != nil {
@@ -389,7 +379,7 @@ func TestLockIsEnforcedByTheTPM(t *testing.T) {
 func TestInterruptedSave(t *testing.T) {
 	m := newMachine(t)
 	v, dir := saveOne(t, m, Options{})
-	nv, _ := newNVStore(m.dev, 0)
+	nv, _ := newNVStore(m.Dev, 0)
 	h, _ := nv.readHeader()
 	junk := make([]byte, 3000)
 	if _, err := nv.writeData(h.slot^1, junk); err != nil {
@@ -407,7 +397,7 @@ func TestInterruptedSave(t *testing.T) {
 	if err := v.Save(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	nv, _ = newNVStore(m.dev, 0)
+	nv, _ = newNVStore(m.Dev, 0)
 	if n, size, err := nv.usage(); n != 2 || size > headerLen+2048 {
 		t.Logf("usage: %v", err)
 		t.Fatalf("after the next save: %d indices, %d bytes (the stale slot was not freed)", n, size)
@@ -424,7 +414,7 @@ func TestLockPCRInUse(t *testing.T) {
 	if _, err := m.open(Options{}); err == nil || !strings.Contains(err.Error(), "not zero at boot") {
 		t.Fatalf("lock PCR already extended at first boot: %v", err)
 	}
-	if _, err := tpmkeys.Persisted(m.dev, tpmkeys.SealHandle); !errors.Is(err, tpmkeys.ErrNotPersisted) {
+	if _, err := tpmkeys.Persisted(m.Dev, tpmkeys.SealHandle); !errors.Is(err, tpmkeys.ErrNotPersisted) {
 		t.Fatal("a key was sealed anyway")
 	}
 	m.mustOpen(Options{LockPCR: 14})
