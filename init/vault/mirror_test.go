@@ -24,6 +24,25 @@ import (
 
 // attested enrolls the machine's TPM with the server (enabling it when it
 // shows up pending) and returns its session.
+// mirrorOptions is a vault whose bundle cannot fit its 256 bytes of NV, so
+// the ciphertext lives in the server's mirror, reached with sess's token.
+func mirrorOptions(sess *attest.Session, c *api.Client) Options {
+	return Options{EKName: sess.EKName(), Mirror: ServerMirror{c, sess}, NVMaxBytes: 256}
+}
+
+// savedInMirror opens the vault and saves one relay's keys from dir.
+func (m *machine) savedInMirror(opts Options, name, dir string) *Vault {
+	m.T.Helper()
+	v := m.mustOpen(opts)
+	if _, err := v.Capture(name, dir); err != nil {
+		m.T.Fatal(err)
+	}
+	if err := v.Save(context.Background()); err != nil {
+		m.T.Fatal(err)
+	}
+	return v
+}
+
 func attested(t *testing.T, m *machine, srv *testsrv.Server, c *api.Client) *attest.Session {
 	s, err := attest.NewSession(m.Cnt, c, nil, attest.WithBackoff(20*time.Millisecond, 100*time.Millisecond))
 	if err != nil {
@@ -184,12 +203,8 @@ func TestOrphanedMirrorBundle(t *testing.T) {
 	c := srv.Client(t)
 	m := newMachine(t)
 	sess := attested(t, m, srv, c)
-	opts := Options{EKName: sess.EKName(), Mirror: ServerMirror{c, sess}, NVMaxBytes: 256}
-	v := m.mustOpen(opts)
-	v.Capture("murazzano", dirs[0])
-	if err := v.Save(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	opts := mirrorOptions(sess, c)
+	m.savedInMirror(opts, "murazzano", dirs[0])
 	// The operator clears the vault in the TPM; the mirror copy stays.
 	if err := tpmkeys.Evict(m.Dev, tpmkeys.SealHandle); err != nil {
 		t.Fatal(err)
@@ -215,12 +230,8 @@ func TestMirrorDownAtOpen(t *testing.T) {
 	c := srv.Client(t)
 	m := newMachine(t)
 	sess := attested(t, m, srv, c)
-	opts := Options{EKName: sess.EKName(), Mirror: ServerMirror{c, sess}, NVMaxBytes: 256}
-	v := m.mustOpen(opts)
-	v.Capture("murazzano", dirs[0])
-	if err := v.Save(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	opts := mirrorOptions(sess, c)
+	v := m.savedInMirror(opts, "murazzano", dirs[0])
 	m.boot()
 	mustToken(t, sess)
 	srv.Stop()

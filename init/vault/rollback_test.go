@@ -193,12 +193,8 @@ func TestRollbackMirror(t *testing.T) {
 	m := newMachine(t)
 	ctx := context.Background()
 	sess := attested(t, m, srv, c)
-	opts := Options{EKName: sess.EKName(), Mirror: ServerMirror{c, sess}, NVMaxBytes: 256}
-	v := m.mustOpen(opts)
-	v.Capture("murazzano", dirs[0])
-	if err := v.Save(ctx); err != nil {
-		t.Fatal(err)
-	}
+	opts := mirrorOptions(sess, c)
+	v := m.savedInMirror(opts, "murazzano", dirs[0])
 	oldKB, err := c.GetKeys(ctx, mustToken(t, sess))
 	if err != nil {
 		t.Fatal(err)
@@ -424,12 +420,8 @@ func TestMirrorSaveCrashWindows(t *testing.T) {
 		t.Run(strings.ReplaceAll(step, " ", "_"), func(t *testing.T) {
 			m := newMachine(t)
 			sess := attested(t, m, srv, c)
-			opts := Options{EKName: sess.EKName(), Mirror: ServerMirror{c, sess}, NVMaxBytes: 256}
-			v := m.mustOpen(opts)
-			v.Capture("murazzano", dirs[0])
-			if err := v.Save(context.Background()); err != nil {
-				t.Fatal(err)
-			}
+			opts := mirrorOptions(sess, c)
+			v := m.savedInMirror(opts, "murazzano", dirs[0])
 			before, _ := c.GetKeys(context.Background(), mustToken(t, sess))
 			c1 := tpmCounter(t, m).value
 			v.Capture("gorgonzola", dirs[0])

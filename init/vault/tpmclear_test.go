@@ -53,7 +53,7 @@ func savedToMirror(t *testing.T, m *machine, srv *testsrv.Server, names, dirs []
 	t.Helper()
 	c := srv.Client(t)
 	sess := attested(t, m, srv, c)
-	v := m.mustOpen(Options{EKName: sess.EKName(), Mirror: ServerMirror{c, sess}, NVMaxBytes: 256})
+	v := m.mustOpen(mirrorOptions(sess, c))
 	for i, d := range dirs {
 		if _, err := v.Capture(names[i], d); err != nil {
 			t.Fatal(err)
@@ -82,7 +82,7 @@ func reopen(t *testing.T, m *machine, srv *testsrv.Server, id int64) (*Vault, er
 	if sess.NodeID() != id {
 		t.Fatalf("after the clear the machine is node %d, was %d", sess.NodeID(), id)
 	}
-	return m.open(Options{EKName: sess.EKName(), Mirror: ServerMirror{c, sess}, NVMaxBytes: 256})
+	return m.open(mirrorOptions(sess, c))
 }
 
 // TestRecoverAfterTPMClear: a real TPM2_Clear on swtpm takes the sealed
