@@ -12,9 +12,8 @@ import (
 
 	"patela/bench/srvproc"
 	"patela/init/attest"
-	"patela/init/tpmdev"
+	"patela/init/tpmdev/tpmdevtest"
 	"patela/internal/api"
-	"patela/internal/swtpmtest"
 	"patela/internal/testutil"
 )
 
@@ -55,12 +54,7 @@ func TestServerDownWhileAgentBoots(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	tp := swtpmtest.Start(t)
-	dev, err := tpmdev.Open("unix:" + tp.Socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
+	dev := tpmdevtest.New(t).Dev
 	var log testutil.SyncBuffer
 	sess, err := attest.NewSession(dev, client, slog.New(slog.NewTextHandler(&log, nil)),
 		attest.WithBackoff(40*time.Millisecond, 320*time.Millisecond))

@@ -18,9 +18,8 @@ import (
 
 	"patela/bench/srvproc"
 	"patela/init/attest"
-	"patela/init/tpmdev"
+	"patela/init/tpmdev/tpmdevtest"
 	"patela/init/vault"
-	"patela/internal/swtpmtest"
 	"patela/internal/testutil"
 )
 
@@ -37,12 +36,7 @@ func TestServerNeverSeesRelayKeyPlaintext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tp := swtpmtest.Start(t)
-	dev, err := tpmdev.Open("unix:" + tp.Socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
+	dev := tpmdevtest.New(t).Dev
 	log := slog.New(slog.DiscardHandler)
 	sess, err := attest.NewSession(dev, client, log, attest.WithBackoff(20*time.Millisecond, 100*time.Millisecond))
 	if err != nil {
