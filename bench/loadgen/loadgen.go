@@ -283,7 +283,7 @@ func Enable(ctx context.Context, dbPath string, nodes []*Node) error {
 	}
 	defer st.Close()
 	for _, n := range nodes {
-		if err := st.SetNodeState(ctx, n.ID, store.Enabled); err != nil {
+		if err := st.SetNodeState(ctx, n.ID, api.NodeEnabled); err != nil {
 			return fmt.Errorf("enabling node %d: %w", n.ID, err)
 		}
 	}

@@ -183,7 +183,7 @@ func TestEveryNodeEndpointRefusesBadTokens(t *testing.T) {
 	type cred struct {
 		name string
 		hdr  map[string]string
-		code string
+		code api.ErrorCode
 		want int
 	}
 	bearer := func(s string) map[string]string { return map[string]string{"Authorization": "Bearer " + s} }
@@ -221,7 +221,7 @@ func TestEveryNodeEndpointRefusesBadTokens(t *testing.T) {
 				body = strings.NewReader(e.body)
 			}
 			status, b := do(t, a.Client, e.method, e.path, "", body, hdr)
-			if status != c.want || !strings.Contains(string(b), `"code":"`+c.code+`"`) {
+			if status != c.want || !strings.Contains(string(b), `"code":"`+string(c.code)+`"`) {
 				t.Errorf("%s %s with %s: %d %s, want %d %s", e.method, e.path, c.name, status, b, c.want, c.code)
 			}
 		}

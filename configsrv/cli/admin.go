@@ -12,6 +12,7 @@ import (
 
 	"patela/configsrv/settings"
 	"patela/configsrv/store"
+	"patela/internal/api"
 )
 
 func fmtTime(t time.Time) string {
@@ -38,7 +39,7 @@ func (e *env) cmdNode(sub string, args []string) error {
 			return err
 		}
 		return listing(e, *asJSON, nodes, "ID\tSTATE\tEK\tRELAYS\tFIRST SEEN\tLAST SEEN", func(n store.Node) []string {
-			return []string{strconv.FormatInt(n.ID, 10), n.State, hex.EncodeToString(n.EKHash)[:16],
+			return []string{strconv.FormatInt(n.ID, 10), string(n.State), hex.EncodeToString(n.EKHash)[:16],
 				strconv.Itoa(n.Relays), fmtTime(n.FirstSeen), fmtTime(n.LastSeen)}
 		})
 
@@ -70,7 +71,7 @@ func (e *env) cmdNode(sub string, args []string) error {
 			fmt.Fprintf(e.stdout, "node %d removed (its relays, addresses and key bundle freed)\n", id)
 			return nil
 		}
-		state := map[string]string{"enable": store.Enabled, "disable": store.Disabled, "ban": store.Banned}[sub]
+		state := map[string]api.NodeState{"enable": api.NodeEnabled, "disable": api.NodeDisabled, "ban": api.NodeBanned}[sub]
 		if err := st.SetNodeState(e.ctx, id, state); err != nil {
 			return err
 		}

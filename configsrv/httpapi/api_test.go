@@ -178,13 +178,13 @@ func TestChallengeSecretReplayExpiry(t *testing.T) {
 	// A node disabled between challenge and answer gets no token.
 	ch, _ = l.client.Attest(ctx, req)
 	secret, _ = ek.Activate(ch.CredentialBlob, ch.EncryptedSecret, akName)
-	l.st.SetNodeState(ctx, id, store.Disabled)
+	l.st.SetNodeState(ctx, id, api.NodeDisabled)
 	if _, err := l.client.Complete(ctx, &api.CompleteRequest{ChallengeID: ch.ChallengeID, Secret: secret}); !api.IsCode(err, api.CodeDisabled) {
 		t.Fatalf("disabled during attestation: %v", err)
 	}
-	for _, st := range []string{store.Disabled, store.Banned} {
+	for _, st := range []api.NodeState{api.NodeDisabled, api.NodeBanned} {
 		l.st.SetNodeState(ctx, id, st)
-		if _, err := l.client.Attest(ctx, req); !api.IsCode(err, st) {
+		if _, err := l.client.Attest(ctx, req); !api.IsCode(err, st.RefusalCode()) {
 			t.Fatalf("attest while %s: %v", st, err)
 		}
 	}
@@ -241,7 +241,7 @@ func TestNodeEndpointAuthTable(t *testing.T) {
 		name   string
 		token  func() string
 		status int
-		code   string
+		code   api.ErrorCode
 		setup  func()
 	}{
 		{"missing", func() string { return "" }, 401, api.CodeUnauthorized, nil},
@@ -252,9 +252,9 @@ func TestNodeEndpointAuthTable(t *testing.T) {
 		{"removed node", func() string { return issue(l.auth, gone, now) }, 401, api.CodeUnauthorized, nil},
 		// Another node's valid token works, as that node (checked below).
 		{"other node", func() string { return issue(l.auth, b, now) }, 0, "", nil},
-		{"disabled node", func() string { return valid }, 403, api.CodeDisabled, func() { l.st.SetNodeState(ctx, a, store.Disabled) }},
-		{"banned node", func() string { return valid }, 403, api.CodeBanned, func() { l.st.SetNodeState(ctx, a, store.Banned) }},
-		{"valid", func() string { return valid }, 0, "", func() { l.st.SetNodeState(ctx, a, store.Enabled) }},
+		{"disabled node", func() string { return valid }, 403, api.CodeDisabled, func() { l.st.SetNodeState(ctx, a, api.NodeDisabled) }},
+		{"banned node", func() string { return valid }, 403, api.CodeBanned, func() { l.st.SetNodeState(ctx, a, api.NodeBanned) }},
+		{"valid", func() string { return valid }, 0, "", func() { l.st.SetNodeState(ctx, a, api.NodeEnabled) }},
 	}
 	version, otherVersion := uint64(0), uint64(0)
 	for _, c := range cases {
@@ -321,7 +321,7 @@ func TestBadKeys(t *testing.T) {
 	cases := []struct {
 		name   string
 		ek, ak []byte
-		code   string
+		code   api.ErrorCode
 	}{
 		{"ak not fixedTPM", ek.Public, mod(func(p *tpm2.TPMTPublic) { p.ObjectAttributes.FixedTPM = false }), api.CodeBadAK},
 		{"ak not fixedParent", ek.Public, mod(func(p *tpm2.TPMTPublic) { p.ObjectAttributes.FixedParent = false }), api.CodeBadAK},

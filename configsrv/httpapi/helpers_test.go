@@ -89,7 +89,7 @@ func (l *local) enroll(t *testing.T) (id int64, ek *softek.EK, ak []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := l.st.SetNodeState(context.Background(), n.ID, store.Enabled); err != nil {
+	if err := l.st.SetNodeState(context.Background(), n.ID, api.NodeEnabled); err != nil {
 		t.Fatal(err)
 	}
 	return n.ID, ek, ak
@@ -97,7 +97,7 @@ func (l *local) enroll(t *testing.T) (id int64, ek *softek.EK, ak []byte) {
 
 // raw sends a request and returns the status, the error code (if any) and
 // the response.
-func raw(t *testing.T, c *api.Client, method, path, tok string, body []byte) (int, string, *http.Response) {
+func raw(t *testing.T, c *api.Client, method, path, tok string, body []byte) (int, api.ErrorCode, *http.Response) {
 	t.Helper()
 	var r io.Reader
 	if body != nil {

@@ -111,7 +111,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-func writeErr(w http.ResponseWriter, status int, code, msg string) {
+func writeErr(w http.ResponseWriter, status int, code api.ErrorCode, msg string) {
 	writeJSON(w, status, &api.Error{Message: msg, Code: code})
 }
 
@@ -202,16 +202,16 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 		s.audit(ctx, target, "node.first_contact", target, "ek "+ekHash+" from "+clientAddr(r))
 	}
 	switch n.State {
-	case store.Pending:
+	case api.NodePending:
 		s.audit(ctx, target, "attest.pending", target, "")
 		writeJSON(w, http.StatusForbidden, &api.Error{Code: api.CodePending, NodeID: n.ID,
 			Message: fmt.Sprintf("node %d is pending; an administrator must run `configsrv node enable %d`", n.ID, n.ID)})
 		return
-	case store.Banned:
+	case api.NodeBanned:
 		s.audit(ctx, target, "attest.banned", target, "")
 		writeErr(w, http.StatusForbidden, api.CodeBanned, "node is banned")
 		return
-	case store.Disabled:
+	case api.NodeDisabled:
 		s.audit(ctx, target, "attest.disabled", target, "")
 		writeErr(w, http.StatusForbidden, api.CodeDisabled, "node is disabled")
 		return
@@ -266,13 +266,13 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The node may have been disabled since the challenge was issued.
-	if st, err := s.Store.NodeState(ctx, c.NodeID); err != nil || st != store.Enabled {
+	if st, err := s.Store.NodeState(ctx, c.NodeID); err != nil || st != api.NodeEnabled {
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			s.internal(w, r, err)
 			return
 		}
-		s.audit(ctx, target, "attest.refused", target, "state "+st)
-		writeErr(w, http.StatusForbidden, refusal(st), "node is not enabled")
+		s.audit(ctx, target, "attest.refused", target, "state "+string(st))
+		writeErr(w, http.StatusForbidden, st.RefusalCode(), "node is not enabled")
 		return
 	}
 	first, err := s.Store.CompleteAttestation(ctx, c.NodeID, c.AKName, now)
@@ -287,17 +287,6 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 	}
 	s.audit(ctx, target, "attest.ok", target, fmt.Sprintf("first_boot=%v", first))
 	writeJSON(w, http.StatusOK, &api.CompleteResponse{Token: tok, ExpiresAt: exp, FirstBoot: first})
-}
-
-// refusal is the error code for a node that may not act in state st.
-func refusal(st string) string {
-	switch st {
-	case store.Banned:
-		return api.CodeBanned
-	case store.Pending:
-		return api.CodePending
-	}
-	return api.CodeDisabled
 }
 
 // node guards a node endpoint: a valid token first, then the node's
@@ -324,8 +313,8 @@ func (s *Server) node(h func(http.ResponseWriter, *http.Request, int64)) http.Ha
 			s.internal(w, r, err)
 			return
 		}
-		if st != store.Enabled {
-			writeErr(w, http.StatusForbidden, refusal(st), "node is "+st)
+		if st != api.NodeEnabled {
+			writeErr(w, http.StatusForbidden, st.RefusalCode(), "node is "+string(st))
 			return
 		}
 		h(w, r, id)

@@ -11,31 +11,23 @@ import (
 	"patela/internal/api"
 )
 
-// Node states.
-const (
-	Pending  = "pending"
-	Enabled  = "enabled"
-	Disabled = "disabled"
-	Banned   = "banned"
-)
-
 // Node is one machine, identified by its TPM's endorsement key.
 type Node struct {
-	ID          int64     `json:"id"`
-	EKHash      []byte    `json:"ek_hash"`
-	EKPublic    []byte    `json:"-"`
-	AKName      []byte    `json:"ak_name,omitempty"`
-	State       string    `json:"state"`
-	FirstSeen   time.Time `json:"first_seen"`
-	LastSeen    time.Time `json:"last_seen"`
-	AttestedAt  time.Time `json:"attested_at"`
-	BootID      string    `json:"boot_id"`
-	UptimeS     int64     `json:"uptime_s"`
-	CPUs        int       `json:"cpus"`
-	MemoryBytes uint64    `json:"memory_bytes"`
-	CPUModel    string    `json:"cpu_model"`
-	Torrc       string    `json:"-"`
-	Relays      int       `json:"relays"`
+	ID          int64         `json:"id"`
+	EKHash      []byte        `json:"ek_hash"`
+	EKPublic    []byte        `json:"-"`
+	AKName      []byte        `json:"ak_name,omitempty"`
+	State       api.NodeState `json:"state"`
+	FirstSeen   time.Time     `json:"first_seen"`
+	LastSeen    time.Time     `json:"last_seen"`
+	AttestedAt  time.Time     `json:"attested_at"`
+	BootID      string        `json:"boot_id"`
+	UptimeS     int64         `json:"uptime_s"`
+	CPUs        int           `json:"cpus"`
+	MemoryBytes uint64        `json:"memory_bytes"`
+	CPUModel    string        `json:"cpu_model"`
+	Torrc       string        `json:"-"`
+	Relays      int           `json:"relays"`
 }
 
 // EKHash is the node identity derived from the marshalled EK TPMT_PUBLIC.
@@ -78,8 +70,8 @@ func (s *Store) Node(ctx context.Context, id int64) (*Node, error) {
 
 // NodeState returns only the state of node id: the check every node
 // endpoint makes before any work.
-func (s *Store) NodeState(ctx context.Context, id int64) (string, error) {
-	var st string
+func (s *Store) NodeState(ctx context.Context, id int64) (api.NodeState, error) {
+	var st api.NodeState
 	err := s.queryRow(ctx, `SELECT state FROM nodes WHERE id = ?`, id).Scan(&st)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", fmt.Errorf("node %d: %w", id, ErrNotFound)
@@ -136,9 +128,9 @@ func (s *Store) NodeByEK(ctx context.Context, ekPublic []byte, now time.Time) (n
 }
 
 // SetNodeState changes a node's state.
-func (s *Store) SetNodeState(ctx context.Context, id int64, state string) error {
+func (s *Store) SetNodeState(ctx context.Context, id int64, state api.NodeState) error {
 	switch state {
-	case Pending, Enabled, Disabled, Banned:
+	case api.NodePending, api.NodeEnabled, api.NodeDisabled, api.NodeBanned:
 	default:
 		return fmt.Errorf("invalid node state %q", state)
 	}

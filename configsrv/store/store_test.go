@@ -29,7 +29,7 @@ func node(t *testing.T, s *Store) int64 {
 	ek := make([]byte, 64)
 	rand.Read(ek)
 	n, created, err := s.NodeByEK(context.Background(), ek, time.Now())
-	if err != nil || !created || n.State != Pending {
+	if err != nil || !created || n.State != api.NodePending {
 		t.Fatalf("new node: %+v %v %v", n, created, err)
 	}
 	return n.ID

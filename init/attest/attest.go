@@ -278,14 +278,13 @@ func (s *Session) setNodeID(id int64) {
 
 // classify marks the answers that retrying cannot change.
 func classify(err error) error {
-	var ae *api.Error
-	if !errors.As(err, &ae) {
+	ae, ok := api.AsError(err)
+	switch {
+	case !ok:
 		return err // transport error: the server may still be booting
-	}
-	switch ae.Code {
-	case api.CodeBanned:
+	case ae.Code == api.CodeBanned:
 		return &PermanentError{fmt.Errorf("%w (%v)", ErrBanned, err)}
-	case api.CodeBadAK, api.CodeBadEK, api.CodeBadRequest:
+	case ae.Permanent():
 		return &PermanentError{err}
 	}
 	return err

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"patela/init/tor"
+	"patela/internal/api"
 	"patela/internal/testutil"
 )
 
@@ -29,7 +29,7 @@ func BenchmarkRound8Relays(b *testing.B) {
 		st := w.l.Supervisor().Status()
 		n := 0
 		for _, s := range st {
-			if s.State == tor.StateRunning && s.Fingerprint != "" {
+			if s.State == api.RelayRunning && s.Fingerprint != "" {
 				n++
 			}
 		}

@@ -65,11 +65,11 @@ func TestHeartbeatOnChange(t *testing.T) {
 	var first tor.Status
 	waitFor(t, "relay running", func() bool {
 		first = local()
-		return first.State == tor.StateRunning
+		return first.State == api.RelayRunning
 	})
 	waitFor(t, "server sees the relay running", func() bool {
 		r := onServer(first.Name)
-		return r.State == tor.StateRunning && len(r.Fingerprint) == 40
+		return r.State == api.RelayRunning && len(r.Fingerprint) == 40
 	})
 	lag := time.Since(first.Since) // Since: when READY=1 came
 	t.Logf("READY=1 to the server seeing running + fingerprint: %v (poll interval 1h)", lag.Round(10*time.Millisecond))
@@ -87,7 +87,7 @@ func TestHeartbeatOnChange(t *testing.T) {
 	unix.Kill(first.PID, unix.SIGKILL)
 	waitFor(t, "server sees restarts=1 running", func() bool {
 		r := onServer(first.Name)
-		return r.State == tor.StateRunning && r.Restarts == 1
+		return r.State == api.RelayRunning && r.Restarts == 1
 	})
 	lag = time.Since(t0)
 	t.Logf("SIGKILL to the server seeing running restarts=1: %v, %d heartbeats", lag.Round(10*time.Millisecond), rec.Count(statusKey)-hb0)
@@ -112,13 +112,13 @@ func TestHeartbeatOnChange(t *testing.T) {
 	unix.Kill(second.PID, unix.SIGKILL)
 	waitFor(t, "relay restarted", func() bool {
 		st := local()
-		return st.State == tor.StateRunning && st.Restarts == 2
+		return st.State == api.RelayRunning && st.Restarts == 2
 	})
 	waitFor(t, "rounds retrying", func() bool { return rec.Count(configKey) >= cfg0+3 })
 	outage.Store(false)
 	waitFor(t, "server sees restarts=2", func() bool {
 		r := onServer(first.Name)
-		return r.State == tor.StateRunning && r.Restarts == 2
+		return r.State == api.RelayRunning && r.Restarts == 2
 	})
 	hbs, rounds := rec.Count(statusKey)-hb0, rec.Count(configKey)-cfg0
 	t.Logf("outage: %d heartbeats, %d rounds", hbs, rounds)
@@ -138,7 +138,7 @@ func TestHeartbeatOnChange(t *testing.T) {
 	t0 = time.Now()
 	killed, changes, lastKilled := 0, 0, 0
 	prev := local()
-	for prev.State != tor.StateFailed {
+	for prev.State != api.RelayFailed {
 		st := local()
 		if st.State != prev.State || st.PID != prev.PID || st.Restarts != prev.Restarts {
 			changes++
@@ -153,7 +153,7 @@ func TestHeartbeatOnChange(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	failedAt := time.Now()
-	waitFor(t, "server sees failed", func() bool { return onServer(first.Name).State == tor.StateFailed })
+	waitFor(t, "server sees failed", func() bool { return onServer(first.Name).State == api.RelayFailed })
 	window := time.Since(t0)
 	hbs = rec.Count(statusKey) - hb0
 	t.Logf("crash loop: %d kills, %d state changes seen, %d heartbeats in %v; failed on the server %v after the supervisor",
@@ -161,7 +161,7 @@ func TestHeartbeatOnChange(t *testing.T) {
 	if limit := 2 + int(window/gap); hbs > limit {
 		t.Errorf("%d heartbeats in %v: more than %d", hbs, window, limit)
 	}
-	if st := lastSent(); st.State != tor.StateFailed {
+	if st := lastSent(); st.State != api.RelayFailed {
 		t.Errorf("last heartbeat says %+v", st)
 	}
 	if n := rec.Count(configKey); n != cfg1 {

@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"slices"
 	"sort"
@@ -267,8 +266,7 @@ func (l *Loop) call(ctx context.Context, fn func(token string) error) error {
 		return fmt.Errorf("token: %w", err)
 	}
 	err = fn(tok)
-	var ae *api.Error
-	if !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
+	if ae, ok := api.AsError(err); !ok || !ae.TokenRefused() {
 		return err
 	}
 	l.log.Info("token refused; attesting again", "err", err)
@@ -370,16 +368,12 @@ func (l *Loop) status() *api.Status {
 	}
 	for name := range l.refused {
 		if !seen[name] {
-			s.Relays = append(s.Relays, api.RelayStatus{Name: name, State: StateRefused})
+			s.Relays = append(s.Relays, api.RelayStatus{Name: name, State: api.RelayRefused})
 		}
 	}
 	sort.Slice(s.Relays, func(i, j int) bool { return s.Relays[i].Name < s.Relays[j].Name })
 	return s
 }
-
-// StateRefused is reported for a relay whose configuration the agent
-// could not use (tor --verify-config failed, bad checksum, ...).
-const StateRefused = "refused"
 
 func (l *Loop) bootID() string {
 	b, err := os.ReadFile(l.cfg.ProcRoot + "/sys/kernel/random/boot_id")

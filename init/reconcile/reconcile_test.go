@@ -76,11 +76,11 @@ func enroll(t testing.TB, s *testsrv.Server) (int64, *softTokens) {
 }
 
 type relayView struct {
-	Name        string    `json:"name"`
-	State       string    `json:"state"`
-	Fingerprint string    `json:"fingerprint"`
-	Restarts    int       `json:"restarts"`
-	ReportedAt  time.Time `json:"reported_at"`
+	Name        string         `json:"name"`
+	State       api.RelayState `json:"state"`
+	Fingerprint string         `json:"fingerprint"`
+	Restarts    int            `json:"restarts"`
+	ReportedAt  time.Time      `json:"reported_at"`
 }
 
 func serverRelays(t *testing.T, s *testsrv.Server, node int64) map[string]relayView {
@@ -234,7 +234,7 @@ func TestReconcileAgainstConfigsrv(t *testing.T) {
 	var first tor.Status
 	waitFor(t, "first relay running", func() bool {
 		st := sup.Status()
-		if len(st) == 1 && st[0].State == tor.StateRunning {
+		if len(st) == 1 && st[0].State == api.RelayRunning {
 			first = st[0]
 			return true
 		}
@@ -245,7 +245,7 @@ func TestReconcileAgainstConfigsrv(t *testing.T) {
 	}
 	waitFor(t, "heartbeat with fingerprint", func() bool {
 		r := serverRelays(t, s, id)[first.Name]
-		return r.State == tor.StateRunning && len(r.Fingerprint) == 40
+		return r.State == api.RelayRunning && len(r.Fingerprint) == 40
 	})
 	cfg0, _ := s.Client(t).Config(context.Background(), mustToken(t, tokens))
 	relayAddr := func(name string) netip.Addr {
@@ -267,7 +267,7 @@ func TestReconcileAgainstConfigsrv(t *testing.T) {
 	var second tor.Status
 	waitFor(t, "second relay running", func() bool {
 		for _, st := range sup.Status() {
-			if st.Name != first.Name && st.State == tor.StateRunning {
+			if st.Name != first.Name && st.State == api.RelayRunning {
 				second = st
 				return true
 			}
@@ -288,7 +288,7 @@ func TestReconcileAgainstConfigsrv(t *testing.T) {
 	s.Admin(t, "torrc", "import", relayTorrc, "--relay", second.Name)
 	waitFor(t, "relay torrc reloaded", func() bool {
 		st, _ := statusOf(sup, second.Name)
-		return st.Reloads == 1 && st.State == tor.StateRunning
+		return st.Reloads == 1 && st.State == api.RelayRunning
 	})
 	t.Logf("torrc import --relay to reloaded: %v", time.Since(t0))
 	live, _ := os.ReadFile(filepath.Join(root, "run", second.Name+".torrc"))
@@ -319,14 +319,14 @@ func TestReconcileAgainstConfigsrv(t *testing.T) {
 	if a := relayAddr(second.Name); a.IsValid() && addrsIn(t, agent, "relay0")[a] {
 		t.Errorf("removed relay's address %v still on relay0", a)
 	}
-	if st, _ := statusOf(sup, first.Name); st.PID != first.PID || st.State != tor.StateRunning {
+	if st, _ := statusOf(sup, first.Name); st.PID != first.PID || st.State != api.RelayRunning {
 		t.Errorf("first relay disturbed by the removal: %+v", st)
 	}
 
 	// The server goes away: relays keep running through several rounds.
 	s.Stop()
 	time.Sleep(3 * poll)
-	if st, _ := statusOf(sup, first.Name); st.PID != first.PID || st.State != tor.StateRunning {
+	if st, _ := statusOf(sup, first.Name); st.PID != first.PID || st.State != api.RelayRunning {
 		t.Errorf("relay disturbed while the server was down: %+v", st)
 	}
 	restarted := time.Now()
@@ -366,7 +366,7 @@ func TestApplyRefusesBadConfig(t *testing.T) {
 	var first tor.Status
 	waitFor(t, "relay running", func() bool {
 		st := sup.Status()
-		if len(st) == 1 && st[0].State == tor.StateRunning {
+		if len(st) == 1 && st[0].State == api.RelayRunning {
 			first = st[0]
 			return true
 		}
@@ -379,7 +379,7 @@ func TestApplyRefusesBadConfig(t *testing.T) {
 	untouched := func(what string) {
 		t.Helper()
 		st := sup.Status()
-		if len(st) != 1 || st[0].PID != first.PID || st[0].State != tor.StateRunning || st[0].Reloads != 0 {
+		if len(st) != 1 || st[0].PID != first.PID || st[0].State != api.RelayRunning || st[0].Reloads != 0 {
 			t.Errorf("%s disturbed the running relay: %+v, was %+v", what, st, first)
 		}
 	}
@@ -414,7 +414,7 @@ func TestApplyRefusesBadConfig(t *testing.T) {
 	}
 	untouched("a relay with a bad checksum")
 	hb := w.l.status()
-	if len(hb.Relays) != 2 || hb.Relays[0].Name != "forged" || hb.Relays[0].State != StateRefused {
+	if len(hb.Relays) != 2 || hb.Relays[0].Name != "forged" || hb.Relays[0].State != api.RelayRefused {
 		t.Errorf("heartbeat does not report the refused relay: %+v", hb.Relays)
 	}
 	if hb.BootID == "" || hb.UptimeS <= 0 {

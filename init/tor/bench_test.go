@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"testing"
 
+	"patela/internal/api"
 	"patela/internal/testutil"
 )
 
@@ -56,7 +57,7 @@ func BenchmarkReload(b *testing.B) {
 		}
 		waitFor(b, "reload", func() bool {
 			st := h.status(b, "bench0")
-			return st.Reloads == before+1 && st.State == StateRunning
+			return st.Reloads == before+1 && st.State == api.RelayRunning
 		})
 	}
 }
@@ -80,7 +81,7 @@ func BenchmarkRestart(b *testing.B) {
 		}
 		waitFor(b, "restart", func() bool {
 			st := h.status(b, "bench0")
-			return st.PID != pid && st.State == StateRunning
+			return st.PID != pid && st.State == api.RelayRunning
 		})
 	}
 }

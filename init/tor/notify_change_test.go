@@ -2,6 +2,7 @@ package tor
 
 import (
 	"context"
+	"patela/internal/api"
 	"sync"
 	"testing"
 	"time"
@@ -13,12 +14,12 @@ import (
 // it, and signals only what Status shows (not a new Since alone).
 func TestChangesCoalesce(t *testing.T) {
 	s := &Supervisor{relays: map[string]*relay{}, changes: make(chan struct{}, 1)}
-	r := &relay{changed: s.signal, st: Status{Name: "alpha", State: StateStarting}}
+	r := &relay{changed: s.signal, st: Status{Name: "alpha", State: api.RelayStarting}}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for i := range 1000 { // nobody reads: none of these may block
-			r.setState(StateBackoff, "")
+			r.setState(api.RelayBackoff, "")
 			r.mu.Lock()
 			before := r.st
 			r.st.Restarts = i + 1
@@ -35,12 +36,12 @@ func TestChangesCoalesce(t *testing.T) {
 		t.Fatalf("%d signals pending, want 1", n)
 	}
 	<-s.Changes()
-	r.setState(StateBackoff, "") // same state, new Since: nothing to report
-	r.readFingerprints()         // no DataDirectory: still empty
+	r.setState(api.RelayBackoff, "") // same state, new Since: nothing to report
+	r.readFingerprints()             // no DataDirectory: still empty
 	if n := len(s.Changes()); n != 0 {
 		t.Fatalf("a change of Since alone was signalled")
 	}
-	r.setState(StateRunning, "")
+	r.setState(api.RelayRunning, "")
 	if n := len(s.Changes()); n != 1 {
 		t.Fatalf("state change not signalled")
 	}
@@ -89,10 +90,10 @@ func TestChangesFollowRelay(t *testing.T) {
 			}
 		}
 	}()
-	seenStates := func() []string {
+	seenStates := func() []api.RelayState {
 		mu.Lock()
 		defer mu.Unlock()
-		var s []string
+		var s []api.RelayState
 		for _, st := range seen {
 			if len(s) == 0 || s[len(s)-1] != st.State {
 				s = append(s, st.State)
@@ -107,7 +108,7 @@ func TestChangesFollowRelay(t *testing.T) {
 	var final Status
 	waitFor(t, "restarted relay running", func() bool {
 		final = h.status(t, "india")
-		return final.State == StateRunning && final.Restarts == 1 && final.Fingerprint != ""
+		return final.State == api.RelayRunning && final.Restarts == 1 && final.Fingerprint != ""
 	})
 	time.Sleep(time.Second) // several key polls: nothing more may change
 	close(stop)
@@ -124,7 +125,7 @@ func TestChangesFollowRelay(t *testing.T) {
 	t.Logf("states read after signals: %v", states)
 	// The reader may skip a state that a quicker one replaced before it
 	// read Status, but it must see the relay down and running again.
-	if states[len(states)-1] != StateRunning || len(states) < 2 {
+	if states[len(states)-1] != api.RelayRunning || len(states) < 2 {
 		t.Errorf("states read after signals %v: want the exit, then running", states)
 	}
 }

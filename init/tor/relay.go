@@ -15,25 +15,15 @@ import (
 
 	"patela/init/reaper"
 	"patela/init/tor/logring"
+	"patela/internal/api"
 	"patela/internal/torrc"
-)
-
-// Relay states, as reported in the heartbeat.
-const (
-	StateStarting  = "starting"  // tor started, READY=1 not yet received
-	StateRunning   = "running"   // READY=1 received
-	StateReloading = "reloading" // SIGHUP sent, RELOADING=1 received, READY=1 pending
-	StateStopping  = "stopping"
-	StateBackoff   = "backoff" // exited, restart pending
-	StateFailed    = "failed"  // crash loop: no restart until the config changes
-	StateStopped   = "stopped"
 )
 
 // Status is a snapshot of one relay.
 type Status struct {
 	Name        string
 	UID         int
-	State       string
+	State       api.RelayState
 	PID         int // 0 when no tor runs
 	Restarts    int // restarts after unexpected exits (config changes not counted)
 	Reloads     int // RELOADING=1 messages received
@@ -122,7 +112,7 @@ func (r *relay) noteLocked(before Status) {
 	}
 }
 
-func (r *relay) setState(state, why string) {
+func (r *relay) setState(state api.RelayState, why string) {
 	r.mu.Lock()
 	before := r.st
 	r.st.State, r.st.Since = state, time.Now()
@@ -143,8 +133,8 @@ func (r *relay) onNotify(pid int, key, value string) {
 	}
 	switch key {
 	case "READY":
-		if r.st.State == StateStarting || r.st.State == StateReloading {
-			r.st.State, r.st.Since = StateRunning, time.Now()
+		if r.st.State == api.RelayStarting || r.st.State == api.RelayReloading {
+			r.st.State, r.st.Since = api.RelayRunning, time.Now()
 		}
 		// tor creates or loads its keys before it reports ready: capture
 		// them now rather than at the next poll, so a power cut soon
@@ -155,9 +145,9 @@ func (r *relay) onNotify(pid int, key, value string) {
 		}
 	case "RELOADING":
 		r.st.Reloads++
-		r.st.State, r.st.Since = StateReloading, time.Now()
+		r.st.State, r.st.Since = api.RelayReloading, time.Now()
 	case "STOPPING":
-		r.st.State, r.st.Since = StateStopping, time.Now()
+		r.st.State, r.st.Since = api.RelayStopping, time.Now()
 	}
 }
 
@@ -168,7 +158,7 @@ func (r *relay) run() {
 	for {
 		res := r.runOnce()
 		if res.stop != nil {
-			r.setState(StateStopped, "")
+			r.setState(api.RelayStopped, "")
 			res.stop.done <- nil
 			return
 		}
@@ -180,10 +170,10 @@ func (r *relay) run() {
 		if delay < 0 {
 			why := fmt.Sprintf("crash loop: %d exits within %s, last: %v", n, r.o.CrashWindow, res.err)
 			r.log.Error("relay failed; not restarting until its configuration changes", "reason", why)
-			r.setState(StateFailed, why)
+			r.setState(api.RelayFailed, why)
 			c := <-r.cmds
 			if c.want == nil {
-				r.setState(StateStopped, "")
+				r.setState(api.RelayStopped, "")
 				c.done <- nil
 				return
 			}
@@ -192,14 +182,14 @@ func (r *relay) run() {
 			continue
 		}
 		r.log.Warn("tor exited; restarting", "err", res.err, "in", delay)
-		r.setState(StateBackoff, fmt.Sprint(res.err))
+		r.setState(api.RelayBackoff, fmt.Sprint(res.err))
 		t := time.NewTimer(delay)
 		select {
 		case <-t.C:
 		case c := <-r.cmds:
 			t.Stop()
 			if c.want == nil {
-				r.setState(StateStopped, "")
+				r.setState(api.RelayStopped, "")
 				c.done <- nil
 				return
 			}
@@ -322,7 +312,7 @@ func (r *relay) start() (*proc, error) {
 	}()
 	r.running = p
 	before := r.st
-	r.st.PID, r.st.State, r.st.Since, r.st.Error = p.pid, StateStarting, time.Now(), ""
+	r.st.PID, r.st.State, r.st.Since, r.st.Error = p.pid, api.RelayStarting, time.Now(), ""
 	r.noteLocked(before)
 	r.log.Info("tor started", "pid", p.pid)
 	return p, nil
@@ -335,7 +325,7 @@ func (r *relay) exited(p *proc) {
 	r.mu.Lock()
 	r.running = nil
 	before := r.st
-	r.st.PID, r.st.State, r.st.Since = 0, StateStopped, time.Now()
+	r.st.PID, r.st.State, r.st.Since = 0, api.RelayStopped, time.Now()
 	r.noteLocked(before)
 	r.mu.Unlock()
 	r.checkKeys(true)
@@ -345,7 +335,7 @@ func (r *relay) exited(p *proc) {
 // ShutdownWaitLength), then SIGKILL to the process group after
 // StopTimeout.
 func (r *relay) stop(p *proc) {
-	r.setState(StateStopping, "")
+	r.setState(api.RelayStopping, "")
 	unix.Kill(-p.pid, unix.SIGINT)
 	t := time.NewTimer(r.o.StopTimeout)
 	defer t.Stop()

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"patela/init/tor/logring"
+	"patela/internal/api"
 	"patela/internal/atomicfile"
 )
 
@@ -255,7 +256,7 @@ func (s *Supervisor) add(ctx context.Context, spec Spec) (err error) {
 		dataDir: dataDir, torrcPath: filepath.Join(s.o.RunDir, name+".torrc"),
 		notify: n, log: log, changed: s.signal,
 		cmds: make(chan command), done: make(chan struct{}), ready: make(chan struct{}, 1),
-		st: Status{Name: name, UID: uid, State: StateStarting, Since: time.Now()},
+		st: Status{Name: name, UID: uid, State: api.RelayStarting, Since: time.Now()},
 	}
 	r.ring = logring.New(s.o.LogLines, log)
 	if err := r.install(d); err != nil {
@@ -276,7 +277,7 @@ func (s *Supervisor) change(ctx context.Context, r *relay, spec Spec) error {
 	if err != nil {
 		return fmt.Errorf("relay %s: %w", spec.Name, err)
 	}
-	if string(cfg.Render()) == string(cur.text) && r.status().State != StateFailed {
+	if string(cfg.Render()) == string(cur.text) && r.status().State != api.RelayFailed {
 		return nil
 	}
 	d, err := s.prepare(ctx, spec)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"patela/internal/api"
 	"patela/internal/testutil"
 
 	"golang.org/x/sys/unix"
@@ -138,7 +139,7 @@ func (h *harness) waitRunning(t testing.TB, name string) Status {
 	var st Status
 	waitFor(t, name+" running", func() bool {
 		st = h.status(t, name)
-		return st.State == StateRunning
+		return st.State == api.RelayRunning
 	})
 	return st
 }
@@ -268,7 +269,7 @@ func TestRelays(t *testing.T) {
 		var st Status
 		waitFor(t, "RELOADING=1 then READY=1", func() bool {
 			st = h.status(t, "bravo")
-			return st.Reloads == before.Reloads+1 && st.State == StateRunning
+			return st.Reloads == before.Reloads+1 && st.State == api.RelayRunning
 		})
 		if st.PID != pids["bravo"] {
 			t.Errorf("bravo pid %d→%d on a reloadable change", pids["bravo"], st.PID)
@@ -288,7 +289,7 @@ func TestRelays(t *testing.T) {
 		var st Status
 		waitFor(t, "charlie restarted", func() bool {
 			st = h.status(t, "charlie")
-			return st.State == StateRunning && st.PID != pids["charlie"]
+			return st.State == api.RelayRunning && st.PID != pids["charlie"]
 		})
 		if alive(pids["charlie"]) {
 			t.Errorf("old charlie %d still alive", pids["charlie"])
@@ -312,7 +313,7 @@ func TestRelays(t *testing.T) {
 		t.Logf("refused: %v", err)
 		time.Sleep(500 * time.Millisecond) // room for a wrong SIGHUP to land
 		st := h.status(t, "bravo")
-		if st.PID != pids["bravo"] || !alive(st.PID) || st.State != StateRunning {
+		if st.PID != pids["bravo"] || !alive(st.PID) || st.State != api.RelayRunning {
 			t.Errorf("bravo after refusal: %+v (pid was %d)", st, pids["bravo"])
 		}
 		now, _ := os.ReadFile(filepath.Join(h.root, "run", "bravo.torrc"))
@@ -367,7 +368,7 @@ func TestCrashLoop(t *testing.T) {
 	var st Status
 	waitFor(t, "failed", func() bool {
 		st = h.status(t, "delta")
-		return st.State == StateFailed
+		return st.State == api.RelayFailed
 	})
 	if st.Restarts != 2 {
 		t.Errorf("restarts = %d, want 2 (3 runs)", st.Restarts)
@@ -377,7 +378,7 @@ func TestCrashLoop(t *testing.T) {
 	}
 	t.Logf("failed: %s", st.Error)
 	time.Sleep(3 * time.Second) // longer than BackoffMax: no more restarts
-	if again := h.status(t, "delta"); again.Restarts != st.Restarts || again.State != StateFailed || again.PID != 0 {
+	if again := h.status(t, "delta"); again.Restarts != st.Restarts || again.State != api.RelayFailed || again.PID != 0 {
 		t.Errorf("failed relay kept spinning: %+v", again)
 	}
 	if err := h.sup.Apply(ctx, Spec{Name: "delta", UID: 20004, Torrc: serverTorrc("delta", 39104)}); err != nil {

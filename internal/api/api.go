@@ -26,25 +26,6 @@ const (
 	PathStatus         = "/v1/node/status"
 )
 
-// Error codes carried in Error.Code.
-const (
-	CodeBadRequest       = "bad_request"
-	CodePending          = "pending"
-	CodeBanned           = "banned"
-	CodeDisabled         = "disabled"
-	CodeBadAK            = "bad_ak"
-	CodeBadEK            = "bad_ek"
-	CodeEKUntrusted      = "ek_untrusted"
-	CodeRateLimited      = "rate_limited"
-	CodeBadSecret        = "bad_secret"
-	CodeChallengeExpired = "challenge_expired"
-	CodeUnauthorized     = "unauthorized"
-	CodeNotFound         = "not_found"
-	CodeConflict         = "conflict"
-	CodeExhausted        = "exhausted"
-	CodeInternal         = "internal"
-)
-
 // AttestRequest is the body of POST /v1/attest. Publics are marshalled
 // TPMT_PUBLIC structures; the certificate is DER.
 type AttestRequest struct {
@@ -133,15 +114,15 @@ type RelayStatus struct {
 	Name        string `json:"name"`
 	Fingerprint string `json:"fingerprint"`
 	Ed25519ID   string `json:"ed25519_id"`
-	State       string `json:"state"`
-	Restarts    int    `json:"restarts"`
+	State       RelayState `json:"state"`
+	Restarts    int        `json:"restarts"`
 }
 
 // Error is every non-2xx body. NodeID is set with CodePending.
 type Error struct {
-	Message string `json:"error"`
-	Code    string `json:"code"`
-	NodeID  int64  `json:"node_id,omitempty"`
+	Message string    `json:"error"`
+	Code    ErrorCode `json:"code"`
+	NodeID  int64     `json:"node_id,omitempty"`
 
 	// Status is the HTTP status the error came with (client side only).
 	Status int `json:"-"`
@@ -153,11 +134,11 @@ func (e *Error) Error() string {
 	if e.Status != 0 {
 		return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Message)
 	}
-	return e.Code + ": " + e.Message
+	return string(e.Code) + ": " + e.Message
 }
 
 // IsCode reports whether err is an *Error with the given code.
-func IsCode(err error, code string) bool {
+func IsCode(err error, code ErrorCode) bool {
 	var e *Error
 	return errors.As(err, &e) && e.Code == code
 }

@@ -118,7 +118,7 @@ func (c *Client) do(ctx context.Context, method, path, token string, in, out any
 		e := &Error{Status: resp.StatusCode}
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, MaxBody))
 		if json.Unmarshal(data, e) != nil || e.Code == "" {
-			e.Code = http.StatusText(resp.StatusCode)
+			e.Code = ErrorCode(http.StatusText(resp.StatusCode))
 			e.Message = strings.TrimSpace(string(data))
 		}
 		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
