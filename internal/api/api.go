@@ -111,9 +111,9 @@ type Status struct {
 
 // RelayStatus is one relay's state as the agent sees it.
 type RelayStatus struct {
-	Name        string `json:"name"`
-	Fingerprint string `json:"fingerprint"`
-	Ed25519ID   string `json:"ed25519_id"`
+	Name        string     `json:"name"`
+	Fingerprint string     `json:"fingerprint"`
+	Ed25519ID   string     `json:"ed25519_id"`
 	State       RelayState `json:"state"`
 	Restarts    int        `json:"restarts"`
 }
