@@ -209,7 +209,7 @@ func TestAdminRoundTrip(t *testing.T) {
 
 	res := ok(t, db, "torrc", "resolve", "--relay", "murazzano")
 	for _, want := range []string{"ExitPolicy reject *:25\nExitPolicy accept *:*\n", "Nickname murazzano\n", "ORPort 192.0.2.2:9001\n",
-		"ORPort [2001:db8::2]:9001\n", "User _tor-murazzano\n", "RelayBandwidthRate 10 MB\n"} {
+		"ORPort [2001:db8::2]:9001\n", "DataDirectory /var/lib/tor-instances/murazzano\n", "RelayBandwidthRate 10 MB\n"} {
 		if !strings.Contains(res, want) {
 			t.Errorf("resolved murazzano lacks %q:\n%s", want, res)
 		}

@@ -155,10 +155,11 @@ func (e *env) cmdTorrc(sub string, args []string) error {
 		if err != nil {
 			return err
 		}
-		c, _, err := resolve.Relay(e.ctx, st, *relay)
+		served, _, err := resolve.Relay(e.ctx, st, *relay)
 		if err != nil {
 			return err
 		}
+		c := resolve.OnNode(served, *relay)
 		if *explain {
 			e.stdout.Write(c.Explain())
 		} else {

@@ -24,14 +24,13 @@ const (
 	LevelManaged = "managed"
 )
 
-// DataDir is where a relay's tor keeps its state on the node (the agent
-// substitutes its own root).
-func DataDir(name string) string { return "/var/lib/tor-instances/" + name }
+// DataDir and ControlSocket are where a relay lives on the node, for
+// showing what tor there runs (OnNode); the agent writes these lines.
+func DataDir(name string) string       { return "/var/lib/tor-instances/" + name }
+func ControlSocket(name string) string { return "/run/tor-instances/" + name + "/control" }
 
-// User is the relay's system user on the node.
-func User(name string) string { return "_tor-" + name }
-
-// Managed returns the lines the system owns for relay r.
+// Managed returns the lines the server writes for relay r: its identity
+// and addresses (the options torrc.OwnerOf says are the server's).
 func Managed(r *store.Relay) []torrc.Line {
 	port := strconv.Itoa(r.ORPort)
 	l := func(k, v string) torrc.Line {
@@ -51,7 +50,15 @@ func Managed(r *store.Relay) []torrc.Line {
 	if r.IPv6.IsValid() {
 		out = append(out, l("OutboundBindAddress", r.IPv6.Addr().String()))
 	}
-	return append(out, l("DataDirectory", DataDir(r.Name)), l("User", User(r.Name)))
+	return out
+}
+
+// OnNode is what tor on the node runs for relay name, given the torrc
+// the server serves: the lines the agent keeps, then its own (level
+// "agent"), as the agent builds it (torrc.ForNode).
+func OnNode(served *torrc.Config, name string) *torrc.Config {
+	run, _ := torrc.ForNode(served, torrc.AgentLines(DataDir(name), ControlSocket(name)))
+	return run
 }
 
 // Levels parses the three stored torrc texts. Stored texts were checked

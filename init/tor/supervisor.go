@@ -190,9 +190,16 @@ func (s *Supervisor) paths(name string) (dataDir, runDir, torrcPath string) {
 // prepare builds and verifies the relay's torrc into a candidate file.
 func (s *Supervisor) prepare(ctx context.Context, spec Spec) (*desired, error) {
 	dataDir, runDir, torrcPath := s.paths(spec.Name)
-	cfg, err := buildTorrc(spec.Torrc, dataDir, filepath.Join(runDir, "control"))
+	cfg, dropped, err := buildTorrc(spec.Torrc, dataDir, filepath.Join(runDir, "control"))
 	if err != nil {
 		return nil, fmt.Errorf("relay %s: %w", spec.Name, err)
+	}
+	if len(dropped) > 0 {
+		keys := make([]string, len(dropped))
+		for i, l := range dropped {
+			keys[i] = l.Key
+		}
+		s.o.Log.Warn("options the node does not pass to tor", "relay", spec.Name, "options", keys)
 	}
 	d := &desired{spec: spec, cfg: cfg, text: cfg.Render(), candidate: torrcPath + ".new", bind: needsBindCap(cfg)}
 	if err := atomicfile.Write(d.candidate, d.text, 0o644); err != nil {
@@ -273,7 +280,7 @@ func (s *Supervisor) add(ctx context.Context, spec Spec) (err error) {
 func (s *Supervisor) change(ctx context.Context, r *relay, spec Spec) error {
 	cur := r.current()
 	dataDir, runDir, _ := s.paths(spec.Name)
-	cfg, err := buildTorrc(spec.Torrc, dataDir, filepath.Join(runDir, "control"))
+	cfg, _, err := buildTorrc(spec.Torrc, dataDir, filepath.Join(runDir, "control"))
 	if err != nil {
 		return fmt.Errorf("relay %s: %w", spec.Name, err)
 	}

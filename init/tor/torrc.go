@@ -8,49 +8,19 @@ import (
 	"patela/internal/torrc"
 )
 
-// agentOwned are the options the agent sets itself. Whatever the server
-// sent for them is dropped: the server names paths and users of a Debian
-// layout (/var/lib/tor-instances/NAME, User _tor-NAME), the agent knows
-// where its tmpfs is, and starts tor with the relay's uid already set,
-// so tor gets no User line at all (it would need root and getpwnam).
-var agentOwned = []string{
-	"DataDirectory", "User", "ControlSocket", "ControlPort",
-	"CookieAuthentication", "CookieAuthFile", "RunAsDaemon", "PidFile",
-}
-
-// buildTorrc turns the server's resolved torrc into the one tor runs:
-// the server's lines minus the agent-owned ones, plus the agent's own.
-// The control socket (cookie-authenticated, in the relay's private run
-// directory) is there for operators and health tools such as nyx.
-func buildTorrc(server []byte, dataDir, controlSocket string) (*torrc.Config, error) {
+// buildTorrc turns the server's resolved torrc into the one tor runs
+// (torrc.ForNode): the server's lines the agent allows, plus the agent's
+// own. The server names paths of a Debian layout; the agent knows where
+// its tmpfs is and starts tor with the relay's uid already set, so tor
+// gets no User line at all (it would need root and getpwnam). The lines
+// left out are returned, so the caller can report them.
+func buildTorrc(server []byte, dataDir, controlSocket string) (*torrc.Config, []torrc.Line, error) {
 	c, err := torrc.Parse(server)
 	if err != nil {
-		return nil, fmt.Errorf("server torrc: %w", err)
+		return nil, nil, fmt.Errorf("server torrc: %w", err)
 	}
-	out := &torrc.Config{}
-	for _, l := range c.Lines {
-		if !isAgentOwned(l.Key) {
-			out.Lines = append(out.Lines, l)
-		}
-	}
-	for _, kv := range [][2]string{
-		{"DataDirectory", dataDir},
-		{"ControlSocket", controlSocket},
-		{"CookieAuthentication", "1"},
-		{"RunAsDaemon", "0"},
-	} {
-		out.Lines = append(out.Lines, torrc.Line{Op: torrc.OpSet, Key: kv[0], Value: kv[1]})
-	}
-	return out, nil
-}
-
-func isAgentOwned(key string) bool {
-	for _, k := range agentOwned {
-		if strings.EqualFold(k, key) {
-			return true
-		}
-	}
-	return false
+	run, dropped := torrc.ForNode(c, torrc.AgentLines(dataDir, controlSocket))
+	return run, dropped, nil
 }
 
 // needsBindCap reports whether some ORPort or DirPort listens below 1024,

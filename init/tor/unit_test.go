@@ -55,9 +55,12 @@ func TestFilesAccounts(t *testing.T) {
 func TestBuildTorrc(t *testing.T) {
 	server := []byte("Nickname murazzano\nORPort 192.0.2.10:443\nORPort [2001:db8::10]:443\n" +
 		"DataDirectory /var/lib/tor-instances/murazzano\nUser _tor-murazzano\nContactInfo x\n")
-	c, err := buildTorrc(server, "/run/patela/state/murazzano", "/run/patela/run/murazzano/control")
+	c, dropped, err := buildTorrc(server, "/run/patela/state/murazzano", "/run/patela/run/murazzano/control")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(dropped) != 2 || dropped[0].Key != "DataDirectory" || dropped[1].Key != "User" {
+		t.Errorf("dropped %v, want the server's DataDirectory and User", dropped)
 	}
 	got := string(c.Render())
 	want := "Nickname murazzano\nORPort 192.0.2.10:443\nORPort [2001:db8::10]:443\nContactInfo x\n" +
@@ -69,11 +72,11 @@ func TestBuildTorrc(t *testing.T) {
 	if !needsBindCap(c) {
 		t.Error("ORPort 443 needs CAP_NET_BIND_SERVICE")
 	}
-	high, _ := buildTorrc([]byte("ORPort 9001\nORPort [2001:db8::10]:9001 IPv6Only\nDirPort auto\n"), "/d", "/c")
+	high, _, _ := buildTorrc([]byte("ORPort 9001\nORPort [2001:db8::10]:9001 IPv6Only\nDirPort auto\n"), "/d", "/c")
 	if needsBindCap(high) {
 		t.Error("ports >= 1024 need no capability")
 	}
-	if _, err := buildTorrc([]byte("Bogus 1\n"), "/d", "/c"); err == nil || !strings.Contains(err.Error(), "line 1") {
+	if _, _, err := buildTorrc([]byte("Bogus 1\n"), "/d", "/c"); err == nil || !strings.Contains(err.Error(), "line 1") {
 		t.Errorf("unknown option: %v", err)
 	}
 }

@@ -37,5 +37,5 @@ func ExampleMerge() {
 func ExampleParseUser() {
 	_, err := torrc.ParseUser([]byte("ExitRelay 1\nNickname mine\n"))
 	fmt.Println(err)
-	// Output: line 2: Nickname is managed by patela and cannot be set in an imported torrc
+	// Output: line 2: Nickname is managed by patela (the config server writes it for each relay) and cannot be set in an imported torrc
 }

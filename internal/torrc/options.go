@@ -70,18 +70,6 @@ var aliases = map[string]string{
 	"TestingServerConsensusDownloadSchedule":                "TestingServerConsensusDownloadInitialDelay",
 }
 
-// managed are the options the system writes for each relay (identity,
-// addresses, paths, process and control plumbing); an admin's torrc may not
-// set them.
-var managed = []string{
-	"Nickname",
-	"ORPort", "Address",
-	"OutboundBindAddress", "OutboundBindAddressExit", "OutboundBindAddressOR", "OutboundBindAddressPT",
-	"DataDirectory", "KeyDirectory", "CacheDirectory", "User",
-	"ControlPort", "ControlSocket", "MetricsPort",
-	"PidFile", "Log", "RunAsDaemon", "SyslogIdentityTag",
-}
-
 // immutable are the options tor refuses to change on SIGHUP (flagged
 // CFLG_IMMUTABLE in tor's config.c, plus the hardware-acceleration options it
 // reads only at start), and the listener and address options, which tor
@@ -126,7 +114,6 @@ func init() {
 var (
 	canonical     = map[string]string{} // lower-case name or alias → tor's spelling
 	obsolete      = map[string]string{} // lower-case alias → obsolete target
-	managedSet    = map[string]bool{}
 	immutableSet  = map[string]bool{}
 	sandboxImmSet = map[string]bool{}
 )
@@ -148,7 +135,7 @@ func init() {
 	for _, s := range []struct {
 		names []string
 		set   map[string]bool
-	}{{managed, managedSet}, {immutable, immutableSet}, {sandboxImmutable, sandboxImmSet}} {
+	}{{immutable, immutableSet}, {sandboxImmutable, sandboxImmSet}} {
 		for _, n := range s.names {
 			// Options a given tor build lacks (HardwareAccel without
 			// OpenSSL engines, say) are simply never seen.
@@ -189,13 +176,6 @@ func foldASCII(b []byte, s string) []byte {
 }
 
 func lower(s string) string { return string(foldASCII(nil, s)) }
-
-// IsManaged reports whether an option (any spelling tor accepts) belongs to
-// the system, so that an admin's torrc may not set it.
-func IsManaged(key string) bool {
-	c, ok := Canonical(key)
-	return ok && managedSet[c]
-}
 
 // group is the cascade unit an option belongs to.
 func group(key string) string {

@@ -12,7 +12,7 @@ import (
 func Parse(src []byte) (*Config, error) { return parse(src, false) }
 
 // ParseUser reads a torrc an admin imports: as Parse, but an option the
-// system manages (IsManaged) is an error naming its line.
+// admin does not own (OwnerOf) is an error naming its line.
 func ParseUser(src []byte) (*Config, error) { return parse(src, true) }
 
 func parse(src []byte, user bool) (*Config, error) {
@@ -286,8 +286,8 @@ func (e *entry) check(user bool) (Line, error) {
 		return bad("unknown option %q", name)
 	}
 	l.Key = key
-	if user && managedSet[key] {
-		return bad("%s is managed by patela and cannot be set in an imported torrc", key)
+	if o := OwnerOf(key); user && o != OwnerAdmin {
+		return bad("%s is managed by patela (%s) and cannot be set in an imported torrc", key, o.why())
 	}
 
 	v := e.value

@@ -149,17 +149,18 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
-// Every managed option, in any spelling tor accepts, is refused on import.
+// Every option the admin does not own, in any spelling tor accepts, is
+// refused on import.
 func TestParseUserRefusesEveryManagedOption(t *testing.T) {
-	if len(managedSet) != len(managed) {
-		t.Fatalf("managed names not all known to tor %s: %d of %d", TorVersion, len(managedSet), len(managed))
+	if len(ownerSet) != len(owners) {
+		t.Fatalf("owned names not all known to tor %s: %d of %d", TorVersion, len(ownerSet), len(owners))
 	}
 	var spellings []string
-	for k := range managedSet {
+	for k := range ownerSet {
 		spellings = append(spellings, k, strings.ToLower(k), "+"+k)
 	}
 	for a, target := range aliases {
-		if c, ok := Canonical(target); ok && managedSet[c] {
+		if c, ok := Canonical(target); ok && ownerSet[c] != 0 {
 			spellings = append(spellings, a)
 		}
 	}
@@ -173,13 +174,18 @@ func TestParseUserRefusesEveryManagedOption(t *testing.T) {
 		if _, err := Parse([]byte(src)); err != nil {
 			t.Errorf("Parse(%q) = %v; the system may write it", src, err)
 		}
-		if !IsManaged(k[strings.IndexFunc(k, func(r rune) bool { return r != '+' }):]) {
-			t.Errorf("IsManaged(%q) = false", k)
+		if o := OwnerOf(k[strings.IndexFunc(k, func(r rune) bool { return r != '+' }):]); o == OwnerAdmin {
+			t.Errorf("OwnerOf(%q) = admin", k)
 		}
 	}
-	for _, k := range []string{"ExitPolicy", "ContactInfo", "MyFamily", "Nosuchoption", "__ORPort"} {
-		if IsManaged(k) {
-			t.Errorf("IsManaged(%q) = true", k)
+	for _, k := range []string{"ExitPolicy", "ContactInfo", "MyFamily"} {
+		if o := OwnerOf(k); o != OwnerAdmin {
+			t.Errorf("OwnerOf(%q) = %s, want admin", k, o)
+		}
+	}
+	for _, k := range []string{"Nosuchoption", "__ORPort"} {
+		if o := OwnerOf(k); o != OwnerForbidden {
+			t.Errorf("OwnerOf(%q) = %s, want forbidden", k, o)
 		}
 	}
 }
@@ -207,7 +213,11 @@ func TestCanonical(t *testing.T) {
 			t.Errorf("Canonical(%q) = %q, %v", n, got, ok)
 		}
 	}
-	for _, set := range [][]string{managed, immutable, sandboxImmutable} {
+	owned := []string{}
+	for n := range owners {
+		owned = append(owned, n)
+	}
+	for _, set := range [][]string{owned, immutable, sandboxImmutable} {
 		for _, n := range set {
 			if c, ok := Canonical(n); !ok || c != n {
 				t.Errorf("%q in an option set is not one of tor's options", n)
@@ -223,5 +233,35 @@ func TestCanonical(t *testing.T) {
 		if _, real := Canonical(a); real && strings.EqualFold(a, canonical[lower(a)]) {
 			t.Errorf("alias %q shadows a real option", a)
 		}
+	}
+}
+
+// The agent's lines are the agent's; ForNode keeps the admin's and the
+// server's lines in order, drops the rest, and ends with the agent's.
+func TestForNode(t *testing.T) {
+	agent := AgentLines("/var/lib/tor-instances/r1", "/run/tor-instances/r1/control")
+	for _, l := range agent {
+		if o := OwnerOf(l.Key); o != OwnerAgent {
+			t.Errorf("agent line %s is owned by %s", l.Key, o)
+		}
+	}
+	server, err := Parse([]byte("ContactInfo a@example.org\nNickname r1\nDataDirectory /elsewhere\n" +
+		"ORPort 192.0.2.10:9001\nKeyDirectory /tmp/k\nControlPort 9051\nExitRelay 0\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	run, dropped := ForNode(server, agent)
+	want := "ContactInfo a@example.org\nNickname r1\nORPort 192.0.2.10:9001\nExitRelay 0\n" +
+		"DataDirectory /var/lib/tor-instances/r1\nControlSocket /run/tor-instances/r1/control\n" +
+		"CookieAuthentication 1\nRunAsDaemon 0\n"
+	if got := string(run.Render()); got != want {
+		t.Errorf("ForNode:\n%s\nwant:\n%s", got, want)
+	}
+	var keys []string
+	for _, l := range dropped {
+		keys = append(keys, l.Key)
+	}
+	if strings.Join(keys, " ") != "DataDirectory KeyDirectory ControlPort" {
+		t.Errorf("dropped %v", keys)
 	}
 }

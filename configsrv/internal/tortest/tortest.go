@@ -6,41 +6,35 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strings"
 	"testing"
 
 	"patela/internal/testutil"
+	"patela/internal/torrc"
 )
 
-var (
-	dataDirRE = regexp.MustCompile(`(?m)^DataDirectory .*$`)
-	userRE    = regexp.MustCompile(`(?m)^User .*\n`)
-)
-
-// Verify runs `tor --verify-config --defaults-torrc /dev/null` on a
-// resolved torrc, with its DataDirectory moved to a temp dir and its User
-// line dropped (the _tor-<name> users exist on nodes, not here). It skips
-// where tor is not installed, except in CI.
+// Verify runs `tor --verify-config --defaults-torrc /dev/null` on what
+// tor on a node would run for a served torrc (torrc.ForNode: the agent's
+// filter and its own lines, with its paths in a temp dir). It skips where
+// tor is not installed, except in CI.
 func Verify(t testing.TB, text string) {
 	t.Helper()
 	tor := testutil.RequireTool(t, "tor", "apt-get install tor")
-	if !strings.Contains(text, "\nUser _tor-") || !dataDirRE.MatchString(text) {
-		t.Fatalf("torrc lacks the managed User/DataDirectory lines:\n%s", text)
+	served, err := torrc.Parse([]byte(text))
+	if err != nil {
+		t.Fatalf("served torrc: %v\n%s", err, text)
 	}
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
 	if err := os.Mkdir(data, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	text = dataDirRE.ReplaceAllLiteralString(text, "DataDirectory "+data)
-	text = userRE.ReplaceAllString(text, "")
+	run, _ := torrc.ForNode(served, torrc.AgentLines(data, filepath.Join(dir, "control")))
 	f := filepath.Join(dir, "torrc")
-	if err := os.WriteFile(f, []byte(text), 0o600); err != nil {
+	if err := os.WriteFile(f, run.Render(), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	out, err := exec.Command(tor, "--verify-config", "--defaults-torrc", "/dev/null", "-f", f).CombinedOutput()
 	if err != nil {
-		t.Fatalf("tor --verify-config: %v\n%s\ntorrc:\n%s", err, out, text)
+		t.Fatalf("tor --verify-config: %v\n%s\ntorrc:\n%s", err, out, run.Render())
 	}
 }
