@@ -21,16 +21,17 @@ build:
     CGO_ENABLED=0 {{go}} build -trimpath -o {{bin}}/stimage ./stimage
     CGO_ENABLED=0 {{go}} build -trimpath -o {{bin}}/initramfs ./initramfs
 
-# gofmt and go vet; fails on any finding.
+# gofmt, go vet and go mod tidy; fails on any finding.
 lint:
     #!/usr/bin/env bash
     set -euo pipefail
     bad=$(gofmt -l $(git ls-files '*.go' | grep -v '^vendor/') 2>&1 || true)
     if [ -n "$bad" ]; then echo "gofmt needed:"; echo "$bad"; exit 1; fi
     {{go}} vet -tags '{{srv_tags}}' ./...
+    {{go}} mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
 
 # The test command: lint, then every test incl. the QEMU e2e suite (root: namespaces, QEMU).
-test: lint kernel
+test: deps lint kernel
     {{go}} test -tags '{{srv_tags}}' -count=1 -timeout 80m ./...
 
 # Regenerate generated code (tor's option table) from the installed tor.

@@ -14,6 +14,7 @@ import (
 	"patela/internal/testutil"
 
 	"github.com/u-root/mkuimage/cpio"
+	"golang.org/x/mod/modfile"
 )
 
 // kernelModules is the Debian module tree scripts/kernel.sh fetches.
@@ -222,6 +223,28 @@ func TestRefuses(t *testing.T) {
 		left, _ := filepath.Glob(filepath.Join(filepath.Dir(o.Out), ".initramfs-*"))
 		if len(left) > 0 {
 			t.Errorf("%s: left %v behind", name, left)
+		}
+	}
+}
+
+// Every u-root command of the debug flavour is a tool of the module, so
+// `go mod tidy` keeps its requirement and the build finds it.
+func TestDebugCommandsAreTools(t *testing.T) {
+	data, err := os.ReadFile("../../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := modfile.Parse("go.mod", data, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tools := map[string]bool{}
+	for _, tl := range f.Tool {
+		tools[tl.Path] = true
+	}
+	for _, c := range DebugCommands {
+		if p := "github.com/u-root/u-root/cmds/core/" + c; !tools[p] {
+			t.Errorf("%s is not a tool in go.mod: go get -tool %s@v0.16.0", p, p)
 		}
 	}
 }
