@@ -8,6 +8,9 @@
 //	stimage ospkg sign --key key.pem --cert cert.pem --ospkg NAME
 //	stimage ospkg verify (--trust-policy DIR | --root-certs FILE) --ospkg NAME
 //	stimage ospkg extract (--trust-policy DIR | --root-certs FILE) --ospkg NAME --out DIR
+//	stimage ospkg pcrs --ospkg NAME --trust-policy DIR [--tls-roots FILE] [--json]
+//	stimage uki create --kernel K --initramfs I --cmdline C --os-release F --out U [--stub S]
+//	stimage uki pcrs [--boot entry|direct] [--json] U
 //	stimage trustpolicy check JSON|FILE
 //	stimage hostconfig check JSON|FILE
 //
@@ -34,6 +37,9 @@ var commands = []command{
 	{"ospkg", "sign", ospkgSign},
 	{"ospkg", "verify", ospkgVerify},
 	{"ospkg", "extract", ospkgExtract},
+	{"ospkg", "pcrs", ospkgPcrs},
+	{"uki", "create", ukiCreate},
+	{"uki", "pcrs", ukiPcrs},
 	{"trustpolicy", "check", trustpolicyCheck},
 	{"hostconfig", "check", hostconfigCheck},
 }

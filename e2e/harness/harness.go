@@ -61,16 +61,17 @@ type Tools struct {
 	Configsrv  string
 	Stimage    string
 	StdioRelay string
+	PCRProbe   string // a static /init that prints the PCRs (e2e/cmd/pcrprobe)
 }
 
-// BuildTools builds configsrv, stimage and stdiorelay into dir.
+// BuildTools builds configsrv, stimage, stdiorelay and pcrprobe into dir.
 func BuildTools(ctx context.Context, dir string) (*Tools, error) {
 	root, err := Root()
 	if err != nil {
 		return nil, err
 	}
 	t := &Tools{Root: root, Configsrv: filepath.Join(dir, "configsrv"), Stimage: filepath.Join(dir, "stimage"),
-		StdioRelay: filepath.Join(dir, "stdiorelay")}
+		StdioRelay: filepath.Join(dir, "stdiorelay"), PCRProbe: filepath.Join(dir, "pcrprobe")}
 	builds := []struct {
 		out, pkg string
 		cgo      bool
@@ -80,6 +81,7 @@ func BuildTools(ctx context.Context, dir string) (*Tools, error) {
 		{t.Configsrv, "./configsrv", true, "sqlite_omit_load_extension,osusergo,netgo"},
 		{t.Stimage, "./stimage", false, ""},
 		{t.StdioRelay, "./e2e/cmd/stdiorelay", false, ""},
+		{t.PCRProbe, "./e2e/cmd/pcrprobe", false, ""},
 	}
 	for _, b := range builds {
 		args := []string{"build", "-trimpath", "-o", b.out}

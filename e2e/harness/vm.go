@@ -21,6 +21,9 @@ type VMOptions struct {
 	ServerAddr                 string        // 127.0.0.1:PORT the guest's 10.0.2.100:443 reaches
 	Timeout                    time.Duration // hard limit on QEMU's life (default 5 min)
 	Console                    io.Writer     // every console line, as it arrives (may be nil)
+	// UEFI boots under OVMF (uefi.go); Kernel is then a UKI (or empty with
+	// an ESP), Initramfs empty, and an empty Cmdline keeps the UKI's own.
+	UEFI *UEFI
 }
 
 // Line is one line of the serial console, stamped with the time since
@@ -57,13 +60,36 @@ func Boot(ctx context.Context, o VMOptions) (*VM, error) {
 	args := []string{
 		"-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2",
 		"-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
-		"-kernel", o.Kernel, "-initrd", o.Initramfs, "-append", o.Cmdline,
 		"-netdev", fmt.Sprintf("user,id=mgmt,restrict=on,guestfwd=tcp:%s:443-cmd:%s %s", ServerIP, o.Relay, o.ServerAddr),
 		"-device", "virtio-net-pci,netdev=mgmt,mac=" + MgmtMAC + ",addr=0x3",
 		"-netdev", "hubport,id=relay,hubid=1",
 		"-device", "virtio-net-pci,netdev=relay,mac=" + RelayMAC + ",addr=0x4",
 	}
+	if o.Kernel != "" {
+		args = append(args, "-kernel", o.Kernel)
+	}
+	if o.Initramfs != "" {
+		args = append(args, "-initrd", o.Initramfs)
+	}
+	if o.Cmdline != "" {
+		args = append(args, "-append", o.Cmdline)
+	}
+	if o.UEFI != nil {
+		ua, err := o.UEFI.args()
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, ua...)
+	}
 	args = append(args, o.TPM.QEMUArgs()...)
+	if o.UEFI != nil {
+		// No option ROMs: OVMF would try PXE on the NICs before the ESP.
+		for i, a := range args {
+			if strings.HasPrefix(a, "virtio-net-pci,") {
+				args[i] = a + ",romfile="
+			}
+		}
+	}
 	qctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	cmd := exec.CommandContext(qctx, "qemu-system-x86_64", args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
