@@ -41,7 +41,9 @@ func (m *machine) buildUKI(t *testing.T, ctx context.Context, initramfs, cmdline
 	}
 }
 
-func (m *machine) imageStimage(ctx context.Context, args ...string) error { return m.image.Stimage(ctx, args...) }
+func (m *machine) imageStimage(ctx context.Context, args ...string) error {
+	return m.image.Stimage(ctx, args...)
+}
 
 var probeRE = regexp.MustCompile(`^pcrprobe pcr (\d+) ([0-9a-f]{64})$`)
 
