@@ -26,9 +26,9 @@ func fromIPNet(n *net.IPNet) netip.Prefix {
 	return netip.PrefixFrom(a.Unmap(), ones)
 }
 
-// syncAddrs puts p's addresses on link and removes those this manager
-// added before that p no longer has (on any link it touched). Addresses
-// it did not add are never removed.
+// syncAddrs puts p's addresses on link and removes, from any link it
+// touched, the addresses this manager added (or found and kept) that p no
+// longer has. Other addresses are never removed.
 func (m *Manager) syncAddrs(link netlink.Link, p *plan) error {
 	want := map[addrKey]bool{}
 	if link != nil {
