@@ -44,7 +44,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,6 +68,7 @@ import (
 	"patela/init/tpmdev"
 	"patela/init/vault"
 	"patela/internal/api"
+	"patela/internal/layout"
 )
 
 func main() {
@@ -79,7 +79,7 @@ func main() {
 	}
 	a := &agent{}
 	flag.StringVar(&a.root, "root", "", "run against this root directory instead of / (not PID 1)")
-	flag.StringVar(&a.configPath, "config", agentcfg.DefaultPath, "agent config, relative to --root")
+	flag.StringVar(&a.configPath, "config", layout.AgentConfig, "agent config, relative to --root")
 	flag.StringVar(&a.cmdlinePath, "cmdline", "/proc/cmdline", "kernel command line with patela.KEY=VALUE overrides")
 	flag.Parse()
 	if pid1.IsPID1() && a.root != "" {
@@ -191,9 +191,9 @@ func (a *agent) start(ctx context.Context, failed chan<- error) error {
 		if err := a.phase(ctx, p.name, p.fn); err != nil {
 			return err
 		}
-		if p.name == "config" && slices.Contains(a.cfg.Debug, "shell") {
+		if p.name == "config" && a.cfg.DebugFlag("shell") {
 			go func() {
-				if err := debugshell.Run(context.Background(), a.log, debugshell.Shell, debugshell.Console); err != nil {
+				if err := debugshell.Run(context.Background(), a.log, layout.Shell, debugshell.Console); err != nil {
 					a.log.Warn("debug shell", "err", err)
 				}
 			}()
@@ -261,9 +261,9 @@ func (a *agent) start(ctx context.Context, failed chan<- error) error {
 			loop := reconcile.New(reconcile.Config{
 				Client: client, Tokens: sess, Network: relayNetwork{n, a.resolv}, Keys: v, Log: a.log, Specs: specs,
 				Tor: tor.Options{
-					Tor:      "/usr/bin/tor",
-					StateDir: a.path(pid1.StateDir),
-					RunDir:   a.path(pid1.RunDir),
+					Tor:      layout.Tor,
+					StateDir: a.path(layout.StateDir),
+					RunDir:   a.path(layout.RunDir),
 					Accounts: tor.Files{Root: a.path("/")},
 				},
 			})
@@ -316,9 +316,6 @@ func (a *agent) loadConfig() error {
 	cfg, err := agentcfg.Load(a.path(a.configPath), string(cmdline))
 	if err != nil {
 		return err
-	}
-	if a.root != "" {
-		cfg.Root = a.root
 	}
 	a.cfg = cfg
 	a.delay = time.Duration(cfg.RebootDelay)

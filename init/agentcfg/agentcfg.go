@@ -1,5 +1,5 @@
 // Package agentcfg loads the agent's configuration: the file baked into the
-// initramfs (/etc/patela/agent.json), then patela.KEY=VALUE overrides from
+// initramfs (layout.AgentConfig, /etc/patela/agent.json), then patela.KEY=VALUE overrides from
 // the kernel command line. Every value is checked here, so later phases can
 // trust it and a typo stops the boot with a message naming the key.
 package agentcfg
@@ -17,10 +17,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
-)
 
-// DefaultPath is where the initramfs keeps the agent config.
-const DefaultPath = "/etc/patela/agent.json"
+	"patela/internal/layout"
+)
 
 // Config is the agent's configuration. JSON names are the cmdline keys:
 // patela.server_url=https://… overrides "server_url".
@@ -40,10 +39,10 @@ type Config struct {
 	ModuleDir string   `json:"module_dir,omitempty"`
 	// PCRs the vault key is sealed to (empty: no PCR policy).
 	PCRs []int `json:"pcrs,omitempty"`
-	// Debug flags; "all" (or a bare patela.debug) turns every one on.
+	// Debug flags: "shell" starts a shell on the console (debug image
+	// only); any flag turns on debug logs and a 5 s reboot delay. "all"
+	// (or a bare patela.debug) turns every one on.
 	Debug []string `json:"debug,omitempty"`
-	// Root prefixes every path the agent writes (testing on a host).
-	Root string `json:"root,omitempty"`
 	// DHCPTimeout bounds the first lease before the boot is declared failed.
 	DHCPTimeout Duration `json:"dhcp_timeout,omitempty"`
 	// RebootDelay is how long a fatal error stays on the console.
@@ -88,10 +87,10 @@ func (c *Config) defaults() {
 		c.TPM = "/dev/tpmrm0"
 	}
 	if c.ModuleDir == "" {
-		c.ModuleDir = "/lib/patela-modules"
+		c.ModuleDir = layout.ModulesDir
 	}
 	if c.ServerCA == "" {
-		c.ServerCA = "/etc/patela/server-ca.pem"
+		c.ServerCA = layout.ServerCA
 	}
 	if c.DHCPTimeout == 0 {
 		c.DHCPTimeout = Duration(2 * time.Minute)
@@ -115,14 +114,6 @@ func (c *Config) DebugFlag(flag string) bool {
 		}
 	}
 	return false
-}
-
-// Path resolves an absolute path of the running system under Root.
-func (c *Config) Path(p string) string {
-	if c.Root == "" {
-		return p
-	}
-	return filepath.Join(c.Root, p)
 }
 
 // Load reads the config file at path (a missing file is an error: the
@@ -237,8 +228,6 @@ func (c *Config) set(key, val string, hasVal bool) error {
 		} else {
 			c.Debug = splitList(val)
 		}
-	case "root":
-		c.Root = val
 	case "dhcp_timeout", "reboot_delay":
 		d, err := parseDuration(val)
 		if err != nil {
@@ -347,9 +336,6 @@ func (c *Config) validate() error {
 			return fmt.Errorf("pcrs: %d listed twice", p)
 		}
 		pcrSeen[p] = true
-	}
-	if c.Root != "" && !filepath.IsAbs(c.Root) {
-		return fmt.Errorf("root %q: must be an absolute path", c.Root)
 	}
 	if c.Selftest != "" {
 		ok := false

@@ -44,16 +44,16 @@ func TestCmdlineOverrides(t *testing.T) {
 	cmd := `BOOT_IMAGE=/vmlinuz console=ttyS0 patela.server_url=https://10.0.0.1/ ` +
 		`patela.modules=e1000,nf_tables patela.pcrs=7,13 patela.tpm=unix:/run/swtpm.sock ` +
 		`patela.mgmt_interface= patela.mgmt_mac=52:54:00:aa:bb:01 patela.debug patela.dhcp_timeout=5s ` +
-		`patela.root="/tmp/a b"`
+		`patela.server_ca="/tmp/a b/ca.pem"`
 	c, err := Parse([]byte(good), cmd)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Config{
-		ServerURL: "https://10.0.0.1/", ServerCA: "/etc/patela/server-ca.pem",
+		ServerURL: "https://10.0.0.1/", ServerCA: "/tmp/a b/ca.pem",
 		MgmtMAC: "52:54:00:aa:bb:01", TPM: "unix:/run/swtpm.sock",
 		Modules: []string{"e1000", "nf_tables"}, ModuleDir: "/lib/patela-modules",
-		PCRs: []int{7, 13}, Debug: []string{"all"}, Root: "/tmp/a b",
+		PCRs: []int{7, 13}, Debug: []string{"all"},
 		DHCPTimeout: Duration(5 * time.Second), RebootDelay: Duration(5 * time.Second),
 	}
 	if !reflect.DeepEqual(*c, want) {
@@ -61,9 +61,6 @@ func TestCmdlineOverrides(t *testing.T) {
 	}
 	if !c.DebugFlag("dhcp") {
 		t.Error("debug=all should enable every flag")
-	}
-	if got := c.Path("/etc/resolv.conf"); got != "/tmp/a b/etc/resolv.conf" {
-		t.Errorf("Path = %q", got)
 	}
 }
 
@@ -102,7 +99,7 @@ func TestBadValues(t *testing.T) {
 		{"bad duration", good, "patela.reboot_delay=soon", "not a duration"},
 		{"negative duration", good, "patela.reboot_delay=-1s", "negative"},
 		{"relative ca", good, "patela.server_ca=ca.pem", "absolute path"},
-		{"relative root", good, "patela.root=tmp", "absolute path"},
+		{"root is the --root flag's", good, "patela.root=/tmp", `unknown key "root"`},
 		{"unknown selftest", good, "patela.selftest=all", "unknown (known: pid1)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -129,7 +126,7 @@ func TestLoadMissingFile(t *testing.T) {
 
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(good), "patela.debug patela.pcrs=1,2")
-	f.Add([]byte(`{}`), `patela.root="/x y" patela.selftest=pid1`)
+	f.Add([]byte(`{}`), `patela.server_ca="/x y" patela.selftest=pid1`)
 	f.Fuzz(func(t *testing.T, data []byte, cmdline string) {
 		c, err := Parse(data, cmdline)
 		if err == nil && (c.ServerCA == "" || c.TPM == "") {

@@ -1,7 +1,7 @@
 // Package debugshell keeps a root shell on the console of a debug image.
 // The production initramfs has no shell, so Run finds none and returns; the
 // --debug image has /bin/sh (u-root's gosh), which the agent starts only
-// when the kernel command line says patela.debug=shell.
+// when the kernel command line says patela.debug=shell (or all).
 package debugshell
 
 import (
@@ -17,11 +17,9 @@ import (
 	"patela/init/reaper"
 )
 
-// Defaults for a u-root debug image.
-const (
-	Shell   = "/bin/sh"
-	Console = "/dev/console"
-)
+// Console is the kernel's console, where the shell runs (the shell
+// itself is layout.Shell).
+const Console = "/dev/console"
 
 // Env is the shell's environment: u-root's busybox commands live in /bbin.
 var Env = []string{"PATH=/bbin:/bin:/usr/bin:/usr/sbin:/sbin", "HOME=/", "TERM=linux"}

@@ -93,11 +93,11 @@ func Start(ctx context.Context, cfg Config) (*Client, error) {
 		c.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("dhcp: netlink: %w", err)
+		return nil, fmt.Errorf("netlink: %w", err)
 	}
 	fail := func(err error) (*Client, error) {
 		c.close()
-		return nil, fmt.Errorf("dhcp on %s: %w", cfg.Interface, err)
+		return nil, fmt.Errorf("%s: %w", cfg.Interface, err)
 	}
 	if c.link, err = c.nl.LinkByName(cfg.Interface); err != nil {
 		return fail(err)

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"patela/internal/layout"
 )
 
 // IsPID1 reports whether this process is the machine's init.
@@ -33,13 +35,6 @@ type mount struct {
 	mode                   os.FileMode
 }
 
-// StateDir and RunDir are where relays keep their data and sockets: tmpfs,
-// so nothing of a relay survives a power cycle except what the TPM holds.
-const (
-	StateDir = "/var/lib/tor-instances"
-	RunDir   = "/run/tor-instances"
-)
-
 const nsd = unix.MS_NOSUID | unix.MS_NODEV
 
 var mounts = []mount{
@@ -51,7 +46,7 @@ var mounts = []mount{
 	{"tmpfs", "/dev/shm", "tmpfs", nsd, "mode=1777", 0o1777},
 	{"tmpfs", "/run", "tmpfs", nsd, "mode=0755", 0o755},
 	{"tmpfs", "/tmp", "tmpfs", nsd, "mode=1777", 0o1777},
-	{"tmpfs", StateDir, "tmpfs", nsd, "mode=0755", 0o755},
+	{"tmpfs", layout.StateDir, "tmpfs", nsd, "mode=0755", 0o755},
 }
 
 // Mount mounts the kernel filesystems and tmpfs directories. Under root
@@ -81,7 +76,7 @@ func Mount(root string, log *slog.Logger) error {
 			errs = append(errs, fmt.Errorf("mount %s on %s: %w", m.fstype, target, err))
 		}
 	}
-	for _, d := range []string{RunDir, "/etc/patela", "/var/log"} {
+	for _, d := range []string{layout.RunDir, layout.ConfigDir, "/var/log"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			errs = append(errs, err)
 		}

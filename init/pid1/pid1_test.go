@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"patela/internal/layout"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -45,7 +46,7 @@ func TestMountUnderRootOnlyCreatesDirs(t *testing.T) {
 	if err := Mount(root, slog.Default()); err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range []string{"dev/pts", "proc", "sys/kernel/security", "run", "tmp", StateDir, RunDir, "etc/patela"} {
+	for _, d := range []string{"dev/pts", "proc", "sys/kernel/security", "run", "tmp", layout.StateDir, layout.RunDir, "etc/patela"} {
 		if fi, err := os.Stat(filepath.Join(root, d)); err != nil || !fi.IsDir() {
 			t.Errorf("%s: %v", d, err)
 		}

@@ -109,7 +109,7 @@ func (v *Vault) step(name string) error {
 // A bundle that does not decrypt is an error, never replaced.
 func Open(ctx context.Context, t transport.TPM, opts Options) (*Vault, error) {
 	if len(opts.EKName) == 0 {
-		return nil, errors.New("vault: no EK name")
+		return nil, errors.New("no EK name")
 	}
 	lock := opts.LockPCR
 	if lock == 0 {

@@ -30,16 +30,17 @@ import (
 
 	"patela/init/agentcfg"
 	"patela/initramfs/moddep"
+	"patela/internal/layout"
 )
 
-// Paths inside the initramfs that the agent relies on.
-const (
-	AgentConfigPath = "etc/patela/agent.json"
-	CAPath          = "etc/patela/server-ca.pem"
-	ModulesDir      = "lib/patela-modules" // <name>.ko, loaded in the config's order
-	TorPath         = "usr/bin/tor"
-	AgentPath       = "bin/init" // /init links here
-	ShellPath       = "bin/sh"   // debug flavour only
+// Paths inside the archive (no leading slash) that the agent relies on;
+// internal/layout is their one table.
+var (
+	AgentConfigPath = layout.InImage(layout.AgentConfig)
+	CAPath          = layout.InImage(layout.ServerCA)
+	ModulesDir      = layout.InImage(layout.ModulesDir)
+	TorPath         = layout.InImage(layout.Tor)
+	AgentPath       = layout.InImage(layout.Agent)
 )
 
 // nssFiles is dlopen'd by glibc for getpwnam (tor's User option), so ldd
@@ -153,8 +154,8 @@ func Build(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent config %s: %w", o.AgentConfig, err)
 	}
-	if ac.ServerCA != "/"+CAPath || ac.ModuleDir != "/"+ModulesDir {
-		return nil, fmt.Errorf("agent config %s: server_ca and module_dir must be left unset or be /%s and /%s, where the image puts them", o.AgentConfig, CAPath, ModulesDir)
+	if ac.ServerCA != layout.ServerCA || ac.ModuleDir != layout.ModulesDir {
+		return nil, fmt.Errorf("agent config %s: server_ca and module_dir must be left unset or be %s and %s, where the image puts them", o.AgentConfig, layout.ServerCA, layout.ModulesDir)
 	}
 
 	torFiles, err := torFiles(o.Tor)
@@ -193,7 +194,7 @@ func Build(ctx context.Context, o Options) (*Report, error) {
 			func(e *golang.Environ) { e.GOARCH = "amd64"; e.GOOS = "linux" }),
 		uimage.WithTempDir(tmp),
 		uimage.WithBaseArchive(base(cfgJSON, ca)),
-		uimage.WithInit("/" + AgentPath),
+		uimage.WithInit(layout.Agent),
 		// tor's libraries are listed by torFiles; no ldd on anything else.
 		uimage.WithSkipLDD(),
 		uimage.WithFiles(files...),
@@ -303,7 +304,7 @@ func base(cfgJSON, ca []byte) *cpio.Archive {
 		cpio.CharDev("dev/console", 0o600, 5, 1),
 		cpio.CharDev("dev/null", 0o666, 1, 3),
 		cpio.Directory("etc", 0o755),
-		cpio.Directory("etc/patela", 0o755),
+		cpio.Directory(layout.InImage(layout.ConfigDir), 0o755),
 		cpio.StaticFile(AgentConfigPath, string(cfgJSON), 0o644),
 		cpio.StaticFile(CAPath, string(ca), 0o644),
 		cpio.StaticFile("etc/nsswitch.conf", "passwd: files\ngroup: files\nshadow: files\nhosts: files\n", 0o644),
