@@ -55,6 +55,17 @@ func fails(t *testing.T, db, want string, args ...string) {
 	}
 }
 
+// usageErr runs a command line that does not fit its command: exit 2,
+// nothing on stdout, want and the nearest usage on stderr.
+func usageErr(t *testing.T, db, want string, args ...string) {
+	t.Helper()
+	r := run(t, db, "", args...)
+	if r.code != 2 || r.out != "" || !strings.Contains(r.err, want) || !strings.Contains(r.err, "usage: configsrv") && !strings.Contains(r.err, "commands:") {
+		t.Errorf("configsrv %s: exit %d, stdout %q, stderr %q; want exit 2, %q and a usage",
+			strings.Join(args, " "), r.code, r.out, r.err, want)
+	}
+}
+
 func auditCount(t *testing.T, db string) int {
 	t.Helper()
 	var rows []store.AuditEntry
@@ -105,7 +116,7 @@ func TestInitIdempotent(t *testing.T) {
 	// A key without its certificate is an error, not silently replaced.
 	os.Remove(filepath.Join(dir, pki.ServerCert))
 	fails(t, db, "exists but", "init", "--dir", dir)
-	fails(t, db, "needs --dir", "init")
+	usageErr(t, db, "needs --dir", "init")
 }
 
 func TestAdminRoundTrip(t *testing.T) {
@@ -133,18 +144,18 @@ func TestAdminRoundTrip(t *testing.T) {
 	audits := auditCount(t, db)
 	fails(t, db, "node 99: not found", "node", "enable", "99")
 	fails(t, db, "not a node id", "node", "enable", "abc")
-	fails(t, db, "takes 1 argument", "node", "enable")
+	usageErr(t, db, "takes 1 argument", "node", "enable")
 	fails(t, db, "max_relays", "node", "set", "1", "max_relays", "65")
 	fails(t, db, "unknown setting", "node", "set", "1", "colour", "blue")
 	fails(t, db, "node 99: not found", "node", "set", "99", "max_relays", "2")
-	fails(t, db, "usage: node set ID KEY VALUE", "node", "set", "1", "max_relays")
+	usageErr(t, db, "usage: node set ID KEY VALUE", "node", "set", "1", "max_relays")
 	fails(t, db, "ipv4_gateway", "node", "set", "--default", "ipv4_gateway", "2001:db8::1")
 	fails(t, db, "not found", "node", "unset", "1", "dns")
 	fails(t, db, "not a CIDR", "pool", "add", "192.0.2.0/33", "--gateway", "192.0.2.1")
 	fails(t, db, "not inside", "pool", "add", "192.0.2.0/24", "--gateway", "198.51.100.1")
-	fails(t, db, "needs --gateway", "pool", "add", "192.0.2.0/24")
+	usageErr(t, db, "needs --gateway", "pool", "add", "192.0.2.0/24")
 	fails(t, db, "not found", "pool", "remove", "203.0.113.0/24")
-	fails(t, db, "unknown command", "frobnicate")
+	usageErr(t, db, "unknown command", "frobnicate")
 	fails(t, db, "--limit 0", "audit", "--limit", "0")
 	if n := auditCount(t, db); n != audits {
 		t.Fatalf("failed commands wrote %d audit rows", n-audits)
@@ -203,7 +214,7 @@ func TestAdminRoundTrip(t *testing.T) {
 		t.Fatalf("import from stdin: %s", r.err)
 	}
 	fails(t, db, "relay \"nosuch\": not found", "torrc", "import", global, "--relay", "nosuch")
-	fails(t, db, "exactly one of", "torrc", "import", global, "--default", "--node", "1")
+	usageErr(t, db, "exactly one of", "torrc", "import", global, "--default", "--node", "1")
 	fails(t, db, "node 7: not found", "torrc", "import", global, "--node", "7")
 	fails(t, db, "no such file", "torrc", "import", filepath.Join(tmp, "missing"), "--default")
 
@@ -308,5 +319,5 @@ func TestServeStopsOnSIGTERM(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("serve did not stop on SIGTERM")
 	}
-	fails(t, db, "needs --dir", "serve")
+	usageErr(t, db, "needs --dir", "serve")
 }

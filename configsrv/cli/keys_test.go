@@ -105,14 +105,14 @@ func TestKeysShowDrop(t *testing.T) {
 
 	// Refusals change nothing and write no audit row.
 	audits := auditCount(t, db)
-	fails(t, db, "--yes", "keys", "drop", "1")
+	usageErr(t, db, "--yes", "keys", "drop", "1")
 	fails(t, db, "node 99: not found", "keys", "drop", "99", "--yes")
 	fails(t, db, "node 99: not found", "keys", "show", "99")
 	fails(t, db, "no key bundle", "keys", "drop", "2", "--yes")
 	fails(t, db, "not a node id", "keys", "drop", "abc", "--yes")
-	fails(t, db, "takes 1 argument", "keys", "drop", "--yes")
-	fails(t, db, "unknown command keys frob", "keys", "frob", "1")
-	fails(t, db, "keys needs a subcommand", "keys")
+	usageErr(t, db, "takes 1 argument", "keys", "drop", "--yes")
+	usageErr(t, db, "unknown command keys frob", "keys", "frob", "1")
+	usageErr(t, db, "keys needs a subcommand", "keys")
 	if n := auditCount(t, db); n != audits {
 		t.Fatalf("refused keys commands wrote %d audit rows", n-audits)
 	}

@@ -20,13 +20,13 @@ import (
 	"patela/configsrv/pki"
 	"patela/configsrv/store"
 	"patela/configsrv/token"
+	"patela/internal/cmdline"
 )
 
-func (e *env) cmdInit(args []string) error {
-	fs := flag.NewFlagSet("init", flag.ContinueOnError)
-	dir := fs.String("dir", "", "directory for the CA, server certificate and biscuit key")
+func (e *env) initKeys(fs *flag.FlagSet, args []string) error {
+	dir := fs.String("dir", "", "write the CA, server certificate and biscuit key into `DIR`")
 	var names []string
-	fs.Func("name", "server DNS name or IP for the certificate (repeatable or comma-separated; default localhost,127.0.0.1)", func(s string) error {
+	fs.Func("name", "server DNS `NAME` or IP for the certificate (repeatable or comma-separated; default localhost,127.0.0.1)", func(s string) error {
 		for _, n := range strings.Split(s, ",") {
 			if n = strings.TrimSpace(n); n != "" {
 				names = append(names, n)
@@ -38,7 +38,7 @@ func (e *env) cmdInit(args []string) error {
 		return err
 	}
 	if *dir == "" {
-		return usagef("init needs --dir DIR")
+		return cmdline.Usagef("init needs --dir DIR")
 	}
 	if len(names) == 0 {
 		names = []string{"localhost", "127.0.0.1"}
@@ -69,37 +69,34 @@ type ServeOptions struct {
 	AttestBurst int
 }
 
-func (e *env) cmdServe(args []string) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+// serveFlags defines serve's flags: one line per option of ServeOptions.
+func serveFlags(fs *flag.FlagSet, o *ServeOptions) (dir *string) {
+	dir = fs.String("dir", "", "`DIR` made by `configsrv init` (default for the three key files)")
+	fs.StringVar(&o.Listen, "listen", ":8443", "`ADDR` to listen on")
+	fs.StringVar(&o.CertFile, "tls-cert", "", "server certificate `FILE` (PEM)")
+	fs.StringVar(&o.KeyFile, "tls-key", "", "server key `FILE` (PEM)")
+	fs.StringVar(&o.BiscuitKey, "biscuit-key", "", "biscuit root key `FILE`")
+	fs.DurationVar(&o.TokenTTL, "token-ttl", token.DefaultTTL, "lifetime of node tokens (a Go `DURATION`: 30m, 2h)")
+	fs.StringVar(&o.EKCADir, "ek-ca", "", "`DIR` of EK CA certificates; EKs must chain to one (or be allowlisted)")
+	fs.StringVar(&o.EKAllowlist, "ek-allowlist", "", "`FILE` of allowed EK SHA-256 hashes, one per line")
+	fs.Float64Var(&o.AttestRate, "attest-rate", 5, "attestation requests per second (`N`) per client address; 0: no limit")
+	fs.IntVar(&o.AttestBurst, "attest-burst", 20, "attestation burst (`N`) per client address")
+	return dir
+}
+
+func (e *env) serve(fs *flag.FlagSet, args []string) error {
 	var o ServeOptions
-	dir := fs.String("dir", "", "directory made by `configsrv init` (default for the three key files)")
-	fs.StringVar(&o.Listen, "listen", ":8443", "address to listen on")
-	fs.StringVar(&o.CertFile, "tls-cert", "", "server certificate (PEM)")
-	fs.StringVar(&o.KeyFile, "tls-key", "", "server key (PEM)")
-	fs.StringVar(&o.BiscuitKey, "biscuit-key", "", "biscuit root key file")
-	fs.DurationVar(&o.TokenTTL, "token-ttl", token.DefaultTTL, "lifetime of node tokens")
-	fs.StringVar(&o.EKCADir, "ek-ca", "", "directory of EK CA certificates; EKs must chain to one (or be allowlisted)")
-	fs.StringVar(&o.EKAllowlist, "ek-allowlist", "", "file of allowed EK SHA-256 hashes, one per line")
-	fs.Float64Var(&o.AttestRate, "attest-rate", 5, "attestation requests per second per client address (0: no limit)")
-	fs.IntVar(&o.AttestBurst, "attest-burst", 20, "attestation burst per client address")
+	dir := serveFlags(fs, &o)
 	if _, err := parse(fs, args, 0, 0); err != nil {
 		return err
 	}
-	for _, f := range []struct {
-		v    *string
-		name string
-	}{{&o.CertFile, pki.ServerCert}, {&o.KeyFile, pki.ServerKey}, {&o.BiscuitKey, pki.BiscuitKey}} {
-		if *f.v == "" && *dir != "" {
-			*f.v = filepath.Join(*dir, f.name)
-		}
-		if *f.v == "" {
-			return usagef("serve needs --dir DIR or --tls-cert, --tls-key and --biscuit-key")
-		}
+	if err := o.keyFiles(*dir); err != nil {
+		return err
 	}
 	if o.TokenTTL < time.Minute {
 		return fmt.Errorf("--token-ttl %s: must be at least 1m", o.TokenTTL)
 	}
-	st, err := e.open()
+	st, err := e.open(toWrite)
 	if err != nil {
 		return err
 	}
@@ -111,6 +108,29 @@ func (e *env) cmdServe(args []string) error {
 	if err != nil {
 		return err
 	}
+	return e.serveUntilSignal(srv, ln)
+}
+
+// keyFiles fills the key file options left empty from dir.
+func (o *ServeOptions) keyFiles(dir string) error {
+	for _, f := range []struct {
+		v    *string
+		name string
+	}{{&o.CertFile, pki.ServerCert}, {&o.KeyFile, pki.ServerKey}, {&o.BiscuitKey, pki.BiscuitKey}} {
+		if *f.v == "" && dir != "" {
+			*f.v = filepath.Join(dir, f.name)
+		}
+		if *f.v == "" {
+			return cmdline.Usagef("serve needs --dir DIR or --tls-cert, --tls-key and --biscuit-key")
+		}
+	}
+	return nil
+}
+
+// serveUntilSignal serves srv on ln until it fails or SIGTERM or SIGINT
+// arrives, then shuts it down. "serving" is printed once the signals are
+// caught, so whoever waits for it may signal at once.
+func (e *env) serveUntilSignal(srv *http.Server, ln net.Listener) error {
 	ctx, stop := signal.NotifyContext(e.ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	fmt.Fprintf(e.stderr, "configsrv: serving https://%s (database %s)\n", ln.Addr(), e.db)

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"patela/configsrv/resolve"
+	"patela/configsrv/store"
+	"patela/internal/cmdline"
 	"patela/internal/torrc"
 )
 
@@ -22,8 +24,8 @@ type level struct {
 func levelFlags(fs *flag.FlagSet) *level {
 	return &level{
 		def:   fs.Bool("default", false, "the global level"),
-		node:  fs.String("node", "", "a node's level"),
-		relay: fs.String("relay", "", "a relay's level"),
+		node:  fs.String("node", "", "the level of node `ID`"),
+		relay: fs.String("relay", "", "the level of relay `NAME`"),
 	}
 }
 
@@ -35,7 +37,7 @@ func (l *level) check() error {
 		}
 	}
 	if n != 1 {
-		return usagef("give exactly one of --default, --node ID, --relay NAME")
+		return cmdline.Usagef("give exactly one of --default, --node ID, --relay NAME")
 	}
 	if *l.node != "" {
 		if _, err := nodeID(*l.node); err != nil {
@@ -63,155 +65,165 @@ func (e *env) read(path string) ([]byte, error) {
 	return os.ReadFile(path)
 }
 
-func (e *env) cmdTorrc(sub string, args []string) error {
-	fs := flag.NewFlagSet("torrc "+sub, flag.ContinueOnError)
-	switch sub {
-	case "import":
-		lv := levelFlags(fs)
-		pos, err := parse(fs, args, 1, 1)
-		if err != nil {
-			return err
-		}
-		if err := lv.check(); err != nil {
-			return err
-		}
-		src, err := e.read(pos[0])
-		if err != nil {
-			return err
-		}
-		c, err := torrc.ParseUser(src)
-		if err != nil {
-			return fmt.Errorf("%s: %w", pos[0], err)
-		}
-		st, err := e.open()
-		if err != nil {
-			return err
-		}
-		text := string(src)
-		switch {
-		case *lv.def:
-			err = st.SetGlobalTorrc(e.ctx, text)
-		case *lv.node != "":
-			id, _ := nodeID(*lv.node)
-			err = st.SetNodeTorrc(e.ctx, id, text)
-		default:
-			err = st.SetRelayTorrc(e.ctx, *lv.relay, text)
-		}
-		if err != nil {
-			return err
-		}
-		if err := e.audit("torrc.import", lv.String(), fmt.Sprintf("%d lines", len(c.Lines))); err != nil {
-			return err
-		}
-		fmt.Fprintf(e.stdout, "imported %d option lines at %s level\n", len(c.Lines), lv)
-		return nil
+func (e *env) torrcImport(fs *flag.FlagSet, args []string) error {
+	lv := levelFlags(fs)
+	pos, err := parse(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	if err := lv.check(); err != nil {
+		return err
+	}
+	src, err := e.read(pos[0])
+	if err != nil {
+		return err
+	}
+	c, err := torrc.ParseUser(src)
+	if err != nil {
+		return fmt.Errorf("%s: %w", pos[0], err)
+	}
+	st, err := e.open(toWrite)
+	if err != nil {
+		return err
+	}
+	return e.done(lv.store(e, st, string(src)), "torrc.import", lv.String(), fmt.Sprintf("%d lines", len(c.Lines)),
+		fmt.Sprintf("imported %d option lines at %s level", len(c.Lines), lv))
+}
 
-	case "show":
-		lv := levelFlags(fs)
-		if _, err := parse(fs, args, 0, 0); err != nil {
-			return err
-		}
-		if err := lv.check(); err != nil {
-			return err
-		}
-		st, err := e.openExisting()
-		if err != nil {
-			return err
-		}
-		var text string
-		switch {
-		case *lv.def:
-			text, err = st.GlobalTorrc(e.ctx)
-		case *lv.node != "":
-			id, _ := nodeID(*lv.node)
-			n, err2 := st.Node(e.ctx, id)
-			if err2 != nil {
-				return err2
-			}
-			text = n.Torrc
-		default:
-			r, err2 := st.RelayByName(e.ctx, *lv.relay)
-			if err2 != nil {
-				return err2
-			}
-			text = r.Torrc
-		}
-		if err != nil {
-			return err
-		}
-		io.WriteString(e.stdout, text)
-		return nil
+// store stores text at the level.
+func (l *level) store(e *env, st *store.Store, text string) error {
+	switch {
+	case *l.def:
+		return st.SetGlobalTorrc(e.ctx, text)
+	case *l.node != "":
+		id, _ := nodeID(*l.node)
+		return st.SetNodeTorrc(e.ctx, id, text)
+	}
+	return st.SetRelayTorrc(e.ctx, *l.relay, text)
+}
 
-	case "resolve":
-		relay := fs.String("relay", "", "relay name")
-		explain := fs.Bool("explain", false, "annotate each line with the level it came from")
-		if _, err := parse(fs, args, 0, 0); err != nil {
-			return err
-		}
-		if *relay == "" {
-			return usagef("torrc resolve needs --relay NAME")
-		}
-		st, err := e.openExisting()
-		if err != nil {
-			return err
-		}
-		served, _, err := resolve.Relay(e.ctx, st, *relay)
-		if err != nil {
-			return err
-		}
-		c := resolve.OnNode(served, *relay)
-		if *explain {
-			e.stdout.Write(c.Explain())
-		} else {
-			e.stdout.Write(c.Render())
-		}
-		return nil
+func (e *env) torrcShow(fs *flag.FlagSet, args []string) error {
+	lv := levelFlags(fs)
+	if _, err := parse(fs, args, 0, 0); err != nil {
+		return err
+	}
+	if err := lv.check(); err != nil {
+		return err
+	}
+	st, err := e.open(toRead)
+	if err != nil {
+		return err
+	}
+	text, err := lv.stored(e, st)
+	if err != nil {
+		return err
+	}
+	io.WriteString(e.stdout, text)
+	return nil
+}
 
-	case "diff":
-		relay := fs.String("relay", "", "relay name")
-		pos, err := parse(fs, args, 1, 1)
+// stored is the torrc text stored at the level.
+func (l *level) stored(e *env, st *store.Store) (string, error) {
+	switch {
+	case *l.def:
+		return st.GlobalTorrc(e.ctx)
+	case *l.node != "":
+		id, _ := nodeID(*l.node)
+		n, err := st.Node(e.ctx, id)
 		if err != nil {
-			return err
+			return "", err
 		}
-		if *relay == "" {
-			return usagef("torrc diff needs --relay NAME")
-		}
-		src, err := e.read(pos[0])
-		if err != nil {
-			return err
-		}
-		if _, err := torrc.ParseUser(src); err != nil {
-			return fmt.Errorf("%s: %w", pos[0], err)
-		}
-		st, err := e.openExisting()
-		if err != nil {
-			return err
-		}
-		cur, r, err := resolve.Relay(e.ctx, st, *relay)
-		if err != nil {
-			return err
-		}
-		g, err := st.GlobalTorrc(e.ctx)
-		if err != nil {
-			return err
-		}
-		n, err := st.Node(e.ctx, r.NodeID)
-		if err != nil {
-			return err
-		}
-		next, err := resolve.Torrc(g, n.Torrc, string(src), r)
-		if err != nil {
-			return err
-		}
-		d := diffLines(cur.Render(), next.Render())
-		if d == "" {
-			fmt.Fprintf(e.stdout, "importing %s at relay %s would not change its torrc\n", pos[0], *relay)
-			return nil
-		}
-		fmt.Fprintf(e.stdout, "--- %s (current)\n+++ %s (with %s)\n%s", *relay, *relay, pos[0], d)
+		return n.Torrc, nil
+	}
+	r, err := st.RelayByName(e.ctx, *l.relay)
+	if err != nil {
+		return "", err
+	}
+	return r.Torrc, nil
+}
+
+// parseRelay parses a command that requires --relay NAME and takes n
+// positional arguments.
+func parseRelay(fs *flag.FlagSet, args []string, n int) (relay string, pos []string, err error) {
+	r := fs.String("relay", "", "relay `NAME`")
+	if pos, err = parse(fs, args, n, n); err != nil {
+		return "", nil, err
+	}
+	if *r == "" {
+		return "", nil, cmdline.Usagef("%s needs --relay NAME", fs.Name())
+	}
+	return *r, pos, nil
+}
+
+func (e *env) torrcResolve(fs *flag.FlagSet, args []string) error {
+	explain := fs.Bool("explain", false, "annotate each line with the level it came from (agent: written by the node)")
+	relay, _, err := parseRelay(fs, args, 0)
+	if err != nil {
+		return err
+	}
+	_, served, _, err := e.relayTorrc(relay)
+	if err != nil {
+		return err
+	}
+	c := resolve.OnNode(served, relay)
+	if *explain {
+		e.stdout.Write(c.Explain())
+	} else {
+		e.stdout.Write(c.Render())
+	}
+	return nil
+}
+
+func (e *env) torrcDiff(fs *flag.FlagSet, args []string) error {
+	relay, pos, err := parseRelay(fs, args, 1)
+	if err != nil {
+		return err
+	}
+	src, err := e.read(pos[0])
+	if err != nil {
+		return err
+	}
+	if _, err := torrc.ParseUser(src); err != nil {
+		return fmt.Errorf("%s: %w", pos[0], err)
+	}
+	st, cur, r, err := e.relayTorrc(relay)
+	if err != nil {
+		return err
+	}
+	next, err := e.resolveWith(st, r, string(src))
+	if err != nil {
+		return err
+	}
+	d := diffLines(cur.Render(), next.Render())
+	if d == "" {
+		fmt.Fprintf(e.stdout, "importing %s at relay %s would not change its torrc\n", pos[0], relay)
 		return nil
 	}
-	return usagef("unknown command torrc %s", sub)
+	fmt.Fprintf(e.stdout, "--- %s (current)\n+++ %s (with %s)\n%s", relay, relay, pos[0], d)
+	return nil
+}
+
+// relayTorrc opens the database and resolves the relay's torrc.
+func (e *env) relayTorrc(relay string) (*store.Store, *torrc.Config, *store.Relay, error) {
+	st, err := e.open(toRead)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c, r, err := resolve.Relay(e.ctx, st, relay)
+	return st, c, r, err
+}
+
+// resolveWith is relay r's torrc with relayText at its relay level.
+func (e *env) resolveWith(st *store.Store, r *store.Relay, relayText string) (*torrc.Config, error) {
+	g, err := st.GlobalTorrc(e.ctx)
+	if err != nil {
+		return nil, err
+	}
+	n, err := st.Node(e.ctx, r.NodeID)
+	if err != nil {
+		return nil, err
+	}
+	return resolve.Torrc(g, n.Torrc, relayText, r)
 }
 
 // diffLines is a line diff (longest common subsequence): kept lines get

@@ -1,0 +1,51 @@
+package cli
+
+import (
+	"strings"
+
+	"patela/configsrv/settings"
+	"patela/internal/api"
+	"patela/internal/cmdline"
+)
+
+// program is configsrv's command line. A new command is one row here and
+// one function `func (e *env) name(fs *flag.FlagSet, args []string) error`
+// that defines its flags, calls parse, then does its work.
+var program = &cmdline.Program[*env]{
+	Name:     "configsrv",
+	Globals:  globals,
+	Commands: commands,
+	Footer: `Commands that only read refuse a database that does not exist.
+Exit status: 0 done, 1 failed, 2 usage error.
+`,
+}
+
+var settingKeys = "KEY is one of " + strings.Join(settings.Keys(), ", ")
+
+var commands = []cmdline.Command[*env]{
+	{Words: "init", Args: "--dir DIR", Help: "create the CA, server certificate and biscuit key (never overwritten)", Run: (*env).initKeys},
+	{Words: "serve", Args: "(--dir DIR | --tls-cert FILE --tls-key FILE --biscuit-key FILE)", Help: "serve the v1 API over HTTPS until SIGTERM or SIGINT", Run: (*env).serve},
+
+	{Words: "node list", Help: "every node: state, EK hash, relays, first and last contact", Run: (*env).nodeList},
+	{Words: "node show", Args: "ID", Help: "one node: identity, specs, effective settings, relays", Run: (*env).nodeShow},
+	{Words: "node enable", Args: "ID", Help: "let a node attest and fetch its config", Run: nodeState(api.NodeEnabled)},
+	{Words: "node disable", Args: "ID", Help: "refuse a node until it is enabled again", Run: nodeState(api.NodeDisabled)},
+	{Words: "node ban", Args: "ID", Help: "refuse a node for good", Run: nodeState(api.NodeBanned)},
+	{Words: "node remove", Args: "ID", Help: "delete a node, freeing its relays, addresses and key bundle", Run: (*env).nodeRemove},
+	{Words: "node set", Args: "(--default | ID) KEY VALUE", Help: "set a node's value of a setting, or the default's", More: settingKeys, Run: (*env).nodeSet},
+	{Words: "node unset", Args: "(--default | ID) KEY", Help: "remove a node's value of a setting, or the default's", More: settingKeys, Run: (*env).nodeUnset},
+
+	{Words: "pool add", Args: "CIDR --gateway IP", Help: "add an address pool relays get their addresses from", Run: (*env).poolAdd},
+	{Words: "pool list", Help: "the address pools and how much of each is used", Run: (*env).poolList},
+	{Words: "pool remove", Args: "CIDR", Help: "remove a pool no relay uses", Run: (*env).poolRemove},
+
+	{Words: "torrc import", Args: "(FILE | -) (--default | --node ID | --relay NAME)", Help: "check a torrc and store it at one level of the cascade", Run: (*env).torrcImport},
+	{Words: "torrc show", Args: "(--default | --node ID | --relay NAME)", Help: "the torrc stored at one level", Run: (*env).torrcShow},
+	{Words: "torrc resolve", Args: "--relay NAME", Help: "the torrc tor on the relay's node runs: levels cascaded, server and agent lines added", Run: (*env).torrcResolve},
+	{Words: "torrc diff", Args: "--relay NAME (FILE | -)", Help: "how importing FILE at a relay's level would change its torrc", Run: (*env).torrcDiff},
+
+	{Words: "relay list", Help: "every relay: node, uid, addresses, state, fingerprint", Run: (*env).relayList},
+	{Words: "keys show", Args: "NODE_ID", Help: "version, size and update time of the node's mirrored key bundle", Run: (*env).keysShow},
+	{Words: "keys drop", Args: "NODE_ID --yes", Help: "delete it (after a TPM clear): the node's relays get NEW identities", Run: (*env).keysDrop},
+	{Words: "audit", Help: "the audit log, newest first", Run: (*env).auditLog},
+}

@@ -1,0 +1,198 @@
+package cli
+
+import (
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"patela/configsrv/settings"
+	"patela/configsrv/store"
+	"patela/internal/api"
+	"patela/internal/cmdline"
+)
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func (e *env) nodeList(fs *flag.FlagSet, args []string) error {
+	get := func(st *store.Store) ([]store.Node, error) { return st.Nodes(e.ctx) }
+	return list(e, fs, args, get, "ID\tSTATE\tEK\tRELAYS\tFIRST SEEN\tLAST SEEN", func(n store.Node) []string {
+		return []string{strconv.FormatInt(n.ID, 10), string(n.State), hex.EncodeToString(n.EKHash)[:16],
+			strconv.Itoa(n.Relays), fmtTime(n.FirstSeen), fmtTime(n.LastSeen)}
+	})
+}
+
+// nodeState is the command that moves a node to state.
+func nodeState(state api.NodeState) func(*env, *flag.FlagSet, []string) error {
+	return func(e *env, fs *flag.FlagSet, args []string) error {
+		id, st, err := e.startNode(fs, args, toWrite)
+		if err != nil {
+			return err
+		}
+		return e.done(st.SetNodeState(e.ctx, id, state), "node."+strings.TrimPrefix(fs.Name(), "node "),
+			nodeTarget(id), "", fmt.Sprintf("node %d %s", id, state))
+	}
+}
+
+func (e *env) nodeRemove(fs *flag.FlagSet, args []string) error {
+	id, st, err := e.startNode(fs, args, toWrite)
+	if err != nil {
+		return err
+	}
+	return e.done(st.RemoveNode(e.ctx, id), "node.remove", nodeTarget(id), "",
+		fmt.Sprintf("node %d removed (its relays, addresses and key bundle freed)", id))
+}
+
+// settingArgs is the (--default | ID) KEY [VALUE] of node set and unset.
+type settingArgs struct {
+	id            int64 // 0: the global default
+	key, value    string
+	scope, target string // for the output and the audit log
+}
+
+// parseSetting parses node set (withValue) or node unset arguments.
+func parseSetting(fs *flag.FlagSet, args []string, withValue bool) (*settingArgs, error) {
+	def := fs.Bool("default", false, "the global default instead of a node's value")
+	pos, err := parse(fs, args, 1, 3)
+	if err != nil {
+		return nil, err
+	}
+	form := "ID KEY"
+	if *def {
+		form = "--default KEY"
+	}
+	if withValue {
+		form += " VALUE"
+	}
+	if len(pos) != len(strings.Fields(strings.TrimPrefix(form, "--default"))) {
+		return nil, cmdline.Usagef("usage: %s %s", fs.Name(), form)
+	}
+	s := &settingArgs{scope: "default", target: "global"}
+	if !*def {
+		if s.id, err = nodeID(pos[0]); err != nil {
+			return nil, err
+		}
+		pos = pos[1:]
+		s.scope, s.target = fmt.Sprintf("node %d", s.id), nodeTarget(s.id)
+	}
+	s.key = pos[0]
+	if withValue {
+		s.value = pos[1]
+	}
+	return s, nil
+}
+
+func (e *env) nodeSet(fs *flag.FlagSet, args []string) error {
+	s, err := parseSetting(fs, args, true)
+	if err != nil {
+		return err
+	}
+	val, err := settings.Normalize(s.key, s.value)
+	if err != nil {
+		return err
+	}
+	st, err := e.open(toWrite)
+	if err != nil {
+		return err
+	}
+	return e.done(st.SetSetting(e.ctx, s.id, s.key, val), "setting.set", s.target, s.key+"="+val,
+		fmt.Sprintf("%s: %s = %s", s.scope, s.key, val))
+}
+
+func (e *env) nodeUnset(fs *flag.FlagSet, args []string) error {
+	s, err := parseSetting(fs, args, false)
+	if err != nil {
+		return err
+	}
+	if _, err := settings.Normalize(s.key, ""); err != nil && strings.HasPrefix(err.Error(), "unknown setting") {
+		return err
+	}
+	st, err := e.open(toWrite)
+	if err != nil {
+		return err
+	}
+	return e.done(st.UnsetSetting(e.ctx, s.id, s.key), "setting.unset", s.target, s.key,
+		fmt.Sprintf("%s: %s unset", s.scope, s.key))
+}
+
+type nodeView struct {
+	*store.Node
+	EKHashHex string            `json:"ek_sha256"`
+	Settings  map[string]string `json:"settings"`  // node overrides
+	Effective map[string]string `json:"effective"` // resolved values
+	RelayList []store.Relay     `json:"relay_list"`
+}
+
+func (e *env) nodeShow(fs *flag.FlagSet, args []string) error {
+	asJSON := jsonFlag(fs)
+	id, st, err := e.startNode(fs, args, toRead)
+	if err != nil {
+		return err
+	}
+	n, err := st.Node(e.ctx, id)
+	if err != nil {
+		return err
+	}
+	g, nd, err := st.Settings(e.ctx, id)
+	if err != nil {
+		return err
+	}
+	relays, err := st.Relays(e.ctx, id)
+	if err != nil {
+		return err
+	}
+	v := nodeView{Node: n, EKHashHex: hex.EncodeToString(n.EKHash), Settings: nd, RelayList: relays,
+		Effective: effective(g, nd)}
+	if v.RelayList == nil {
+		v.RelayList = []store.Relay{}
+	}
+	if *asJSON {
+		return e.json(v)
+	}
+	e.printNode(&v)
+	e.printSettings(g, nd, v.Effective)
+	fmt.Fprintf(e.stdout, "relays (%d):\n", len(relays))
+	return e.relayTable(relays)
+}
+
+// effective is every setting's resolved value, as text.
+func effective(global, node map[string]string) map[string]string {
+	eff := settings.Resolve(global, node)
+	return map[string]string{
+		settings.RelayInterface: eff.RelayInterface, settings.IPv4Gateway: eff.IPv4Gateway,
+		settings.IPv6Gateway: eff.IPv6Gateway, settings.DNS: strings.Join(eff.DNS, ","),
+		settings.RelayMemoryMB: strconv.Itoa(eff.RelayMemoryMB), settings.MaxRelays: strconv.Itoa(eff.MaxRelays),
+		settings.PollIntervalS: strconv.Itoa(eff.PollIntervalS),
+	}
+}
+
+func (e *env) printNode(v *nodeView) {
+	w, n := e.stdout, v.Node
+	fmt.Fprintf(w, "node %d\n  state        %s\n  ek sha256    %s\n", n.ID, n.State, v.EKHashHex)
+	fmt.Fprintf(w, "  ak name      %x\n  first seen   %s\n  last seen    %s\n  attested     %s\n",
+		n.AKName, fmtTime(n.FirstSeen), fmtTime(n.LastSeen), fmtTime(n.AttestedAt))
+	fmt.Fprintf(w, "  boot id      %s\n  uptime       %ds\n  specs        %d cpus, %d MiB, %s\n",
+		n.BootID, n.UptimeS, n.CPUs, n.MemoryBytes>>20, n.CPUModel)
+}
+
+// printSettings prints each setting's effective value and where it comes
+// from: the node, the global level or the built-in default.
+func (e *env) printSettings(global, node, eff map[string]string) {
+	fmt.Fprintln(e.stdout, "settings (node override, else default):")
+	for _, k := range settings.Keys() {
+		src := "default"
+		if _, ok := node[k]; ok {
+			src = "node"
+		} else if _, ok := global[k]; ok {
+			src = "global"
+		}
+		fmt.Fprintf(e.stdout, "  %-16s %-24s (%s)\n", k, eff[k], src)
+	}
+}
