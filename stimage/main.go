@@ -4,6 +4,7 @@
 //
 //	stimage keygen certificate --is-ca [--cert-out rootcert.pem --key-out rootkey.pem]
 //	stimage keygen certificate --root-cert rootcert.pem --root-key rootkey.pem [--leaf-key K] [--cert-out cert.pem --key-out key.pem]
+//	stimage keygen policy-key [--key-out policy.key --pub-out policy.pub]
 //	stimage ospkg create --out NAME --kernel vmlinuz --initramfs initramfs.cpio.gz [--label L --url U --cmdline C]
 //	stimage ospkg sign --key key.pem --cert cert.pem --ospkg NAME
 //	stimage ospkg verify (--trust-policy DIR | --root-certs FILE) --ospkg NAME
@@ -11,6 +12,8 @@
 //	stimage ospkg pcrs --ospkg NAME --trust-policy DIR [--tls-roots FILE] [--json]
 //	stimage uki create --kernel K --initramfs I --cmdline C --os-release F --out U [--stub S]
 //	stimage uki pcrs [--boot entry|direct] [--json] U
+//	stimage release create --name N --out R.json (--uki U [--boot entry|direct] | --ospkg NAME --trust-policy DIR --anchor-pcr N=HEX...) [--key policy.key]
+//	stimage release approve --key policy.key --release R.json
 //	stimage trustpolicy check JSON|FILE
 //	stimage hostconfig check JSON|FILE
 //
@@ -33,6 +36,7 @@ type command struct {
 
 var commands = []command{
 	{"keygen", "certificate", keygenCertificate},
+	{"keygen", "policy-key", keygenPolicyKey},
 	{"ospkg", "create", ospkgCreate},
 	{"ospkg", "sign", ospkgSign},
 	{"ospkg", "verify", ospkgVerify},
@@ -40,6 +44,8 @@ var commands = []command{
 	{"ospkg", "pcrs", ospkgPcrs},
 	{"uki", "create", ukiCreate},
 	{"uki", "pcrs", ukiPcrs},
+	{"release", "create", releaseCreate},
+	{"release", "approve", releaseApprove},
 	{"trustpolicy", "check", trustpolicyCheck},
 	{"hostconfig", "check", hostconfigCheck},
 }

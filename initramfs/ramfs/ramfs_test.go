@@ -1,6 +1,8 @@
 package ramfs
 
 import (
+	"patela/initramfs/inspect"
+
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -140,6 +142,9 @@ func TestProduction(t *testing.T) {
 			t.Errorf("production image holds %s", name)
 		}
 	}
+	if sh, err := inspect.DebugShell(first); sh != "" || err != nil {
+		t.Errorf("inspect.DebugShell flags the production image: %q %v", sh, err)
+	}
 	if content(rs[CAPath]) != testCA {
 		t.Error("CA not embedded verbatim")
 	}
@@ -192,6 +197,10 @@ func TestDebug(t *testing.T) {
 	}
 	if content(rs["init"]) != "bin/init" {
 		t.Error("the debug image's /init is not the agent")
+	}
+	b, _ := os.ReadFile(o.Out)
+	if sh, err := inspect.DebugShell(b); sh == "" || err != nil {
+		t.Errorf("inspect.DebugShell misses the debug image's shell: %q %v", sh, err)
 	}
 }
 

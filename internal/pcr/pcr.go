@@ -42,3 +42,16 @@ func Parse(s string) (Value, error) {
 	copy(v[:], b)
 	return v, nil
 }
+
+// MarshalText writes the value as hex (JSON strings, map values).
+func (v Value) MarshalText() ([]byte, error) { return []byte(v.String()), nil }
+
+// UnmarshalText reads 64 hex digits.
+func (v *Value) UnmarshalText(b []byte) error {
+	p, err := Parse(string(b))
+	if err != nil {
+		return err
+	}
+	*v = p
+	return nil
+}

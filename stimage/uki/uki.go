@@ -92,6 +92,9 @@ func Create(ctx context.Context, o Options) ([]byte, error) {
 	}
 	args := []string{}
 	for _, n := range sectionOrder {
+		if len(contents[n]) == 0 {
+			continue // no command line: no .cmdline (objcopy adds no empty section)
+		}
 		p := filepath.Join(dir, strings.TrimPrefix(n, "."))
 		if err := os.WriteFile(p, contents[n], 0o600); err != nil {
 			return nil, err
@@ -122,6 +125,9 @@ func Create(ctx context.Context, o Options) ([]byte, error) {
 	}
 	for _, n := range sectionOrder {
 		s := f.Section(n)
+		if len(contents[n]) == 0 && s == nil {
+			continue
+		}
 		if s == nil || !bytes.Equal(f.Data(s), contents[n]) {
 			return nil, fmt.Errorf("uki: objcopy did not add %s as given", n)
 		}

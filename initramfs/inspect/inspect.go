@@ -1,0 +1,114 @@
+// Package inspect lists what an initramfs holds without unpacking it, as
+// the kernel reads it: newc cpio archives, each plain or gzip-compressed,
+// concatenated, with zero padding between them. Release tooling uses it to
+// refuse to approve a debug image.
+package inspect
+
+import (
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+)
+
+// Names lists every entry name of every archive in b, in order.
+func Names(b []byte) ([]string, error) {
+	var names []string
+	for len(b) > 0 {
+		switch {
+		case b[0] == 0:
+			b = b[1:] // padding between archives
+		case bytes.HasPrefix(b, []byte("070701")) || bytes.HasPrefix(b, []byte("070702")):
+			n, used, err := cpioNames(b)
+			if err != nil {
+				return nil, err
+			}
+			names = append(names, n...)
+			b = b[used:]
+		case bytes.HasPrefix(b, []byte{0x1f, 0x8b}):
+			r := bytes.NewReader(b)
+			zr, err := gzip.NewReader(r)
+			if err != nil {
+				return nil, fmt.Errorf("inspect: gzip: %w", err)
+			}
+			zr.Multistream(false)
+			raw, err := io.ReadAll(io.LimitReader(zr, 2<<30))
+			if err != nil {
+				return nil, fmt.Errorf("inspect: gzip: %w", err)
+			}
+			n, err := Names(raw)
+			if err != nil {
+				return nil, err
+			}
+			names = append(names, n...)
+			b = b[len(b)-r.Len():]
+		default:
+			return nil, fmt.Errorf("inspect: unknown data at an archive boundary (%x…): not newc cpio or gzip", b[:min(len(b), 6)])
+		}
+	}
+	return names, nil
+}
+
+// cpioNames reads one newc archive up to and including its trailer and
+// returns its names and its length.
+func cpioNames(b []byte) ([]string, int, error) {
+	var names []string
+	off := 0
+	for {
+		if off+110 > len(b) {
+			return nil, 0, errors.New("inspect: cpio header truncated")
+		}
+		h := b[off : off+110]
+		if string(h[:5]) != "07070" {
+			return nil, 0, fmt.Errorf("inspect: bad cpio magic at %d", off)
+		}
+		field := func(i int) (int, error) {
+			v, err := strconv.ParseUint(string(h[6+8*i:14+8*i]), 16, 32)
+			return int(v), err
+		}
+		size, err1 := field(6)
+		nameSize, err2 := field(11)
+		if err1 != nil || err2 != nil || nameSize == 0 {
+			return nil, 0, fmt.Errorf("inspect: bad cpio header at %d", off)
+		}
+		nameEnd := off + 110 + nameSize
+		if nameEnd > len(b) {
+			return nil, 0, errors.New("inspect: cpio name truncated")
+		}
+		name := strings.TrimRight(string(b[off+110:nameEnd]), "\x00")
+		data := (nameEnd + 3) &^ 3
+		off = (data + size + 3) &^ 3
+		if data+size > len(b) {
+			return nil, 0, fmt.Errorf("inspect: cpio entry %q truncated", name)
+		}
+		if name == "TRAILER!!!" {
+			return names, min(off, len(b)), nil
+		}
+		names = append(names, strings.TrimPrefix(name, "./"))
+	}
+}
+
+// DebugMarkers are paths only the debug flavour of patela's initramfs has
+// (initramfs/ramfs: ShellPath and the u-root busybox under /bbin), or any
+// image with a shell.
+var DebugMarkers = []string{"bin/sh", "bbin/"}
+
+// DebugShell returns the first entry of b that marks a debug image, or ""
+// for an image without a shell.
+func DebugShell(b []byte) (string, error) {
+	names, err := Names(b)
+	if err != nil {
+		return "", err
+	}
+	for _, n := range names {
+		for _, m := range DebugMarkers {
+			if n == strings.TrimSuffix(m, "/") || (strings.HasSuffix(m, "/") && strings.HasPrefix(n, m)) {
+				return n, nil
+			}
+		}
+	}
+	return "", nil
+}
