@@ -1,11 +1,12 @@
 // Command init is the patela agent: PID 1 of a relay machine's initramfs.
 //
-// Boot sequence (each phase is timed on the console, see pid1.Timeline):
+// The boot is the list of phases in agent.start, each a method below in
+// the same order and timed on the console (see pid1.Timeline):
 //
-//	signals → mount → reaper → config → modules → etc → entropy → dhcp →
-//	clock → tpm → attest → specs → vault → reconcile (until a signal) →
-//	shutdown: reconcile stopped, relays stopped, relay network torn down,
-//	sync, reboot(2)
+//	signals → mount → reaper → config → shell → modules → etc → entropy →
+//	dhcp → clock → client → tpm → attest → specs → vault → reconcile (until
+//	a signal) → shutdown: reconcile stopped, relays stopped, relay network
+//	torn down, sync, reboot(2)
 //
 // Signals follow gokrazy and u-root: SIGTERM, SIGUSR2 (and SIGPWR) power
 // off, SIGINT (ctrl-alt-del) and SIGUSR1 reboot, at any time, also in the
@@ -22,37 +23,29 @@
 //
 // Self-test mode (patela.selftest=pid1 on the kernel command line) needs no
 // TPM, and a config server only if the clock is wrong. It runs the phases
-// up to the clock check, then checks that every filesystem is mounted and
-// the reaper works (a child that leaves an orphan behind: the child's
-// status goes to its owner, the orphan is reaped by PID 1), then has a
-// child send SIGTERM to its parent, the agent, and the normal power-off
-// path ends the machine. It exists for the QEMU test in e2e/pid1_test.go;
-// its console lines start "selftest".
+// up to the clock check, then the self-test of selftest.go: every
+// filesystem mounted, the reaper working (a child that leaves an orphan
+// behind: the child's status goes to its owner, the orphan is reaped by
+// PID 1), then a child sends SIGTERM to its parent, the agent, and the
+// normal power-off path ends the machine.
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
-	"github.com/vishvananda/netlink"
 
 	"patela/init/agentcfg"
 	"patela/init/attest"
@@ -89,26 +82,104 @@ func main() {
 	a.boot()
 }
 
+// subcommand runs the non-PID-1 entry points.
+func subcommand(name string, args []string) (int, bool) {
+	if name == "tpm" {
+		return tpmcli.Main(args), true
+	}
+	return selftestHelper(name)
+}
+
+// agent is the machine's life. Each phase sets the fields it is named
+// after; later phases read them.
 type agent struct {
-	root, configPath, cmdlinePath string
+	root, configPath, cmdlinePath string // flags
 
 	log     *slog.Logger
-	cfg     *agentcfg.Config
 	tl      *pid1.Timeline
-	actions <-chan pid1.Action
-	delay   time.Duration
-	reaped  chan int
+	actions <-chan pid1.Action // power-off and reboot requests
+	delay   time.Duration      // from a fatal error to the reboot
 
-	resolv *resolv.File
+	reaped chan int            // reaper: orphans reaped (the self-test reads them)
+	cfg    *agentcfg.Config    // config
+	resolv *resolv.File        // etc: the one writer of resolv.conf
+	tpm    transport.TPMCloser // entropy (a slow RNG is seeded from it) or tpm
+	client *api.Client         // client
+	sess   *attest.Session     // tpm: the EK and AK, and the token they earn
+	token  string              // attest
+	specs  *api.Specs          // specs
+	vault  *vault.Vault        // vault
 
-	tpm   transport.TPMCloser
-	token string
-
-	mu       sync.Mutex // the fields below, set by the boot goroutine
+	mu       sync.Mutex // the fields below: set by the boot, read by shutdown
 	dhcp     *dhcp.Client
 	net      *netcfg.Manager
-	loop     *reconcile.Loop
-	loopDone chan struct{}
+	relays   *tor.Supervisor
+	loopDone chan struct{} // closed when the reconcile loop has returned
+}
+
+// phase is one step of the boot.
+type phase struct {
+	name string
+	run  func(ctx context.Context) error
+}
+
+// start runs the boot: every machine's phases, then a relay machine's
+// (or, in self-test mode, the PID-1 self-test).
+func (a *agent) start(ctx context.Context) error {
+	machine := []phase{
+		{"mount", a.mount},
+		{"reaper", a.startReaper},
+		{"config", a.loadConfig},
+		{"shell", a.startDebugShell},
+		{"modules", a.loadModules},
+		{"etc", a.writeEtc},
+		{"entropy", a.waitEntropy},
+		{"dhcp", a.startDHCP},
+		{"clock", a.checkClock},
+	}
+	relay := []phase{
+		{"client", a.newClient},
+		{"tpm", a.openTPM},
+		{"attest", a.attest},
+		{"specs", a.sendSpecs},
+		{"vault", a.openVault},
+		{"reconcile", a.startReconcile},
+	}
+	selftest := []phase{{"selftest", a.selftestPID1}}
+
+	if err := a.run(ctx, machine); err != nil {
+		return err
+	}
+	rest := relay
+	if a.cfg.Selftest == "pid1" {
+		rest = selftest
+	}
+	if err := a.run(ctx, rest); err != nil {
+		return err
+	}
+	a.log.Info("boot complete", "since_boot", pid1.Uptime().Round(time.Millisecond))
+	return nil
+}
+
+// errShutdown ends the boot when a power-off or reboot request
+// interrupted a phase; boot() is already shutting down.
+var errShutdown = errors.New("boot interrupted by shutdown")
+
+// run runs phases in order on the timeline. A phase's error is fatal,
+// unless a shutdown interrupted it: then run returns errShutdown.
+func (a *agent) run(ctx context.Context, phases []phase) error {
+	for _, p := range phases {
+		err := a.tl.Run(p.name, func() error { return p.run(ctx) })
+		switch {
+		case err == nil:
+		case ctx.Err() != nil:
+			a.log.Info("boot phase interrupted by shutdown", "phase", p.name)
+			return errShutdown
+		default:
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+	}
+	return nil
 }
 
 // boot runs the whole life of the machine and never returns. The boot
@@ -130,7 +201,7 @@ func (a *agent) boot() {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	bootDone := make(chan struct{})
-	failed := make(chan error, 2)
+	failed := make(chan error, 1)
 	go func() {
 		defer close(bootDone)
 		defer func() {
@@ -138,7 +209,7 @@ func (a *agent) boot() {
 				failed <- fmt.Errorf("panic: %v\n%s", r, debug.Stack())
 			}
 		}()
-		if err := a.start(ctx, failed); err != nil {
+		if err := a.start(ctx); err != nil && !errors.Is(err, errShutdown) {
 			failed <- err
 		}
 	}()
@@ -157,158 +228,25 @@ func (a *agent) boot() {
 	}
 }
 
-// start runs the boot phases and starts the reconcile loop, whose setup
-// error, if any, arrives later on failed.
-func (a *agent) start(ctx context.Context, failed chan<- error) error {
-	phases := []struct {
-		name string
-		fn   func() error
-	}{
-		{"mount", func() error { return pid1.Mount(a.root, a.log) }},
-		{"reaper", func() error {
-			// One reaper for every child, once /proc is there.
-			a.reaped = make(chan int, 16)
-			go reaper.Loop(context.Background(), func(pid int) {
-				a.log.Debug("reaped orphan", "pid", pid)
-				select {
-				case a.reaped <- pid:
-				default:
-				}
-			})
-			return nil
-		}},
-		{"config", a.loadConfig},
-		{"modules", a.loadModules},
-		{"etc", func() error {
-			a.resolv = &resolv.File{Path: a.path("/etc/resolv.conf")}
-			return pid1.WriteEtc(a.root, hostname())
-		}},
-		{"entropy", func() error { return pid1.WaitEntropy(ctx, 3*time.Second, a.tpmRandom, a.log) }},
-		{"dhcp", func() error { return a.startDHCP(ctx) }},
-		{"clock", func() error { return a.checkClock(ctx) }},
-	}
-	for _, p := range phases {
-		if err := a.phase(ctx, p.name, p.fn); err != nil {
-			return err
-		}
-		if p.name == "config" && a.cfg.DebugFlag("shell") {
-			go func() {
-				if err := debugshell.Run(context.Background(), a.log, layout.Shell, debugshell.Console); err != nil {
-					a.log.Warn("debug shell", "err", err)
-				}
-			}()
-		}
-	}
-	if a.cfg.Selftest == "pid1" {
-		if err := a.phase(ctx, "selftest", a.selftestPID1); err != nil {
-			return err
-		}
-		a.log.Info("boot complete", "since_boot", pid1.Uptime().Round(time.Millisecond))
-		return nil
-	}
-
-	client, err := a.apiClient()
-	if err != nil {
-		return err
-	}
-	var sess *attest.Session
-	var specs *api.Specs
-	var v *vault.Vault
-	relays := []struct {
-		name string
-		fn   func() error
-	}{
-		{"tpm", func() (err error) {
-			if a.tpm == nil {
-				if a.tpm, err = tpmdev.Open(a.cfg.TPM); err != nil {
-					return err
-				}
-			}
-			sess, err = attest.NewSession(a.tpm, client, a.log)
-			return err
-		}},
-		{"attest", func() (err error) {
-			a.token, err = sess.Token(ctx)
-			return err
-		}},
-		{"specs", func() error {
-			var err error
-			if specs, err = readSpecs(a.path("/proc")); err != nil {
-				return err
-			}
-			r, err := client.Specs(ctx, a.token, specs)
-			if err == nil {
-				a.log.Info("specs sent", "cpus", specs.CPUs, "memory", specs.MemoryBytes, "relays", r.RelayCount)
-			}
-			return err
-		}},
-		{"vault", func() (err error) {
-			v, err = vault.Open(ctx, a.tpm, vault.Options{
-				EKName: sess.EKName(), PCRs: a.cfg.PCRs, Log: a.log,
-				Mirror: vault.ServerMirror{Client: client, Tokens: sess},
-			})
-			if errors.Is(err, vault.ErrOrphaned) || errors.Is(err, vault.ErrKeyLost) {
-				// The message says `configsrv keys drop N --yes`: name N.
-				err = fmt.Errorf("%w (this machine is configsrv node %d)", err, sess.NodeID())
-			}
-			return err
-		}},
-		{"reconcile", func() error {
-			n, err := netcfg.New(netcfg.Options{Log: a.log})
-			if err != nil {
-				return err
-			}
-			loop := reconcile.New(reconcile.Config{
-				Client: client, Tokens: sess, Network: relayNetwork{n, a.resolv}, Keys: v, Log: a.log, Specs: specs,
-				Tor: tor.Options{
-					Tor:      layout.Tor,
-					StateDir: a.path(layout.StateDir),
-					RunDir:   a.path(layout.RunDir),
-					Accounts: tor.Files{Root: a.path("/")},
-				},
-			})
-			done := make(chan struct{})
-			a.mu.Lock()
-			a.net, a.loop, a.loopDone = n, loop, done
-			a.mu.Unlock()
-			go func() {
-				defer close(done)
-				// Run returns early only for a setup error; otherwise when
-				// ctx ends at shutdown.
-				if err := loop.Run(ctx); err != nil && ctx.Err() == nil {
-					failed <- fmt.Errorf("reconcile: %w", err)
-				}
-			}()
-			return nil
-		}},
-	}
-	for _, p := range relays {
-		if err := a.phase(ctx, p.name, p.fn); err != nil {
-			return err
-		}
-	}
-	a.log.Info("boot complete", "since_boot", pid1.Uptime().Round(time.Millisecond))
-	return nil
-}
-
-// phase runs one boot phase on the timeline. Its error is fatal, unless a
-// shutdown interrupted it.
-func (a *agent) phase(ctx context.Context, name string, fn func() error) error {
-	err := a.tl.Run(name, fn)
-	switch {
-	case err == nil:
-		return nil
-	case ctx.Err() != nil:
-		a.log.Info("boot phase interrupted by shutdown", "phase", name)
-		runtime.Goexit() // the boot goroutine ends here; boot() halts
-	}
-	return fmt.Errorf("%s: %w", name, err)
-}
-
 // path resolves a path of the running system under --root.
 func (a *agent) path(p string) string { return filepath.Join(a.root, p) }
 
-func (a *agent) loadConfig() error {
+func (a *agent) mount(context.Context) error { return pid1.Mount(a.root, a.log) }
+
+// startReaper starts the one reaper for every child, once /proc is there.
+func (a *agent) startReaper(context.Context) error {
+	a.reaped = make(chan int, 16)
+	go reaper.Loop(context.Background(), func(pid int) {
+		a.log.Debug("reaped orphan", "pid", pid)
+		select {
+		case a.reaped <- pid:
+		default:
+		}
+	})
+	return nil
+}
+
+func (a *agent) loadConfig(context.Context) error {
 	cmdline, err := os.ReadFile(a.cmdlinePath)
 	if err != nil {
 		return fmt.Errorf("reading kernel command line: %w", err)
@@ -327,12 +265,45 @@ func (a *agent) loadConfig() error {
 	return nil
 }
 
-func (a *agent) loadModules() error {
+// startDebugShell keeps a shell on the console when patela.debug asks for
+// one; a production image has none, which debugshell reports.
+func (a *agent) startDebugShell(context.Context) error {
+	if !a.cfg.DebugFlag("shell") {
+		return nil
+	}
+	go func() {
+		if err := debugshell.Run(context.Background(), a.log, layout.Shell, debugshell.Console); err != nil {
+			a.log.Warn("debug shell", "err", err)
+		}
+	}()
+	return nil
+}
+
+func (a *agent) loadModules(context.Context) error {
 	if !pid1.IsPID1() {
 		a.log.Info("not PID 1: kernel modules left to the host", "modules", a.cfg.Modules)
 		return nil
 	}
 	return pid1.LoadModules(a.cfg.ModuleDir, a.cfg.Modules, a.log)
+}
+
+func (a *agent) writeEtc(context.Context) error {
+	a.resolv = &resolv.File{Path: a.path("/etc/resolv.conf")}
+	return pid1.WriteEtc(a.root, hostname())
+}
+
+func hostname() string {
+	if pid1.IsPID1() {
+		h := "patela"
+		syscall.Sethostname([]byte(h))
+		return h
+	}
+	h, _ := os.Hostname()
+	return h
+}
+
+func (a *agent) waitEntropy(ctx context.Context) error {
+	return pid1.WaitEntropy(ctx, 3*time.Second, a.tpmRandom, a.log)
 }
 
 // tpmRandom seeds the kernel RNG from the TPM when it is slow to
@@ -381,37 +352,6 @@ func (a *agent) startDHCP(ctx context.Context) error {
 	return nil
 }
 
-// mgmtInterface picks the management NIC: by name, by MAC, or the first
-// Ethernet link (lowest index) when the config names none.
-func mgmtInterface(cfg *agentcfg.Config) (string, error) {
-	links, err := netlink.LinkList()
-	if err != nil {
-		return "", err
-	}
-	mac, _ := net.ParseMAC(cfg.MgmtMAC)
-	for _, l := range links {
-		at := l.Attrs()
-		switch {
-		case cfg.MgmtInterface != "":
-			if at.Name == cfg.MgmtInterface {
-				return at.Name, nil
-			}
-		case mac != nil:
-			if bytes.Equal(at.HardwareAddr, mac) {
-				return at.Name, nil
-			}
-		case l.Type() == "device" && len(at.HardwareAddr) == 6 && at.Flags&net.FlagLoopback == 0:
-			return at.Name, nil
-		}
-	}
-	var names []string
-	for _, l := range links {
-		names = append(names, l.Attrs().Name)
-	}
-	return "", fmt.Errorf("management interface (name %q, MAC %q) not found among %v (missing driver module?)",
-		cfg.MgmtInterface, cfg.MgmtMAC, names)
-}
-
 // checkClock makes the clock good enough for TLS. The kernel has already
 // set it from the RTC (CONFIG_RTC_HCTOSYS); a machine with a dead RTC
 // battery boots in 1970 or 2000, before the agent's epoch and the CA's
@@ -450,12 +390,107 @@ func (a *agent) checkClock(ctx context.Context) error {
 	return pid1.SetClock(t, a.log)
 }
 
-func (a *agent) apiClient() (*api.Client, error) {
+// newClient makes the config server's client, trusting only its CA. It
+// does not connect yet.
+func (a *agent) newClient(context.Context) error {
 	ca, err := os.ReadFile(a.path(a.cfg.ServerCA))
 	if err != nil {
-		return nil, fmt.Errorf("server CA: %w", err)
+		return fmt.Errorf("server CA: %w", err)
 	}
-	return api.NewClient(a.cfg.ServerURL, ca)
+	a.client, err = api.NewClient(a.cfg.ServerURL, ca)
+	return err
+}
+
+// openTPM opens the TPM (unless seeding the RNG already did) and loads
+// the EK and AK.
+func (a *agent) openTPM(context.Context) (err error) {
+	if a.tpm == nil {
+		if a.tpm, err = tpmdev.Open(a.cfg.TPM); err != nil {
+			return err
+		}
+	}
+	a.sess, err = attest.NewSession(a.tpm, a.client, a.log)
+	return err
+}
+
+// attest earns the first token; while the node is pending it waits for
+// an administrator, retrying.
+func (a *agent) attest(ctx context.Context) (err error) {
+	a.token, err = a.sess.Token(ctx)
+	return err
+}
+
+func (a *agent) sendSpecs(ctx context.Context) error {
+	specs, err := readSpecs(a.path("/proc"))
+	if err != nil {
+		return err
+	}
+	r, err := a.client.Specs(ctx, a.token, specs)
+	if err != nil {
+		return err
+	}
+	a.specs = specs
+	a.log.Info("specs sent", "cpus", specs.CPUs, "memory", specs.MemoryBytes, "relays", r.RelayCount)
+	return nil
+}
+
+func (a *agent) openVault(ctx context.Context) (err error) {
+	a.vault, err = vault.Open(ctx, a.tpm, vault.Options{
+		EKName: a.sess.EKName(), PCRs: a.cfg.PCRs, Log: a.log,
+		Mirror: vault.ServerMirror{Client: a.client, Tokens: a.sess},
+	})
+	if errors.Is(err, vault.ErrOrphaned) || errors.Is(err, vault.ErrKeyLost) {
+		// The message says `configsrv keys drop N --yes`: name N.
+		err = fmt.Errorf("%w (this machine is configsrv node %d)", err, a.sess.NodeID())
+	}
+	return err
+}
+
+// What main wires into the reconcile loop and the supervisor.
+var (
+	_ reconcile.Tokens  = (*attest.Session)(nil)
+	_ reconcile.Network = relayNetwork{}
+	_ reconcile.Relays  = (*tor.Supervisor)(nil)
+	_ tor.Keys          = (*vault.Vault)(nil)
+	_ tor.Accounts      = tor.Files{}
+	_ vault.Tokens      = (*attest.Session)(nil)
+)
+
+// startReconcile builds the relay network, the relay supervisor and the
+// reconcile loop, and runs the loop until shutdown.
+func (a *agent) startReconcile(ctx context.Context) error {
+	n, err := netcfg.New(netcfg.Options{Log: a.log})
+	if err != nil {
+		return err
+	}
+	sup, err := tor.New(tor.Options{
+		Tor:      layout.Tor,
+		StateDir: a.path(layout.StateDir),
+		RunDir:   a.path(layout.RunDir),
+		Accounts: tor.Files{Root: a.path("/")},
+		Keys:     a.vault,
+		Log:      a.log,
+	})
+	if err != nil {
+		n.Close()
+		return err
+	}
+	loop, err := reconcile.New(reconcile.Config{
+		Client: a.client, Tokens: a.sess, Network: relayNetwork{n, a.resolv}, Relays: sup, Log: a.log, Specs: a.specs,
+	})
+	if err != nil {
+		n.Close()
+		return err
+	}
+	done := make(chan struct{})
+	a.mu.Lock()
+	a.net, a.relays, a.loopDone = n, sup, done
+	a.mu.Unlock()
+	go func() {
+		defer close(done)
+		loop.Run(ctx) // until ctx ends at shutdown
+	}()
+	return nil
 }
 
 // relayNetwork applies the node's network: the relay side through netcfg,
@@ -473,53 +508,14 @@ func (n relayNetwork) Apply(ctx context.Context, want netcfg.Relays) error {
 	return n.Manager.Apply(ctx, want)
 }
 
-// readSpecs reads the hardware the server sizes relays by.
-func readSpecs(proc string) (*api.Specs, error) {
-	s := &api.Specs{}
-	f, err := os.Open(filepath.Join(proc, "cpuinfo"))
-	if err != nil {
-		return nil, err
-	}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
-		switch {
-		case !ok:
-		case k == "processor":
-			s.CPUs++
-		case k == "model name" && s.CPUModel == "":
-			s.CPUModel = v
-		}
-	}
-	f.Close()
-	mem, err := os.ReadFile(filepath.Join(proc, "meminfo"))
-	if err != nil {
-		return nil, err
-	}
-	for _, line := range strings.Split(string(mem), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
-			kb, err := strconv.ParseUint(f[1], 10, 64)
-			if err != nil {
-				return nil, fmt.Errorf("meminfo: %q", line)
-			}
-			s.MemoryBytes = kb * 1024
-		}
-	}
-	if s.CPUs == 0 || s.MemoryBytes == 0 {
-		return nil, fmt.Errorf("could not read CPU count (%d) or memory (%d) from %s", s.CPUs, s.MemoryBytes, proc)
-	}
-	return s, nil
-}
-
 // shutdown stops everything in order, bounded, then halts.
 func (a *agent) shutdown(act pid1.Action) {
 	a.log.Info("shutting down", "action", act)
 	start := pid1.Uptime()
 	a.mu.Lock()
-	loop, n, loopDone := a.loop, a.net, a.loopDone
+	loopDone, relays, n, d := a.loopDone, a.relays, a.net, a.dhcp
 	a.mu.Unlock()
-	if loop != nil {
+	if loopDone != nil {
 		// boot() has cancelled the loop's context: no reconcile round may
 		// run (and re-apply the network) while the machine goes down.
 		select {
@@ -527,10 +523,12 @@ func (a *agent) shutdown(act pid1.Action) {
 		case <-time.After(30 * time.Second):
 			a.log.Warn("reconcile loop did not stop in 30 s; shutting down anyway")
 		}
+	}
+	if relays != nil {
 		// tor's SIGINT exit takes up to ShutdownWaitLength (30 s by default);
 		// the supervisor escalates to SIGKILL itself, this bounds the rest.
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-		loop.Shutdown(ctx)
+		relays.Shutdown(ctx)
 		cancel()
 	}
 	if n != nil {
@@ -538,131 +536,9 @@ func (a *agent) shutdown(act pid1.Action) {
 			a.log.Warn("relay network teardown", "err", err)
 		}
 	}
-	a.mu.Lock()
-	d := a.dhcp
-	a.mu.Unlock()
 	if d != nil {
 		d.Stop() // nothing released: the next boot asks for the same lease
 	}
 	a.log.Info("timeline", "phase", "shutdown", "start", start.Round(10*time.Millisecond), "took", (pid1.Uptime() - start).Round(time.Millisecond))
 	pid1.Halt(act, a.log)
-}
-
-func hostname() string {
-	if pid1.IsPID1() {
-		h := "patela"
-		syscall.Sethostname([]byte(h))
-		return h
-	}
-	h, _ := os.Hostname()
-	return h
-}
-
-// selftestPID1 checks what only PID 1 can: a child's status reaches the
-// code that started it while the orphan it leaves behind is reaped, and a
-// SIGTERM sent to PID 1 by another process powers the machine off.
-func (a *agent) selftestPID1() error {
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	if pid1.IsPID1() {
-		mounts, err := os.ReadFile("/proc/self/mounts")
-		if err != nil {
-			return err
-		}
-		if missing := pid1.Missing(mounts); len(missing) > 0 {
-			return fmt.Errorf("not mounted: %s", strings.Join(missing, ", "))
-		}
-		a.log.Info("selftest: every filesystem mounted")
-	}
-	// Drain orphans reaped so far (none expected).
-	for len(a.reaped) > 0 {
-		<-a.reaped
-	}
-	var out bytes.Buffer
-	child := exec.Command(self, "selftest-child")
-	child.Stdout = &out
-	if err := reaper.Run(child); err != nil {
-		return fmt.Errorf("selftest child: %w", err)
-	}
-	orphan, err := strconv.Atoi(strings.TrimSpace(out.String()))
-	if err != nil {
-		return fmt.Errorf("selftest child printed %q", out.String())
-	}
-	a.log.Info("selftest: child exited, status collected by its owner", "child", child.Process.Pid, "status", child.ProcessState.ExitCode(), "orphan", orphan)
-	deadline := time.After(10 * time.Second)
-	for {
-		select {
-		case pid := <-a.reaped:
-			if pid != orphan {
-				a.log.Info("selftest: reaped another orphan", "pid", pid)
-				continue
-			}
-			a.log.Info("selftest: orphan reaped by the agent", "pid", pid, "pid1", pid1.IsPID1())
-		case <-deadline:
-			return fmt.Errorf("orphan %d was not reaped", orphan)
-		}
-		break
-	}
-	if n := zombies(); n != 0 {
-		return fmt.Errorf("%d zombies left", n)
-	}
-	// The last step goes through the real power-off path: another process
-	// sends SIGTERM to PID 1, boot() receives the action and shuts down.
-	kill := exec.Command(self, "selftest-sigterm")
-	if err := reaper.Run(kill); err != nil {
-		return fmt.Errorf("selftest sigterm child: %w", err)
-	}
-	a.log.Info("selftest: passed; a child sent SIGTERM to the agent")
-	return nil
-}
-
-// zombies counts zombie children of this process.
-func zombies() int {
-	n := 0
-	ents, _ := os.ReadDir("/proc")
-	me := strconv.Itoa(os.Getpid())
-	for _, e := range ents {
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		i := bytes.LastIndexByte(b, ')')
-		if f := strings.Fields(string(b[i+1:])); i > 0 && len(f) > 1 && f[0] == "Z" && f[1] == me {
-			n++
-		}
-	}
-	return n
-}
-
-// subcommand runs the non-PID-1 entry points.
-func subcommand(name string, args []string) (int, bool) {
-	switch name {
-	case "tpm":
-		return tpmcli.Main(args), true
-	case "selftest-child":
-		// Start a grandchild and exit without waiting: it becomes an
-		// orphan, reparented to PID 1.
-		self, _ := os.Executable()
-		gc := exec.Command(self, "selftest-grandchild")
-		if err := gc.Start(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1, true
-		}
-		fmt.Println(gc.Process.Pid)
-		return 0, true
-	case "selftest-grandchild":
-		time.Sleep(300 * time.Millisecond)
-		return 0, true
-	case "selftest-sigterm":
-		// The parent is the agent: PID 1 in the VM, a plain process on a
-		// host (where PID 1 must never be signalled).
-		if err := syscall.Kill(os.Getppid(), syscall.SIGTERM); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1, true
-		}
-		return 0, true
-	}
-	return 0, false
 }

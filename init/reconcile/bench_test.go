@@ -26,7 +26,7 @@ func BenchmarkRound8Relays(b *testing.B) {
 		b.Fatal(err)
 	}
 	for {
-		st := w.l.Supervisor().Status()
+		st := w.sup.Status()
 		n := 0
 		for _, s := range st {
 			if s.State == api.RelayRunning && s.Fingerprint != "" {

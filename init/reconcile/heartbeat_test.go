@@ -41,7 +41,7 @@ func TestHeartbeatOnChange(t *testing.T) {
 	runDone := make(chan error, 1)
 	go func() { runDone <- w.l.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-runDone })
-	sup := w.l.Supervisor()
+	sup := w.sup
 	gap := w.l.cfg.HeartbeatGap
 
 	local := func() tor.Status {

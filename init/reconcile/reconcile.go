@@ -43,16 +43,21 @@ type Network interface {
 	Apply(ctx context.Context, want netcfg.Relays) error
 }
 
-// Keys is the relay key vault (*vault.Vault).
-type Keys = tor.Keys
+// Relays runs the node's tor relays (*tor.Supervisor).
+type Relays interface {
+	Apply(ctx context.Context, spec tor.Spec) error
+	Remove(ctx context.Context, name string) error
+	Status() []tor.Status
+	// Changes signals after what Status reports changed.
+	Changes() <-chan struct{}
+}
 
-// Config wires the loop.
+// Config wires the loop. Client, Tokens, Network and Relays are required.
 type Config struct {
 	Client  *api.Client
 	Tokens  Tokens
 	Network Network
-	Keys    Keys        // passed to the supervisor; nil keeps no keys
-	Tor     tor.Options // the supervisor's options; Keys and Log are set from here
+	Relays  Relays
 	Log     *slog.Logger
 
 	// Specs, if set, is posted before each config fetch, so relays the
@@ -79,10 +84,9 @@ type Config struct {
 
 // Loop is the reconcile loop.
 type Loop struct {
-	cfg     Config
-	log     *slog.Logger
-	sup     *tor.Supervisor
-	initErr error
+	cfg    Config
+	log    *slog.Logger
+	relays Relays
 
 	applied  map[string]api.Relay // relays as last applied successfully
 	refused  map[string]error     // relays whose desired state was refused
@@ -90,9 +94,11 @@ type Loop struct {
 	changeHB time.Time            // when the last change heartbeat was sent
 }
 
-// New prepares the loop and its relay supervisor. An error setting up
-// the supervisor is returned by Run.
-func New(cfg Config) *Loop {
+// New checks cfg and prepares the loop.
+func New(cfg Config) (*Loop, error) {
+	if cfg.Client == nil || cfg.Tokens == nil || cfg.Network == nil || cfg.Relays == nil {
+		return nil, errors.New("reconcile.Config needs Client, Tokens, Network and Relays")
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -111,28 +117,11 @@ func New(cfg Config) *Loop {
 	if cfg.HeartbeatGap <= 0 {
 		cfg.HeartbeatGap = 5 * time.Second
 	}
-	l := &Loop{cfg: cfg, log: cfg.Log, applied: map[string]api.Relay{}, refused: map[string]error{}}
-	o := cfg.Tor
-	o.Keys = cfg.Keys
-	if o.Log == nil {
-		o.Log = cfg.Log
-	}
-	l.sup, l.initErr = tor.New(o)
-	if l.initErr == nil && (cfg.Client == nil || cfg.Tokens == nil || cfg.Network == nil) {
-		l.initErr = errors.New("reconcile: Client, Tokens and Network are required")
-	}
-	return l
+	return &Loop{cfg: cfg, log: cfg.Log, relays: cfg.Relays, applied: map[string]api.Relay{}, refused: map[string]error{}}, nil
 }
 
-// Supervisor gives access to the relays (status, logs) for a debug shell.
-func (l *Loop) Supervisor() *tor.Supervisor { return l.sup }
-
-// Run reconciles until ctx ends. It returns only ctx's error, or a setup
-// error at once.
+// Run reconciles until ctx ends, and returns ctx's error.
 func (l *Loop) Run(ctx context.Context) error {
-	if l.initErr != nil {
-		return l.initErr
-	}
 	retry := l.cfg.RetryMin
 	for {
 		interval, sent, err := l.round(ctx)
@@ -172,7 +161,7 @@ func (l *Loop) between(ctx context.Context, wait time.Duration, sent bool, retry
 			return ctx.Err()
 		case <-next.C:
 			return nil // the round sends a heartbeat; a pending one is dropped
-		case <-l.sup.Changes():
+		case <-l.relays.Changes():
 			if sent && hb == nil { // else the pending heartbeat or the next round reads the newest state
 				hb = time.After(max(l.cfg.HeartbeatDelay, time.Until(l.changeHB.Add(l.cfg.HeartbeatGap))))
 			}
@@ -302,11 +291,11 @@ func (l *Loop) apply(ctx context.Context, cfg *api.NodeConfig) error {
 		return fmt.Errorf("network: %w (relays left as they are)", err)
 	}
 	changed := 0
-	for _, st := range l.sup.Status() {
+	for _, st := range l.relays.Status() {
 		if _, ok := want[st.Name]; ok {
 			continue
 		}
-		if err := l.sup.Remove(ctx, st.Name); err != nil {
+		if err := l.relays.Remove(ctx, st.Name); err != nil {
 			errs = append(errs, fmt.Errorf("removing %s: %w", st.Name, err))
 		}
 		delete(l.applied, st.Name)
@@ -351,7 +340,7 @@ func (l *Loop) applyRelay(ctx context.Context, r api.Relay) error {
 	if !strings.EqualFold(hex.EncodeToString(sum[:]), r.TorrcSHA256) {
 		return fmt.Errorf("relay %s: torrc_sha256 does not match its torrc", r.Name)
 	}
-	return l.sup.Apply(ctx, tor.Spec{Name: r.Name, UID: r.UID, Torrc: []byte(r.Torrc)})
+	return l.relays.Apply(ctx, tor.Spec{Name: r.Name, UID: r.UID, Torrc: []byte(r.Torrc)})
 }
 
 // status is the heartbeat: every supervised relay, plus those whose
@@ -359,7 +348,7 @@ func (l *Loop) applyRelay(ctx context.Context, r api.Relay) error {
 func (l *Loop) status() *api.Status {
 	s := &api.Status{BootID: l.bootID(), UptimeS: l.uptime(), Relays: []api.RelayStatus{}}
 	seen := map[string]bool{}
-	for _, st := range l.sup.Status() {
+	for _, st := range l.relays.Status() {
 		seen[st.Name] = true
 		s.Relays = append(s.Relays, api.RelayStatus{
 			Name: st.Name, Fingerprint: st.Fingerprint, Ed25519ID: st.Ed25519ID,
@@ -394,13 +383,4 @@ func (l *Loop) uptime() int64 {
 	}
 	s, _ := strconv.ParseFloat(f[0], 64)
 	return int64(s)
-}
-
-// Shutdown stops every relay in parallel, gracefully (SIGINT, SIGKILL
-// after the supervisor's StopTimeout, or at once when ctx ends), and
-// returns when all tor processes have exited. Stop Run first.
-func (l *Loop) Shutdown(ctx context.Context) {
-	if l.sup != nil {
-		l.sup.Shutdown(ctx)
-	}
 }

@@ -148,6 +148,7 @@ type world struct {
 	agent  *netnstest.NS
 	root   string
 	logs   *testutil.SyncBuffer
+	sup    *tor.Supervisor
 	l      *Loop
 }
 
@@ -183,24 +184,32 @@ func newWorld(tb testing.TB, maxRelays int, poll time.Duration) *world {
 	for p := w.root; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
 		os.Chmod(p, 0o755) // the relay uids must reach their directories
 	}
-	w.l = New(Config{
-		Client:  s.Client(tb),
-		Tokens:  w.tokens,
-		Network: net,
-		Tor: tor.Options{
-			StateDir: filepath.Join(w.root, "state"), RunDir: filepath.Join(w.root, "run"),
-			Accounts: tor.Files{Root: w.root}, StopTimeout: 10 * time.Second, KeyPoll: 200 * time.Millisecond,
-		},
+	w.sup, err = tor.New(tor.Options{
+		StateDir: filepath.Join(w.root, "state"), RunDir: filepath.Join(w.root, "run"),
+		Accounts: tor.Files{Root: w.root}, StopTimeout: 10 * time.Second, KeyPoll: 200 * time.Millisecond,
+		Log: log,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	w.l, err = New(Config{
+		Client:       s.Client(tb),
+		Tokens:       w.tokens,
+		Network:      net,
+		Relays:       w.sup,
 		Log:          log,
 		Specs:        &api.Specs{CPUs: 8, MemoryBytes: 16 << 30, CPUModel: "test"},
 		PollInterval: poll,
 		RetryMin:     200 * time.Millisecond,
 		RetryMax:     time.Second,
 	})
+	if err != nil {
+		tb.Fatal(err)
+	}
 	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		w.l.Shutdown(ctx)
+		w.sup.Shutdown(ctx)
 	})
 	return w
 }
@@ -214,7 +223,7 @@ func TestReconcileAgainstConfigsrv(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	runDone := make(chan error, 1)
 	go func() { runDone <- l.Run(ctx) }()
-	sup := l.Supervisor()
+	sup := w.sup
 	stopped := false
 	var runErr error
 	shutdown := func() {
@@ -226,7 +235,7 @@ func TestReconcileAgainstConfigsrv(t *testing.T) {
 		runErr = <-runDone
 		sctx, c := context.WithTimeout(context.Background(), 30*time.Second)
 		defer c()
-		l.Shutdown(sctx)
+		sup.Shutdown(sctx)
 	}
 	t.Cleanup(shutdown)
 
@@ -362,7 +371,7 @@ func TestApplyRefusesBadConfig(t *testing.T) {
 	if _, err := w.l.Once(ctx); err != nil {
 		t.Fatal(err)
 	}
-	sup := w.l.Supervisor()
+	sup := w.sup
 	var first tor.Status
 	waitFor(t, "relay running", func() bool {
 		st := sup.Status()
