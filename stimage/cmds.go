@@ -1,8 +1,8 @@
 package main
 
 import (
+	"bytes"
 	"crypto/ed25519"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"patela/internal/atomicfile"
+	"patela/internal/cmdline"
 	"patela/stimage/keygen"
 	"patela/stimage/ospkg"
 	"patela/stimage/trust"
@@ -20,12 +21,6 @@ import (
 // and stmgr's camelCase one.
 type flags struct{ *flag.FlagSet }
 
-func newFlags(name string) flags {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(os.Stderr)
-	return flags{fs}
-}
-
 func (f flags) str(p *string, name, stmgr, def, usage string) {
 	f.StringVar(p, name, def, usage)
 	if stmgr != "" && stmgr != name {
@@ -33,29 +28,25 @@ func (f flags) str(p *string, name, stmgr, def, usage string) {
 	}
 }
 
+// parse parses a command that takes flags only.
 func (f flags) parse(args []string) error {
-	if err := f.Parse(args); err != nil {
-		return err
-	}
-	if f.NArg() != 0 {
-		return fmt.Errorf("unexpected arguments %q", f.Args())
-	}
-	return nil
+	_, err := cmdline.Parse(f.FlagSet, args, 0, 0)
+	return err
 }
 
-func keygenCertificate(args []string) error {
-	f := newFlags("keygen certificate")
+func keygenCertificate(e *env, fs *flag.FlagSet, args []string) error {
+	f := flags{fs}
 	var isCA bool
 	var rootCert, rootKey, leafKey, certOut, keyOut, from, until string
 	f.BoolVar(&isCA, "is-ca", false, "make a self-signed root certificate")
 	f.BoolVar(&isCA, "isCA", false, "alias of --is-ca")
-	f.str(&rootCert, "root-cert", "rootCert", "rootcert.pem", "root certificate that issues a leaf")
-	f.str(&rootKey, "root-key", "rootKey", "rootkey.pem", "root private key that issues a leaf")
-	f.str(&leafKey, "leaf-key", "leafKey", "", "existing key (PEM public or private) to certify; default: a new Ed25519 key written to --key-out")
-	f.str(&certOut, "cert-out", "certOut", "", "certificate output (default cert.pem, rootcert.pem with --is-ca)")
-	f.str(&keyOut, "key-out", "keyOut", "", "new private key output (default key.pem, rootkey.pem with --is-ca)")
-	f.str(&from, "valid-from", "validFrom", "", "start of validity, RFC 3339 (default now)")
-	f.str(&until, "valid-until", "validUntil", "", "end of validity, RFC 3339 (default 72h after --valid-from)")
+	f.str(&rootCert, "root-cert", "rootCert", "rootcert.pem", "root certificate `FILE` that issues a leaf")
+	f.str(&rootKey, "root-key", "rootKey", "rootkey.pem", "root private key `FILE` that issues a leaf")
+	f.str(&leafKey, "leaf-key", "leafKey", "", "existing key `FILE` (PEM public or private) to certify; default: a new Ed25519 key written to --key-out")
+	f.str(&certOut, "cert-out", "certOut", "", "certificate output `FILE` (default cert.pem, rootcert.pem with --is-ca)")
+	f.str(&keyOut, "key-out", "keyOut", "", "new private key output `FILE` (default key.pem, rootkey.pem with --is-ca)")
+	f.str(&from, "valid-from", "validFrom", "", "start of validity, an RFC 3339 `TIME` (default now)")
+	f.str(&until, "valid-until", "validUntil", "", "end of validity, an RFC 3339 `TIME` (default 72h after --valid-from)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -134,38 +125,38 @@ func keygenCertificate(args []string) error {
 		if err := atomicfile.Write(keyOut, kp, 0o600); err != nil {
 			return err
 		}
-		fmt.Printf("wrote %s\n", keyOut)
+		fmt.Fprintf(e.out, "wrote %s\n", keyOut)
 	}
 	if err := atomicfile.Write(certOut, certPEM, 0o644); err != nil {
 		return err
 	}
-	fmt.Printf("wrote %s (valid %s to %s)\n", certOut, nb.Format(time.RFC3339), na.Format(time.RFC3339))
+	fmt.Fprintf(e.out, "wrote %s (valid %s to %s)\n", certOut, nb.Format(time.RFC3339), na.Format(time.RFC3339))
 	return nil
 }
 
 // pkgPaths maps NAME, NAME.zip or NAME.json to the pair.
 func pkgPaths(name string) (zip, desc string, err error) {
 	if name == "" {
-		return "", "", errors.New("--ospkg is required")
+		return "", "", cmdline.Usagef("--ospkg is required")
 	}
 	base := strings.TrimSuffix(strings.TrimSuffix(name, ".zip"), ".json")
 	return base + ".zip", base + ".json", nil
 }
 
-func ospkgCreate(args []string) error {
-	f := newFlags("ospkg create")
-	var out, label, url, kernel, initramfs, cmdline string
-	f.str(&out, "out", "", "", "output NAME: writes NAME.zip and NAME.json (required)")
-	f.str(&label, "label", "", "", "short description of the package")
-	f.str(&url, "url", "", "", "os_pkg_url of the descriptor (the zip's URL, may be relative); empty for initramfs mode")
-	f.str(&kernel, "kernel", "", "", "kernel (bzImage) (required)")
-	f.str(&initramfs, "initramfs", "", "", "initramfs (required)")
-	f.str(&cmdline, "cmdline", "", "", "kernel command line")
+func ospkgCreate(e *env, fs *flag.FlagSet, args []string) error {
+	f := flags{fs}
+	var out, label, url, kernel, initramfs, kcmdline string
+	f.str(&out, "out", "", "", "output `NAME`: writes NAME.zip and NAME.json (required)")
+	f.str(&label, "label", "", "", "short description (`TEXT`) of the package")
+	f.str(&url, "url", "", "", "os_pkg_url of the descriptor (the zip's `URL`, may be relative); empty for initramfs mode")
+	f.str(&kernel, "kernel", "", "", "kernel `FILE` (bzImage) (required)")
+	f.str(&initramfs, "initramfs", "", "", "initramfs `FILE` (required)")
+	f.str(&kcmdline, "cmdline", "", "", "kernel command `LINE`")
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	if out == "" || kernel == "" || initramfs == "" {
-		return errors.New("--out, --kernel and --initramfs are required")
+		return cmdline.Usagef("--out, --kernel and --initramfs are required")
 	}
 	kb, err := readLimited(kernel, ospkg.MaxEntryBytes)
 	if err != nil {
@@ -176,7 +167,7 @@ func ospkgCreate(args []string) error {
 		return err
 	}
 	zb, db, err := ospkg.Create(ospkg.Options{Label: label, URL: url, Kernel: kb, Initramfs: ib,
-		KernelName: filepath.Base(kernel), InitramfsName: filepath.Base(initramfs), Cmdline: cmdline})
+		KernelName: filepath.Base(kernel), InitramfsName: filepath.Base(initramfs), Cmdline: kcmdline})
 	if err != nil {
 		return err
 	}
@@ -188,7 +179,7 @@ func ospkgCreate(args []string) error {
 		os.Remove(zp)
 		return err
 	}
-	fmt.Printf("wrote %s (%d bytes, sha256 %x) and %s (unsigned)\n", zp, len(zb), ospkg.Digest(zb), dp)
+	fmt.Fprintf(e.out, "wrote %s (%d bytes, sha256 %x) and %s (unsigned)\n", zp, len(zb), ospkg.Digest(zb), dp)
 	return nil
 }
 
@@ -211,17 +202,17 @@ func load(name string) (zb []byte, d *ospkg.Descriptor, zp, dp string, err error
 	return
 }
 
-func ospkgSign(args []string) error {
-	f := newFlags("ospkg sign")
+func ospkgSign(e *env, fs *flag.FlagSet, args []string) error {
+	f := flags{fs}
 	var keyPath, certPath, name string
-	f.str(&keyPath, "key", "", "", "Ed25519 private key (PKCS#8 PEM) (required)")
-	f.str(&certPath, "cert", "", "", "certificate of that key (required)")
-	f.str(&name, "ospkg", "", "", "OS package NAME, NAME.zip or NAME.json (required)")
+	f.str(&keyPath, "key", "", "", "Ed25519 private key `FILE` (PKCS#8 PEM) (required)")
+	f.str(&certPath, "cert", "", "", "certificate `FILE` of that key (required)")
+	f.str(&name, "ospkg", "", "", "OS package `NAME`, NAME.zip or NAME.json (required)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	if keyPath == "" || certPath == "" {
-		return errors.New("--key and --cert are required")
+		return cmdline.Usagef("--key and --cert are required")
 	}
 	zb, d, zp, dp, err := load(name)
 	if err != nil {
@@ -252,26 +243,22 @@ func ospkgSign(args []string) error {
 	if err := atomicfile.Write(dp, db, 0o644); err != nil {
 		return err
 	}
-	fmt.Printf("signed %s: %s now holds %d signature(s)\n", zp, dp, len(d.Signatures))
+	fmt.Fprintf(e.out, "signed %s: %s now holds %d signature(s)\n", zp, dp, len(d.Signatures))
 	return nil
 }
 
 // verified opens and verifies an OS package against a trust policy
 // directory or a roots file, printing each signature's fate.
-func verified(args []string, name string, extra func(flags)) (*ospkg.Package, error) {
-	f := newFlags(name)
+func verified(e *env, f flags, args []string) (*ospkg.Package, error) {
 	var policyDir, rootsPath, pkg string
-	f.str(&policyDir, "trust-policy", "trustPolicy", "", "trust policy directory (trust_policy.json + ospkg_signing_root.pem)")
-	f.str(&rootsPath, "root-certs", "rootCerts", "", "signing root certificate(s), PEM: every signature must be valid, at least one")
-	f.str(&pkg, "ospkg", "", "", "OS package NAME, NAME.zip or NAME.json (required)")
-	if extra != nil {
-		extra(f)
-	}
+	f.str(&policyDir, "trust-policy", "trustPolicy", "", "trust policy `DIR` (trust_policy.json + ospkg_signing_root.pem)")
+	f.str(&rootsPath, "root-certs", "rootCerts", "", "signing root certificate(s) `FILE`, PEM: every signature must be valid, at least one")
+	f.str(&pkg, "ospkg", "", "", "OS package `NAME`, NAME.zip or NAME.json (required)")
 	if err := f.parse(args); err != nil {
 		return nil, err
 	}
 	if (policyDir == "") == (rootsPath == "") {
-		return nil, errors.New("give exactly one of --trust-policy and --root-certs")
+		return nil, cmdline.Usagef("give exactly one of --trust-policy and --root-certs")
 	}
 	zb, d, zp, _, err := load(pkg)
 	if err != nil {
@@ -306,79 +293,70 @@ func verified(args []string, name string, extra func(flags)) (*ospkg.Package, er
 	}
 	for _, s := range res.Signatures {
 		if s.Valid {
-			fmt.Printf("  signature %d: valid (%s)\n", s.Index, s.Subject)
+			fmt.Fprintf(e.out, "  signature %d: valid (%s)\n", s.Index, s.Subject)
 		} else {
-			fmt.Printf("  signature %d: does not count: %s\n", s.Index, s.Reason)
+			fmt.Fprintf(e.out, "  signature %d: does not count: %s\n", s.Index, s.Reason)
 		}
 	}
 	if !res.OK() {
 		return nil, fmt.Errorf("%s: %d valid signature(s), %d required: REFUSED", zp, res.Valid, res.Threshold)
 	}
-	fmt.Printf("%s: %d valid signature(s), threshold %d: OK (label %q)\n", zp, res.Valid, res.Threshold, p.Manifest.Label)
+	fmt.Fprintf(e.out, "%s: %d valid signature(s), threshold %d: OK (label %q)\n", zp, res.Valid, res.Threshold, p.Manifest.Label)
 	return p, nil
 }
 
-func ospkgVerify(args []string) error {
-	_, err := verified(args, "ospkg verify", nil)
+func ospkgVerify(e *env, fs *flag.FlagSet, args []string) error {
+	_, err := verified(e, flags{fs}, args)
 	return err
 }
 
 // ospkgExtract verifies, then writes the kernel, initramfs and cmdline to
 // a directory, as stboot would hand them to kexec.
-func ospkgExtract(args []string) error {
-	var out string
-	p, err := verified(args, "ospkg extract", func(f flags) {
-		f.str(&out, "out", "", "", "directory for kernel, initramfs and cmdline (required)")
-	})
+func ospkgExtract(e *env, fs *flag.FlagSet, args []string) error {
+	out := fs.String("out", "", "`DIR` for kernel, initramfs and cmdline (required)")
+	p, err := verified(e, flags{fs}, args)
 	if err != nil {
 		return err
 	}
-	if out == "" {
-		return errors.New("--out is required")
+	if *out == "" {
+		return cmdline.Usagef("--out is required")
 	}
-	if err := os.MkdirAll(out, 0o755); err != nil {
+	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return err
 	}
 	for n, b := range map[string][]byte{"kernel": p.Kernel, "initramfs": p.Initramfs, "cmdline": []byte(p.Manifest.Cmdline)} {
-		if err := atomicfile.Write(filepath.Join(out, n), b, 0o644); err != nil {
+		if err := atomicfile.Write(filepath.Join(*out, n), b, 0o644); err != nil {
 			return err
 		}
 	}
-	fmt.Printf("extracted kernel, initramfs and cmdline into %s\n", out)
+	fmt.Fprintf(e.out, "extracted kernel, initramfs and cmdline into %s\n", *out)
 	return nil
 }
 
-// jsonArg takes stmgr's JSON string argument, or a file name.
-func jsonArg(args []string) ([]byte, error) {
-	if len(args) != 1 {
-		return nil, errors.New("want one argument: the JSON text or a file holding it")
+// checkJSON is a check command: stmgr's JSON string argument, or a file
+// holding it, parsed by parse and printed back as stboot reads it.
+func checkJSON[T any](e *env, fs *flag.FlagSet, args []string, parse func([]byte) (T, error)) error {
+	pos, err := cmdline.Parse(fs, args, 1, 1)
+	if err != nil {
+		return err
 	}
-	if s := strings.TrimSpace(args[0]); strings.HasPrefix(s, "{") {
-		return []byte(s), nil
+	b := []byte(strings.TrimSpace(pos[0]))
+	if !bytes.HasPrefix(b, []byte("{")) {
+		if b, err = readLimited(pos[0], 1<<20); err != nil {
+			return err
+		}
 	}
-	return readLimited(args[0], 1<<20)
+	v, err := parse(b)
+	if err != nil {
+		return err
+	}
+	return e.printJSON(v)
 }
 
-func trustpolicyCheck(args []string) error {
-	b, err := jsonArg(args)
-	if err != nil {
-		return err
-	}
-	p, err := trust.ParsePolicy(b)
-	if err != nil {
-		return err
-	}
-	return printJSON(p)
+func trustpolicyCheck(e *env, fs *flag.FlagSet, args []string) error {
+	return checkJSON(e, fs, args, trust.ParsePolicy)
 }
 
-func hostconfigCheck(args []string) error {
-	b, err := jsonArg(args)
-	if err != nil {
-		return err
-	}
-	h, err := trust.ParseHostConfig(b)
-	if err != nil {
-		return err
-	}
-	return printJSON(h)
+func hostconfigCheck(e *env, fs *flag.FlagSet, args []string) error {
+	return checkJSON(e, fs, args, trust.ParseHostConfig)
 }

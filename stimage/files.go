@@ -26,12 +26,12 @@ func readLimited(path string, limit int64) ([]byte, error) {
 	return b, nil
 }
 
-func printJSON(v any) error {
+func (e *env) printJSON(v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Printf("%s\n", b)
+	_, err = fmt.Fprintf(e.out, "%s\n", b)
 	return err
 }
 

@@ -1,70 +1,47 @@
 // Command stimage builds, signs and verifies System Transparency OS
-// packages. Its commands and files mirror stmgr's, so stboot users find
-// their way:
-//
-//	stimage keygen certificate --is-ca [--cert-out rootcert.pem --key-out rootkey.pem]
-//	stimage keygen certificate --root-cert rootcert.pem --root-key rootkey.pem [--leaf-key K] [--cert-out cert.pem --key-out key.pem]
-//	stimage keygen policy-key [--key-out policy.key --pub-out policy.pub]
-//	stimage ospkg create --out NAME --kernel vmlinuz --initramfs initramfs.cpio.gz [--label L --url U --cmdline C]
-//	stimage ospkg sign --key key.pem --cert cert.pem --ospkg NAME
-//	stimage ospkg verify (--trust-policy DIR | --root-certs FILE) --ospkg NAME
-//	stimage ospkg extract (--trust-policy DIR | --root-certs FILE) --ospkg NAME --out DIR
-//	stimage ospkg pcrs --ospkg NAME --trust-policy DIR [--tls-roots FILE] [--json]
-//	stimage uki create --kernel K --initramfs I --cmdline C --os-release F --out U [--stub S]
-//	stimage uki pcrs [--boot entry|direct] [--json] U
-//	stimage release create --name N --out R.json (--uki U [--boot entry|direct] | --ospkg NAME --trust-policy DIR --anchor-pcr N=HEX...) [--key policy.key]
-//	stimage release approve --key policy.key --release R.json
-//	stimage trustpolicy check JSON|FILE
-//	stimage hostconfig check JSON|FILE
-//
-// Flags also answer to stmgr's spelling (-isCA, -rootCert, -certOut, ...).
+// packages and the UKIs of measured boot. Its commands and files mirror
+// stmgr's, so stboot users find their way; flags also answer to stmgr's
+// spelling (-isCA, -rootCert, -certOut, ...). `stimage help` lists the
+// commands (the table below), `stimage COMMAND --help` a command's flags.
 package main
 
 import (
-	"fmt"
+	"io"
 	"os"
+
+	"patela/internal/cmdline"
 )
 
 func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
-type command struct {
-	name, sub string
-	run       func(args []string) error
+// env is what a command writes to.
+type env struct{ out io.Writer }
+
+// program is stimage's command line. A new command is one row here and
+// one function that defines its flags, calls parse, then does its work.
+var program = &cmdline.Program[*env]{
+	Name: "stimage",
+	Commands: []cmdline.Command[*env]{
+		{Words: "keygen certificate", Help: "a self-signed root certificate (--is-ca), or a signing certificate the root issues", Run: keygenCertificate},
+		{Words: "keygen policy-key", Help: "a new release policy key (ECDSA P-256); never overwrites one", Run: keygenPolicyKey},
+		{Words: "ospkg create", Args: "--out NAME --kernel FILE --initramfs FILE", Help: "write an unsigned OS package: NAME.zip and its descriptor NAME.json", Run: ospkgCreate},
+		{Words: "ospkg sign", Args: "--key FILE --cert FILE --ospkg NAME", Help: "add a signature to the package's descriptor", Run: ospkgSign},
+		{Words: "ospkg verify", Args: "(--trust-policy DIR | --root-certs FILE) --ospkg NAME", Help: "check the package's signatures as stboot would", Run: ospkgVerify},
+		{Words: "ospkg extract", Args: "(--trust-policy DIR | --root-certs FILE) --ospkg NAME --out DIR", Help: "verify, then write the kernel, initramfs and cmdline stboot would boot", Run: ospkgExtract},
+		{Words: "ospkg pcrs", Args: "--ospkg NAME --trust-policy DIR", Help: "verify, then predict the PCR 12 and 13 stboot measures for the package", Run: ospkgPcrs},
+		{Words: "uki create", Args: "--kernel FILE --initramfs FILE --os-release FILE --out FILE", Help: "build a reproducible UKI on systemd-stub", Run: ukiCreate},
+		{Words: "uki pcrs", Args: "UKI", Help: "predict the PCR 4, 11 and 12 a UKI is measured into", Run: ukiPcrs},
+		{Words: "release create", Args: "--name NAME --out FILE (--uki FILE | --ospkg NAME --trust-policy DIR --anchor-pcr N=HEX...)", Help: "a release record: artifact hashes, expected PCRs, policy digest; approved at once with --key", Run: releaseCreate},
+		{Words: "release approve", Args: "--key FILE --release FILE", Help: "sign a release record's policy digest with the release policy key", Run: releaseApprove},
+		{Words: "trustpolicy check", Args: "(JSON | FILE)", Help: "check a stboot trust_policy.json and print it as stboot reads it", Run: trustpolicyCheck},
+		{Words: "hostconfig check", Args: "(JSON | FILE)", Help: "check a stboot host_config.json and print it as stboot reads it", Run: hostconfigCheck},
+	},
+	Footer: "Exit status: 0 done, 1 failed, 2 usage error.\n",
 }
 
-var commands = []command{
-	{"keygen", "certificate", keygenCertificate},
-	{"keygen", "policy-key", keygenPolicyKey},
-	{"ospkg", "create", ospkgCreate},
-	{"ospkg", "sign", ospkgSign},
-	{"ospkg", "verify", ospkgVerify},
-	{"ospkg", "extract", ospkgExtract},
-	{"ospkg", "pcrs", ospkgPcrs},
-	{"uki", "create", ukiCreate},
-	{"uki", "pcrs", ukiPcrs},
-	{"release", "create", releaseCreate},
-	{"release", "approve", releaseApprove},
-	{"trustpolicy", "check", trustpolicyCheck},
-	{"hostconfig", "check", hostconfigCheck},
-}
-
+// run runs the command line and returns the exit status.
 func run(args []string) int {
-	if len(args) >= 2 {
-		for _, c := range commands {
-			if c.name == args[0] && c.sub == args[1] {
-				if err := c.run(args[2:]); err != nil {
-					fmt.Fprintf(os.Stderr, "stimage %s %s: %v\n", c.name, c.sub, err)
-					return 1
-				}
-				return 0
-			}
-		}
-	}
-	fmt.Fprintln(os.Stderr, "usage: stimage COMMAND SUBCOMMAND [flags]; commands:")
-	for _, c := range commands {
-		fmt.Fprintf(os.Stderr, "  stimage %s %s\n", c.name, c.sub)
-	}
-	return 2
+	return program.Main(&env{out: os.Stdout}, args, os.Stdout, os.Stderr)
 }

@@ -2,13 +2,14 @@ package main
 
 import (
 	"context"
-	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
 	"patela/internal/atomicfile"
+	"patela/internal/cmdline"
 	"patela/stimage/ospkg"
 	"patela/stimage/stboot"
 	"patela/stimage/trust"
@@ -19,22 +20,22 @@ import (
 // 1.x's name; stboot v0.2.2 has ISRG Root X1 at /etc/ssl/certs).
 const TLSRootsFile = "tls_roots.pem"
 
-func ukiCreate(args []string) error {
-	f := newFlags("uki create")
-	var kernel, initramfs, cmdline, osrel, out, stub string
-	f.str(&kernel, "kernel", "", "", "kernel (bzImage with an EFI stub) (required)")
-	f.str(&initramfs, "initramfs", "", "", "initramfs (required)")
-	f.str(&cmdline, "cmdline", "", "", "kernel command line embedded in the UKI")
-	f.str(&osrel, "os-release", "osRelease", "", "os-release file for the .osrel section (required)")
-	f.str(&out, "out", "", "", "UKI output file (required)")
-	f.str(&stub, "stub", "", uki.DefaultStub, "systemd-stub to build on")
+func ukiCreate(e *env, fs *flag.FlagSet, args []string) error {
+	f := flags{fs}
+	var kernel, initramfs, kcmdline, osrel, out, stub string
+	f.str(&kernel, "kernel", "", "", "kernel `FILE` (bzImage with an EFI stub) (required)")
+	f.str(&initramfs, "initramfs", "", "", "initramfs `FILE` (required)")
+	f.str(&kcmdline, "cmdline", "", "", "kernel command `LINE` embedded in the UKI")
+	f.str(&osrel, "os-release", "osRelease", "", "os-release `FILE` for the .osrel section (required)")
+	f.str(&out, "out", "", "", "UKI output `FILE` (required)")
+	f.str(&stub, "stub", "", uki.DefaultStub, "systemd-stub `FILE` to build on")
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	if kernel == "" || initramfs == "" || osrel == "" || out == "" {
-		return errors.New("--kernel, --initramfs, --os-release and --out are required")
+		return cmdline.Usagef("--kernel, --initramfs, --os-release and --out are required")
 	}
-	o := uki.Options{Stub: stub, Cmdline: cmdline}
+	o := uki.Options{Stub: stub, Cmdline: kcmdline}
 	var err error
 	if o.Kernel, err = readLimited(kernel, uki.MaxKernel); err != nil {
 		return err
@@ -56,7 +57,7 @@ func ukiCreate(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("wrote %s (%d bytes, sha256 %x, PCR 11 %s)\n", out, len(u), m.FileSHA256, m.PCR11)
+	fmt.Fprintf(e.out, "wrote %s (%d bytes, sha256 %x, PCR 11 %s)\n", out, len(u), m.FileSHA256, m.PCR11)
 	return nil
 }
 
@@ -69,28 +70,16 @@ type pcrsJSON struct {
 	Sections  any               `json:"sections,omitempty"`
 }
 
-func ukiPcrs(args []string) error {
-	f := newFlags("uki pcrs")
+func ukiPcrs(e *env, fs *flag.FlagSet, args []string) error {
 	var boot string
 	var asJSON bool
-	f.str(&boot, "boot", "", string(uki.BootEntry), "how the firmware starts the UKI: entry (UEFI boot entry, ESP) or direct (QEMU -kernel under OVMF)")
-	f.BoolVar(&asJSON, "json", false, "print JSON")
-	if err := f.Parse(args); err != nil {
+	flags{fs}.str(&boot, "boot", "", string(uki.BootEntry), "how the firmware starts the UKI (`MODE`): entry (UEFI boot entry, ESP) or direct (QEMU -kernel under OVMF)")
+	fs.BoolVar(&asJSON, "json", false, "print JSON")
+	pos, err := cmdline.Parse(fs, args, 1, 1)
+	if err != nil {
 		return err
 	}
-	// Flags may also follow the UKI's name.
-	name := f.Arg(0)
-	if f.NArg() > 1 {
-		if err := f.Parse(f.Args()[1:]); err != nil {
-			return err
-		}
-		if f.NArg() != 0 {
-			return fmt.Errorf("unexpected arguments %q", f.Args())
-		}
-	}
-	if name == "" {
-		return errors.New("want one argument: the UKI")
-	}
+	name := pos[0]
 	b, err := uki.ParseBoot(boot)
 	if err != nil {
 		return err
@@ -106,7 +95,7 @@ func ukiPcrs(args []string) error {
 	}
 	took := time.Since(start)
 	if asJSON {
-		return printJSON(pcrsJSON{
+		return e.printJSON(pcrsJSON{
 			PCRs: map[string]string{"4": m.PCR4.String(), "11": m.PCR11.String(), "12": m.PCR12.String()},
 			Boot: string(b),
 			Artifacts: map[string]string{"uki": fmt.Sprintf("%x", m.FileSHA256),
@@ -114,13 +103,13 @@ func ukiPcrs(args []string) error {
 			Sections: m.Sections,
 		})
 	}
-	fmt.Printf("PCR 4  %s  firmware: UKI %x then its kernel %x (Authenticode), boot %s\n", m.PCR4, m.UKIAuthenticode[:8], m.LinuxAuthenticode[:8], b)
-	fmt.Printf("PCR 11 %s  systemd-stub:", m.PCR11)
+	fmt.Fprintf(e.out, "PCR 4  %s  firmware: UKI %x then its kernel %x (Authenticode), boot %s\n", m.PCR4, m.UKIAuthenticode[:8], m.LinuxAuthenticode[:8], b)
+	fmt.Fprintf(e.out, "PCR 11 %s  systemd-stub:", m.PCR11)
 	for _, s := range m.Sections {
-		fmt.Printf(" %s", s.Name)
+		fmt.Fprintf(e.out, " %s", s.Name)
 	}
-	fmt.Printf("\nPCR 12 %s  no command line override, no credentials\n", m.PCR12)
-	fmt.Printf("(%x, predicted in %v)\n", m.FileSHA256, took.Round(time.Millisecond))
+	fmt.Fprintf(e.out, "\nPCR 12 %s  no command line override, no credentials\n", m.PCR12)
+	fmt.Fprintf(e.out, "(%x, predicted in %v)\n", m.FileSHA256, took.Round(time.Millisecond))
 	return nil
 }
 
@@ -128,7 +117,7 @@ func ukiPcrs(args []string) error {
 // and predicts stboot's PCR 12 and 13 for it.
 func ospkgMeasure(pkg, policyDir, tlsRoots string) (pcr12, pcr13 string, arts map[string]string, err error) {
 	if policyDir == "" {
-		return "", "", nil, errors.New("--trust-policy is required")
+		return "", "", nil, cmdline.Usagef("--trust-policy is required")
 	}
 	if tlsRoots == "" {
 		tlsRoots = filepath.Join(policyDir, TLSRootsFile)
@@ -176,13 +165,13 @@ func ospkgMeasure(pkg, policyDir, tlsRoots string) (pcr12, pcr13 string, arts ma
 	return stboot.PCR12(zb, db).String(), v13.String(), arts, nil
 }
 
-func ospkgPcrs(args []string) error {
-	f := newFlags("ospkg pcrs")
+func ospkgPcrs(e *env, fs *flag.FlagSet, args []string) error {
+	f := flags{fs}
 	var pkg, policyDir, tlsRoots string
 	var asJSON bool
-	f.str(&pkg, "ospkg", "", "", "OS package NAME, NAME.zip or NAME.json (required; signed: the descriptor as served)")
-	f.str(&policyDir, "trust-policy", "trustPolicy", "", "stboot's trust policy directory (required)")
-	f.str(&tlsRoots, "tls-roots", "tlsRoots", "", "stboot's HTTPS roots, PEM (default DIR/"+TLSRootsFile+")")
+	f.str(&pkg, "ospkg", "", "", "OS package `NAME`, NAME.zip or NAME.json (required; signed: the descriptor as served)")
+	f.str(&policyDir, "trust-policy", "trustPolicy", "", "stboot's trust policy `DIR` (required)")
+	f.str(&tlsRoots, "tls-roots", "tlsRoots", "", "stboot's HTTPS roots `FILE`, PEM (default DIR/"+TLSRootsFile+")")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	if err := f.parse(args); err != nil {
 		return err
@@ -192,9 +181,9 @@ func ospkgPcrs(args []string) error {
 		return err
 	}
 	if asJSON {
-		return printJSON(pcrsJSON{PCRs: map[string]string{"12": p12, "13": p13}, Artifacts: arts})
+		return e.printJSON(pcrsJSON{PCRs: map[string]string{"12": p12, "13": p13}, Artifacts: arts})
 	}
-	fmt.Printf("PCR 12 %s  stboot v0.2.2: archive %s…, then descriptor %s…\n", p12, arts["archive"][:16], arts["descriptor"][:16])
-	fmt.Printf("PCR 13 %s  stboot v0.2.2: trust policy, signing root, HTTPS roots\n", p13)
+	fmt.Fprintf(e.out, "PCR 12 %s  stboot v0.2.2: archive %s…, then descriptor %s…\n", p12, arts["archive"][:16], arts["descriptor"][:16])
+	fmt.Fprintf(e.out, "PCR 13 %s  stboot v0.2.2: trust policy, signing root, HTTPS roots\n", p13)
 	return nil
 }

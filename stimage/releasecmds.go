@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 
 	"patela/initramfs/inspect"
 	"patela/internal/atomicfile"
+	"patela/internal/cmdline"
 	"patela/internal/pcr"
 	"patela/internal/release"
 	"patela/stimage/keygen"
@@ -18,11 +20,11 @@ import (
 	"patela/stimage/uki"
 )
 
-func keygenPolicyKey(args []string) error {
-	f := newFlags("keygen policy-key")
+func keygenPolicyKey(e *env, fs *flag.FlagSet, args []string) error {
+	f := flags{fs}
 	var keyOut, pubOut string
-	f.str(&keyOut, "key-out", "keyOut", "policy.key", "private key output (PKCS#8 PEM, 0600); keep it offline")
-	f.str(&pubOut, "pub-out", "pubOut", "policy.pub", "public key output (PEM)")
+	f.str(&keyOut, "key-out", "keyOut", "policy.key", "private key output `FILE` (PKCS#8 PEM, 0600); keep it offline")
+	f.str(&pubOut, "pub-out", "pubOut", "policy.pub", "public key output `FILE` (PEM)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -47,8 +49,8 @@ func keygenPolicyKey(args []string) error {
 	}
 	p, _ := release.ParsePublicKey(pub)
 	name, _ := release.KeyName(p)
-	fmt.Printf("wrote %s and %s (ECDSA P-256, TPM name %x)\n", keyOut, pubOut, name)
-	fmt.Printf("agent.json of release images: \"sealing\": \"release\", \"policy_key\": %q\n", policyKeyField(pub))
+	fmt.Fprintf(e.out, "wrote %s and %s (ECDSA P-256, TPM name %x)\n", keyOut, pubOut, name)
+	fmt.Fprintf(e.out, "agent.json of release images: \"sealing\": \"release\", \"policy_key\": %q\n", policyKeyField(pub))
 	return nil
 }
 
@@ -80,30 +82,30 @@ func (a anchors) Set(s string) error {
 	return nil
 }
 
-func releaseCreate(args []string) error {
-	f := newFlags("release create")
+func releaseCreate(e *env, fs *flag.FlagSet, args []string) error {
+	f := flags{fs}
 	var name, out, ukiPath, boot, pkg, policyDir, tlsRoots, keyPath string
 	anch := anchors{}
-	f.str(&name, "name", "", "", "release name, e.g. patela-2026.12.1 (required)")
-	f.str(&out, "out", "", "", "release file to write (required)")
-	f.str(&ukiPath, "uki", "", "", "the UKI of a uki release")
-	f.str(&boot, "boot", "", string(uki.BootEntry), "uki: how the firmware starts it (entry or direct), for PCR 4")
-	f.str(&pkg, "ospkg", "", "", "the signed OS package NAME of an ospkg release")
-	f.str(&policyDir, "trust-policy", "trustPolicy", "", "ospkg: stboot's trust policy directory")
-	f.str(&tlsRoots, "tls-roots", "tlsRoots", "", "ospkg: stboot's HTTPS roots (default DIR/"+TLSRootsFile+")")
-	f.Var(anch, "anchor-pcr", "ospkg: N=HEX, a firmware PCR (0-7) that pins stboot itself, e.g. its PCR 4 (repeatable; at least one)")
-	f.str(&keyPath, "key", "", "", "approve at once with this policy key (else: stimage release approve)")
+	f.str(&name, "name", "", "", "release `NAME`, e.g. patela-2026.12.1 (required)")
+	f.str(&out, "out", "", "", "release `FILE` to write (required)")
+	f.str(&ukiPath, "uki", "", "", "the UKI `FILE` of a uki release")
+	f.str(&boot, "boot", "", string(uki.BootEntry), "uki: how the firmware starts it (`MODE`: entry or direct), for PCR 4")
+	f.str(&pkg, "ospkg", "", "", "the signed OS package `NAME` of an ospkg release")
+	f.str(&policyDir, "trust-policy", "trustPolicy", "", "ospkg: stboot's trust policy `DIR`")
+	f.str(&tlsRoots, "tls-roots", "tlsRoots", "", "ospkg: stboot's HTTPS roots `FILE` (default DIR/"+TLSRootsFile+")")
+	f.Var(anch, "anchor-pcr", "ospkg: `N=HEX`, a firmware PCR (0-7) that pins stboot itself, e.g. its PCR 4 (repeatable; at least one)")
+	f.str(&keyPath, "key", "", "", "approve at once with this policy key `FILE` (else: stimage release approve)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	if name == "" || out == "" || (ukiPath == "") == (pkg == "") {
-		return errors.New("--name, --out and exactly one of --uki and --ospkg are required")
+		return cmdline.Usagef("--name, --out and exactly one of --uki and --ospkg are required")
 	}
 	var r *release.Release
 	var err error
 	if ukiPath != "" {
 		if len(anch) > 0 || policyDir != "" {
-			return errors.New("--anchor-pcr and --trust-policy are for ospkg releases")
+			return cmdline.Usagef("--anchor-pcr and --trust-policy are for ospkg releases")
 		}
 		r, err = ukiRelease(name, ukiPath, boot)
 	} else {
@@ -128,7 +130,7 @@ func releaseCreate(args []string) error {
 	if r.Approval != nil {
 		state = "approved"
 	}
-	fmt.Printf("wrote %s: release %s (%s), policy PCRs %v, digest %s, %s\n", out, r.Name, r.Kind, r.Policy.PCRs, r.Policy.Digest, state)
+	fmt.Fprintf(e.out, "wrote %s: release %s (%s), policy PCRs %v, digest %s, %s\n", out, r.Name, r.Kind, r.Policy.PCRs, r.Policy.Digest, state)
 	return nil
 }
 
@@ -223,16 +225,16 @@ func approve(r *release.Release, keyPath string) error {
 	return r.Check()
 }
 
-func releaseApprove(args []string) error {
-	f := newFlags("release approve")
+func releaseApprove(e *env, fs *flag.FlagSet, args []string) error {
+	f := flags{fs}
 	var keyPath, path string
-	f.str(&keyPath, "key", "", "", "the release policy key (required)")
-	f.str(&path, "release", "", "", "the release file, approved in place (required)")
+	f.str(&keyPath, "key", "", "", "the release policy key `FILE` (required)")
+	f.str(&path, "release", "", "", "the release `FILE`, approved in place (required)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	if keyPath == "" || path == "" {
-		return errors.New("--key and --release are required")
+		return cmdline.Usagef("--key and --release are required")
 	}
 	b, err := readLimited(path, 1<<20)
 	if err != nil {
@@ -257,6 +259,6 @@ func releaseApprove(args []string) error {
 	if had {
 		verb = "approved (replacing its earlier approval)"
 	}
-	fmt.Printf("%s release %s: policy digest %s\n", verb, r.Name, r.Policy.Digest)
+	fmt.Fprintf(e.out, "%s release %s: policy digest %s\n", verb, r.Name, r.Policy.Digest)
 	return nil
 }

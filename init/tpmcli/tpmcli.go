@@ -18,20 +18,34 @@ import (
 	"patela/init/tpmdev"
 	"patela/init/tpmkeys"
 	"patela/init/vault"
+	"patela/internal/cmdline"
 )
 
-const usage = `usage: init tpm [--tpm DEVICE] COMMAND
+// env is what the commands share: the TPM device and the output.
+type env struct {
+	dev    string
+	stdout io.Writer
+}
 
-commands:
-  info                 manufacturer, firmware, EK, AK, vault and NV state
-  ek [--rsa|--ecc]     print the EK's SHA-256 (the value configsrv's --ek-allowlist takes)
-  clear-vault --yes    delete the vault (sealed key and key bundle) from the TPM:
-                       every relay gets a new identity on the next boot
-
-DEVICE is /dev/tpmrm0 (default), unix:/path/to/swtpm-sock or tcp:HOST:PORT.
-Without --rsa or --ecc the EK is the one the agent uses: ECC P-256 unless
+// program is the `init tpm` command line: one row per command.
+var program = &cmdline.Program[*env]{
+	Name:    "init tpm",
+	Globals: func(e *env, fs *flag.FlagSet) { deviceFlag(e, fs) },
+	Commands: []cmdline.Command[*env]{
+		{Words: "info", Help: "manufacturer, firmware, EK, AK, vault and NV state", Run: (*env).info},
+		{Words: "ek", Help: "print the EK's SHA-256 (the value configsrv's --ek-allowlist takes)", Run: (*env).ek},
+		{Words: "clear-vault", Args: "--yes", Help: "delete the vault (sealed key and key bundle) from the TPM: every relay gets a new identity on the next boot", Run: (*env).clearVault},
+	},
+	Footer: `Without --rsa or --ecc the EK is the one the agent uses: ECC P-256 unless
 the TPM only has an RSA EK certificate.
-`
+Exit status: 0 done, 1 failed, 2 usage error.
+`,
+}
+
+// deviceFlag defines --tpm, taken before the command and after it.
+func deviceFlag(e *env, fs *flag.FlagSet) {
+	fs.StringVar(&e.dev, "tpm", e.dev, "TPM `DEVICE`: /dev/tpmrm0, unix:/path/to/swtpm-sock or tcp:HOST:PORT")
+}
 
 // Main runs the CLI on args (with or without a leading "tpm") and returns
 // the exit status.
@@ -44,87 +58,78 @@ func Run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "tpm" {
 		args = args[1:]
 	}
-	top := flag.NewFlagSet("tpm", flag.ContinueOnError)
-	top.SetOutput(stderr)
-	top.Usage = func() { fmt.Fprint(stderr, usage) }
-	dev := top.String("tpm", tpmdev.Default, "TPM device")
-	if err := top.Parse(args); err != nil {
-		return 2
-	}
-	if top.NArg() == 0 {
-		fmt.Fprint(stderr, usage)
-		return 2
-	}
-	cmd, rest := top.Arg(0), top.Args()[1:]
-	fs := flag.NewFlagSet("tpm "+cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(dev, "tpm", *dev, "TPM device")
-	rsa := fs.Bool("rsa", false, "use the RSA-2048 EK (ek, info)")
-	ecc := fs.Bool("ecc", false, "use the ECC P-256 EK (ek, info)")
-	yes := fs.Bool("yes", false, "confirm (clear-vault)")
-	if err := fs.Parse(rest); err != nil {
-		return 2
-	}
-	if fs.NArg() != 0 {
-		fmt.Fprintf(stderr, "tpm %s: unexpected argument %q\n", cmd, fs.Arg(0))
-		return 2
-	}
-	if *rsa && *ecc {
-		fmt.Fprintln(stderr, "tpm: --rsa and --ecc exclude each other")
-		return 2
+	return program.Main(&env{dev: tpmdev.Default, stdout: stdout}, args, stdout, stderr)
+}
+
+// openEK parses a command that takes no arguments, --tpm and the EK
+// choice (--rsa, --ecc, else the EK the agent uses), and opens the TPM.
+func (e *env) openEK(fs *flag.FlagSet, args []string) (transport.TPMCloser, tpm2.TPMAlgID, error) {
+	deviceFlag(e, fs)
+	rsa := fs.Bool("rsa", false, "use the RSA-2048 EK")
+	ecc := fs.Bool("ecc", false, "use the ECC P-256 EK")
+	if _, err := cmdline.Parse(fs, args, 0, 0); err != nil {
+		return nil, 0, err
 	}
 	var alg tpm2.TPMAlgID
 	switch {
+	case *rsa && *ecc:
+		return nil, 0, cmdline.Usagef("--rsa and --ecc exclude each other")
 	case *rsa:
 		alg = tpm2.TPMAlgRSA
 	case *ecc:
 		alg = tpm2.TPMAlgECC
 	}
-	var run func(t transport.TPM) error
-	switch cmd {
-	case "info":
-		run = func(t transport.TPM) error { return info(t, stdout, *dev, alg) }
-	case "ek":
-		run = func(t transport.TPM) error { return ek(t, stdout, alg) }
-	case "clear-vault":
-		if !*yes {
-			fmt.Fprintln(stderr, "tpm clear-vault: this destroys every relay's identity keys held by this TPM; run again with --yes to do it")
-			return 2
-		}
-		run = func(t transport.TPM) error { return clearVault(t, stdout) }
-	default:
-		fmt.Fprintf(stderr, "tpm: unknown command %q\n%s", cmd, usage)
-		return 2
-	}
-	t, err := tpmdev.Open(*dev)
+	t, err := tpmdev.Open(e.dev)
 	if err != nil {
-		fmt.Fprintln(stderr, "tpm:", err)
-		return 1
+		return nil, 0, err
 	}
-	defer t.Close()
 	if alg == 0 {
 		if alg, err = tpmkeys.ChooseEK(t); err != nil {
-			fmt.Fprintln(stderr, "tpm: choosing the EK:", err)
-			return 1
+			t.Close()
+			return nil, 0, fmt.Errorf("choosing the EK: %w", err)
 		}
 	}
-	if err := run(t); err != nil {
-		fmt.Fprintf(stderr, "tpm %s: %v\n", cmd, err)
-		return 1
-	}
-	return 0
+	return t, alg, nil
 }
 
-func ek(t transport.TPM, w io.Writer, alg tpm2.TPMAlgID) error {
+func (e *env) ek(fs *flag.FlagSet, args []string) error {
+	t, alg, err := e.openEK(fs, args)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
 	k, err := tpmkeys.EK(t, alg)
 	if err != nil {
 		return err
 	}
 	k.Close(t)
 	h := tpmkeys.PublicHash(k.Public)
-	_, err = fmt.Fprintln(w, hex.EncodeToString(h[:]))
+	_, err = fmt.Fprintln(e.stdout, hex.EncodeToString(h[:]))
 	return err
 }
+
+func (e *env) info(fs *flag.FlagSet, args []string) error {
+	t, alg, err := e.openEK(fs, args)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	p := func(k, format string, a ...any) {
+		fmt.Fprintf(e.stdout, "%-16s"+format+"\n", append([]any{k}, a...)...)
+	}
+	p("device", "%s", e.dev)
+	infoFirmware(t, p)
+	if err := infoEK(t, p, alg); err != nil {
+		return err
+	}
+	if err := infoAK(t, p); err != nil {
+		return err
+	}
+	return infoVault(t, p)
+}
+
+// printer prints one "key  value" line of tpm info.
+type printer func(k, format string, a ...any)
 
 func vendorString(v uint32) string {
 	var b [4]byte
@@ -137,9 +142,7 @@ func vendorString(v uint32) string {
 	}, string(b[:])), " ")
 }
 
-func info(t transport.TPM, w io.Writer, dev string, alg tpm2.TPMAlgID) error {
-	p := func(k, format string, a ...any) { fmt.Fprintf(w, "%-16s"+format+"\n", append([]any{k}, a...)...) }
-	p("device", "%s", dev)
+func infoFirmware(t transport.TPM, p printer) {
 	if v, err := tpmdev.Property(t, tpm2.TPMPTManufacturer); err == nil {
 		p("manufacturer", "%s (0x%08x)", vendorString(v), v)
 	} else {
@@ -150,7 +153,9 @@ func info(t transport.TPM, w io.Writer, dev string, alg tpm2.TPMAlgID) error {
 	if err := errors.Join(err1, err2); err == nil {
 		p("firmware", "%d.%d.%d.%d (0x%08x 0x%08x)", f1>>16, f1&0xffff, f2>>16, f2&0xffff, f1, f2)
 	}
+}
 
+func infoEK(t transport.TPM, p printer, alg tpm2.TPMAlgID) error {
 	k, err := tpmkeys.EK(t, alg)
 	if err != nil {
 		return fmt.Errorf("EK: %w", err)
@@ -173,7 +178,10 @@ func info(t transport.TPM, w io.Writer, dev string, alg tpm2.TPMAlgID) error {
 	default:
 		p("EK certificate", "%d bytes in NV", len(cert))
 	}
+	return nil
+}
 
+func infoAK(t transport.TPM, p printer) error {
 	ak, err := tpmkeys.Persisted(t, tpmkeys.AKHandle)
 	switch {
 	case errors.Is(err, tpmkeys.ErrNotPersisted):
@@ -185,7 +193,10 @@ func info(t transport.TPM, w io.Writer, dev string, alg tpm2.TPMAlgID) error {
 	default:
 		p("AK", "0x%08x, name %x", uint32(tpmkeys.AKHandle), ak.Name.Buffer)
 	}
+	return nil
+}
 
+func infoVault(t transport.TPM, p printer) error {
 	st, err := vault.Inspect(t)
 	if err != nil {
 		return fmt.Errorf("vault: %w", err)
@@ -208,6 +219,13 @@ func info(t transport.TPM, w io.Writer, dev string, alg tpm2.TPMAlgID) error {
 				map[string]string{"nv": "TPM NV", "mirror": "the config server mirror"}[st.Location])
 		}
 	}
+	infoCounter(p, st)
+	p("NV", "vault uses %d indices, %d bytes; NV_INDEX_MAX %d, NV_BUFFER_MAX %d",
+		st.NVIndices, st.NVBytes, st.IndexMax, st.BufferMax)
+	return nil
+}
+
+func infoCounter(p printer, st *vault.State) {
 	switch {
 	case st.CounterForeign:
 		p("counter", "BROKEN: NV 0x%08x is not a TPM counter (replaced); the vault refuses its bundle", uint32(tpmkeys.NVCounter))
@@ -218,12 +236,23 @@ func info(t transport.TPM, w io.Writer, dev string, alg tpm2.TPMAlgID) error {
 	default:
 		p("counter", "no rollback counter (defined at the next key bundle save)")
 	}
-	p("NV", "vault uses %d indices, %d bytes; NV_INDEX_MAX %d, NV_BUFFER_MAX %d",
-		st.NVIndices, st.NVBytes, st.IndexMax, st.BufferMax)
-	return nil
 }
 
-func clearVault(t transport.TPM, w io.Writer) error {
+func (e *env) clearVault(fs *flag.FlagSet, args []string) error {
+	deviceFlag(e, fs)
+	yes := fs.Bool("yes", false, "confirm: every relay's identity keys held by this TPM are destroyed")
+	if _, err := cmdline.Parse(fs, args, 0, 0); err != nil {
+		return err
+	}
+	if !*yes {
+		return cmdline.Usagef("this destroys every relay's identity keys held by this TPM; run again with --yes to do it")
+	}
+	t, err := tpmdev.Open(e.dev)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	w := e.stdout
 	st, err := vault.Inspect(t)
 	if err != nil {
 		return err

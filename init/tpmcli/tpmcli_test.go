@@ -100,4 +100,40 @@ func TestBadUsage(t *testing.T) {
 	if code, _, errs := run("--tpm", "unix:/nonexistent", "info"); code != 1 || errs == "" {
 		t.Errorf("missing device: exit %d %q", code, errs)
 	}
+	for _, tc := range []struct{ args, want string }{
+		{"ek --rsa --ecc", "--rsa and --ecc exclude each other"},
+		{"clear-vault --yes extra", "takes 0 argument(s), got 1"},
+		{"inf", `unknown command inf (did you mean "info"?)`},
+		{"", "init tpm: no command"},
+	} {
+		code, out, errs := run(strings.Fields(tc.args)...)
+		if code != 2 || out != "" || !strings.Contains(errs, tc.want) || !strings.Contains(errs, "usage: init tpm") && !strings.Contains(errs, "commands:") {
+			t.Errorf("tpm %s: exit %d, stdout %q, stderr:\n%s\nwant exit 2 and %q", tc.args, code, out, errs, tc.want)
+		}
+	}
+}
+
+// TestHelp: help exits 0 on stdout and names every flag, without opening
+// a TPM.
+func TestHelp(t *testing.T) {
+	for _, tc := range []struct {
+		args string
+		want []string
+	}{
+		{"help", []string{"usage: init tpm [--tpm DEVICE] COMMAND", "  info ", "  ek ", "  clear-vault --yes ", "--tpm DEVICE", "Exit status: 0 done, 1 failed, 2 usage error"}},
+		{"--help", []string{"usage: init tpm [--tpm DEVICE] COMMAND"}},
+		{"info --help", []string{"usage: init tpm info [--ecc] [--rsa] [--tpm DEVICE]", "--ecc ", "--rsa ", "--tpm DEVICE "}},
+		{"help ek", []string{"usage: init tpm ek [--ecc] [--rsa] [--tpm DEVICE]"}},
+		{"clear-vault --help", []string{"usage: init tpm clear-vault --yes [--tpm DEVICE]", "--yes ", "--tpm DEVICE "}},
+	} {
+		code, out, errs := run(append([]string{"--tpm", "unix:/nonexistent"}, strings.Fields(tc.args)...)...)
+		for _, w := range tc.want {
+			if code != 0 || errs != "" || !strings.Contains(out, w) {
+				t.Errorf("tpm %s: exit %d, stderr %q, lacks %q:\n%s", tc.args, code, errs, w, out)
+			}
+		}
+	}
+	if code, out, _ := run("tpm", "--help"); code != 0 || !strings.HasPrefix(out, "usage: init tpm [--tpm DEVICE] COMMAND") {
+		t.Errorf("tpm --help: exit %d\n%s", code, out)
+	}
 }
