@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"reflect"
 	"strings"
 	"text/tabwriter"
 )
@@ -151,8 +152,7 @@ func valueName(f *flag.Flag) string {
 }
 
 func defaultText(f *flag.Flag) string {
-	switch f.DefValue {
-	case "", "false", "0", "0s":
+	if isZero(f) {
 		return ""
 	}
 	if g, ok := f.Value.(flag.Getter); ok {
@@ -161,6 +161,24 @@ func defaultText(f *flag.Flag) string {
 		}
 	}
 	return fmt.Sprintf(" (default %s)", f.DefValue)
+}
+
+// isZero reports whether f's default is its type's zero value, which
+// goes without saying (as flag.PrintDefaults decides it).
+func isZero(f *flag.Flag) (zero bool) {
+	t := reflect.TypeOf(f.Value)
+	var z reflect.Value
+	if t.Kind() == reflect.Pointer {
+		z = reflect.New(t.Elem())
+	} else {
+		z = reflect.Zero(t)
+	}
+	defer func() {
+		if recover() != nil {
+			zero = f.DefValue == ""
+		}
+	}()
+	return f.DefValue == z.Interface().(flag.Value).String()
 }
 
 func countFlags(fs *flag.FlagSet) int {
