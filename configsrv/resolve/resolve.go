@@ -8,11 +8,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"path"
 	"strconv"
 
 	"patela/configsrv/settings"
 	"patela/configsrv/store"
 	"patela/internal/api"
+	"patela/internal/layout"
 	"patela/internal/torrc"
 )
 
@@ -24,10 +26,11 @@ const (
 	LevelManaged = "managed"
 )
 
-// DataDir and ControlSocket are where a relay lives on the node, for
-// showing what tor there runs (OnNode); the agent writes these lines.
-func DataDir(name string) string       { return "/var/lib/tor-instances/" + name }
-func ControlSocket(name string) string { return "/run/tor-instances/" + name + "/control" }
+// DataDir and ControlSocket are where a relay lives on the node (the
+// image layout), for showing what tor there runs (OnNode); the agent
+// writes these lines.
+func DataDir(name string) string       { return path.Join(layout.StateDir, name) }
+func ControlSocket(name string) string { return path.Join(layout.RunDir, name, "control") }
 
 // Managed returns the lines the server writes for relay r: its identity
 // and addresses (the options torrc.OwnerOf says are the server's).
