@@ -42,15 +42,27 @@ generate:
 kernel:
     ./scripts/kernel.sh
 
-# Build the initramfs from an agent config and the server CA (flags: -debug adds a shell).
-image agent_config ca out="build/initramfs.cpio.gz" *flags: kernel
-    CGO_ENABLED=0 {{go}} run ./initramfs -agent-config '{{agent_config}}' -ca '{{ca}}' -o '{{out}}' {{flags}}
+# Build the initramfs for a hardware profile (initramfs/profiles: protectli, vm) or an agent.json,
+# trusting the server CA, for the config server at server_url (default: the agent.json's); -debug adds a shell.
+image profile ca server_url="" out="build/initramfs.cpio.xz" *flags: kernel
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cfg='{{profile}}'
+    [ -f "$cfg" ] || cfg='initramfs/profiles/{{profile}}/agent.json'
+    [ -f "$cfg" ] || { echo "image: {{profile}} is neither a file nor a profile in initramfs/profiles" >&2; exit 2; }
+    CGO_ENABLED=0 {{go}} run ./initramfs -agent-config "$cfg" -ca '{{ca}}' -server-url '{{server_url}}' -o '{{out}}' {{flags}}
 
-# Create build/patela-os.{zip,json} from build/kernel + the initramfs and sign it (README).
-ospkg key cert url="patela-os.zip" cmdline="console=tty0 console=ttyS0,115200 panic=10 quiet" initramfs="build/initramfs.cpio.gz": kernel
+# Create build/patela-os.{zip,json} from build/kernel + the initramfs and sign it (README). url is the
+# zip's absolute https URL (stboot v0.2.2 refuses a relative one); the profile (or a file) gives the cmdline.
+ospkg key cert url profile="protectli" initramfs="build/initramfs.cpio.xz": kernel
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cl='{{profile}}'
+    [ -f "$cl" ] || cl='initramfs/profiles/{{profile}}/cmdline'
+    [ -f "$cl" ] || { echo "ospkg: {{profile}} is neither a file nor a profile in initramfs/profiles" >&2; exit 2; }
     CGO_ENABLED=0 {{go}} build -trimpath -o {{bin}}/stimage ./stimage
     {{bin}}/stimage ospkg create --out build/patela-os --label "patela relay machine" --url '{{url}}' \
-        --kernel build/kernel/vmlinuz --initramfs '{{initramfs}}' --cmdline '{{cmdline}}'
+        --kernel build/kernel/vmlinuz --initramfs '{{initramfs}}' --cmdline "$(cat "$cl")"
     {{bin}}/stimage ospkg sign --key '{{key}}' --cert '{{cert}}' --ospkg build/patela-os
 
 # Build a Unified Kernel Image (systemd-stub + build/kernel + the initramfs, reproducible) and print its PCRs.

@@ -20,7 +20,7 @@ func TestDebugShell(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	img := filepath.Join(dir, "debug.cpio.gz")
+	img := filepath.Join(dir, "debug.cpio.xz")
 	rep, err := ramfs.Build(ctx, ramfs.Options{
 		AgentConfig: filepath.Join(filepath.Dir(m.image.Initramfs), "agent.json"), CA: m.server.CA,
 		KernelModulesDir: m.kernel.Modules, Debug: true, Out: img,

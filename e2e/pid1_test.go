@@ -66,7 +66,7 @@ func TestPID1InQEMU(t *testing.T) {
 	ca := filepath.Join(dir, "ca.pem")
 	caCert, caKey := newCA(t)
 	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw}), 0o644)
-	img := filepath.Join(dir, "initramfs.cpio.gz")
+	img := filepath.Join(dir, "initramfs.cpio.xz")
 	start := time.Now()
 	rep, err := ramfs.Build(context.Background(), ramfs.Options{
 		AgentConfig: cfg, CA: ca, KernelModulesDir: mods[0], Out: img,

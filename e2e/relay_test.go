@@ -296,7 +296,7 @@ func TestTamperedPackage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	evil := filepath.Join(dir, "initramfs.cpio.gz")
+	evil := filepath.Join(dir, "initramfs.cpio.xz")
 	os.WriteFile(evil, append(ir, 0), 0o644)
 	rebuilt := filepath.Join(dir, "rebuilt")
 	if err := m.image.Stimage(ctx, "ospkg", "create", "--out", rebuilt, "--label", "patela relay machine", "--url", "patela-os.zip",

@@ -1,9 +1,9 @@
 // Command initramfs builds patela's initramfs: the agent as /init, Debian's
 // tor and its libraries, the kernel modules the agent loads (with their
 // dependencies, in load order), the agent config and the server CA, as a
-// reproducible gzip-compressed cpio. It prints the size of each part.
+// reproducible compressed cpio (xz). It prints the size of each part.
 //
-//	initramfs -agent-config agent.json -ca ca.pem -o build/initramfs.cpio.gz
+//	initramfs -agent-config initramfs/profiles/vm/agent.json -server-url https://10.0.2.100 -ca ca.pem -o build/initramfs.cpio.xz
 package main
 
 import (
@@ -25,11 +25,13 @@ func main() {
 	flag.StringVar(&o.AgentConfig, "agent-config", "", "agent.json to embed (required); its modules field is rewritten with the resolved load order")
 	flag.StringVar(&o.CA, "ca", "", "PEM of the config server's CA (required)")
 	flag.StringVar(&o.KernelModulesDir, "kernel-modules", "", "kernel module tree /lib/modules/<version>; default: the one tree under build/kernel/modules")
+	flag.StringVar(&o.ServerURL, "server-url", "", "the config server's URL, replacing the agent config's server_url (hardware profiles carry none)")
 	flag.StringVar(&modules, "modules", "", "comma-separated modules to load, overriding the agent config's list")
 	flag.StringVar(&o.AgentPkg, "agent", "patela/init", "Go package of the agent")
 	flag.StringVar(&o.Tor, "tor", "/usr/bin/tor", "tor binary to include with its libraries")
 	flag.BoolVar(&o.Debug, "debug", false, "add u-root core commands and /bin/sh (started by the agent only with patela.debug=shell)")
-	flag.StringVar(&o.Out, "o", "build/initramfs.cpio.gz", "output file")
+	flag.StringVar(&o.Compression, "compression", ramfs.XZ, "xz (smallest; needs xz-utils) or gzip")
+	flag.StringVar(&o.Out, "o", "build/initramfs.cpio.xz", "output file")
 	flag.Parse()
 	if flag.NArg() != 0 {
 		fatal(fmt.Errorf("unexpected arguments %q", flag.Args()))

@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
 # Fetches Debian bookworm's kernel (linux-image-amd64's current ABI) without
 # installing it: apt-get download + dpkg-deb extraction of vmlinuz, its config
-# and the few module directories patela's machines and QEMU need.
+# and the module directories patela's machines and QEMU need: virtio and
+# e1000/e1000e for QEMU; igc (i225/i226), igb (i210/i211/i350), e1000e,
+# ixgbe, i40e (Intel servers) and r8169 (Realtek) for real machines, with
+# their dependencies (dca, mdio, libphy, mdio_devres, xfrm_algo, i2c-algo-bit
+# and r8169's PHY softdep realtek; PTP and PPS are built in). An image holds
+# only the modules its agent config names (initramfs/ramfs).
+#
+# Firmware: Debian's kernel package ships none (/lib/firmware comes from the
+# firmware-* packages of non-free-firmware). Of these drivers only r8169
+# asks for any (rtl_nic/*.fw, firmware-realtek): it patches the PHY of some
+# RTL8168/8125 revisions and the driver runs without it.
 #
 # Result (git-ignored, cached; delete build/kernel to refresh):
 #   build/kernel/vmlinuz            the bzImage
@@ -12,7 +22,41 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=build/kernel
 
-if [ -s "$out/vmlinuz" ] && [ -s "$out/version" ] && [ -s "$out/modules/$(cat "$out/version")/modules.dep" ]; then
+# What to extract. Wildcards cover the ABI version. A cached tree made from
+# another list is fetched again.
+patterns=(
+    './boot/vmlinuz-*' './boot/config-*'
+    './lib/modules/*/modules.order' './lib/modules/*/modules.builtin'
+    './lib/modules/*/modules.builtin.modinfo'
+    './lib/modules/*/kernel/drivers/virtio/*'
+    './lib/modules/*/kernel/drivers/char/hw_random/*'
+    './lib/modules/*/kernel/drivers/net/virtio_net.ko'
+    './lib/modules/*/kernel/drivers/net/net_failover.ko'
+    './lib/modules/*/kernel/net/core/failover.ko'
+    './lib/modules/*/kernel/net/netfilter/*'
+    './lib/modules/*/kernel/net/ipv4/netfilter/*'
+    './lib/modules/*/kernel/net/ipv6/netfilter/*'
+    './lib/modules/*/kernel/lib/libcrc32c.ko'
+    './lib/modules/*/kernel/crypto/crc32c*'
+    './lib/modules/*/kernel/arch/x86/crypto/crc32c*'
+    './lib/modules/*/kernel/drivers/net/ethernet/intel/e1000*'
+    './lib/modules/*/kernel/drivers/net/ethernet/intel/igb/*'
+    './lib/modules/*/kernel/drivers/net/ethernet/intel/igc/*'
+    './lib/modules/*/kernel/drivers/net/ethernet/intel/ixgbe/*'
+    './lib/modules/*/kernel/drivers/net/ethernet/intel/i40e/*'
+    './lib/modules/*/kernel/drivers/net/ethernet/realtek/r8169.ko'
+    './lib/modules/*/kernel/drivers/net/phy/realtek.ko'
+    './lib/modules/*/kernel/drivers/net/phy/libphy.ko'
+    './lib/modules/*/kernel/drivers/net/phy/mdio_devres.ko'
+    './lib/modules/*/kernel/drivers/net/mdio.ko'
+    './lib/modules/*/kernel/drivers/dca/dca.ko'
+    './lib/modules/*/kernel/drivers/i2c/algos/i2c-algo-bit.ko'
+    './lib/modules/*/kernel/net/xfrm/xfrm_algo.ko'
+)
+list_sum=$(printf '%s\n' "${patterns[@]}" | sha256sum | cut -d' ' -f1)
+
+if [ -s "$out/vmlinuz" ] && [ -s "$out/version" ] && [ -s "$out/modules/$(cat "$out/version")/modules.dep" ] &&
+    [ "$(cat "$out/patterns.sha256" 2>/dev/null)" = "$list_sum" ]; then
     echo "kernel: cached $(cat "$out/version") in $out"
     exit 0
 fi
@@ -35,24 +79,8 @@ trap 'rm -rf "$work"' EXIT
 (cd "$work" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >/dev/null)
 deb=$(ls "$work"/*.deb)
 
-# Extract only what the images need. Wildcards cover the ABI version.
 mkdir -p "$work/root"
-dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work/root" --wildcards \
-    './boot/vmlinuz-*' './boot/config-*' \
-    './lib/modules/*/modules.order' './lib/modules/*/modules.builtin' \
-    './lib/modules/*/modules.builtin.modinfo' \
-    './lib/modules/*/kernel/drivers/virtio/*' \
-    './lib/modules/*/kernel/drivers/char/hw_random/*' \
-    './lib/modules/*/kernel/drivers/net/virtio_net.ko' \
-    './lib/modules/*/kernel/drivers/net/net_failover.ko' \
-    './lib/modules/*/kernel/net/core/failover.ko' \
-    './lib/modules/*/kernel/net/netfilter/*' \
-    './lib/modules/*/kernel/net/ipv4/netfilter/*' \
-    './lib/modules/*/kernel/net/ipv6/netfilter/*' \
-    './lib/modules/*/kernel/lib/libcrc32c.ko' \
-    './lib/modules/*/kernel/crypto/crc32c*' \
-    './lib/modules/*/kernel/arch/x86/crypto/crc32c*' \
-    './lib/modules/*/kernel/drivers/net/ethernet/intel/e1000*'
+dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work/root" --wildcards "${patterns[@]}"
 
 vmlinuz=$(ls "$work"/root/boot/vmlinuz-*)
 ver=${vmlinuz##*/vmlinuz-}
@@ -66,8 +94,12 @@ fi
 export PATH="$PATH:/sbin:/usr/sbin"
 depmod -b "$work/root" "$ver"
 # depmod silently drops a dependency whose module was not extracted; each
-# module's own "depends" field names them all, so check the subset is closed.
-missing=$(find "$mods/kernel" -name '*.ko' -print0 | xargs -0 -n1 modinfo -F depends | tr ',' '\n' | sed '/^$/d' | sort -u |
+# module's own "depends" field names them all, and "softdep" the modules it
+# wants loaded first (r8169: realtek), so check the subset is closed under
+# both (a softdep naming an alias such as crc32c is resolved by moddep).
+missing=$( (find "$mods/kernel" -name '*.ko' -print0 | xargs -0 -n1 modinfo -F depends | tr ',' '\n'
+    find "$mods/kernel" -name '*.ko' -print0 | xargs -0 -n1 modinfo -F softdep | tr ' ' '\n' | grep -v ':$' | grep -vx crc32c) |
+    sed '/^$/d' | sort -u |
     while read -r dep; do
         find "$mods/kernel" -name "$dep.ko" -o -name "${dep//_/-}.ko" | grep -q . || echo "$dep"
     done)
@@ -82,6 +114,7 @@ cp "$vmlinuz" "$out.tmp/vmlinuz"
 cp "$work/root/boot/config-$ver" "$out.tmp/config"
 cp -a "$mods" "$out.tmp/modules/$ver"
 echo "$ver" >"$out.tmp/version"
+echo "$list_sum" >"$out.tmp/patterns.sha256"
 rm -rf "$out"
 mv "$out.tmp" "$out"
 n=$(find "$out/modules/$ver" -name '*.ko' | wc -l)

@@ -58,7 +58,7 @@ func BuildImage(ctx context.Context, o ImageOptions) (*Image, error) {
 	if err := os.WriteFile(p("agent.json"), cfg, 0o644); err != nil {
 		return nil, err
 	}
-	im := &Image{Initramfs: p("initramfs.cpio.gz"), Package: p("patela-os"), TrustPolicy: p("trust"), tools: o.Tools, log: o.Log}
+	im := &Image{Initramfs: p("initramfs.cpio.xz"), Package: p("patela-os"), TrustPolicy: p("trust"), tools: o.Tools, log: o.Log}
 	rep, err := ramfs.Build(ctx, ramfs.Options{
 		AgentConfig: p("agent.json"), CA: o.ServerCA, KernelModulesDir: o.Kernel.Modules,
 		Debug: o.Debug, Out: im.Initramfs,

@@ -132,3 +132,58 @@ func TestDebianTree(t *testing.T) {
 		t.Error("tpm_tis should be built into Debian's kernel")
 	}
 }
+
+// TestDebianNICDrivers: the real machines' NIC drivers resolve with their
+// dependencies, r8169's PHY driver (a softdep, which modules.dep does not
+// list) included, each after what it needs.
+func TestDebianNICDrivers(t *testing.T) {
+	dirs, _ := filepath.Glob("../../build/kernel/modules/*")
+	if len(dirs) == 0 {
+		testutil.SkipOrFail(t, "no kernel tree in build/kernel: run `just kernel`")
+	}
+	tr, err := Load(dirs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for drv, before := range map[string][]string{
+		"igc":    nil,
+		"igb":    {"dca", "i2c-algo-bit"},
+		"e1000e": nil,
+		"ixgbe":  {"dca", "mdio", "libphy", "mdio_devres", "xfrm_algo"},
+		"i40e":   nil,
+		"r8169":  {"libphy", "mdio_devres", "realtek"},
+	} {
+		got, err := tr.Resolve(drv)
+		if err != nil {
+			t.Errorf("%s: %v (scripts/kernel.sh extracts it)", drv, err)
+			continue
+		}
+		pos := map[string]int{}
+		for i, m := range got {
+			pos[m.Name] = i
+			if _, err := os.Stat(filepath.Join(dirs[0], m.Path)); err != nil {
+				t.Error(err)
+			}
+		}
+		if len(got) != len(before)+1 || pos[drv] != len(got)-1 {
+			t.Errorf("%s resolves to %v, want %v then %s", drv, names(got), before, drv)
+		}
+		for _, b := range before {
+			if _, ok := pos[b]; !ok {
+				t.Errorf("%s: %s missing from %v", drv, b, names(got))
+			}
+		}
+	}
+	if p, r := slices.Index(names(mustResolve(t, tr, "r8169")), "libphy"), slices.Index(names(mustResolve(t, tr, "r8169")), "realtek"); p > r {
+		t.Error("libphy must load before realtek")
+	}
+}
+
+func mustResolve(t *testing.T, tr *Tree, n string) []Module {
+	t.Helper()
+	ms, err := tr.Resolve(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ms
+}

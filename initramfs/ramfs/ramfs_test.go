@@ -8,11 +8,14 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"patela/init/agentcfg"
+	"patela/initramfs/moddep"
 	"patela/internal/testutil"
 
 	"github.com/u-root/mkuimage/cpio"
@@ -51,28 +54,43 @@ func inputs(t *testing.T, cfg string) Options {
 		AgentConfig:      filepath.Join(d, "agent.json"),
 		CA:               filepath.Join(d, "ca.pem"),
 		KernelModulesDir: kernelModules(t),
-		Out:              filepath.Join(d, "initramfs.cpio.gz"),
+		Out:              filepath.Join(d, "initramfs.cpio.xz"),
 	}
 }
 
 const agentJSON = `{"server_url": "https://10.0.2.100", "modules": ["virtio_net", "nft_chain_nat", "virtio-rng"]}`
 
+// records unpacks an image, xz (with the host's xz, which knows the x86
+// filter) or gzip by its magic, and returns its records by name.
 func records(t *testing.T, p string) map[string]cpio.Record {
 	t.Helper()
-	f, err := os.Open(p)
+	b, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !zr.ModTime.IsZero() || zr.Name != "" {
-		t.Errorf("gzip header carries mtime %v name %q", zr.ModTime, zr.Name)
 	}
 	var raw bytes.Buffer
-	raw.ReadFrom(zr)
+	switch {
+	case bytes.HasPrefix(b, []byte("\xfd7zXZ\x00")):
+		var errb bytes.Buffer
+		cmd := exec.Command("xz", "--decompress", "--stdout")
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(b), &raw, &errb
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("xz -d: %v %s", err, errb.Bytes())
+		}
+		// The kernel's decoder takes CRC32 or no check, not CRC64.
+		if flags := b[6:8]; flags[0] != 0 || flags[1] != 0x01 {
+			t.Errorf("xz stream flags %x, want CRC32 (00 01)", flags)
+		}
+	default:
+		zr, err := gzip.NewReader(bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !zr.ModTime.IsZero() || zr.Name != "" {
+			t.Errorf("gzip header carries mtime %v name %q", zr.ModTime, zr.Name)
+		}
+		raw.ReadFrom(zr)
+	}
 	out := map[string]cpio.Record{}
 	err = cpio.ForEachRecord(cpio.Newc.Reader(bytes.NewReader(raw.Bytes())), func(r cpio.Record) error {
 		if r.MTime != 0 || r.UID != 0 || r.GID != 0 {
@@ -98,10 +116,17 @@ func content(r cpio.Record) string {
 	return string(b)
 }
 
-// TestProduction builds the production image twice: the bytes are equal,
-// and the archive holds what the machine boots from and nothing else.
+// TestProduction builds the production image of the Protectli profile
+// twice: the bytes are equal, and the archive holds what the machine boots
+// from and nothing else: the profile's NIC drivers with their
+// dependencies, no other module.
 func TestProduction(t *testing.T) {
-	o := inputs(t, agentJSON)
+	profile, err := os.ReadFile("../profiles/protectli/agent.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := inputs(t, string(profile))
+	o.ServerURL = "https://10.0.2.100"
 	rep, err := Build(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -124,6 +149,9 @@ func TestProduction(t *testing.T) {
 		t.Errorf("report says %d bytes, file has %d", rep.Compressed, len(first))
 	}
 
+	if !bytes.HasPrefix(first, []byte("\xfd7zXZ\x00")) || rep.Compression != XZ {
+		t.Errorf("default compression: report %q, magic %x; want xz", rep.Compression, first[:6])
+	}
 	rs := records(t, o.Out)
 	if r := rs["init"]; content(r) != "bin/init" || r.Mode&cpio.S_IFMT != cpio.S_IFLNK {
 		t.Errorf("/init is not a link to the agent: %+v", r.Info)
@@ -155,7 +183,7 @@ func TestProduction(t *testing.T) {
 	if err := json.Unmarshal([]byte(content(rs[AgentConfigPath])), &cfg); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.ServerURL != "https://10.0.2.100" || !slices.Equal(cfg.Modules, rep.Modules) {
+	if cfg.ServerURL != o.ServerURL || !slices.Equal(cfg.Modules, rep.Modules) {
 		t.Errorf("agent config %+v, report modules %v", cfg, rep.Modules)
 	}
 	pos := map[string]int{}
@@ -165,7 +193,20 @@ func TestProduction(t *testing.T) {
 			t.Errorf("module %s listed but not packed", m)
 		}
 	}
-	for _, pair := range [][2]string{{"virtio_ring", "virtio_net"}, {"nf_tables", "nft_chain_nat"}, {"crc32c_generic", "libcrc32c"}, {"virtio", "virtio-rng"}} {
+	var packed []string
+	for name := range rs {
+		if m, ok := strings.CutPrefix(name, ModulesDir+"/"); ok && strings.HasSuffix(m, ".ko") {
+			packed = append(packed, strings.TrimSuffix(m, ".ko"))
+		}
+	}
+	want := []string{"igc", "dca", "i2c-algo-bit", "igb", "nfnetlink", "crc32c_generic", "libcrc32c", "nf_tables",
+		"nf_defrag_ipv4", "nf_defrag_ipv6", "nf_conntrack", "nf_nat", "nft_chain_nat", "nft_nat", "nft_ct"}
+	slices.Sort(packed)
+	slices.Sort(want)
+	if !slices.Equal(packed, want) {
+		t.Errorf("modules packed:\n got %v\nwant %v", packed, want)
+	}
+	for _, pair := range [][2]string{{"dca", "igb"}, {"i2c-algo-bit", "igb"}, {"nf_tables", "nft_chain_nat"}, {"crc32c_generic", "libcrc32c"}, {"nf_conntrack", "nf_nat"}} {
 		if a, b := pos[pair[0]], pos[pair[1]]; a >= b {
 			t.Errorf("%s must load before %s: %v", pair[0], pair[1], cfg.Modules)
 		}
@@ -179,12 +220,18 @@ func TestProduction(t *testing.T) {
 	}
 }
 
-// TestDebug: the debug flavour adds u-root's commands and /bin/sh (gosh).
+// TestDebug: the debug flavour adds u-root's commands and /bin/sh (gosh);
+// built with gzip, the other compression.
 func TestDebug(t *testing.T) {
 	o := inputs(t, agentJSON)
 	o.Debug = true
-	if _, err := Build(context.Background(), o); err != nil {
+	o.Compression = Gzip
+	rep, err := Build(context.Background(), o)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if rep.Compression != Gzip {
+		t.Errorf("report says %s", rep.Compression)
 	}
 	rs := records(t, o.Out)
 	if content(rs["bin/sh"]) != "../bbin/gosh" {
@@ -219,6 +266,7 @@ func TestRefuses(t *testing.T) {
 		"no CA":              {cfg: agentJSON, mod: func(o *Options) { o.CA = "" }},
 		"no module tree":     {cfg: agentJSON, mod: func(o *Options) { o.KernelModulesDir = t.TempDir() }},
 		"no tor":             {cfg: agentJSON, mod: func(o *Options) { o.Tor = "/nonexistent/tor" }},
+		"unknown compressor": {cfg: agentJSON, mod: func(o *Options) { o.Compression = "lz4" }},
 	} {
 		o := inputs(t, tc.cfg)
 		if tc.mod != nil {
@@ -254,6 +302,49 @@ func TestDebugCommandsAreTools(t *testing.T) {
 	for _, c := range DebugCommands {
 		if p := "github.com/u-root/u-root/cmds/core/" + c; !tools[p] {
 			t.Errorf("%s is not a tool in go.mod: go get -tool %s@v0.16.0", p, p)
+		}
+	}
+}
+
+// TestProfiles: every hardware profile resolves against the Debian tree
+// (so `just image PROFILE` cannot fail on a module name), is a valid
+// agent config once given a server URL, carries no server_url of its own,
+// and has a kernel command line with a console.
+func TestProfiles(t *testing.T) {
+	dirs, _ := filepath.Glob("../profiles/*/agent.json")
+	if len(dirs) < 2 {
+		t.Fatalf("profiles: %v", dirs)
+	}
+	tree, err := moddep.Load(kernelModules(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range dirs {
+		cfg, err := readAgentConfig(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := cfg["server_url"]; ok {
+			t.Errorf("%s names a server_url: that is the deployment's, not the hardware's", p)
+		}
+		var names []string
+		if err := json.Unmarshal(cfg["modules"], &names); err != nil || len(names) == 0 {
+			t.Errorf("%s: modules %s: %v", p, cfg["modules"], err)
+		}
+		if _, err := tree.Resolve(names...); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+		cfg["server_url"], _ = json.Marshal("https://10.0.2.100")
+		b, _ := json.Marshal(cfg)
+		if _, err := agentcfg.Parse(b, ""); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+		cl, err := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(cl), "console=ttyS0") || strings.Count(string(cl), "\n") != 1 {
+			t.Errorf("%s: cmdline %q: want one line with a serial console", p, cl)
 		}
 	}
 }

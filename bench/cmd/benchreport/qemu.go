@@ -19,7 +19,8 @@ import (
 // it boots.
 type BootRun struct {
 	InitramfsCPIO  int64          `json:"initramfs_cpio_bytes"`
-	InitramfsGzip  int64          `json:"initramfs_gzip_bytes"`
+	InitramfsGzip  int64          `json:"initramfs_gzip_bytes"` // compressed, with Compression (the name is the report's history)
+	Compression    string         `json:"initramfs_compression"`
 	PackageZip     int64          `json:"ospkg_zip_bytes"`
 	PackageJSON    int64          `json:"ospkg_descriptor_bytes"`
 	Kernel         int64          `json:"kernel_bytes"`
@@ -93,7 +94,7 @@ func runBoot(ctx context.Context, work string) (*BootRun, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &BootRun{Build: time.Since(t0), InitramfsCPIO: im.Report.CPIOBytes, InitramfsGzip: size(im.Initramfs),
+	r := &BootRun{Build: time.Since(t0), InitramfsCPIO: im.Report.CPIOBytes, InitramfsGzip: size(im.Initramfs), Compression: im.Report.Compression,
 		PackageZip: size(im.Package + ".zip"), PackageJSON: size(im.Package + ".json"), Kernel: size(kernel.Vmlinuz)}
 	for _, p := range im.Report.Parts {
 		r.InitramfsParts = append(r.InitramfsParts, harnessPart{p.Name, p.Files, p.Bytes})

@@ -113,7 +113,7 @@ func headline(r *Report) []Figure {
 					ms(bt.BootComplete), bt.GuestUptime, bt.Relays, ms(bt.RelaysRunning)),
 				"e2e/harness; per-phase timeline below")
 		}
-		add("compressed initramfs", fmt.Sprintf("%s gzip (%s cpio)", mib(b.InitramfsGzip), mib(b.InitramfsCPIO)), "initramfs/ramfs via e2e/harness.BuildImage")
+		add("compressed initramfs", fmt.Sprintf("%s %s (%s cpio)", mib(b.InitramfsGzip), b.Compression, mib(b.InitramfsCPIO)), "initramfs/ramfs via e2e/harness.BuildImage")
 		add("OS package", fmt.Sprintf("%s zip + %d B descriptor (kernel %s inside)", mib(b.PackageZip), b.PackageJSON, mib(b.Kernel)), "stimage ospkg create via e2e/harness")
 	} else {
 		add("agent boot timeline in QEMU; initramfs and OS package sizes", "not measured: "+r.why("qemu"), "e2e/harness")
