@@ -299,7 +299,7 @@ func TestTamperedPackage(t *testing.T) {
 	evil := filepath.Join(dir, "initramfs.cpio.xz")
 	os.WriteFile(evil, append(ir, 0), 0o644)
 	rebuilt := filepath.Join(dir, "rebuilt")
-	if err := m.image.Stimage(ctx, "ospkg", "create", "--out", rebuilt, "--label", "patela relay machine", "--url", "patela-os.zip",
+	if err := m.image.Stimage(ctx, "ospkg", "create", "--out", rebuilt, "--label", "patela relay machine", "--url", "https://boot.example.org/patela/patela-os.zip",
 		"--kernel", m.kernel.Vmlinuz, "--initramfs", evil, "--cmdline", harness.Cmdline); err != nil {
 		t.Fatal(err)
 	}
@@ -322,7 +322,7 @@ func TestOSPackageReproducible(t *testing.T) {
 	dir := t.TempDir()
 	for _, name := range []string{"a", "b"} {
 		if err := m.image.Stimage(ctx, "ospkg", "create", "--out", filepath.Join(dir, name), "--label", "patela relay machine",
-			"--url", "patela-os.zip", "--kernel", m.kernel.Vmlinuz, "--initramfs", m.image.Initramfs, "--cmdline", harness.Cmdline); err != nil {
+			"--url", "https://boot.example.org/patela/patela-os.zip", "--kernel", m.kernel.Vmlinuz, "--initramfs", m.image.Initramfs, "--cmdline", harness.Cmdline); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -148,7 +148,7 @@ func ospkgCreate(e *env, fs *flag.FlagSet, args []string) error {
 	var out, label, url, kernel, initramfs, kcmdline string
 	f.str(&out, "out", "", "", "output `NAME`: writes NAME.zip and NAME.json (required)")
 	f.str(&label, "label", "", "", "short description (`TEXT`) of the package")
-	f.str(&url, "url", "", "", "os_pkg_url of the descriptor (the zip's `URL`, may be relative); empty for initramfs mode")
+	f.str(&url, "url", "", "", "os_pkg_url of the descriptor: the zip's absolute `URL`, or a base ending in / (NAME.zip is appended); relative needs ST >= 1.1; empty for initramfs mode")
 	f.str(&kernel, "kernel", "", "", "kernel `FILE` (bzImage) (required)")
 	f.str(&initramfs, "initramfs", "", "", "initramfs `FILE` (required)")
 	f.str(&kcmdline, "cmdline", "", "", "kernel command `LINE`")
@@ -166,12 +166,19 @@ func ospkgCreate(e *env, fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return err
 	}
+	zp, dp, _ := pkgPaths(out)
+	url, relative, err := ospkg.ResolveURL(url, filepath.Base(zp))
+	if err != nil {
+		return err
+	}
+	if relative {
+		fmt.Fprintf(os.Stderr, "stimage ospkg create: warning: "+ospkg.RelativeURLWarning+"\n", url)
+	}
 	zb, db, err := ospkg.Create(ospkg.Options{Label: label, URL: url, Kernel: kb, Initramfs: ib,
 		KernelName: filepath.Base(kernel), InitramfsName: filepath.Base(initramfs), Cmdline: kcmdline})
 	if err != nil {
 		return err
 	}
-	zp, dp, _ := pkgPaths(out)
 	if err := atomicfile.Write(zp, zb, 0o644); err != nil {
 		return err
 	}
@@ -302,6 +309,20 @@ func verified(e *env, f flags, args []string) (*ospkg.Package, error) {
 		return nil, fmt.Errorf("%s: %d valid signature(s), %d required: REFUSED", zp, res.Valid, res.Threshold)
 	}
 	fmt.Fprintf(e.out, "%s: %d valid signature(s), threshold %d: OK (label %q)\n", zp, res.Valid, res.Threshold, p.Manifest.Label)
+	if ospkg.IsRelative(d.PkgURL) {
+		fmt.Fprintf(e.out, "  warning: "+ospkg.RelativeURLWarning+"\n", d.PkgURL)
+	}
+	if policyDir != "" {
+		other, err := trust.OtherFiles(policyDir)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(e.out, "  not checked: Sigsum policies and proofs, decryption identities (encrypted packages) and TLS roots; read only %s and %s", trust.PolicyFile, trust.RootsFile)
+		if len(other) > 0 {
+			fmt.Fprintf(e.out, ", not %s", strings.Join(other, ", "))
+		}
+		fmt.Fprintln(e.out)
+	}
 	return p, nil
 }
 
@@ -358,5 +379,11 @@ func trustpolicyCheck(e *env, fs *flag.FlagSet, args []string) error {
 }
 
 func hostconfigCheck(e *env, fs *flag.FlagSet, args []string) error {
-	return checkJSON(e, fs, args, trust.ParseHostConfig)
+	return checkJSON(e, fs, args, func(b []byte) (*trust.HostConfig, error) {
+		h, notes, err := trust.ParseHostConfig(b)
+		for _, n := range notes {
+			fmt.Fprintln(os.Stderr, "stimage hostconfig check: note:", n)
+		}
+		return h, err
+	})
 }

@@ -185,5 +185,33 @@ func TestChecks(t *testing.T) {
 	} {
 		stimageFails(t, "hostconfig", "check", bad)
 	}
+	stimage(t, "hostconfig", "check", `{"network_mode": "dhcp", "dns": "192.0.2.53", "provisioning_urls": ["https://boot.example.org/os.json"], "version": 1}`)
+	stimageFails(t, "hostconfig", "check", `{"network_mode": "dhcp", "ospkg_pointer": "https://boot.example.org/os.json", "network_interfaces": ["eth0"]}`)
+	stimageFails(t, "trustpolicy", "check", `{"ospkg_signature_threshold": 1, "ospkg_fetch_method": "network", "decryption_identities": []}`)
 	stimageFails(t, "ospkg", "frobnicate")
+}
+
+// TestCreateURL: a base URL gets the zip's name (stboot v0.2.2 needs an
+// absolute os_pkg_url); a relative one is still written (ST >= 1.1
+// resolves it) with a warning; a URL no stboot fetches writes nothing.
+func TestCreateURL(t *testing.T) {
+	d := t.TempDir()
+	p := func(n string) string { return filepath.Join(d, n) }
+	write(t, p("k"), "kernel")
+	write(t, p("i"), "initramfs")
+	for url, want := range map[string]string{
+		"https://boot.example.org/os/":              "https://boot.example.org/os/patela-os.zip",
+		"https://boot.example.org/os/patela-os.zip": "https://boot.example.org/os/patela-os.zip",
+		"patela-os.zip":                             "patela-os.zip",
+	} {
+		stimage(t, "ospkg", "create", "--out", p("patela-os"), "--kernel", p("k"), "--initramfs", p("i"), "--url", url)
+		desc, err := ospkg.ParseDescriptor(read(t, p("patela-os.json")))
+		if err != nil || desc.PkgURL != want {
+			t.Errorf("--url %s: os_pkg_url %q (%v), want %q", url, desc.PkgURL, err, want)
+		}
+	}
+	stimageFails(t, "ospkg", "create", "--out", p("bad"), "--kernel", p("k"), "--initramfs", p("i"), "--url", "ftp://boot.example.org/os.zip")
+	if _, err := os.Stat(p("bad.zip")); err == nil {
+		t.Error("a refused create wrote bad.zip")
+	}
 }

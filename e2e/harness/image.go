@@ -71,7 +71,7 @@ func BuildImage(ctx context.Context, o ImageOptions) (*Image, error) {
 	steps := [][]string{
 		{"keygen", "certificate", "--is-ca", "--valid-until", "2099-01-01T00:00:00Z", "--cert-out", p("root.pem"), "--key-out", p("root.key")},
 		{"keygen", "certificate", "--root-cert", p("root.pem"), "--root-key", p("root.key"), "--cert-out", p("signer.pem"), "--key-out", p("signer.key")},
-		{"ospkg", "create", "--out", im.Package, "--label", "patela relay machine", "--url", "patela-os.zip",
+		{"ospkg", "create", "--out", im.Package, "--label", "patela relay machine", "--url", "https://boot.example.org/patela/patela-os.zip",
 			"--kernel", o.Kernel.Vmlinuz, "--initramfs", im.Initramfs, "--cmdline", Cmdline},
 		{"ospkg", "sign", "--key", p("root.key"), "--cert", p("root.pem"), "--ospkg", im.Package},
 		{"ospkg", "sign", "--key", p("signer.key"), "--cert", p("signer.pem"), "--ospkg", im.Package},

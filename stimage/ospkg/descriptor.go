@@ -88,11 +88,46 @@ func Digest(archive []byte) []byte {
 	return h[:]
 }
 
+// ResolveURL turns the --url of `ospkg create` into the descriptor's
+// os_pkg_url: an absolute http(s) URL of a .zip is kept; a base ending in
+// "/" gets zipName appended; "" stays "" (initramfs mode). A relative URL
+// is kept but reported: stboot resolves it against the descriptor's URL
+// only from ST 1.1 on, and v0.2.2 refuses it ("missing scheme").
+func ResolveURL(arg, zipName string) (u string, relative bool, err error) {
+	if arg == "" {
+		return "", false, nil
+	}
+	p, err := url.Parse(arg)
+	if err != nil {
+		return "", false, fmt.Errorf("ospkg: os_pkg_url: %w", err)
+	}
+	if p.IsAbs() && strings.HasSuffix(p.Path, "/") {
+		arg = p.JoinPath(zipName).String()
+	}
+	if err := checkURL(arg); err != nil {
+		return "", false, err
+	}
+	return arg, !p.IsAbs(), nil
+}
+
+// IsRelative reports whether a descriptor's os_pkg_url is a relative URL.
+func IsRelative(u string) bool {
+	p, err := url.Parse(u)
+	return u != "" && err == nil && !p.IsAbs()
+}
+
+// RelativeURLWarning explains what a relative os_pkg_url means for stboot.
+const RelativeURLWarning = "os_pkg_url %q is relative: stboot resolves it against the descriptor's URL only from ST 1.1 on; stboot v0.2.2 refuses it (\"missing scheme\"): give the absolute URL (--url https://HOST/PATH/NAME.zip or a base ending in /)"
+
 // ParseCertificate reads one PEM CERTIFICATE block with nothing after it.
+// PEM headers are refused, as stboot refuses them.
 func ParseCertificate(p []byte) (*x509.Certificate, error) {
 	blk, rest := pem.Decode(p)
 	if blk == nil || blk.Type != "CERTIFICATE" {
 		return nil, errors.New("not a PEM CERTIFICATE")
+	}
+	if len(blk.Headers) != 0 {
+		return nil, errors.New("the PEM CERTIFICATE block has headers, which stboot refuses")
 	}
 	if len(bytes.TrimSpace(rest)) != 0 {
 		return nil, errors.New("data after the certificate")
@@ -111,6 +146,9 @@ func Sign(d *Descriptor, archive []byte, key ed25519.PrivateKey, certPEM []byte)
 	pub, ok := cert.PublicKey.(ed25519.PublicKey)
 	if !ok {
 		return errors.New("ospkg: signing certificate has no Ed25519 key")
+	}
+	if p := EKUProblem(cert); p != "" {
+		return fmt.Errorf("ospkg: signing certificate: %s", p)
 	}
 	if !pub.Equal(key.Public()) {
 		return errors.New("ospkg: the signing key does not match the certificate")
@@ -177,10 +215,15 @@ func Verify(d *Descriptor, archive []byte, roots []*x509.Certificate, threshold 
 		}
 		sr := SigResult{Index: i, Subject: cert.Subject.String()}
 		pub, isEd := cert.PublicKey.(ed25519.PublicKey)
-		_, verr := cert.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+		// stboot's options: roots and the clock, no KeyUsages, so Go
+		// demands serverAuth of every certificate that lists any EKU.
+		_, verr := cert.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: now})
 		switch {
 		case verr != nil:
 			sr.Reason = "certificate not trusted: " + verr.Error()
+			if p := EKUProblem(cert); p != "" {
+				sr.Reason += " (" + p + ")"
+			}
 		case !isEd:
 			sr.Reason = "certificate key is not Ed25519"
 		case containsKey(counted, pub):
@@ -220,6 +263,9 @@ func ParseCertificates(p []byte) ([]*x509.Certificate, error) {
 		if blk.Type != "CERTIFICATE" {
 			return nil, fmt.Errorf("PEM block %q is not a CERTIFICATE", blk.Type)
 		}
+		if len(blk.Headers) != 0 {
+			return nil, errors.New("a PEM CERTIFICATE block has headers, which stboot refuses")
+		}
 		c, err := x509.ParseCertificate(blk.Bytes)
 		if err != nil {
 			return nil, err
@@ -233,4 +279,20 @@ func ParseCertificates(p []byte) ([]*x509.Certificate, error) {
 		return nil, errors.New("no PEM certificate")
 	}
 	return out, nil
+}
+
+// EKUProblem says why stboot would not accept cert for its extended key
+// usage, or "" if it would. stboot verifies certificates with Go's
+// defaults, which want serverAuth (or any) of a certificate that lists
+// extended key usages at all; one that lists none is fine.
+func EKUProblem(cert *x509.Certificate) string {
+	if len(cert.ExtKeyUsage) == 0 && len(cert.UnknownExtKeyUsage) == 0 {
+		return ""
+	}
+	for _, u := range cert.ExtKeyUsage {
+		if u == x509.ExtKeyUsageAny || u == x509.ExtKeyUsageServerAuth {
+			return ""
+		}
+	}
+	return "its extended key usage lacks serverAuth and any; stboot verifies with Go's default (serverAuth) and would not count its signature: issue it without an extended key usage (stimage keygen does)"
 }
