@@ -66,7 +66,7 @@ ospkg key cert url profile="protectli" initramfs="build/initramfs.cpio.xz": kern
     {{bin}}/stimage ospkg sign --key '{{key}}' --cert '{{cert}}' --ospkg build/patela-os
 
 # Build a Unified Kernel Image (systemd-stub + build/kernel + the initramfs, reproducible) and print its PCRs.
-uki version="dev" initramfs="build/initramfs.cpio.gz" out="build/patela.efi" cmdline="console=tty0 console=ttyS0,115200 panic=10 quiet": kernel
+uki version="dev" initramfs="build/initramfs.cpio.xz" out="build/patela.efi" cmdline="console=tty0 console=ttyS0,115200 panic=10 quiet": kernel
     CGO_ENABLED=0 {{go}} build -trimpath -o {{bin}}/stimage ./stimage
     printf 'ID=patela\nNAME="patela relay machine"\nVERSION_ID=%s\n' '{{version}}' > build/os-release
     {{bin}}/stimage uki create --kernel build/kernel/vmlinuz --initramfs '{{initramfs}}' --cmdline '{{cmdline}}' \
