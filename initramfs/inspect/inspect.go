@@ -1,6 +1,9 @@
 // Package inspect lists what an initramfs holds without unpacking it, as
-// the kernel reads it: newc cpio archives, each plain or gzip-compressed,
-// concatenated, with zero padding between them. Release tooling uses it to
+// the kernel reads it: newc cpio archives, each plain, gzip- or
+// xz-compressed, concatenated, with zero padding between them. (An xz
+// stream is taken to run to the end of the data: xz-utils decodes it, as
+// the Go xz packages lack the x86 filter ramfs uses; something other than
+// xz after it is an error.) Release tooling uses it to
 // refuse to approve a debug image.
 package inspect
 
@@ -10,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os/exec"
 	"strconv"
 	"strings"
 )
@@ -45,8 +49,21 @@ func Names(b []byte) ([]string, error) {
 			}
 			names = append(names, n...)
 			b = b[len(b)-r.Len():]
+		case bytes.HasPrefix(b, []byte("\xfd7zXZ\x00")):
+			var raw, errb bytes.Buffer
+			cmd := exec.Command("xz", "--decompress", "--stdout", "--format=xz")
+			cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(b), &raw, &errb
+			if err := cmd.Run(); err != nil {
+				return nil, fmt.Errorf("inspect: xz (xz-utils): %v: %s", err, strings.TrimSpace(errb.String()))
+			}
+			n, err := Names(raw.Bytes())
+			if err != nil {
+				return nil, err
+			}
+			names = append(names, n...)
+			b = nil
 		default:
-			return nil, fmt.Errorf("inspect: unknown data at an archive boundary (%x…): not newc cpio or gzip", b[:min(len(b), 6)])
+			return nil, fmt.Errorf("inspect: unknown data at an archive boundary (%x…): not newc cpio, gzip or xz", b[:min(len(b), 6)])
 		}
 	}
 	return names, nil

@@ -3,8 +3,11 @@ package inspect
 import (
 	"bytes"
 	"compress/gzip"
+	"os/exec"
 	"slices"
 	"testing"
+
+	"patela/internal/testutil"
 
 	"github.com/u-root/mkuimage/cpio"
 )
@@ -61,5 +64,32 @@ func TestConcatenated(t *testing.T) {
 		if _, err := DebugShell(bad); err == nil {
 			t.Errorf("%s: no error", name)
 		}
+	}
+}
+
+func xzOf(t *testing.T, b []byte) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	cmd := exec.Command("xz", "--format=xz", "--check=crc32", "--x86", "--lzma2=preset=6", "--stdout")
+	cmd.Stdin, cmd.Stdout = bytes.NewReader(b), &out
+	if err := cmd.Run(); err != nil {
+		testutil.SkipOrFail(t, "xz (xz-utils): "+err.Error())
+	}
+	return out.Bytes()
+}
+
+// TestXZ: ramfs's format (xz, x86 filter) is read, after a plain archive
+// too; a shell inside is found; data after the xz stream is an error.
+func TestXZ(t *testing.T) {
+	prod := xzOf(t, archive(t, cpio.Directory("etc", 0o755), cpio.Symlink("init", "bin/init")))
+	if names, err := Names(prod); err != nil || !slices.Equal(names, []string{"etc", "init"}) {
+		t.Fatalf("Names = %v, %v", names, err)
+	}
+	debug := append(archive(t, cpio.Directory("x", 0o755)), xzOf(t, archive(t, cpio.Symlink("bin/sh", "../bbin/gosh")))...)
+	if s, err := DebugShell(debug); s != "bin/sh" || err != nil {
+		t.Errorf("shell in the xz archive: %q %v", s, err)
+	}
+	if _, err := DebugShell(append(bytes.Clone(prod), archive(t, cpio.StaticFile("bbin/gosh", "x", 0o755))...)); err == nil {
+		t.Error("an archive after the xz stream went unnoticed")
 	}
 }
