@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/ed25519"
 	"flag"
 	"fmt"
 	"os"
@@ -34,104 +33,18 @@ func (f flags) parse(args []string) error {
 	return err
 }
 
-func keygenCertificate(e *env, fs *flag.FlagSet, args []string) error {
-	f := flags{fs}
-	var isCA bool
-	var rootCert, rootKey, leafKey, certOut, keyOut, from, until string
-	f.BoolVar(&isCA, "is-ca", false, "make a self-signed root certificate")
-	f.BoolVar(&isCA, "isCA", false, "alias of --is-ca")
-	f.str(&rootCert, "root-cert", "rootCert", "rootcert.pem", "root certificate `FILE` that issues a leaf")
-	f.str(&rootKey, "root-key", "rootKey", "rootkey.pem", "root private key `FILE` that issues a leaf")
-	f.str(&leafKey, "leaf-key", "leafKey", "", "existing key `FILE` (PEM public or private) to certify; default: a new Ed25519 key written to --key-out")
-	f.str(&certOut, "cert-out", "certOut", "", "certificate output `FILE` (default cert.pem, rootcert.pem with --is-ca)")
-	f.str(&keyOut, "key-out", "keyOut", "", "new private key output `FILE` (default key.pem, rootkey.pem with --is-ca)")
-	f.str(&from, "valid-from", "validFrom", "", "start of validity, an RFC 3339 `TIME` (default now)")
-	f.str(&until, "valid-until", "validUntil", "", "end of validity, an RFC 3339 `TIME` (default 72h after --valid-from)")
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	if certOut == "" {
-		certOut = map[bool]string{true: "rootcert.pem", false: "cert.pem"}[isCA]
-	}
-	if keyOut == "" {
-		keyOut = map[bool]string{true: "rootkey.pem", false: "key.pem"}[isCA]
-	}
-	nb := time.Now().UTC().Truncate(time.Second)
-	var err error
-	if from != "" {
-		if nb, err = time.Parse(time.RFC3339, from); err != nil {
-			return fmt.Errorf("--valid-from: %w", err)
+// given reports the flags set on the command line, by their kebab-case
+// name (stmgr's spelling counts as its flag).
+func (f flags) given() map[string]bool {
+	set := map[string]bool{}
+	f.Visit(func(fl *flag.Flag) {
+		name, alias := strings.CutPrefix(fl.Usage, "alias of --")
+		if !alias {
+			name = fl.Name
 		}
-	}
-	na := nb.Add(keygen.DefaultValidity)
-	if until != "" {
-		if na, err = time.Parse(time.RFC3339, until); err != nil {
-			return fmt.Errorf("--valid-until: %w", err)
-		}
-	}
-
-	var pub ed25519.PublicKey
-	var newKey ed25519.PrivateKey
-	if leafKey != "" {
-		b, err := os.ReadFile(leafKey)
-		if err != nil {
-			return err
-		}
-		if pub, err = keygen.ParsePublicKey(b); err != nil {
-			return fmt.Errorf("%s: %w", leafKey, err)
-		}
-	} else {
-		if newKey, err = keygen.NewKey(); err != nil {
-			return err
-		}
-		pub = newKey.Public().(ed25519.PublicKey)
-	}
-	req := keygen.Request{Key: pub, IsCA: isCA, NotBefore: nb, NotAfter: na}
-	if isCA {
-		if newKey == nil {
-			// A self-signed root needs its private key.
-			b, _ := os.ReadFile(leafKey)
-			if newKey, err = keygen.ParsePrivateKey(b); err != nil {
-				return fmt.Errorf("--is-ca with --leaf-key needs the private key: %w", err)
-			}
-		}
-		req.ParentKey = newKey
-	} else {
-		rc, err := os.ReadFile(rootCert)
-		if err != nil {
-			return err
-		}
-		if req.Parent, err = ospkg.ParseCertificate(rc); err != nil {
-			return fmt.Errorf("%s: %w", rootCert, err)
-		}
-		rk, err := os.ReadFile(rootKey)
-		if err != nil {
-			return err
-		}
-		if req.ParentKey, err = keygen.ParsePrivateKey(rk); err != nil {
-			return fmt.Errorf("%s: %w", rootKey, err)
-		}
-	}
-	certPEM, err := keygen.Certificate(req)
-	if err != nil {
-		return err
-	}
-	// Write the key first: a certificate without its key is useless.
-	if newKey != nil && leafKey == "" {
-		kp, err := keygen.MarshalPrivateKey(newKey)
-		if err != nil {
-			return err
-		}
-		if err := atomicfile.Write(keyOut, kp, 0o600); err != nil {
-			return err
-		}
-		fmt.Fprintf(e.out, "wrote %s\n", keyOut)
-	}
-	if err := atomicfile.Write(certOut, certPEM, 0o644); err != nil {
-		return err
-	}
-	fmt.Fprintf(e.out, "wrote %s (valid %s to %s)\n", certOut, nb.Format(time.RFC3339), na.Format(time.RFC3339))
-	return nil
+		set[name] = true
+	})
+	return set
 }
 
 // pkgPaths maps NAME, NAME.zip or NAME.json to the pair.
@@ -146,12 +59,12 @@ func pkgPaths(name string) (zip, desc string, err error) {
 func ospkgCreate(e *env, fs *flag.FlagSet, args []string) error {
 	f := flags{fs}
 	var out, label, url, kernel, initramfs, kcmdline string
-	f.str(&out, "out", "", "", "output `NAME`: writes NAME.zip and NAME.json (required)")
-	f.str(&label, "label", "", "", "short description (`TEXT`) of the package")
-	f.str(&url, "url", "", "", "os_pkg_url of the descriptor: the zip's absolute `URL`, or a base ending in / (NAME.zip is appended); relative needs ST >= 1.1; empty for initramfs mode")
-	f.str(&kernel, "kernel", "", "", "kernel `FILE` (bzImage) (required)")
-	f.str(&initramfs, "initramfs", "", "", "initramfs `FILE` (required)")
-	f.str(&kcmdline, "cmdline", "", "", "kernel command `LINE`")
+	f.StringVar(&out, "out", "", "output `NAME`: writes NAME.zip and NAME.json (required)")
+	f.StringVar(&label, "label", "", "short description (`TEXT`) of the package")
+	f.StringVar(&url, "url", "", "os_pkg_url of the descriptor: the zip's absolute `URL`, or a base ending in / (NAME.zip is appended); relative needs ST >= 1.1; empty for initramfs mode")
+	f.StringVar(&kernel, "kernel", "", "kernel `FILE` (bzImage) (required)")
+	f.StringVar(&initramfs, "initramfs", "", "initramfs `FILE` (required)")
+	f.StringVar(&kcmdline, "cmdline", "", "kernel command `LINE`")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -212,9 +125,9 @@ func load(name string) (zb []byte, d *ospkg.Descriptor, zp, dp string, err error
 func ospkgSign(e *env, fs *flag.FlagSet, args []string) error {
 	f := flags{fs}
 	var keyPath, certPath, name string
-	f.str(&keyPath, "key", "", "", "Ed25519 private key `FILE` (PKCS#8 PEM) (required)")
-	f.str(&certPath, "cert", "", "", "certificate `FILE` of that key (required)")
-	f.str(&name, "ospkg", "", "", "OS package `NAME`, NAME.zip or NAME.json (required)")
+	f.StringVar(&keyPath, "key", "", "Ed25519 private key `FILE` (PKCS#8 PEM) (required)")
+	f.StringVar(&certPath, "cert", "", "certificate `FILE` of that key (required)")
+	f.StringVar(&name, "ospkg", "", "OS package `NAME`, NAME.zip or NAME.json (required)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -260,7 +173,7 @@ func verified(e *env, f flags, args []string) (*ospkg.Package, error) {
 	var policyDir, rootsPath, pkg string
 	f.str(&policyDir, "trust-policy", "trustPolicy", "", "trust policy `DIR` (trust_policy.json + ospkg_signing_root.pem)")
 	f.str(&rootsPath, "root-certs", "rootCerts", "", "signing root certificate(s) `FILE`, PEM: every signature must be valid, at least one")
-	f.str(&pkg, "ospkg", "", "", "OS package `NAME`, NAME.zip or NAME.json (required)")
+	f.StringVar(&pkg, "ospkg", "", "OS package `NAME`, NAME.zip or NAME.json (required)")
 	if err := f.parse(args); err != nil {
 		return nil, err
 	}

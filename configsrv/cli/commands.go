@@ -23,11 +23,11 @@ Exit status: 0 done, 1 failed, 2 usage error.
 var settingKeys = "KEY is one of " + strings.Join(settings.Keys(), ", ")
 
 var commands = []cmdline.Command[*env]{
-	{Words: "init", Args: "--dir DIR", Help: "create the CA, server certificate and biscuit key (never overwritten)", Run: (*env).initKeys},
+	{Words: "init", Args: "--dir DIR", Help: "create the CA, server certificate and biscuit key (never overwritten), and the database", Run: (*env).initKeys},
 	{Words: "serve", Args: "(--dir DIR | --tls-cert FILE --tls-key FILE --biscuit-key FILE)", Help: "serve the v1 API over HTTPS until SIGTERM or SIGINT", Run: (*env).serve},
 
 	{Words: "node list", Help: "every node: state, EK hash, relays, first and last contact", Run: (*env).nodeList},
-	{Words: "node show", Args: "ID", Help: "one node: identity, specs, effective settings, relays", Run: (*env).nodeShow},
+	{Words: "node show", Args: "(--default | ID)", Help: "one node: identity, specs, effective settings, relays; --default: the global settings", Run: (*env).nodeShow},
 	{Words: "node enable", Args: "ID", Help: "let a node attest and fetch its config", Run: nodeState(api.NodeEnabled)},
 	{Words: "node disable", Args: "ID", Help: "refuse a node until it is enabled again", Run: nodeState(api.NodeDisabled)},
 	{Words: "node ban", Args: "ID", Help: "refuse a node for good", Run: nodeState(api.NodeBanned)},
@@ -40,7 +40,7 @@ var commands = []cmdline.Command[*env]{
 	{Words: "pool remove", Args: "CIDR", Help: "remove a pool no relay uses", Run: (*env).poolRemove},
 
 	{Words: "torrc import", Args: "(FILE | -) (--default | --node ID | --relay NAME)", Help: "check a torrc and store it at one level of the cascade", Run: (*env).torrcImport},
-	{Words: "torrc show", Args: "(--default | --node ID | --relay NAME)", Help: "the torrc stored at one level", Run: (*env).torrcShow},
+	{Words: "torrc show", Args: "(--default | --node ID | --relay NAME)", Help: "the torrc stored at one level (--json: with its option lines parsed)", Run: (*env).torrcShow},
 	{Words: "torrc resolve", Args: "--relay NAME", Help: "the torrc tor on the relay's node runs: levels cascaded, server and agent lines added", Run: (*env).torrcResolve},
 	{Words: "torrc diff", Args: "--relay NAME (FILE | -)", Help: "how importing FILE at a relay's level would change its torrc", Run: (*env).torrcDiff},
 

@@ -19,7 +19,7 @@ func TestHelp(t *testing.T) {
 		if r.code != 0 || r.err != "" || !strings.HasPrefix(r.out, "usage: configsrv [--db PATH] COMMAND ...\n") {
 			t.Fatalf("configsrv %s: exit %d, stderr %q, stdout:\n%s", args, r.code, r.err, r.out)
 		}
-		for _, want := range []string{"  serve (--dir DIR", "  node show ID", "  node set (--default | ID) KEY VALUE",
+		for _, want := range []string{"  serve (--dir DIR", "  node show (--default | ID)", "  node set (--default | ID) KEY VALUE",
 			"  torrc resolve --relay NAME", "  keys drop NODE_ID --yes", "  audit ", "--db PATH", "Exit status: 0 done, 1 failed, 2 usage error"} {
 			if !strings.Contains(r.out, want) {
 				t.Errorf("configsrv %s lacks %q:\n%s", args, want, r.out)
@@ -86,7 +86,7 @@ func TestUsageErrors(t *testing.T) {
 	}{
 		{nil, "no command", "", []string{"  init --dir DIR", "  audit"}},
 		{[]string{"frobnicate"}, "unknown command frobnicate", "", []string{"  node list", "  pool add"}},
-		{[]string{"nod", "list"}, `unknown command nod (did you mean "node"?)`, "pool add", []string{"  node list", "  node show ID"}},
+		{[]string{"nod", "list"}, `unknown command nod (did you mean "node"?)`, "pool add", []string{"  node list", "  node show (--default | ID)"}},
 		{[]string{"node", "lst"}, `unknown command node lst (did you mean "node list"?)`, "node show", []string{"  node list"}},
 		{[]string{"node", "frob"}, "unknown command node frob", "pool add", []string{"  node list", "  node unset (--default | ID) KEY"}},
 		{[]string{"node"}, "node needs a subcommand", "pool add", []string{"  node enable ID"}},

@@ -130,12 +130,45 @@ type nodeView struct {
 	RelayList []store.Relay     `json:"relay_list"`
 }
 
+// defaultView is `node show --default --json`.
+type defaultView struct {
+	Settings  map[string]string `json:"settings"`  // the global level
+	Effective map[string]string `json:"effective"` // global, else built-in default
+}
+
 func (e *env) nodeShow(fs *flag.FlagSet, args []string) error {
+	def := fs.Bool("default", false, "the global settings instead of a node")
 	asJSON := jsonFlag(fs)
-	id, st, err := e.startNode(fs, args, toRead)
+	pos, err := parse(fs, args, 0, 1)
 	if err != nil {
 		return err
 	}
+	if *def == (len(pos) == 1) {
+		return cmdline.Usagef("give --default or a node ID")
+	}
+	st, err := e.open(toRead)
+	if err != nil {
+		return err
+	}
+	if *def {
+		g, _, err := st.Settings(e.ctx, 0)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return e.json(defaultView{Settings: g, Effective: effective(g, nil)})
+		}
+		e.printSettings("default settings (global, else built-in):", g, nil)
+		return nil
+	}
+	id, err := nodeID(pos[0])
+	if err != nil {
+		return err
+	}
+	return e.showNode(st, id, *asJSON)
+}
+
+func (e *env) showNode(st *store.Store, id int64, asJSON bool) error {
 	n, err := st.Node(e.ctx, id)
 	if err != nil {
 		return err
@@ -153,11 +186,11 @@ func (e *env) nodeShow(fs *flag.FlagSet, args []string) error {
 	if v.RelayList == nil {
 		v.RelayList = []store.Relay{}
 	}
-	if *asJSON {
+	if asJSON {
 		return e.json(v)
 	}
 	e.printNode(&v)
-	e.printSettings(g, nd, v.Effective)
+	e.printSettings("settings (node override, else default):", g, nd)
 	fmt.Fprintf(e.stdout, "relays (%d):\n", len(relays))
 	return e.relayTable(relays)
 }
@@ -184,8 +217,9 @@ func (e *env) printNode(v *nodeView) {
 
 // printSettings prints each setting's effective value and where it comes
 // from: the node, the global level or the built-in default.
-func (e *env) printSettings(global, node, eff map[string]string) {
-	fmt.Fprintln(e.stdout, "settings (node override, else default):")
+func (e *env) printSettings(header string, global, node map[string]string) {
+	eff := effective(global, node)
+	fmt.Fprintln(e.stdout, header)
 	for _, k := range settings.Keys() {
 		src := "default"
 		if _, ok := node[k]; ok {

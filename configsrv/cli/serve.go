@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -43,6 +44,10 @@ func (e *env) initKeys(fs *flag.FlagSet, args []string) error {
 	if len(names) == 0 {
 		names = []string{"localhost", "127.0.0.1"}
 	}
+	newDB, err := e.checkNewDB()
+	if err != nil {
+		return err
+	}
 	created, err := pki.Init(*dir, names)
 	for _, f := range created {
 		fmt.Fprintln(e.stdout, "created", f)
@@ -50,10 +55,28 @@ func (e *env) initKeys(fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return err
 	}
-	if len(created) == 0 {
-		fmt.Fprintln(e.stdout, "nothing to do: every file exists in", *dir)
+	if _, err := e.open(toWrite); err != nil {
+		return err
+	}
+	switch {
+	case newDB:
+		fmt.Fprintf(e.stdout, "new database %s, schema applied\n", e.db)
+	case len(created) == 0:
+		fmt.Fprintf(e.stdout, "nothing to do: every file exists in %s, database %s is up to date\n", *dir, e.db)
 	}
 	return nil
+}
+
+// checkNewDB reports whether the database is still to be created, and
+// refuses before init writes anything when it could not be.
+func (e *env) checkNewDB() (bool, error) {
+	if _, err := os.Stat(e.db); err == nil {
+		return false, nil
+	}
+	if fi, err := os.Stat(filepath.Dir(e.db)); err != nil || !fi.IsDir() {
+		return false, fmt.Errorf("database %s: its directory does not exist (set --db or PATELA_DB)", e.db)
+	}
+	return true, nil
 }
 
 // ServeOptions configures the API server.

@@ -102,8 +102,24 @@ func (l *level) store(e *env, st *store.Store, text string) error {
 	return st.SetRelayTorrc(e.ctx, *l.relay, text)
 }
 
+// torrcView is `torrc show --json`: the text as stored and its option
+// lines.
+type torrcView struct {
+	Level string     `json:"level"` // global, node:ID or relay:NAME
+	Text  string     `json:"text"`
+	Lines []lineView `json:"lines"`
+}
+
+type lineView struct {
+	Line   int    `json:"line"`
+	Op     string `json:"op"` // set, append (+Option) or remove (/Option)
+	Option string `json:"option"`
+	Value  string `json:"value,omitempty"`
+}
+
 func (e *env) torrcShow(fs *flag.FlagSet, args []string) error {
 	lv := levelFlags(fs)
+	asJSON := jsonFlag(fs)
 	if _, err := parse(fs, args, 0, 0); err != nil {
 		return err
 	}
@@ -118,8 +134,21 @@ func (e *env) torrcShow(fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return err
 	}
-	io.WriteString(e.stdout, text)
-	return nil
+	if !*asJSON {
+		_, err := io.WriteString(e.stdout, text)
+		return err
+	}
+	// Stored texts passed ParseUser on import; failing here means the
+	// database was edited by hand.
+	c, err := torrc.ParseUser([]byte(text))
+	if err != nil {
+		return fmt.Errorf("stored %s torrc: %w", lv, err)
+	}
+	v := torrcView{Level: lv.String(), Text: text, Lines: []lineView{}}
+	for _, l := range c.Lines {
+		v.Lines = append(v.Lines, lineView{Line: l.Line, Op: l.Op.String(), Option: l.Key, Value: l.Value})
+	}
+	return e.json(v)
 }
 
 // stored is the torrc text stored at the level.

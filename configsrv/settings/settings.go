@@ -25,9 +25,13 @@ const (
 
 // Defaults applied when neither the node nor the global level sets a key.
 const (
-	DefaultRelayMemoryMB = 1024
-	DefaultMaxRelays     = 8
-	DefaultPollIntervalS = 300
+	// DefaultRelayInterface is the agent's second NIC: the image has no
+	// udev, so NICs keep the kernel's names, and the agent's management
+	// NIC is the first (eth0) unless its config names another.
+	DefaultRelayInterface = "eth1"
+	DefaultRelayMemoryMB  = 1024
+	DefaultMaxRelays      = 8
+	DefaultPollIntervalS  = 300
 )
 
 // Linux interface names: at most 15 bytes, no slash, whitespace or colon.
@@ -120,13 +124,16 @@ func Resolve(global, node map[string]string) Effective {
 		return def
 	}
 	e := Effective{
-		RelayInterface: get(RelayInterface),
+		RelayInterface: DefaultRelayInterface,
 		IPv4Gateway:    get(IPv4Gateway),
 		IPv6Gateway:    get(IPv6Gateway),
 		DNS:            []string{},
 		RelayMemoryMB:  num(RelayMemoryMB, DefaultRelayMemoryMB),
 		MaxRelays:      num(MaxRelays, DefaultMaxRelays),
 		PollIntervalS:  num(PollIntervalS, DefaultPollIntervalS),
+	}
+	if v := get(RelayInterface); v != "" {
+		e.RelayInterface = v
 	}
 	if d := get(DNS); d != "" {
 		e.DNS = strings.Split(d, ",")

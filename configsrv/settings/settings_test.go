@@ -40,3 +40,13 @@ func TestResolve(t *testing.T) {
 		t.Fatalf("%+v", e)
 	}
 }
+
+// The relay NIC defaults to the agent's second one; either level overrides it.
+func TestRelayInterfaceDefault(t *testing.T) {
+	if e := Resolve(nil, nil); e.RelayInterface != "eth1" || DefaultRelayInterface != "eth1" {
+		t.Fatalf("default relay_interface %q", e.RelayInterface)
+	}
+	if e := Resolve(map[string]string{RelayInterface: "ens4"}, nil); e.RelayInterface != "ens4" {
+		t.Fatalf("global relay_interface: %q", e.RelayInterface)
+	}
+}

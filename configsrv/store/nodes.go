@@ -81,20 +81,7 @@ func (s *Store) NodeState(ctx context.Context, id int64) (api.NodeState, error) 
 
 // Nodes returns every node by id.
 func (s *Store) Nodes(ctx context.Context) ([]Node, error) {
-	rows, err := s.QueryContext(ctx, `SELECT `+nodeCols+` FROM nodes n ORDER BY n.id`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []Node
-	for rows.Next() {
-		n, err := scanNode(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, *n)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s, scanNode, `SELECT `+nodeCols+` FROM nodes n ORDER BY n.id`)
 }
 
 // NodeByEK finds a node by its EK, creating it pending on first contact.

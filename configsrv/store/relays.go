@@ -86,30 +86,31 @@ func (s *Store) Pools(ctx context.Context) ([]Pool, error) {
 }
 
 func poolsQ(ctx context.Context, q querier) ([]Pool, error) {
-	rows, err := q.QueryContext(ctx, `SELECT p.id, p.cidr, p.gateway,
-		(SELECT count(*) FROM relays WHERE ipv4_pool = p.id) + (SELECT count(*) FROM relays WHERE ipv6_pool = p.id)
-		FROM pools p ORDER BY p.id`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []Pool
-	for rows.Next() {
+	return queryAll(ctx, q, func(r scanner) (*Pool, error) {
 		var p Pool
 		var c, g string
-		if err := rows.Scan(&p.ID, &c, &g, &p.Used); err != nil {
+		if err := r.Scan(&p.ID, &c, &g, &p.Used); err != nil {
 			return nil, err
 		}
-		if p.CIDR, err = netip.ParsePrefix(c); err != nil {
-			return nil, fmt.Errorf("pool %d: %w", p.ID, err)
-		}
-		if p.Gateway, err = netip.ParseAddr(g); err != nil {
-			return nil, fmt.Errorf("pool %d: %w", p.ID, err)
+		if err := p.parse(c, g); err != nil {
+			return nil, err
 		}
 		p.Size = alloc.Size(p.CIDR, 1<<63)
-		out = append(out, p)
+		return &p, nil
+	}, `SELECT p.id, p.cidr, p.gateway,
+		(SELECT count(*) FROM relays WHERE ipv4_pool = p.id) + (SELECT count(*) FROM relays WHERE ipv6_pool = p.id)
+		FROM pools p ORDER BY p.id`)
+}
+
+// parse sets the pool's prefix and gateway from their stored text.
+func (p *Pool) parse(cidr, gateway string) (err error) {
+	if p.CIDR, err = netip.ParsePrefix(cidr); err != nil {
+		return fmt.Errorf("pool %d: %w", p.ID, err)
 	}
-	return out, rows.Err()
+	if p.Gateway, err = netip.ParseAddr(gateway); err != nil {
+		return fmt.Errorf("pool %d: %w", p.ID, err)
+	}
+	return nil
 }
 
 // RemovePool removes a pool no relay uses.
@@ -165,20 +166,7 @@ func (s *Store) Relays(ctx context.Context, nodeID int64) ([]Relay, error) {
 		q += ` WHERE r.node_id = ?`
 		args = append(args, nodeID)
 	}
-	rows, err := s.QueryContext(ctx, q+` ORDER BY r.node_id, r.idx`, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []Relay
-	for rows.Next() {
-		r, err := scanRelay(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, *r)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s, scanRelay, q+` ORDER BY r.node_id, r.idx`, args...)
 }
 
 // RelayByName returns the relay called name.
@@ -293,21 +281,11 @@ func (s *Store) resize(ctx context.Context, tx *sql.Tx, nodeID int64, want int, 
 	if err != nil {
 		return err
 	}
-	rows, err := tx.QueryContext(ctx, `SELECT id, idx, name, ipv4, ipv6, ipv4_pool, ipv6_pool FROM relays WHERE node_id = ? ORDER BY idx`, nodeID)
-	if err != nil {
-		return err
-	}
-	var have []relayRow
-	for rows.Next() {
+	have, err := queryAll(ctx, tx, func(sc scanner) (*relayRow, error) {
 		var r relayRow
-		if err := rows.Scan(&r.id, &r.idx, &r.name, &r.ipv4, &r.ipv6, &r.p4, &r.p6); err != nil {
-			rows.Close()
-			return err
-		}
-		have = append(have, r)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+		return &r, sc.Scan(&r.id, &r.idx, &r.name, &r.ipv4, &r.ipv6, &r.p4, &r.p6)
+	}, `SELECT id, idx, name, ipv4, ipv6, ipv4_pool, ipv6_pool FROM relays WHERE node_id = ? ORDER BY idx`, nodeID)
+	if err != nil {
 		return err
 	}
 	if len(have) == want && (len(a.v6) == 0 || allHaveV6(have)) {
@@ -424,10 +402,7 @@ func (s *Store) allocState(tx *sql.Tx) (*allocState, error) {
 		if err := rows.Scan(&p.ID, &c, &g); err != nil {
 			return nil, err
 		}
-		if p.CIDR, err = netip.ParsePrefix(c); err != nil {
-			return nil, err
-		}
-		if p.Gateway, err = netip.ParseAddr(g); err != nil {
+		if err := p.parse(c, g); err != nil {
 			return nil, err
 		}
 		if p.Family() == 4 {

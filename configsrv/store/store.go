@@ -230,20 +230,31 @@ func (s *Store) Audit(ctx context.Context, actor, action, target, details string
 
 // AuditLog returns the newest limit rows, newest first.
 func (s *Store) AuditLog(ctx context.Context, limit int) ([]AuditEntry, error) {
-	rows, err := s.QueryContext(ctx, `SELECT id, time, actor, action, target, details FROM audit ORDER BY id DESC LIMIT ?`, limit)
+	return queryAll(ctx, s, func(r scanner) (*AuditEntry, error) {
+		var e AuditEntry
+		var ns int64
+		if err := r.Scan(&e.ID, &ns, &e.Actor, &e.Action, &e.Target, &e.Details); err != nil {
+			return nil, err
+		}
+		e.Time = time.Unix(0, ns).UTC()
+		return &e, nil
+	}, `SELECT id, time, actor, action, target, details FROM audit ORDER BY id DESC LIMIT ?`, limit)
+}
+
+// queryAll runs query and returns its rows, each read by scan.
+func queryAll[T any](ctx context.Context, q querier, scan func(scanner) (*T, error), query string, args ...any) ([]T, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []AuditEntry
+	var out []T
 	for rows.Next() {
-		var e AuditEntry
-		var ns int64
-		if err := rows.Scan(&e.ID, &ns, &e.Actor, &e.Action, &e.Target, &e.Details); err != nil {
+		v, err := scan(rows)
+		if err != nil {
 			return nil, err
 		}
-		e.Time = time.Unix(0, ns).UTC()
-		out = append(out, e)
+		out = append(out, *v)
 	}
 	return out, rows.Err()
 }
