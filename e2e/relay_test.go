@@ -95,6 +95,12 @@ func setup(t *testing.T) *machine {
 // the console goes to a file whose tail is printed if the test fails.
 func (m *machine) boot(t *testing.T, ctx context.Context, stateDir, name string) (*harness.VM, *harness.SWTPM) {
 	t.Helper()
+	return m.bootNIC(t, ctx, stateDir, name, "")
+}
+
+// bootNIC is boot with both NICs of QEMU device model nic ("" for virtio).
+func (m *machine) bootNIC(t *testing.T, ctx context.Context, stateDir, name, nic string) (*harness.VM, *harness.SWTPM) {
+	t.Helper()
 	tpm, err := harness.StartSWTPM(ctx, stateDir)
 	if err != nil {
 		t.Fatal(err)
@@ -105,7 +111,7 @@ func (m *machine) boot(t *testing.T, ctx context.Context, stateDir, name string)
 	}
 	vm, err := harness.Boot(ctx, harness.VMOptions{
 		Kernel: m.image.Kernel, Initramfs: m.image.BootInitramfs, Cmdline: m.image.Cmdline,
-		TPM: tpm, Relay: m.tools.StdioRelay, ServerAddr: m.server.Addr, Timeout: 4 * time.Minute, Console: console,
+		TPM: tpm, Relay: m.tools.StdioRelay, ServerAddr: m.server.Addr, Timeout: 4 * time.Minute, Console: console, NIC: nic,
 	})
 	if err != nil {
 		tpm.Stop()

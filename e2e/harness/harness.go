@@ -32,9 +32,10 @@ const (
 	RelayMAC  = "52:54:00:12:34:57"
 )
 
-// Modules are what the QEMU machine loads: virtio NICs, nf_tables with
-// NAT and conntrack for the relays' SNAT and marks.
-var Modules = []string{"virtio_pci", "virtio_net", "nf_tables", "nft_chain_nat", "nft_nat", "nft_ct"}
+// Modules are what the QEMU machine loads: virtio NICs, or Intel's
+// e1000e for the machine booted on QEMU's emulated 82574 (VMOptions.NIC),
+// nf_tables with NAT and conntrack for the relays' SNAT and marks.
+var Modules = []string{"virtio_pci", "virtio_net", "e1000e", "nf_tables", "nft_chain_nat", "nft_nat", "nft_ct"}
 
 // Root finds the module root (the directory holding go.mod) from the
 // working directory up.

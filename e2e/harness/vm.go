@@ -24,6 +24,10 @@ type VMOptions struct {
 	// UEFI boots under OVMF (uefi.go); Kernel is then a UKI (or empty with
 	// an ESP), Initramfs empty, and an empty Cmdline keeps the UKI's own.
 	UEFI *UEFI
+	// NIC is the QEMU device model of both NICs: "virtio-net-pci" (the
+	// default) or an emulated Intel NIC such as "e1000e", whose driver
+	// the image must carry (Modules has it).
+	NIC string
 }
 
 // Line is one line of the serial console, stamped with the time since
@@ -57,13 +61,16 @@ func Boot(ctx context.Context, o VMOptions) (*VM, error) {
 	if o.Timeout == 0 {
 		o.Timeout = 5 * time.Minute
 	}
+	if o.NIC == "" {
+		o.NIC = "virtio-net-pci"
+	}
 	args := []string{
 		"-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2",
 		"-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
 		"-netdev", fmt.Sprintf("user,id=mgmt,restrict=on,guestfwd=tcp:%s:443-cmd:%s %s", ServerIP, o.Relay, o.ServerAddr),
-		"-device", "virtio-net-pci,netdev=mgmt,mac=" + MgmtMAC + ",addr=0x3",
+		"-device", o.NIC + ",netdev=mgmt,mac=" + MgmtMAC + ",addr=0x3",
 		"-netdev", "hubport,id=relay,hubid=1",
-		"-device", "virtio-net-pci,netdev=relay,mac=" + RelayMAC + ",addr=0x4",
+		"-device", o.NIC + ",netdev=relay,mac=" + RelayMAC + ",addr=0x4",
 	}
 	if o.Kernel != "" {
 		args = append(args, "-kernel", o.Kernel)
@@ -85,7 +92,7 @@ func Boot(ctx context.Context, o VMOptions) (*VM, error) {
 	if o.UEFI != nil {
 		// No option ROMs: OVMF would try PXE on the NICs before the ESP.
 		for i, a := range args {
-			if strings.HasPrefix(a, "virtio-net-pci,") {
+			if strings.HasPrefix(a, o.NIC+",") {
 				args[i] = a + ",romfile="
 			}
 		}
