@@ -48,4 +48,5 @@ var commands = []cmdline.Command[*env]{
 	{Words: "keys show", Args: "NODE_ID", Help: "version, size and update time of the node's mirrored key bundle", Run: (*env).keysShow},
 	{Words: "keys drop", Args: "NODE_ID --yes", Help: "delete it (after a TPM clear): the node's relays get NEW identities", Run: (*env).keysDrop},
 	{Words: "audit", Help: "the audit log, newest first", Run: (*env).auditLog},
+	{Words: "backup", Args: "FILE", Help: "write a consistent copy of the database to the new FILE, also while serve runs (README: restore)", Run: (*env).backup},
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -90,6 +91,7 @@ type ServeOptions struct {
 	EKAllowlist string
 	AttestRate  float64 // per second per client; 0 disables the limit
 	AttestBurst int
+	AccessLog   io.Writer // one line per answered request; nil: none
 }
 
 // serveFlags defines serve's flags: one line per option of ServeOptions.
@@ -107,9 +109,34 @@ func serveFlags(fs *flag.FlagSet, o *ServeOptions) (dir *string) {
 	return dir
 }
 
+// logFlags defines serve's logging flags: the server log's level and the
+// access log's destination.
+func logFlags(fs *flag.FlagSet) (level *slog.Level, accessLog *string) {
+	level = new(slog.Level)
+	fs.TextVar(level, "log-level", slog.LevelInfo, "server log `LEVEL`: debug, info, warn or error")
+	accessLog = fs.String("access-log", "", "append one line per request to `FILE` (- for standard error); default none")
+	return level, accessLog
+}
+
+// openAccessLog opens the access log named by --access-log; "" is none.
+func (e *env) openAccessLog(name string) (io.Writer, func(), error) {
+	switch name {
+	case "":
+		return nil, func() {}, nil
+	case "-":
+		return e.stderr, func() {}, nil
+	}
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--access-log: %w", err)
+	}
+	return f, func() { f.Close() }, nil
+}
+
 func (e *env) serve(fs *flag.FlagSet, args []string) error {
 	var o ServeOptions
 	dir := serveFlags(fs, &o)
+	level, accessLog := logFlags(fs)
 	if _, err := parse(fs, args, 0, 0); err != nil {
 		return err
 	}
@@ -123,7 +150,13 @@ func (e *env) serve(fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return err
 	}
-	srv, err := NewServer(st, o, slog.New(slog.NewTextHandler(e.stderr, nil)))
+	al, closeAL, err := e.openAccessLog(*accessLog)
+	if err != nil {
+		return err
+	}
+	defer closeAL()
+	o.AccessLog = al
+	srv, err := NewServer(st, o, slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: *level})))
 	if err != nil {
 		return err
 	}
@@ -202,5 +235,9 @@ func NewServer(st *store.Store, o ServeOptions, log *slog.Logger) (*http.Server,
 	if o.AttestRate > 0 {
 		api.Limiter = httpapi.NewLimiter(o.AttestRate, o.AttestBurst)
 	}
-	return httpapi.NewHTTPServer(api.Handler(), cert), nil
+	h := api.Handler()
+	if o.AccessLog != nil {
+		h = httpapi.AccessLog(h, o.AccessLog)
+	}
+	return httpapi.NewHTTPServer(h, cert), nil
 }

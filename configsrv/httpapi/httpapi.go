@@ -150,6 +150,7 @@ func (s *Server) limited(h http.HandlerFunc) http.HandlerFunc {
 			if ok, wait := s.Limiter.Allow(limitKey(r), s.now()); !ok {
 				secs := int((wait + time.Second - 1) / time.Second)
 				w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
+				s.log().Debug("rate limited", "client", clientAddr(r), "path", r.URL.Path)
 				writeErr(w, http.StatusTooManyRequests, api.CodeRateLimited, "too many attestation requests; retry later")
 				return
 			}
@@ -158,7 +159,18 @@ func (s *Server) limited(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// refusals are the audited actions that turn a client away: the server
+// log shows them at warn, the rest of the audit trail at info.
+var refusals = map[string]bool{"attest.bad_ek": true, "attest.bad_ak": true, "attest.ek_untrusted": true,
+	"attest.banned": true, "attest.disabled": true, "attest.unknown_challenge": true, "attest.challenge_expired": true,
+	"attest.bad_secret": true, "attest.refused": true}
+
 func (s *Server) audit(ctx context.Context, actor, action, target, details string) {
+	level := slog.LevelInfo
+	if refusals[action] {
+		level = slog.LevelWarn
+	}
+	s.log().Log(ctx, level, action, "actor", actor, "target", target, "details", details)
 	if err := s.Store.Audit(ctx, actor, action, target, details); err != nil {
 		s.log().Error("audit", "action", action, "target", target, "err", err)
 	}
