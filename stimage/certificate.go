@@ -137,19 +137,13 @@ func (o *certOpts) subject(req *keygen.Request) (newKey ed25519.PrivateKey, err 
 		}
 		return newKey, nil
 	}
-	b, err := os.ReadFile(path)
-	if err != nil {
+	if !o.isCA {
+		req.Key, err = readParsed(path, keygen.ParsePublicKey)
 		return nil, err
 	}
-	if !o.isCA {
-		if req.Key, err = keygen.ParsePublicKey(b); err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		return nil, nil
-	}
 	// A self-signed root needs its private key.
-	if req.ParentKey, err = keygen.ParsePrivateKey(b); err != nil {
-		return nil, fmt.Errorf("%s: --is-ca needs the root's private key: %w", path, err)
+	if req.ParentKey, err = readParsed(path, keygen.ParsePrivateKey); err != nil {
+		return nil, fmt.Errorf("--is-ca needs the root's private key: %w", err)
 	}
 	req.Key = req.ParentKey.Public().(ed25519.PublicKey)
 	return nil, nil
@@ -157,21 +151,25 @@ func (o *certOpts) subject(req *keygen.Request) (newKey ed25519.PrivateKey, err 
 
 // readRoot reads the root certificate and key that issue a leaf.
 func readRoot(certPath, keyPath string) (*x509.Certificate, ed25519.PrivateKey, error) {
-	rc, err := os.ReadFile(certPath)
+	cert, err := readParsed(certPath, ospkg.ParseCertificate)
 	if err != nil {
 		return nil, nil, err
 	}
-	cert, err := ospkg.ParseCertificate(rc)
+	key, err := readParsed(keyPath, keygen.ParsePrivateKey)
+	return cert, key, err
+}
+
+// readParsed reads the file at path and parses it; parse errors name the
+// file.
+func readParsed[T any](path string, parse func([]byte) (T, error)) (T, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", certPath, err)
+		var zero T
+		return zero, err
 	}
-	rk, err := os.ReadFile(keyPath)
+	v, err := parse(b)
 	if err != nil {
-		return nil, nil, err
+		return v, fmt.Errorf("%s: %w", path, err)
 	}
-	key, err := keygen.ParsePrivateKey(rk)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", keyPath, err)
-	}
-	return cert, key, nil
+	return v, nil
 }

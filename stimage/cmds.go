@@ -188,29 +188,42 @@ func verified(e *env, f flags, args []string) (*ospkg.Package, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", zp, err)
 	}
-	var threshold int
-	var res *ospkg.Result
+	res, err := verifyAgainst(d, zb, policyDir, rootsPath)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.report(res, zp, p.Manifest.Label); err != nil {
+		return nil, err
+	}
+	if ospkg.IsRelative(d.PkgURL) {
+		fmt.Fprintf(e.out, "  warning: "+ospkg.RelativeURLWarning+"\n", d.PkgURL)
+	}
+	if policyDir != "" {
+		return p, e.notChecked(policyDir)
+	}
+	return p, nil
+}
+
+// verifyAgainst checks the package's signatures against a trust policy
+// directory (its threshold) or a roots file (every signature, at least one).
+func verifyAgainst(d *ospkg.Descriptor, zb []byte, policyDir, rootsPath string) (*ospkg.Result, error) {
 	if policyDir != "" {
 		pol, rs, err := trust.LoadDir(policyDir)
 		if err != nil {
 			return nil, err
 		}
-		threshold = pol.SignatureThreshold
-		res, err = ospkg.Verify(d, zb, rs, threshold, time.Now())
-		if err != nil {
-			return nil, err
-		}
-	} else {
-		rs, err := trust.LoadRoots(rootsPath)
-		if err != nil {
-			return nil, err
-		}
-		threshold = max(len(d.Signatures), 1)
-		res, err = ospkg.Verify(d, zb, rs, threshold, time.Now())
-		if err != nil {
-			return nil, err
-		}
+		return ospkg.Verify(d, zb, rs, pol.SignatureThreshold, time.Now())
 	}
+	rs, err := trust.LoadRoots(rootsPath)
+	if err != nil {
+		return nil, err
+	}
+	return ospkg.Verify(d, zb, rs, max(len(d.Signatures), 1), time.Now())
+}
+
+// report prints each signature's fate and the verdict; a package short of
+// its threshold is an error.
+func (e *env) report(res *ospkg.Result, zp, label string) error {
 	for _, s := range res.Signatures {
 		if s.Valid {
 			fmt.Fprintf(e.out, "  signature %d: valid (%s)\n", s.Index, s.Subject)
@@ -219,24 +232,25 @@ func verified(e *env, f flags, args []string) (*ospkg.Package, error) {
 		}
 	}
 	if !res.OK() {
-		return nil, fmt.Errorf("%s: %d valid signature(s), %d required: REFUSED", zp, res.Valid, res.Threshold)
+		return fmt.Errorf("%s: %d valid signature(s), %d required: REFUSED", zp, res.Valid, res.Threshold)
 	}
-	fmt.Fprintf(e.out, "%s: %d valid signature(s), threshold %d: OK (label %q)\n", zp, res.Valid, res.Threshold, p.Manifest.Label)
-	if ospkg.IsRelative(d.PkgURL) {
-		fmt.Fprintf(e.out, "  warning: "+ospkg.RelativeURLWarning+"\n", d.PkgURL)
+	fmt.Fprintf(e.out, "%s: %d valid signature(s), threshold %d: OK (label %q)\n", zp, res.Valid, res.Threshold, label)
+	return nil
+}
+
+// notChecked says what of the trust policy directory stboot reads that
+// verify did not.
+func (e *env) notChecked(policyDir string) error {
+	other, err := trust.OtherFiles(policyDir)
+	if err != nil {
+		return err
 	}
-	if policyDir != "" {
-		other, err := trust.OtherFiles(policyDir)
-		if err != nil {
-			return nil, err
-		}
-		fmt.Fprintf(e.out, "  not checked: Sigsum policies and proofs, decryption identities (encrypted packages) and TLS roots; read only %s and %s", trust.PolicyFile, trust.RootsFile)
-		if len(other) > 0 {
-			fmt.Fprintf(e.out, ", not %s", strings.Join(other, ", "))
-		}
-		fmt.Fprintln(e.out)
+	fmt.Fprintf(e.out, "  not checked: Sigsum policies and proofs, decryption identities (encrypted packages) and TLS roots; read only %s and %s", trust.PolicyFile, trust.RootsFile)
+	if len(other) > 0 {
+		fmt.Fprintf(e.out, ", not %s", strings.Join(other, ", "))
 	}
-	return p, nil
+	fmt.Fprintln(e.out)
+	return nil
 }
 
 func ospkgVerify(e *env, fs *flag.FlagSet, args []string) error {
