@@ -38,6 +38,12 @@ func TestInitCreatesDatabase(t *testing.T) {
 		t.Fatalf("second init:\n%s", out)
 	}
 
+	// The database may live in the directory init creates for the keys.
+	keys := filepath.Join(t.TempDir(), "state")
+	if out := ok(t, filepath.Join(keys, "patela.db"), "init", "--dir", keys); !strings.Contains(out, "new database") {
+		t.Fatalf("init with the database in its key directory:\n%s", out)
+	}
+
 	nowhere := filepath.Join(t.TempDir(), "missing", "p.db")
 	dir2 := filepath.Join(t.TempDir(), "keys2")
 	fails(t, nowhere, "its directory does not exist", "init", "--dir", dir2)

@@ -45,7 +45,7 @@ func (e *env) initKeys(fs *flag.FlagSet, args []string) error {
 	if len(names) == 0 {
 		names = []string{"localhost", "127.0.0.1"}
 	}
-	newDB, err := e.checkNewDB()
+	newDB, err := e.checkNewDB(*dir)
 	if err != nil {
 		return err
 	}
@@ -69,10 +69,16 @@ func (e *env) initKeys(fs *flag.FlagSet, args []string) error {
 }
 
 // checkNewDB reports whether the database is still to be created, and
-// refuses before init writes anything when it could not be.
-func (e *env) checkNewDB() (bool, error) {
+// refuses before init writes anything when it could not be: its directory
+// must exist, or be keyDir, which init creates.
+func (e *env) checkNewDB(keyDir string) (bool, error) {
 	if _, err := os.Stat(e.db); err == nil {
 		return false, nil
+	}
+	dbDir, err1 := filepath.Abs(filepath.Dir(e.db))
+	kd, err2 := filepath.Abs(keyDir)
+	if err1 == nil && err2 == nil && dbDir == kd {
+		return true, nil
 	}
 	if fi, err := os.Stat(filepath.Dir(e.db)); err != nil || !fi.IsDir() {
 		return false, fmt.Errorf("database %s: its directory does not exist (set --db or PATELA_DB)", e.db)
