@@ -44,9 +44,6 @@ func listenNotify(path string, uid, gid int) (*notifySocket, error) {
 	return &notifySocket{path: path, conn: conn}, nil
 }
 
-// chown hands the socket to a new relay uid.
-func (n *notifySocket) chown(uid, gid int) error { return os.Chown(n.path, uid, gid) }
-
 // read calls fn with the sender pid and each KEY=VALUE of every message
 // until the socket is closed.
 func (n *notifySocket) read(fn func(pid int, key, value string)) {

@@ -2,12 +2,13 @@ package tor
 
 import (
 	"context"
-	"patela/internal/api"
 	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"patela/internal/api"
 )
 
 // Changes holds one signal at most, never blocks the relay that sends
@@ -20,11 +21,7 @@ func TestChangesCoalesce(t *testing.T) {
 		defer close(done)
 		for i := range 1000 { // nobody reads: none of these may block
 			r.setState(api.RelayBackoff, "")
-			r.mu.Lock()
-			before := r.st
-			r.st.Restarts = i + 1
-			r.noteLocked(before)
-			r.mu.Unlock()
+			r.update(func(st *Status) { st.Restarts = i + 1 })
 		}
 	}()
 	select {

@@ -33,15 +33,16 @@ type Status struct {
 	Since       time.Time
 }
 
-// desired is a verified configuration: its torrc text already passed
-// tor --verify-config in the file candidate, which install renames over
-// the live torrc.
+// desired is a relay's configuration: the torrc tor runs (cfg, rendered
+// as text), built by Supervisor.torrc. Once its text has passed tor
+// --verify-config in the file candidate, install renames that over the
+// live torrc.
 type desired struct {
-	spec      Spec
 	cfg       *torrc.Config
 	text      []byte
 	candidate string
-	bind      bool
+	bind      bool     // tor keeps CAP_NET_BIND_SERVICE (needsBindCap)
+	dropped   []string // the server's options left out (torrc.ForNode)
 }
 
 // command asks the relay goroutine for a new configuration, or to stop
@@ -75,18 +76,42 @@ type relay struct {
 	changed   func()        // the supervisor's Changes signal; nil: none
 
 	mu      sync.Mutex
-	st      Status // changed only under mu, followed by noteLocked
+	st      Status // changed only through update
 	cur     *desired
 	running *proc
 
 	keySeen, keyPolled string // keyState last captured, last polled
 }
 
-type outcome struct {
-	started time.Time
-	err     error    // why tor exited (or did not start)
-	stop    *command // a stop was asked and done
-	restart bool     // stopped for a configuration that needs a restart
+// newRelay is a relay about to start; Supervisor.supervise starts it.
+func newRelay(o *Options, spec Spec, p relayPaths, n *notifySocket, changed func()) *relay {
+	log := o.Log.With("relay", spec.Name)
+	return &relay{
+		o: o, name: spec.Name, uid: spec.UID, gid: spec.UID,
+		dataDir: p.data, torrcPath: p.torrc,
+		notify: n, ring: logring.New(o.LogLines, log), log: log, changed: changed,
+		cmds: make(chan command), done: make(chan struct{}), ready: make(chan struct{}, 1),
+		st: Status{Name: spec.Name, UID: spec.UID, State: api.RelayStarting, Since: time.Now()},
+	}
+}
+
+// differs reports whether d would change what r runs: another torrc, or
+// any torrc for a failed relay, which only a new configuration brings
+// back.
+func (r *relay) differs(d *desired) bool {
+	return string(d.text) != string(r.current().text) || r.status().State == api.RelayFailed
+}
+
+// reload hands r's goroutine d, verified: a running tor takes it by
+// SIGHUP or restarts, a failed or backing-off one starts at once.
+func (r *relay) reload(d *desired) error {
+	c := command{want: d, done: make(chan error, 1)}
+	select {
+	case r.cmds <- c:
+	case <-r.done:
+		return fmt.Errorf("relay %s is stopped", r.name)
+	}
+	return <-c.done
 }
 
 func (r *relay) current() *desired {
@@ -101,10 +126,19 @@ func (r *relay) status() Status {
 	return r.st
 }
 
-// noteLocked signals the supervisor's Changes if r.st differs from
-// before in anything but Since. r.mu must be held, so signals follow the
-// changes they announce.
-func (r *relay) noteLocked(before Status) {
+// update changes r's status with change, under r.mu.
+func (r *relay) update(change func(st *Status)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.updateLocked(change)
+}
+
+// updateLocked is update with r.mu held: it applies change and signals
+// the supervisor's Changes if the status now differs in anything but
+// Since. The signal follows the change it announces.
+func (r *relay) updateLocked(change func(st *Status)) {
+	before := r.st
+	change(&r.st)
 	now := r.st
 	before.Since, now.Since = time.Time{}, time.Time{}
 	if before != now && r.changed != nil {
@@ -112,95 +146,165 @@ func (r *relay) noteLocked(before Status) {
 	}
 }
 
+// setState moves r to state; why, if set, becomes its Error.
 func (r *relay) setState(state api.RelayState, why string) {
-	r.mu.Lock()
-	before := r.st
-	r.st.State, r.st.Since = state, time.Now()
-	if why != "" {
-		r.st.Error = why
-	}
-	r.noteLocked(before)
-	r.mu.Unlock()
+	r.update(func(st *Status) {
+		st.State, st.Since = state, time.Now()
+		if why != "" {
+			st.Error = why
+		}
+	})
 }
 
 // onNotify handles a message from the notify socket.
 func (r *relay) onNotify(pid int, key, value string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	defer r.noteLocked(r.st) // runs before the unlock
-	if pid == 0 || pid != r.st.PID || value != "1" {
-		return
-	}
-	switch key {
-	case "READY":
-		if r.st.State == api.RelayStarting || r.st.State == api.RelayReloading {
-			r.st.State, r.st.Since = api.RelayRunning, time.Now()
+	r.update(func(st *Status) {
+		if pid == 0 || pid != st.PID || value != "1" {
+			return
 		}
-		// tor creates or loads its keys before it reports ready: capture
-		// them now rather than at the next poll, so a power cut soon
-		// after a first start does not cost the relay its identity.
-		select {
-		case r.ready <- struct{}{}:
-		default:
+		switch key {
+		case "READY":
+			if st.State == api.RelayStarting || st.State == api.RelayReloading {
+				st.State, st.Since = api.RelayRunning, time.Now()
+			}
+			// tor creates or loads its keys before it reports ready:
+			// capture them now rather than at the next poll, so a power
+			// cut soon after a first start does not cost the relay its
+			// identity.
+			select {
+			case r.ready <- struct{}{}:
+			default:
+			}
+		case "RELOADING":
+			st.Reloads++
+			st.State, st.Since = api.RelayReloading, time.Now()
+		case "STOPPING":
+			st.State, st.Since = api.RelayStopping, time.Now()
 		}
-	case "RELOADING":
-		r.st.Reloads++
-		r.st.State, r.st.Since = api.RelayReloading, time.Now()
-	case "STOPPING":
-		r.st.State, r.st.Since = api.RelayStopping, time.Now()
-	}
+	})
 }
 
+// outcome is what the relay goroutine does after an event.
+type outcome int
+
+const (
+	carryOn outcome = iota // tor runs on: reloaded, or the new torrc could not be installed
+	restart                // start tor (again) with the installed torrc
+	stopped                // the relay is stopped: its goroutine ends
+	died                   // tor exited on its own, or could not start
+)
+
+// run is the relay's goroutine: it starts tor, supervises it, restarts
+// it after an exit (with backoff, until a crash loop fails the relay)
+// and carries out the supervisor's commands, until a stop.
 func (r *relay) run() {
 	defer close(r.done)
 	defer r.notify.close()
 	pol := restartPolicy{o: r.o}
 	for {
-		res := r.runOnce()
-		if res.stop != nil {
-			r.setState(api.RelayStopped, "")
-			res.stop.done <- nil
+		started := time.Now()
+		o, err := r.runOnce()
+		if o == died {
+			o = r.afterExit(&pol, started, err)
+		}
+		if o == stopped {
 			return
 		}
-		if res.restart {
-			continue
-		}
-		// tor exited on its own (or could not start).
-		delay, n := pol.exited(res.started, time.Now())
-		if delay < 0 {
-			why := fmt.Sprintf("crash loop: %d exits within %s, last: %v", n, r.o.CrashWindow, res.err)
-			r.log.Error("relay failed; not restarting until its configuration changes", "reason", why)
-			r.setState(api.RelayFailed, why)
-			c := <-r.cmds
-			if c.want == nil {
-				r.setState(api.RelayStopped, "")
-				c.done <- nil
-				return
-			}
-			c.done <- r.install(c.want)
-			pol.reset()
-			continue
-		}
-		r.log.Warn("tor exited; restarting", "err", res.err, "in", delay)
-		r.setState(api.RelayBackoff, fmt.Sprint(res.err))
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case c := <-r.cmds:
-			t.Stop()
-			if c.want == nil {
-				r.setState(api.RelayStopped, "")
-				c.done <- nil
-				return
-			}
-			c.done <- r.install(c.want) // and start it at once
-		}
-		r.mu.Lock()
-		before := r.st
-		r.st.Restarts++
-		r.noteLocked(before)
-		r.mu.Unlock()
 	}
+}
+
+// runOnce starts tor and supervises it until it exits or a command
+// stops it: the outcome is died, restart or stopped.
+func (r *relay) runOnce() (outcome, error) {
+	p, err := r.start()
+	if err != nil {
+		r.log.Error("starting tor", "err", err)
+		return died, err
+	}
+	tick := time.NewTicker(r.o.KeyPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.exited:
+			r.exited(p)
+			return died, exitReason(p.err)
+		case c := <-r.cmds:
+			if o := r.handle(c, p); o != carryOn {
+				return o, nil
+			}
+		case <-r.ready:
+			r.checkKeys(true)
+		case <-tick.C:
+			r.checkKeys(false)
+		}
+	}
+}
+
+// handle carries out command c; p is the running tor, nil if none. A
+// stop stops tor. A new configuration is installed: tor, if it runs, is
+// sent SIGHUP when the change allows, else stopped for a restart.
+func (r *relay) handle(c command, p *proc) outcome {
+	if c.want == nil {
+		if p != nil {
+			r.stop(p)
+		}
+		r.setState(api.RelayStopped, "")
+		c.done <- nil
+		return stopped
+	}
+	if p == nil {
+		c.done <- r.install(c.want)
+		return restart
+	}
+	old := r.current()
+	needsRestart := c.want.bind != old.bind || torrc.NeedsRestart(old.cfg, c.want.cfg)
+	if err := r.install(c.want); err != nil {
+		c.done <- err
+		return carryOn
+	}
+	c.done <- nil
+	if needsRestart {
+		r.log.Info("configuration needs a restart")
+		r.stop(p)
+		return restart
+	}
+	r.log.Info("configuration reloadable; sending SIGHUP")
+	if err := unix.Kill(p.pid, unix.SIGHUP); err != nil {
+		r.log.Warn("SIGHUP", "err", err)
+	}
+	return carryOn
+}
+
+// afterExit waits after tor exited on its own: the backoff delay, or,
+// once the relay has failed (a crash loop), until a command brings a new
+// configuration. A command meanwhile is handled at once.
+func (r *relay) afterExit(pol *restartPolicy, started time.Time, why error) outcome {
+	delay, n := pol.exited(started, time.Now())
+	var wake <-chan time.Time // nil once failed: only a command wakes it
+	if delay < 0 {
+		msg := fmt.Sprintf("crash loop: %d exits within %s, last: %v", n, r.o.CrashWindow, why)
+		r.log.Error("relay failed; not restarting until its configuration changes", "reason", msg)
+		r.setState(api.RelayFailed, msg)
+	} else {
+		r.log.Warn("tor exited; restarting", "err", why, "in", delay)
+		r.setState(api.RelayBackoff, fmt.Sprint(why))
+		t := time.NewTimer(delay)
+		defer t.Stop()
+		wake = t.C
+	}
+	select {
+	case <-wake:
+	case c := <-r.cmds:
+		if r.handle(c, nil) == stopped {
+			return stopped
+		}
+		if delay < 0 {
+			pol.reset() // a new configuration: a fresh start, not a restart
+			return restart
+		}
+	}
+	r.update(func(st *Status) { st.Restarts++ })
+	return restart
 }
 
 // restartPolicy is systemd's Restart=on-failure with a start limit:
@@ -238,51 +342,6 @@ func (p *restartPolicy) reset() {
 	p.fails, p.next = nil, p.o.BackoffMin
 }
 
-// runOnce starts tor and supervises it until it exits or a command
-// stops it.
-func (r *relay) runOnce() outcome {
-	started := time.Now()
-	p, err := r.start()
-	if err != nil {
-		r.log.Error("starting tor", "err", err)
-		return outcome{started: started, err: err}
-	}
-	tick := time.NewTicker(r.o.KeyPoll)
-	defer tick.Stop()
-	for {
-		select {
-		case <-p.exited:
-			r.exited(p)
-			return outcome{started: started, err: exitReason(p.err)}
-		case c := <-r.cmds:
-			if c.want == nil {
-				r.stop(p)
-				return outcome{stop: &c}
-			}
-			old := r.current()
-			restart := c.want.bind != old.bind || torrc.NeedsRestart(old.cfg, c.want.cfg)
-			if err := r.install(c.want); err != nil {
-				c.done <- err
-				continue
-			}
-			c.done <- nil
-			if restart {
-				r.log.Info("configuration needs a restart")
-				r.stop(p)
-				return outcome{restart: true}
-			}
-			r.log.Info("configuration reloadable; sending SIGHUP")
-			if err := unix.Kill(p.pid, unix.SIGHUP); err != nil {
-				r.log.Warn("SIGHUP", "err", err)
-			}
-		case <-r.ready:
-			r.checkKeys(true)
-		case <-tick.C:
-			r.checkKeys(false)
-		}
-	}
-}
-
 // start verifies the live torrc and starts tor as the relay user.
 func (r *relay) start() (*proc, error) {
 	d := r.current()
@@ -311,9 +370,9 @@ func (r *relay) start() (*proc, error) {
 		close(p.exited)
 	}()
 	r.running = p
-	before := r.st
-	r.st.PID, r.st.State, r.st.Since, r.st.Error = p.pid, api.RelayStarting, time.Now(), ""
-	r.noteLocked(before)
+	r.updateLocked(func(st *Status) {
+		st.PID, st.State, st.Since, st.Error = p.pid, api.RelayStarting, time.Now(), ""
+	})
 	r.log.Info("tor started", "pid", p.pid)
 	return p, nil
 }
@@ -324,9 +383,9 @@ func (r *relay) exited(p *proc) {
 	r.ring.Flush()
 	r.mu.Lock()
 	r.running = nil
-	before := r.st
-	r.st.PID, r.st.State, r.st.Since = 0, api.RelayStopped, time.Now()
-	r.noteLocked(before)
+	r.updateLocked(func(st *Status) {
+		st.PID, st.State, st.Since = 0, api.RelayStopped, time.Now()
+	})
 	r.mu.Unlock()
 	r.checkKeys(true)
 }
@@ -409,11 +468,7 @@ func (r *relay) checkKeys(force bool) {
 
 func (r *relay) readFingerprints() {
 	fp, ed := fingerprints(r.dataDir)
-	r.mu.Lock()
-	before := r.st
-	r.st.Fingerprint, r.st.Ed25519ID = fp, ed
-	r.noteLocked(before)
-	r.mu.Unlock()
+	r.update(func(st *Status) { st.Fingerprint, st.Ed25519ID = fp, ed })
 }
 
 // exitReason words a wait error.

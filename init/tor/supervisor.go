@@ -5,6 +5,11 @@
 // with SIGHUP when it can be, its output kept in a ring buffer and mirrored
 // to the console, its keys captured into the key vault. Every child goes
 // through init/reaper.
+//
+// A spec's road is apply.go, read top to bottom; relay.go is one relay's
+// goroutine (start, reload, restart, stop, backoff), proc.go how tor is
+// started and verified, torrc.go the one torrc builder, keys.go and
+// accounts.go what a relay keeps and runs as.
 package tor
 
 import (
@@ -16,22 +21,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"sync"
 	"time"
-
-	"patela/init/tor/logring"
-	"patela/internal/api"
-	"patela/internal/atomicfile"
 )
-
-// Spec is one relay as the server wants it.
-type Spec struct {
-	Name  string // tor nickname: 1-19 of [a-zA-Z0-9]
-	UID   int    // the relay's uid and gid
-	Torrc []byte // the server's resolved torrc
-}
 
 // Options configure a Supervisor. Zero durations take the defaults.
 type Options struct {
@@ -144,162 +137,6 @@ func (s *Supervisor) signal() {
 	}
 }
 
-var nickname = regexp.MustCompile(`^[a-zA-Z0-9]{1,19}$`)
-
-// Apply starts relay spec.Name or brings it to spec. A new torrc is
-// verified first: an invalid one is refused with a *VerifyError and the
-// running tor keeps its configuration. A change tor takes on SIGHUP is
-// reloaded, anything else restarts tor; an unchanged spec does nothing
-// (except to a failed relay, which is retried). Apply returns once the
-// change is accepted; restarts and readiness follow asynchronously
-// (see Status).
-func (s *Supervisor) Apply(ctx context.Context, spec Spec) error {
-	if !nickname.MatchString(spec.Name) {
-		return fmt.Errorf("relay name %q: want 1-19 letters and digits", spec.Name)
-	}
-	if spec.UID <= 0 || spec.UID > 1<<31-2 {
-		return fmt.Errorf("relay %s: bad uid %d", spec.Name, spec.UID)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return errors.New("tor: supervisor is shut down")
-	}
-	r := s.relays[spec.Name]
-	if r != nil && r.uid != spec.UID {
-		// The DataDirectory must change owner, which a running tor would
-		// not survive: stop it and set the relay up anew under the new
-		// uid (its keys stay in its DataDirectory).
-		s.o.Log.Info("relay uid changed; restarting it", "relay", spec.Name, "from", r.uid, "to", spec.UID)
-		if err := s.stopLocked(r); err != nil {
-			return err
-		}
-		s.setRelay(spec.Name, nil)
-		r = nil
-	}
-	if r == nil {
-		return s.add(ctx, spec)
-	}
-	return s.change(ctx, r, spec)
-}
-
-func (s *Supervisor) paths(name string) (dataDir, runDir, torrcPath string) {
-	return filepath.Join(s.o.StateDir, name), filepath.Join(s.o.RunDir, name), filepath.Join(s.o.RunDir, name+".torrc")
-}
-
-// prepare builds and verifies the relay's torrc into a candidate file.
-func (s *Supervisor) prepare(ctx context.Context, spec Spec) (*desired, error) {
-	dataDir, runDir, torrcPath := s.paths(spec.Name)
-	cfg, dropped, err := buildTorrc(spec.Torrc, dataDir, filepath.Join(runDir, "control"))
-	if err != nil {
-		return nil, fmt.Errorf("relay %s: %w", spec.Name, err)
-	}
-	if len(dropped) > 0 {
-		keys := make([]string, len(dropped))
-		for i, l := range dropped {
-			keys[i] = l.Key
-		}
-		s.o.Log.Warn("options the node does not pass to tor", "relay", spec.Name, "options", keys)
-	}
-	d := &desired{spec: spec, cfg: cfg, text: cfg.Render(), candidate: torrcPath + ".new", bind: needsBindCap(cfg)}
-	if err := atomicfile.Write(d.candidate, d.text, 0o644); err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, s.o.VerifyTimeout)
-	defer cancel()
-	if err := verify(ctx, s.o.Tor, d.candidate, spec.UID, spec.UID); err != nil {
-		os.Remove(d.candidate)
-		return nil, fmt.Errorf("relay %s: %w", spec.Name, err)
-	}
-	return d, nil
-}
-
-func (s *Supervisor) add(ctx context.Context, spec Spec) (err error) {
-	name, uid, gid := spec.Name, spec.UID, spec.UID
-	dataDir, runDir, _ := s.paths(name)
-	log := s.o.Log.With("relay", name)
-	if err := s.o.Accounts.Ensure("_tor-"+name, uid, gid); err != nil {
-		return fmt.Errorf("relay %s: account: %w", name, err)
-	}
-	defer func() {
-		if err != nil {
-			s.wipe(name)
-			s.o.Accounts.Remove("_tor-" + name)
-		}
-	}()
-	// DataDirectory: 02700 like Debian's tor-instance-create; run dir
-	// 0700 for the control socket tor creates there.
-	for _, d := range []struct {
-		path string
-		mode fs.FileMode
-	}{{dataDir, 0o700 | fs.ModeSetgid}, {runDir, 0o700}} {
-		if err := os.MkdirAll(d.path, 0o700); err != nil {
-			return err
-		}
-		if err := chownTree(d.path, uid, gid); err != nil {
-			return err
-		}
-		if err := os.Chmod(d.path, d.mode); err != nil {
-			return err
-		}
-	}
-	if s.o.Keys != nil {
-		restored, err := s.o.Keys.Restore(name, dataDir, uid, gid)
-		if err != nil {
-			return fmt.Errorf("relay %s: restoring keys: %w", name, err)
-		}
-		log.Info("keys", "restored", restored)
-	}
-	d, err := s.prepare(ctx, spec)
-	if err != nil {
-		return err
-	}
-	n, err := listenNotify(filepath.Join(runDir, "notify"), uid, gid)
-	if err != nil {
-		return fmt.Errorf("relay %s: notify socket: %w", name, err)
-	}
-	r := &relay{
-		o: &s.o, name: name, uid: uid, gid: gid,
-		dataDir: dataDir, torrcPath: filepath.Join(s.o.RunDir, name+".torrc"),
-		notify: n, log: log, changed: s.signal,
-		cmds: make(chan command), done: make(chan struct{}), ready: make(chan struct{}, 1),
-		st: Status{Name: name, UID: uid, State: api.RelayStarting, Since: time.Now()},
-	}
-	r.ring = logring.New(s.o.LogLines, log)
-	if err := r.install(d); err != nil {
-		n.close()
-		return err
-	}
-	r.keySeen, _ = keyState(dataDir) // restored keys are already in the vault
-	go n.read(r.onNotify)
-	go r.run()
-	s.setRelay(name, r)
-	return nil
-}
-
-func (s *Supervisor) change(ctx context.Context, r *relay, spec Spec) error {
-	cur := r.current()
-	dataDir, runDir, _ := s.paths(spec.Name)
-	cfg, _, err := buildTorrc(spec.Torrc, dataDir, filepath.Join(runDir, "control"))
-	if err != nil {
-		return fmt.Errorf("relay %s: %w", spec.Name, err)
-	}
-	if string(cfg.Render()) == string(cur.text) && r.status().State != api.RelayFailed {
-		return nil
-	}
-	d, err := s.prepare(ctx, spec)
-	if err != nil {
-		return err
-	}
-	c := command{want: d, done: make(chan error, 1)}
-	select {
-	case r.cmds <- c:
-	case <-r.done:
-		return fmt.Errorf("relay %s is stopped", spec.Name)
-	}
-	return <-c.done
-}
-
 // Remove stops relay name, wipes its directories, deletes its account
 // and forgets its keys. Removing an unknown relay is not an error.
 func (s *Supervisor) Remove(ctx context.Context, name string) error {
@@ -309,14 +146,8 @@ func (s *Supervisor) Remove(ctx context.Context, name string) error {
 	if r == nil {
 		return nil
 	}
-	if err := s.stopLocked(r); err != nil {
-		return err
-	}
-	var errs []error
-	errs = append(errs, s.wipe(name))
-	if err := s.o.Accounts.Remove("_tor-" + name); err != nil {
-		errs = append(errs, err)
-	}
+	s.stopLocked(r)
+	errs := []error{s.tearDown(name)}
 	if s.o.Keys != nil {
 		s.o.Keys.Forget(name)
 		if err := s.o.Keys.Save(ctx); err != nil {
@@ -330,7 +161,7 @@ func (s *Supervisor) Remove(ctx context.Context, name string) error {
 }
 
 // stopLocked stops r's tor and waits for its goroutine.
-func (s *Supervisor) stopLocked(r *relay) error {
+func (s *Supervisor) stopLocked(r *relay) {
 	c := command{done: make(chan error, 1)}
 	select {
 	case r.cmds <- c:
@@ -338,13 +169,14 @@ func (s *Supervisor) stopLocked(r *relay) error {
 	case <-r.done:
 	}
 	<-r.done
-	return nil
 }
 
-func (s *Supervisor) wipe(name string) error {
-	dataDir, runDir, torrcPath := s.paths(name)
-	return errors.Join(os.RemoveAll(dataDir), os.RemoveAll(runDir),
-		os.RemoveAll(torrcPath), os.RemoveAll(torrcPath+".new"))
+// tearDown removes what Apply set up for relay name: its directories and
+// files, and its account.
+func (s *Supervisor) tearDown(name string) error {
+	p := s.paths(name)
+	return errors.Join(os.RemoveAll(p.data), os.RemoveAll(p.run), os.RemoveAll(p.torrc),
+		os.RemoveAll(p.candidate()), s.o.Accounts.Remove(account(name)))
 }
 
 // Shutdown stops every relay in parallel (SIGINT, SIGKILL after
