@@ -431,3 +431,45 @@ func TestApplyRefusesBadInput(t *testing.T) {
 		}
 	}
 }
+
+// A relay whose uid changes is stopped and set up anew under the new uid:
+// tor runs as it, its DataDirectory and account are its, and the keys
+// stay (the same fingerprint).
+func TestUIDChange(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	torrc := serverTorrc("kilo", 39110)
+	if err := h.sup.Apply(ctx, Spec{Name: "kilo", UID: 20010, Torrc: torrc}); err != nil {
+		t.Fatal(err)
+	}
+	var before Status
+	waitFor(t, "kilo's fingerprint", func() bool {
+		before = h.status(t, "kilo")
+		return before.State == api.RelayRunning && before.Fingerprint != ""
+	})
+	if err := h.sup.Apply(ctx, Spec{Name: "kilo", UID: 20011, Torrc: torrc}); err != nil {
+		t.Fatal(err)
+	}
+	st := h.waitRunning(t, "kilo")
+	if st.PID == before.PID || alive(before.PID) {
+		t.Errorf("old tor %d still runs (now %d)", before.PID, st.PID)
+	}
+	if f := strings.Fields(procStatus(t, st.PID)["Uid"]); f[0] != "20011" {
+		t.Errorf("tor runs as uid %s, want 20011", f[0])
+	}
+	fi, err := os.Stat(filepath.Join(h.root, "state", "kilo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := fi.Sys().(*syscall.Stat_t); s.Uid != 20011 || s.Gid != 20011 {
+		t.Errorf("DataDirectory owned by %d:%d, want 20011:20011", s.Uid, s.Gid)
+	}
+	pw, _ := os.ReadFile(filepath.Join(h.root, "etc", "passwd"))
+	if !bytes.Contains(pw, []byte("_tor-kilo:x:20011:20011:")) || bytes.Contains(pw, []byte(":20010:")) {
+		t.Errorf("passwd after the uid change:\n%s", pw)
+	}
+	waitFor(t, "kilo's fingerprint again", func() bool { return h.status(t, "kilo").Fingerprint != "" })
+	if fp := h.status(t, "kilo").Fingerprint; fp != before.Fingerprint {
+		t.Errorf("fingerprint %s → %s: the keys did not stay", before.Fingerprint, fp)
+	}
+}
