@@ -1,7 +1,7 @@
 // Command init is the patela agent: PID 1 of a relay machine's initramfs.
 //
-// The boot is the list of phases in agent.start, each a method below in
-// the same order and timed on the console (see pid1.Timeline):
+// The boot is the list in agent.phases, each phase a method below in the
+// same order, timed on the console (see pid1.Timeline):
 //
 //	signals → mount → reaper → config → shell → modules → etc → entropy →
 //	dhcp → clock → client → tpm → attest → specs → vault → reconcile (until
@@ -121,54 +121,61 @@ type agent struct {
 type phase struct {
 	name string
 	run  func(ctx context.Context) error
+	on   bootKind
 }
 
-// start runs the boot: every machine's phases, then a relay machine's
-// (or, in self-test mode, the PID-1 self-test).
-func (a *agent) start(ctx context.Context) error {
-	machine := []phase{
-		{"mount", a.mount},
-		{"reaper", a.startReaper},
-		{"config", a.loadConfig},
-		{"shell", a.startDebugShell},
-		{"modules", a.loadModules},
-		{"etc", a.writeEtc},
-		{"entropy", a.waitEntropy},
-		{"dhcp", a.startDHCP},
-		{"clock", a.checkClock},
-	}
-	relay := []phase{
-		{"client", a.newClient},
-		{"tpm", a.openTPM},
-		{"attest", a.attest},
-		{"specs", a.sendSpecs},
-		{"vault", a.openVault},
-		{"reconcile", a.startReconcile},
-	}
-	selftest := []phase{{"selftest", a.selftestPID1}}
+// bootKind says which boots run a phase. A relay machine's and a
+// self-test's phases follow the config phase, which tells them apart.
+type bootKind int
 
-	if err := a.run(ctx, machine); err != nil {
-		return err
+const (
+	everyBoot    bootKind = iota
+	relayBoot             // a relay machine: attest, then run the relays
+	selftestBoot          // patela.selftest=pid1: the PID-1 self-test instead
+)
+
+// phases is the boot, in order.
+func (a *agent) phases() []phase {
+	return []phase{
+		{"mount", a.mount, everyBoot},
+		{"reaper", a.startReaper, everyBoot},
+		{"config", a.loadConfig, everyBoot},
+		{"shell", a.startDebugShell, everyBoot},
+		{"modules", a.loadModules, everyBoot},
+		{"etc", a.writeEtc, everyBoot},
+		{"entropy", a.waitEntropy, everyBoot},
+		{"dhcp", a.startDHCP, everyBoot},
+		{"clock", a.checkClock, everyBoot},
+		{"selftest", a.selftestPID1, selftestBoot},
+		{"client", a.newClient, relayBoot},
+		{"tpm", a.openTPM, relayBoot},
+		{"attest", a.attest, relayBoot},
+		{"specs", a.sendSpecs, relayBoot},
+		{"vault", a.openVault, relayBoot},
+		{"reconcile", a.startReconcile, relayBoot},
 	}
-	rest := relay
-	if a.cfg.Selftest == "pid1" {
-		rest = selftest
+}
+
+// kind is this boot's kind, once the config is loaded.
+func (a *agent) kind() bootKind {
+	if a.cfg != nil && a.cfg.Selftest == "pid1" {
+		return selftestBoot
 	}
-	if err := a.run(ctx, rest); err != nil {
-		return err
-	}
-	a.log.Info("boot complete", "since_boot", pid1.Uptime().Round(time.Millisecond))
-	return nil
+	return relayBoot
 }
 
 // errShutdown ends the boot when a power-off or reboot request
 // interrupted a phase; boot() is already shutting down.
 var errShutdown = errors.New("boot interrupted by shutdown")
 
-// run runs phases in order on the timeline. A phase's error is fatal,
-// unless a shutdown interrupted it: then run returns errShutdown.
-func (a *agent) run(ctx context.Context, phases []phase) error {
-	for _, p := range phases {
+// start runs the phases of this boot in order, each on the timeline. A
+// phase's error is fatal, unless a shutdown interrupted it: then start
+// returns errShutdown.
+func (a *agent) start(ctx context.Context) error {
+	for _, p := range a.phases() {
+		if p.on != everyBoot && p.on != a.kind() {
+			continue
+		}
 		err := a.tl.Run(p.name, func() error { return p.run(ctx) })
 		switch {
 		case err == nil:
@@ -179,6 +186,7 @@ func (a *agent) run(ctx context.Context, phases []phase) error {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
 	}
+	a.log.Info("boot complete", "since_boot", pid1.Uptime().Round(time.Millisecond))
 	return nil
 }
 
