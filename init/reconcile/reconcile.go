@@ -4,8 +4,11 @@
 // relays that did not change, and sends a heartbeat. Between rounds, a
 // change the supervisor reports (a relay ready, exited, restarted) is
 // sent as a heartbeat of its own within seconds, without a config round.
-// A server that cannot be reached changes nothing: the relays keep
-// running and the loop retries with backoff.
+// A server that cannot be reached, or that refuses the node (disabled,
+// banned, sent back to pending: 403), changes nothing: the relays keep
+// running and the loop retries with backoff. (After a reboot a disabled
+// or pending node waits in the agent's attest phase; a banned one fails
+// it.)
 package reconcile
 
 import (
