@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -17,7 +19,8 @@ import (
 
 // TestBackupDuringEnrollment: `configsrv backup` runs against the real
 // server's database while 200 nodes enroll at once (first contact,
-// enable, boot with specs). Each copy is one snapshot: restored in place
+// enable, boot with specs), backups taken back to back while three
+// quarters of them enroll. Each copy is one snapshot: restored in place
 // of the database, the server knows every node that had enrolled before
 // the copy began, under the same id, with integrity_check ok; the copy
 // taken after the burst loses no node, relay or address.
@@ -31,56 +34,82 @@ func TestBackupDuringEnrollment(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The burst, with a backup taken once a quarter of it has enrolled.
+	// The burst: a quarter enrolls, then the rest enrolls, two at a time,
+	// while `configsrv backup` runs back to back until the burst is over.
 	var (
 		mu       sync.Mutex
 		enrolled = map[int64]bool{}
 	)
-	quarter := make(chan struct{})
-	var once sync.Once
-	type snap struct {
-		path     string
-		before   map[int64]bool // enrolled before the backup began
-		out      string
-		err      error
-		duration time.Duration
-	}
-	mid := snap{path: filepath.Join(t.TempDir(), "mid.db")}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		<-quarter
-		mu.Lock()
-		mid.before = map[int64]bool{}
-		for id := range enrolled {
-			mid.before[id] = true
-		}
-		mu.Unlock()
-		t0 := time.Now()
-		mid.out, mid.err = srv.Admin("backup", mid.path)
-		mid.duration = time.Since(t0)
-	}()
-	errs := loadgen.Each(ctx, nodes, 0, func(ctx context.Context, nd *loadgen.Node) error {
+	first := func(ctx context.Context, nd *loadgen.Node) error {
 		if err := nd.FirstContact(ctx, nil); err != nil {
 			return err
 		}
 		mu.Lock()
 		enrolled[nd.ID] = true
-		if len(enrolled) >= n/4 {
-			once.Do(func() { close(quarter) })
-		}
 		mu.Unlock()
 		return nil
-	})
-	wg.Wait()
+	}
+	for _, err := range loadgen.Each(ctx, nodes[:n/4], 16, first) {
+		t.Fatal(err)
+	}
+	type snap struct {
+		path   string
+		before map[int64]bool // enrolled before the backup began
+		nodes  int            // in the copy
+	}
+	var snaps []snap
+	stop := make(chan struct{})
+	backups := make(chan error, 1)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				backups <- nil
+				return
+			default:
+			}
+			sn := snap{path: filepath.Join(t.TempDir(), fmt.Sprintf("during-%d.db", i)), before: map[int64]bool{}}
+			mu.Lock()
+			for id := range enrolled {
+				sn.before[id] = true
+			}
+			mu.Unlock()
+			out, err := srv.Admin("backup", sn.path)
+			if err != nil {
+				backups <- err
+				return
+			}
+			m := regexp.MustCompile(`: (\d+) nodes`).FindStringSubmatch(out)
+			if m == nil {
+				backups <- fmt.Errorf("backup said %q", out)
+				return
+			}
+			sn.nodes, _ = strconv.Atoi(m[1])
+			snaps = append(snaps, sn)
+		}
+	}()
+	errs := loadgen.Each(ctx, nodes[n/4:], 2, first)
+	close(stop)
+	if err := <-backups; err != nil {
+		t.Fatalf("backup during the burst: %v", err)
+	}
 	for _, err := range errs {
 		t.Error(err)
 	}
-	if mid.err != nil {
-		t.Fatalf("backup during the burst: %v", mid.err)
+	var mid *snap
+	for i := range snaps {
+		sn := &snaps[i]
+		t.Logf("backup %d during the burst: %d nodes in the copy, %d enrolled when it began, %d in all", i, sn.nodes, len(sn.before), n)
+		if sn.nodes < len(sn.before) {
+			t.Errorf("backup %d holds %d nodes, but %d had enrolled before it began", i, sn.nodes, len(sn.before))
+		}
+		if mid == nil && sn.nodes < n {
+			mid = sn
+		}
 	}
-	t.Logf("backup during the burst (%d of %d enrolled when it began): %s (%v)", len(mid.before), n, mid.out, mid.duration.Round(time.Millisecond))
+	if mid == nil {
+		t.Fatalf("none of the %d backups was taken while nodes were still enrolling", len(snaps))
+	}
 
 	// Enable and boot them all (specs allocate relays), then back up again.
 	if err := loadgen.Enable(ctx, srv.DB, nodes); err != nil {
@@ -98,7 +127,7 @@ func TestBackupDuringEnrollment(t *testing.T) {
 	}
 	live := rowsOf(t, ctx, srv.DB)
 
-	// Restore the mid-burst copy: stop, put it in place, start.
+	// Restore the first copy taken while nodes were still enrolling.
 	restore(t, srv, mid.path)
 	got := rowsOf(t, ctx, srv.DB)
 	for id := range mid.before {
@@ -106,8 +135,8 @@ func TestBackupDuringEnrollment(t *testing.T) {
 			t.Errorf("node %d had enrolled before the backup began but is not in the restored database", id)
 		}
 	}
-	if len(got.nodes) < len(mid.before) || len(got.nodes) > n {
-		t.Errorf("restored mid-burst copy: %d nodes; %d had enrolled before it began, %d in all", len(got.nodes), len(mid.before), n)
+	if len(got.nodes) != mid.nodes {
+		t.Errorf("restored mid-burst copy: %d nodes, the backup said %d", len(got.nodes), mid.nodes)
 	}
 	// The server on the restored database knows them: their next first
 	// contact answers with their own id, not a new one.
