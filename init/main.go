@@ -109,6 +109,8 @@ type agent struct {
 	token  string              // attest
 	specs  *api.Specs          // specs
 	vault  *vault.Vault        // vault
+	// shellLocked: the debug shell started after the vault was locked.
+	shellLocked bool
 
 	mu       sync.Mutex // the fields below: set by the boot, read by shutdown
 	dhcp     *dhcp.Client
@@ -269,15 +271,27 @@ func (a *agent) loadConfig(context.Context) error {
 		a.log = slog.New(pid1.ConsoleHandler(os.Stderr, true))
 	}
 	a.log.Info("config", "server", cfg.ServerURL, "mgmt", cfg.MgmtInterface+cfg.MgmtMAC, "tpm", cfg.TPM,
-		"modules", len(cfg.Modules), "pcrs", cfg.PCRs, "debug", cfg.Debug, "selftest", cfg.Selftest)
+		"modules", len(cfg.Modules), "sealing", cfg.Sealing, "pcrs", cfg.PCRs, "debug", cfg.Debug, "selftest", cfg.Selftest)
+	if cfg.Sealing == agentcfg.SealingUnmeasured && cfg.Selftest == "" {
+		a.log.Warn(unmeasuredWarning)
+	}
 	return nil
 }
 
 // startDebugShell keeps a shell on the console when patela.debug asks for
-// one; a production image has none, which debugshell reports.
+// one; a production image has none, which debugshell reports. The vault's
+// lock PCR is extended first: a boot with a shell never opens the vault.
 func (a *agent) startDebugShell(context.Context) error {
 	if !a.cfg.DebugFlag("shell") {
 		return nil
+	}
+	if _, err := os.Stat(layout.Shell); err == nil {
+		if err := a.lockForShell(); err != nil {
+			a.log.Error("debug shell NOT started: the vault's lock PCR could not be extended first", "err", err)
+			return nil
+		}
+		a.shellLocked = true
+		a.log.Warn("debug shell: vault locked for this boot (PCR 15 extended) before the shell starts")
 	}
 	go func() {
 		if err := debugshell.Run(context.Background(), a.log, layout.Shell, debugshell.Console); err != nil {
@@ -443,10 +457,17 @@ func (a *agent) sendSpecs(ctx context.Context) error {
 }
 
 func (a *agent) openVault(ctx context.Context) (err error) {
+	rp, err := a.releasePolicy(ctx)
+	if err != nil {
+		return err
+	}
 	a.vault, err = vault.Open(ctx, a.tpm, vault.Options{
-		EKName: a.sess.EKName(), PCRs: a.cfg.PCRs, Log: a.log,
+		EKName: a.sess.EKName(), PCRs: a.cfg.PCRs, Log: a.log, Release: rp,
 		Mirror: vault.ServerMirror{Client: a.client, Tokens: a.sess},
 	})
+	if errors.Is(err, vault.ErrLocked) && a.shellLocked {
+		err = fmt.Errorf("%w: the debug shell locked it; a boot with a debug shell never opens the vault", err)
+	}
 	if errors.Is(err, vault.ErrOrphaned) || errors.Is(err, vault.ErrKeyLost) {
 		// The message says `configsrv keys drop N --yes`: name N.
 		err = fmt.Errorf("%w (this machine is configsrv node %d)", err, a.sess.NodeID())

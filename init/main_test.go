@@ -96,7 +96,7 @@ func TestFatalConfigOnHost(t *testing.T) {
 	bin := buildAgent(t, dir)
 	root := filepath.Join(dir, "root")
 	os.MkdirAll(filepath.Join(root, "etc/patela"), 0o755)
-	os.WriteFile(filepath.Join(root, "etc/patela/agent.json"), []byte(`{"server_url":"https://192.0.2.10"}`), 0o644)
+	os.WriteFile(filepath.Join(root, "etc/patela/agent.json"), []byte(`{"server_url":"https://192.0.2.10","sealing":"unmeasured"}`), 0o644)
 	cmdline := filepath.Join(dir, "cmdline")
 	os.WriteFile(cmdline, []byte("console=ttyS0 patela.sever_url=https://192.0.2.11\n"), 0o644)
 
@@ -123,7 +123,7 @@ func TestPowerOffDuringBoot(t *testing.T) {
 	bin := buildAgent(t, dir)
 	root := filepath.Join(dir, "root")
 	os.MkdirAll(filepath.Join(root, "etc/patela"), 0o755)
-	os.WriteFile(filepath.Join(root, "etc/patela/agent.json"), []byte(`{"server_url":"https://192.0.2.10","mgmt_interface":"eth0"}`), 0o644)
+	os.WriteFile(filepath.Join(root, "etc/patela/agent.json"), []byte(`{"server_url":"https://192.0.2.10","mgmt_interface":"eth0","sealing":"unmeasured"}`), 0o644)
 	cmdline := filepath.Join(dir, "cmdline")
 	os.WriteFile(cmdline, []byte("console=ttyS0\n"), 0o644)
 

@@ -128,7 +128,7 @@ func writeAgentConfig(t *testing.T, root string, srv *srvproc.Server, tpm string
 		t.Fatal(err)
 	}
 	cfg, _ := json.Marshal(map[string]any{
-		"server_url": srv.URL, "server_ca": "/etc/patela/server-ca.pem", "tpm": tpm,
+		"server_url": srv.URL, "sealing": "unmeasured", "server_ca": "/etc/patela/server-ca.pem", "tpm": tpm,
 		"mgmt_interface": "eth0", "dhcp_timeout": "20s", "reboot_delay": "200ms",
 	})
 	if err := os.WriteFile(filepath.Join(dir, "agent.json"), cfg, 0o644); err != nil {

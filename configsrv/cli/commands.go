@@ -45,6 +45,9 @@ var commands = []cmdline.Command[*env]{
 	{Words: "torrc diff", Args: "--relay NAME (FILE | -)", Help: "how importing FILE at a relay's level would change its torrc", Run: (*env).torrcDiff},
 
 	{Words: "relay list", Help: "every relay: node, uid, addresses, state, fingerprint", Run: (*env).relayList},
+	{Words: "release add", Args: "FILE", Help: "register an approved release (stimage release create): nodes booting it get its approval", Run: (*env).releaseAdd},
+	{Words: "release list", Help: "the releases: kind, active or retired, policy PCRs", Run: (*env).releaseList},
+	{Words: "release retire", Args: "NAME", Help: "stop serving a release's approval: nodes booting it are told which release to boot", Run: (*env).releaseRetire},
 	{Words: "keys show", Args: "NODE_ID", Help: "version, size and update time of the node's mirrored key bundle", Run: (*env).keysShow},
 	{Words: "keys drop", Args: "NODE_ID --yes", Help: "delete it (after a TPM clear): the node's relays get NEW identities", Run: (*env).keysDrop},
 	{Words: "audit", Help: "the audit log, newest first", Run: (*env).auditLog},

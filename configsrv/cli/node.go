@@ -23,9 +23,9 @@ func fmtTime(t time.Time) string {
 
 func (e *env) nodeList(fs *flag.FlagSet, args []string) error {
 	get := func(st *store.Store) ([]store.Node, error) { return st.Nodes(e.ctx) }
-	return list(e, fs, args, get, "ID\tSTATE\tEK\tRELAYS\tFIRST SEEN\tLAST SEEN", func(n store.Node) []string {
+	return list(e, fs, args, get, "ID\tSTATE\tEK\tRELAYS\tSEALING\tFIRST SEEN\tLAST SEEN", func(n store.Node) []string {
 		return []string{strconv.FormatInt(n.ID, 10), string(n.State), hex.EncodeToString(n.EKHash)[:16],
-			strconv.Itoa(n.Relays), fmtTime(n.FirstSeen), fmtTime(n.LastSeen)}
+			strconv.Itoa(n.Relays), sealingView(n), fmtTime(n.FirstSeen), fmtTime(n.LastSeen)}
 	})
 }
 
@@ -229,4 +229,17 @@ func (e *env) printSettings(header string, global, node map[string]string) {
 		}
 		fmt.Fprintf(e.stdout, "  %-16s %-24s (%s)\n", k, eff[k], src)
 	}
+}
+
+// sealingView is the node list's SEALING column: how the agent said it
+// seals its vault ("unmeasured" stands out: its relay keys are not
+// protected from whoever holds the machine).
+func sealingView(n store.Node) string {
+	switch {
+	case n.Sealing == "":
+		return "-"
+	case n.Release != "":
+		return n.Sealing + " (" + n.Release + ")"
+	}
+	return n.Sealing
 }

@@ -68,6 +68,7 @@ func (s *Server) Handler() http.Handler {
 	m.Handle(api.PathConfig, methods{"GET": s.node(s.config)})
 	m.Handle(api.PathKeys, methods{"GET": s.node(s.getKeys), "PUT": s.node(s.putKeys)})
 	m.Handle(api.PathStatus, methods{"POST": s.node(s.status)})
+	m.Handle(api.PathRelease, methods{"POST": s.node(s.release)})
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, api.CodeNotFound, "no such endpoint: "+r.URL.Path)
 	})

@@ -28,6 +28,11 @@ type Node struct {
 	CPUModel    string        `json:"cpu_model"`
 	Torrc       string        `json:"-"`
 	Relays      int           `json:"relays"`
+	// Sealing and Release are what the agent last reported: its sealing
+	// mode ("release", "unmeasured"; "" from an older agent) and the
+	// release whose approval it was given.
+	Sealing string `json:"sealing"`
+	Release string `json:"release"`
 }
 
 // EKHash is the node identity derived from the marshalled EK TPMT_PUBLIC.
@@ -38,7 +43,7 @@ func EKHash(ekPublic []byte) []byte {
 
 const nodeCols = `n.id, n.ek_hash, n.ek_public, n.ak_name, n.state, n.first_seen, n.last_seen, n.attested_at,
 	n.boot_id, n.uptime_s, n.cpus, n.memory_bytes, n.cpu_model, n.torrc,
-	(SELECT count(*) FROM relays r WHERE r.node_id = n.id)`
+	(SELECT count(*) FROM relays r WHERE r.node_id = n.id), n.sealing, n.booted_release`
 
 type scanner interface{ Scan(...any) error }
 
@@ -47,7 +52,7 @@ func scanNode(r scanner) (*Node, error) {
 	var first, last, att sql.NullInt64
 	var mem int64
 	err := r.Scan(&n.ID, &n.EKHash, &n.EKPublic, &n.AKName, &n.State, &first, &last, &att,
-		&n.BootID, &n.UptimeS, &n.CPUs, &mem, &n.CPUModel, &n.Torrc, &n.Relays)
+		&n.BootID, &n.UptimeS, &n.CPUs, &mem, &n.CPUModel, &n.Torrc, &n.Relays, &n.Sealing, &n.Release)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}

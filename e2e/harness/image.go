@@ -23,6 +23,10 @@ type ImageOptions struct {
 	Dir      string // work directory: keys, initramfs, package, extracted boot files
 	ServerCA string // PEM the agent trusts for the config server
 	Debug    bool   // debug initramfs (shell with patela.debug=shell)
+	// PolicyKey (base64 PKIX DER) makes a release image: the vault is
+	// sealed to the release policy key. Empty: "unmeasured" sealing, for
+	// the direct-kernel boots, which measure nothing.
+	PolicyKey string
 	Log      io.Writer
 }
 
@@ -50,11 +54,16 @@ func BuildImage(ctx context.Context, o ImageOptions) (*Image, error) {
 		return nil, err
 	}
 	p := func(n string) string { return filepath.Join(o.Dir, n) }
-	cfg, _ := json.MarshalIndent(map[string]any{
+	ac := map[string]any{
 		"server_url": ServerURL,
 		"mgmt_mac":   MgmtMAC,
 		"modules":    Modules,
-	}, "", "  ")
+		"sealing":    "unmeasured",
+	}
+	if o.PolicyKey != "" {
+		ac["sealing"], ac["policy_key"] = "release", o.PolicyKey
+	}
+	cfg, _ := json.MarshalIndent(ac, "", "  ")
 	if err := os.WriteFile(p("agent.json"), cfg, 0o644); err != nil {
 		return nil, err
 	}

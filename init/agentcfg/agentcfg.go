@@ -6,6 +6,8 @@ package agentcfg
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +21,7 @@ import (
 	"time"
 
 	"patela/internal/layout"
+	"patela/internal/release"
 )
 
 // Config is the agent's configuration. JSON names are the cmdline keys:
@@ -37,7 +40,19 @@ type Config struct {
 	// Modules are loaded in this order from ModuleDir/<name>.ko.
 	Modules   []string `json:"modules,omitempty"`
 	ModuleDir string   `json:"module_dir,omitempty"`
-	// PCRs the vault key is sealed to (empty: no PCR policy).
+	// Sealing is how the vault key is sealed: "release" (the default: to
+	// the release policy key PolicyKey, so only approved releases unseal
+	// it) or "unmeasured" (PolicyPCR over PCRs and the lock PCR: any OS
+	// booted on the machine can unseal it; lab and direct-kernel tests
+	// only, warned about at every boot and reported to the server). Only
+	// the image sets it: the kernel command line cannot.
+	Sealing string `json:"sealing,omitempty"`
+	// PolicyKey is the release policy key, base64 of its PKIX DER
+	// (stimage keygen policy-key prints it). Only the image sets it.
+	PolicyKey string `json:"policy_key,omitempty"`
+	// PCRs the vault key is sealed to in unmeasured sealing (empty: the
+	// lock PCR only); in release sealing, those of a vault sealed before,
+	// opened once to migrate it to the policy key.
 	PCRs []int `json:"pcrs,omitempty"`
 	// Debug flags: "shell" starts a shell on the console (debug image
 	// only); any flag turns on debug logs and a 5 s reboot delay. "all"
@@ -91,6 +106,9 @@ func (c *Config) defaults() {
 	}
 	if c.ServerCA == "" {
 		c.ServerCA = layout.ServerCA
+	}
+	if c.Sealing == "" {
+		c.Sealing = SealingRelease
 	}
 	if c.DHCPTimeout == 0 {
 		c.DHCPTimeout = Duration(2 * time.Minute)
@@ -216,6 +234,8 @@ func (c *Config) set(key, val string, hasVal bool) error {
 		c.Modules = splitList(val)
 	case "module_dir":
 		c.ModuleDir = val
+	case "sealing", "policy_key":
+		return fmt.Errorf("%s is set by the image (agent.json), never on the kernel command line", key)
 	case "pcrs":
 		pcrs, err := parseInts(val)
 		if err != nil {
@@ -337,6 +357,21 @@ func (c *Config) validate() error {
 		}
 		pcrSeen[p] = true
 	}
+	switch c.Sealing {
+	case SealingRelease:
+		if c.PolicyKey == "" && c.Selftest == "" {
+			return errors.New(`sealing "release" (the default) needs policy_key, the release policy key (stimage keygen policy-key prints it); ` +
+				`lab images that cannot be measured say "sealing": "unmeasured"`)
+		}
+	case SealingUnmeasured:
+	default:
+		return fmt.Errorf("sealing %q: want %q or %q", c.Sealing, SealingRelease, SealingUnmeasured)
+	}
+	if c.PolicyKey != "" {
+		if _, err := c.ReleaseKey(); err != nil {
+			return err
+		}
+	}
 	if c.Selftest != "" {
 		ok := false
 		for _, s := range Selftests {
@@ -347,4 +382,23 @@ func (c *Config) validate() error {
 		}
 	}
 	return nil
+}
+
+// Sealing modes.
+const (
+	SealingRelease    = "release"
+	SealingUnmeasured = "unmeasured"
+)
+
+// ReleaseKey decodes PolicyKey.
+func (c *Config) ReleaseKey() (*ecdsa.PublicKey, error) {
+	der, err := base64.StdEncoding.DecodeString(c.PolicyKey)
+	if err != nil {
+		return nil, fmt.Errorf("policy_key: not base64: %w", err)
+	}
+	k, err := release.ParsePublicKey(der)
+	if err != nil {
+		return nil, fmt.Errorf("policy_key: %w", err)
+	}
+	return k, nil
 }

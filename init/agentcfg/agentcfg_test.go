@@ -14,7 +14,8 @@ const good = `{
   "server_ca": "/etc/patela/server-ca.pem",
   "mgmt_interface": "eth0",
   "modules": ["virtio_ring", "virtio", "virtio_net"],
-  "pcrs": [7]
+  "pcrs": [7],
+  "sealing": "unmeasured"
 }`
 
 func TestLoadDefaults(t *testing.T) {
@@ -53,7 +54,7 @@ func TestCmdlineOverrides(t *testing.T) {
 		ServerURL: "https://10.0.0.1/", ServerCA: "/tmp/a b/ca.pem",
 		MgmtMAC: "52:54:00:aa:bb:01", TPM: "unix:/run/swtpm.sock",
 		Modules: []string{"e1000", "nf_tables"}, ModuleDir: "/lib/patela-modules",
-		PCRs: []int{7, 13}, Debug: []string{"all"},
+		PCRs: []int{7, 13}, Debug: []string{"all"}, Sealing: SealingUnmeasured,
 		DHCPTimeout: Duration(5 * time.Second), RebootDelay: Duration(5 * time.Second),
 	}
 	if !reflect.DeepEqual(*c, want) {
@@ -133,4 +134,33 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("accepted config without defaults: %+v", c)
 		}
 	})
+}
+
+// TestSealing: release sealing is the default and needs the policy key;
+// the image alone decides (the command line cannot switch it off).
+func TestSealing(t *testing.T) {
+	const key = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE5g1PHEKLg2gJx4ZBdAWas0RrkyHl5pqTlUA3dwFofL87B1vpqHRVQhbbuduauSZ6DTwewfsm6RInBJeLWH3oow=="
+	c, err := Parse([]byte(`{"server_url":"https://x","policy_key":"`+key+`"}`), "")
+	if err != nil || c.Sealing != SealingRelease {
+		t.Fatalf("%+v %v", c, err)
+	}
+	if k, err := c.ReleaseKey(); err != nil || k == nil {
+		t.Fatalf("ReleaseKey: %v", err)
+	}
+	for name, tc := range map[string]struct{ json, cmdline, want string }{
+		"default without key": {`{"server_url":"https://x"}`, "", "needs policy_key"},
+		"bad mode":            {`{"server_url":"https://x","sealing":"none"}`, "", `sealing "none"`},
+		"bad key":             {`{"server_url":"https://x","policy_key":"AAAA"}`, "", "policy_key"},
+		"cmdline sealing":     {`{"server_url":"https://x","policy_key":"` + key + `"}`, "patela.sealing=unmeasured", "never on the kernel command line"},
+		"cmdline key":         {`{"server_url":"https://x","sealing":"unmeasured"}`, "patela.policy_key=" + key, "never on the kernel command line"},
+	} {
+		_, err := Parse([]byte(tc.json), tc.cmdline)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", name, err, tc.want)
+		}
+	}
+	// A self-test image needs no vault, so no key.
+	if _, err := Parse([]byte(`{"server_url":"https://x","selftest":"pid1"}`), ""); err != nil {
+		t.Errorf("selftest: %v", err)
+	}
 }

@@ -211,7 +211,15 @@ func infoVault(t transport.TPM, p printer) error {
 		if st.LockPCR >= 0 {
 			lock = fmt.Sprint(st.LockPCR)
 		}
-		p("vault", "sealed key at 0x%08x, PCRs %v, lock PCR %s", uint32(tpmkeys.SealHandle), st.PCRs, lock)
+		switch st.Sealing {
+		case "release":
+			p("vault", "sealed key at 0x%08x to the release policy key (PolicyAuthorize), lock PCR %s", uint32(tpmkeys.ReleaseSealHandle), lock)
+		case "migrating":
+			p("vault", "sealed key at 0x%08x (release policy key) and its PolicyPCR copy at 0x%08x (migration not finished)",
+				uint32(tpmkeys.ReleaseSealHandle), uint32(tpmkeys.SealHandle))
+		default:
+			p("vault", "sealed key at 0x%08x, PCRs %v, lock PCR %s (unmeasured sealing)", uint32(tpmkeys.SealHandle), st.PCRs, lock)
+		}
 		if st.Location == "none" {
 			p("key bundle", "none saved yet")
 		} else {

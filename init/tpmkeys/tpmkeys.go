@@ -26,7 +26,11 @@ const (
 	EKCertECC   tpm2.TPMHandle = 0x01C0000A
 
 	AKHandle   tpm2.TPMHandle = 0x81008F00 // the attestation key
-	SealHandle tpm2.TPMHandle = 0x81008F01 // the vault's sealed key
+	SealHandle tpm2.TPMHandle = 0x81008F01 // the vault's sealed key (PolicyPCR: unmeasured sealing)
+	// ReleaseSealHandle holds the vault key sealed to the release policy key
+	// (TPM2_PolicyAuthorize); a vault migrating from SealHandle has both
+	// for a moment.
+	ReleaseSealHandle tpm2.TPMHandle = 0x81008F02
 	NVHeader   tpm2.TPMHandle = 0x01008F00 // the vault's storage header
 	NVData     tpm2.TPMHandle = 0x01008F01 // first vault data index
 	NVDataMax                 = 64         // data indices NVData .. NVData+63 (two slots of 32)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/bits"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"patela/init/tpmkeys"
@@ -12,7 +13,10 @@ import (
 
 // State describes a vault without unsealing it.
 type State struct {
-	Sealed    bool   // the sealed key is at tpmkeys.SealHandle
+	Sealed bool // a sealed key is at tpmkeys.SealHandle or ReleaseSealHandle
+	// Sealing is "release" (sealed to a release policy key), "pcr"
+	// (PolicyPCR, unmeasured sealing), "migrating" (both) or "".
+	Sealing   string
 	Header    bool   // the NV header exists
 	Location  string // "none", "nv" or "mirror"
 	Version   uint64
@@ -38,12 +42,18 @@ func Inspect(t transport.TPM) (*State, error) {
 		return nil, err
 	}
 	st := &State{Location: "none", LockPCR: -1, IndexMax: nv.indexMax, BufferMax: nv.chunk}
-	_, err = tpmkeys.Persisted(t, tpmkeys.SealHandle)
-	switch {
-	case err == nil:
-		st.Sealed = true
-	case !errors.Is(err, tpmkeys.ErrNotPersisted):
-		return nil, err
+	for _, h := range []struct {
+		handle tpm2.TPMHandle
+		name   string
+	}{{tpmkeys.SealHandle, "pcr"}, {tpmkeys.ReleaseSealHandle, "release"}} {
+		_, err = tpmkeys.Persisted(t, h.handle)
+		switch {
+		case err == nil:
+			st.Sealing = map[bool]string{false: h.name, true: "migrating"}[st.Sealed]
+			st.Sealed = true
+		case !errors.Is(err, tpmkeys.ErrNotPersisted):
+			return nil, err
+		}
 	}
 	h, err := nv.readHeader()
 	if err != nil {
@@ -81,8 +91,10 @@ func Clear(t transport.TPM) error {
 	if err != nil {
 		return err
 	}
-	if err := tpmkeys.Evict(t, tpmkeys.SealHandle); err != nil && !errors.Is(err, tpmkeys.ErrNotPersisted) {
-		return fmt.Errorf("evicting the sealed key: %w", err)
+	for _, h := range []tpm2.TPMHandle{tpmkeys.SealHandle, tpmkeys.ReleaseSealHandle} {
+		if err := tpmkeys.Evict(t, h); err != nil && !errors.Is(err, tpmkeys.ErrNotPersisted) {
+			return fmt.Errorf("evicting the sealed key: %w", err)
+		}
 	}
 	if err := nv.freeExcept(0, 0); err != nil {
 		return err

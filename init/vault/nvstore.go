@@ -23,7 +23,7 @@ const (
 //
 //	"PTLN" | format u8 | location u8 | data indices u8 | lock PCR u8 (0xFF none) |
 //	length u32 | version u64 | SHA-256 of the ciphertext [32] | PCR mask u32 |
-//	slot u8 | zeros
+//	slot u8 | sealing u8 (0 PolicyPCR, 1 release policy key) | zeros
 //
 // It says where the ciphertext is and which version and hash to expect, so
 // a mirror (or NV) serving an older or different bundle is noticed.
@@ -40,6 +40,7 @@ type header struct {
 	version  uint64
 	sum      [32]byte
 	pcrMask  uint32
+	release  bool // sealed to a release policy key (pcrMask then 0)
 }
 
 const (
@@ -69,6 +70,9 @@ func (h *header) marshal() []byte {
 	copy(b[20:52], h.sum[:])
 	binary.BigEndian.PutUint32(b[52:], h.pcrMask)
 	b[56] = byte(h.slot)
+	if h.release {
+		b[57] = 1
+	}
 	return b
 }
 
@@ -84,6 +88,7 @@ func parseHeader(b []byte) (*header, error) {
 		version:  binary.BigEndian.Uint64(b[12:]),
 		pcrMask:  binary.BigEndian.Uint32(b[52:]),
 		slot:     int(b[56]),
+		release:  b[57] == 1,
 	}
 	if b[7] == 0xFF {
 		h.lock = -1

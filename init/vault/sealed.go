@@ -106,13 +106,20 @@ func (p pcrPolicy) digest(t transport.TPM) ([]byte, error) {
 }
 
 // sealKey seals key under the SRK to the PCRs' current values and persists
-// the sealed object at tpmkeys.SealHandle. The key crosses the bus
-// encrypted (salted session, parameter encryption).
+// the sealed object at tpmkeys.SealHandle.
 func sealKey(t transport.TPM, srk *tpmkeys.Key, p pcrPolicy, key []byte) error {
 	policy, err := p.digest(t)
 	if err != nil {
 		return err
 	}
+	return sealTo(t, srk, policy, key, tpmkeys.SealHandle)
+}
+
+// sealTo seals key under the SRK with authPolicy (nil: userWithAuth) and
+// persists the sealed object at h. The key crosses the bus encrypted
+// (salted session, parameter encryption). The TPM does not look at PCRs
+// when sealing.
+func sealTo(t transport.TPM, srk *tpmkeys.Key, policy, key []byte, h tpm2.TPMHandle) error {
 	tmpl := tpm2.TPMTPublic{
 		Type:    tpm2.TPMAlgKeyedHash,
 		NameAlg: tpm2.TPMAlgSHA256,
@@ -139,7 +146,7 @@ func sealKey(t transport.TPM, srk *tpmkeys.Key, p pcrPolicy, key []byte) error {
 	if err != nil {
 		return fmt.Errorf("sealing the vault key: %w", err)
 	}
-	if _, err := tpmkeys.Persist(t, srk, crt.OutPrivate, crt.OutPublic, tpmkeys.SealHandle); err != nil {
+	if _, err := tpmkeys.Persist(t, srk, crt.OutPrivate, crt.OutPublic, h); err != nil {
 		return fmt.Errorf("persisting the sealed vault key: %w", err)
 	}
 	return nil

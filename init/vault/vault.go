@@ -30,6 +30,7 @@ import (
 
 	"patela/init/tpmkeys"
 	"patela/internal/api"
+	"patela/internal/release"
 )
 
 // Mirror is the config server's ciphertext store (GET/PUT /v1/node/keys).
@@ -56,7 +57,17 @@ type Options struct {
 	Log     *slog.Logger
 	// NVMaxBytes caps the NV the bundle may use (0: what the TPM has).
 	NVMaxBytes int
+	// Release seals the vault key to a release policy key (the agent's
+	// "release" sealing mode, authorized.go); PCRs then name the PolicyPCR
+	// selection of a vault sealed before, migrated on its first release
+	// boot. Nil is "unmeasured" sealing: PolicyPCR over PCRs and the lock.
+	Release *ReleasePolicy
 }
+
+// ErrReleaseSealed means an unmeasured image found a vault sealed to a
+// release policy key.
+var ErrReleaseSealed = errors.New("the vault key is sealed to a release policy key (a measured release made it): " +
+	"this image seals unmeasured and cannot open it; boot an approved release")
 
 // ErrKeyLost means the vault's NV header is there but its sealed key is
 // not (evicted, or the TPM was partly cleared): the stored bundle cannot be
@@ -118,6 +129,9 @@ func Open(ctx context.Context, t transport.TPM, opts Options) (*Vault, error) {
 	if opts.NoLock {
 		lock = -1
 	}
+	if opts.Release != nil && lock != release.LockPCR {
+		return nil, fmt.Errorf("release sealing locks PCR %d after unsealing; lock PCR %d (or none) cannot be used with it", release.LockPCR, lock)
+	}
 	pol, err := newPolicy(opts.PCRs, lock)
 	if err != nil {
 		return nil, err
@@ -140,6 +154,14 @@ func Open(ctx context.Context, t transport.TPM, opts Options) (*Vault, error) {
 		return nil, err
 	}
 	defer srk.Close(t)
+	if opts.Release != nil {
+		return v.openRelease(ctx, t, srk, hdr, pol, opts.Release)
+	}
+	if _, err := tpmkeys.Persisted(t, tpmkeys.ReleaseSealHandle); err == nil {
+		return nil, ErrReleaseSealed
+	} else if !errors.Is(err, tpmkeys.ErrNotPersisted) {
+		return nil, err
+	}
 
 	sealed, err := tpmkeys.Persisted(t, tpmkeys.SealHandle)
 	if errors.Is(err, tpmkeys.ErrNotPersisted) {
@@ -379,7 +401,7 @@ func (v *Vault) Save(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	hdr := header{location: locNV, slot: v.hdr.slot ^ 1, lock: v.hdr.lock, pcrMask: v.hdr.pcrMask,
+	hdr := header{location: locNV, slot: v.hdr.slot ^ 1, lock: v.hdr.lock, pcrMask: v.hdr.pcrMask, release: v.hdr.release,
 		length: len(env), version: b.Version, sum: sha256.Sum256(env)}
 	hdr.count, err = v.nv.writeData(hdr.slot, env)
 	if errors.Is(err, ErrNVFull) {

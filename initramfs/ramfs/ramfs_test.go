@@ -58,7 +58,7 @@ func inputs(t *testing.T, cfg string) Options {
 	}
 }
 
-const agentJSON = `{"server_url": "https://10.0.2.100", "modules": ["virtio_net", "nft_chain_nat", "virtio-rng"]}`
+const agentJSON = `{"server_url": "https://10.0.2.100", "modules": ["virtio_net", "nft_chain_nat", "virtio-rng"], "sealing": "unmeasured"}`
 
 // records unpacks an image, xz (with the host's xz, which knows the x86
 // filter) or gzip by its magic, and returns its records by name.
