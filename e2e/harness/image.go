@@ -27,7 +27,7 @@ type ImageOptions struct {
 	// sealed to the release policy key. Empty: "unmeasured" sealing, for
 	// the direct-kernel boots, which measure nothing.
 	PolicyKey string
-	Log      io.Writer
+	Log       io.Writer
 }
 
 // Image is a built, signed and verified OS package and the boot files

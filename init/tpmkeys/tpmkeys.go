@@ -31,10 +31,10 @@ const (
 	// (TPM2_PolicyAuthorize); a vault migrating from SealHandle has both
 	// for a moment.
 	ReleaseSealHandle tpm2.TPMHandle = 0x81008F02
-	NVHeader   tpm2.TPMHandle = 0x01008F00 // the vault's storage header
-	NVData     tpm2.TPMHandle = 0x01008F01 // first vault data index
-	NVDataMax                 = 64         // data indices NVData .. NVData+63 (two slots of 32)
-	NVCounter  tpm2.TPMHandle = 0x01008F80 // the vault's rollback counter (TPM_NT_COUNTER)
+	NVHeader          tpm2.TPMHandle = 0x01008F00 // the vault's storage header
+	NVData            tpm2.TPMHandle = 0x01008F01 // first vault data index
+	NVDataMax                        = 64         // data indices NVData .. NVData+63 (two slots of 32)
+	NVCounter         tpm2.TPMHandle = 0x01008F80 // the vault's rollback counter (TPM_NT_COUNTER)
 )
 
 // Key is a loaded key. Transient keys must be flushed with Close.
