@@ -46,81 +46,7 @@ func (m *machine) imageStimage(ctx context.Context, args ...string) error {
 	return m.image.Stimage(ctx, args...)
 }
 
-var probeRE = regexp.MustCompile(`^pcrprobe pcr (\d+) ([0-9a-f]{64})$`)
-
-// TestUKIPCRs boots a UKI built by stimage under OVMF with swtpm, once
-// as QEMU's -kernel and once from an ESP disk through the firmware's boot
-// manager, with pcrprobe as /init, and checks the PCRs the guest's kernel
-// reads against `stimage uki pcrs` for that boot path: PCR 4 (firmware
-// Authenticode measurements), 11 (systemd-stub's sections), 12 (zero, the
-// embedded command line) and 15 (zero: nothing before the agent uses it).
-func TestUKIPCRs(t *testing.T) {
-	m := setup(t)
-	missing := harness.MissingUEFI()
-	need(t, strings.Join(missing, ", "), len(missing) == 0)
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
-	dir := t.TempDir()
-	probe, err := os.ReadFile(m.tools.PCRProbe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp, err := harness.CPIO(harness.File{Name: "init", Data: probe, Mode: 0o755})
-	if err != nil {
-		t.Fatal(err)
-	}
-	initrd := filepath.Join(dir, "probe.cpio")
-	os.WriteFile(initrd, cp, 0o644)
-	uki := filepath.Join(dir, "probe.efi")
-	m.buildUKI(t, ctx, initrd, "console=ttyS0 panic=10 quiet", uki)
-	esp := filepath.Join(dir, "esp.img")
-	if err := harness.ESPImage(ctx, uki, esp); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []struct {
-		boot string
-		o    harness.VMOptions
-	}{
-		{"direct", harness.VMOptions{Kernel: uki, UEFI: &harness.UEFI{Vars: filepath.Join(dir, "vars-direct.fd")}}},
-		{"entry", harness.VMOptions{UEFI: &harness.UEFI{Vars: filepath.Join(dir, "vars-entry.fd"), ESP: esp}}},
-	} {
-		want := m.ukiPCRs(t, ctx, uki, c.boot)
-		tpm, err := harness.StartSWTPM(ctx, filepath.Join(dir, "tpm-"+c.boot))
-		if err != nil {
-			t.Fatal(err)
-		}
-		o := c.o
-		o.TPM, o.Relay, o.ServerAddr, o.Timeout = tpm, m.tools.StdioRelay, m.server.Addr, 3*time.Minute
-		vm, err := harness.Boot(ctx, o)
-		if err != nil {
-			tpm.Stop()
-			t.Fatal(err)
-		}
-		_, err = vm.Expect(ctx, "pcrprobe done")
-		took := time.Since(vm.Start)
-		vm.Kill()
-		tpm.Stop()
-		if err != nil {
-			t.Fatalf("%s boot: %v\n%s", c.boot, err, vm.Tail(30))
-		}
-		got := map[string]string{}
-		for _, l := range vm.Find("pcrprobe pcr ") {
-			if mm := probeRE.FindStringSubmatch(strings.TrimSpace(l.Text)); mm != nil {
-				got[mm[1]] = mm[2]
-			}
-		}
-		zero := strings.Repeat("0", 64)
-		for _, n := range []string{"4", "11", "12"} {
-			if got[n] != want[n] {
-				t.Errorf("%s boot: PCR %s in the guest %q, stimage predicts %q", c.boot, n, got[n], want[n])
-			}
-		}
-		if got["15"] != zero {
-			t.Errorf("%s boot: PCR 15 is %q, want zero", c.boot, got["15"])
-		}
-		t.Logf("%s boot: PCR 4, 11, 12 as predicted (PCR 11 %s); probe done %v after QEMU start", c.boot, got["11"][:16], took.Round(10*time.Millisecond))
-	}
-}
+var seizeRE = regexp.MustCompile(`seize: pcr (\d+) ([0-9a-f]{64})`)
 
 // releaseImage is a UKI made from an initramfs, as a release A, B, ...
 type releaseImage struct{ uki, release string }
@@ -140,15 +66,15 @@ func (m *machine) makeRelease(t *testing.T, ctx context.Context, dir, name, init
 	return r
 }
 
-// appendFile writes initrd + a plain cpio holding one more file: another
-// image, as far as the measurements go.
-func appendFile(t *testing.T, initrd, out, name, content string) {
+// appendFiles writes initrd + a plain cpio holding more files (replacing
+// any of the same name): another image, as far as the measurements go.
+func appendFiles(t *testing.T, initrd, out string, files ...harness.File) {
 	t.Helper()
 	base, err := os.ReadFile(initrd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	extra, err := harness.CPIO(harness.File{Name: name, Data: []byte(content), Mode: 0o644})
+	extra, err := harness.CPIO(files...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,11 +113,26 @@ func TestMeasuredBoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	initB, initC := filepath.Join(dir, "initrd-b"), filepath.Join(dir, "initrd-c")
-	appendFile(t, im.Initramfs, initB, "etc/patela/release-note", "release B\n")
-	appendFile(t, im.Initramfs, initC, "etc/patela/release-note", "rebuilt, never approved\n")
+	appendFiles(t, im.Initramfs, initB, harness.File{Name: "etc/patela/release-note", Data: []byte("release B\n"), Mode: 0o644})
 	relA := m.makeRelease(t, ctx, dir, "e2e-A", im.Initramfs, key)
 	relB := m.makeRelease(t, ctx, dir, "e2e-B", initB, key)
+	// The seized machine's image: the real one with seize as /init (the
+	// agent stays at /bin/init) and the public release files.
+	seize, err := os.ReadFile(m.tools.Seize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra := []harness.File{{Name: "init", Data: seize, Mode: 0o755}}
+	for _, r := range []releaseImage{relA, relB} {
+		b, _ := os.ReadFile(r.release)
+		extra = append(extra, harness.File{Name: "seize/" + filepath.Base(r.release), Data: b, Mode: 0o644})
+	}
+	appendFiles(t, im.Initramfs, initC, extra...)
 	relC := m.makeRelease(t, ctx, dir, "e2e-C", initC, "")
+	espC := filepath.Join(dir, "esp-c.img")
+	if err := harness.ESPImage(ctx, relC.uki, espC); err != nil {
+		t.Fatal(err)
+	}
 	for _, r := range []releaseImage{relA, relB} {
 		if _, err := m.server.Admin(ctx, "release", "add", r.release); err != nil {
 			t.Fatal(err)
@@ -206,14 +147,18 @@ func TestMeasuredBoot(t *testing.T) {
 		known[n.ID] = true
 	}
 	tpmDir := filepath.Join(dir, "tpm")
-	boot := func(r releaseImage, name string) (*harness.VM, func()) {
+	boot := func(r releaseImage, name string, esp string) (*harness.VM, func()) {
 		tpm, err := harness.StartSWTPM(ctx, tpmDir)
 		if err != nil {
 			t.Fatal(err)
 		}
 		console, _ := os.Create(filepath.Join(dir, name+".console"))
-		vm, err := harness.Boot(ctx, harness.VMOptions{Kernel: r.uki, UEFI: &harness.UEFI{Vars: filepath.Join(dir, "vars.fd")},
-			TPM: tpm, Relay: m.tools.StdioRelay, ServerAddr: m.server.Addr, Timeout: 5 * time.Minute, Console: console})
+		o := harness.VMOptions{Kernel: r.uki, UEFI: &harness.UEFI{Vars: filepath.Join(dir, "vars.fd")}}
+		if esp != "" {
+			o = harness.VMOptions{UEFI: &harness.UEFI{Vars: filepath.Join(dir, "vars.fd"), ESP: esp}}
+		}
+		o.TPM, o.Relay, o.ServerAddr, o.Timeout, o.Console = tpm, m.tools.StdioRelay, m.server.Addr, 5*time.Minute, console
+		vm, err := harness.Boot(ctx, o)
 		if err != nil {
 			tpm.Stop()
 			t.Fatal(err)
@@ -230,7 +175,7 @@ func TestMeasuredBoot(t *testing.T) {
 	}
 
 	// Release A, first boot.
-	vm, stop := boot(relA, "A")
+	vm, stop := boot(relA, "A", "")
 	node, err := m.server.WaitNode(ctx, func(n harness.NodeInfo) bool { return n.State == "pending" && !known[n.ID] })
 	if err != nil {
 		stop()
@@ -256,7 +201,7 @@ func TestMeasuredBoot(t *testing.T) {
 	t.Logf("release A: relays running (as reported) %v after QEMU start: %v", round(running1), fingerprints(relays1))
 
 	// Release B on the same TPM: the update.
-	vm, stop = boot(relB, "B")
+	vm, stop = boot(relB, "B", "")
 	relays2, err := m.server.WaitRelaysRunning(ctx, node.ID, 2, vm.Start)
 	if err != nil {
 		stop()
@@ -290,8 +235,33 @@ func TestMeasuredBoot(t *testing.T) {
 	stop()
 	t.Logf("release B: same fingerprints, relays running %v after QEMU start", round(running2))
 
-	// Seizure: an image rebuilt with one file more, never approved.
-	vm, stop = boot(relC, "C")
+	// Seizure: the same TPM boots an image nobody approved, from an ESP
+	// through the firmware's boot manager (the production UEFI path),
+	// whose /init tries every way to unseal, then runs the real agent.
+	wantC := m.ukiPCRs(t, ctx, relC.uki, "entry")
+	vm, stop = boot(relC, "C", espC)
+	if _, err := vm.Expect(ctx, "seize: done"); err != nil {
+		stop()
+		t.Fatal(err)
+	}
+	gotC := map[string]string{}
+	for _, l := range vm.Find("seize: pcr ") {
+		if mm := seizeRE.FindStringSubmatch(l.Text); mm != nil {
+			gotC[mm[1]] = mm[2]
+		}
+	}
+	for _, n := range []string{"4", "11", "12"} {
+		if gotC[n] != wantC[n] {
+			t.Errorf("ESP boot: PCR %s in the guest %q, stimage uki pcrs --boot entry predicts %q", n, gotC[n], wantC[n])
+		}
+	}
+	refused := vm.Find("seize: refused:")
+	if len(vm.Find("UNSEALED")) != 0 || len(vm.Find("seize: done: unsealed nothing")) != 1 || len(refused) < 6 {
+		t.Errorf("seizure: %d refusals, console:\n%s", len(refused), vm.Tail(40))
+	}
+	for _, l := range refused {
+		t.Logf("%s", strings.TrimSpace(l.Text))
+	}
 	l, err := vm.Expect(ctx, "measured boot: this image cannot unseal the relay keys")
 	if err != nil || !strings.Contains(l.Text, "match no registered release") {
 		t.Errorf("unapproved image: %q %v", l.Text, err)
@@ -305,7 +275,7 @@ func TestMeasuredBoot(t *testing.T) {
 	if _, err := m.server.Admin(ctx, "release", "retire", "e2e-A"); err != nil {
 		t.Fatal(err)
 	}
-	vm, stop = boot(relA, "A-retired")
+	vm, stop = boot(relA, "A-retired", "")
 	l, err = vm.Expect(ctx, "release e2e-A is retired")
 	if err != nil || !strings.Contains(l.Text, "e2e-B (uki)") {
 		t.Errorf("retired release: %q %v", l.Text, err)

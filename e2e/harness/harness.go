@@ -62,17 +62,17 @@ type Tools struct {
 	Configsrv  string
 	Stimage    string
 	StdioRelay string
-	PCRProbe   string // a static /init that prints the PCRs (e2e/cmd/pcrprobe)
+	Seize      string // a static /init that tries to unseal the vault (e2e/cmd/seize)
 }
 
-// BuildTools builds configsrv, stimage, stdiorelay and pcrprobe into dir.
+// BuildTools builds configsrv, stimage, stdiorelay and seize into dir.
 func BuildTools(ctx context.Context, dir string) (*Tools, error) {
 	root, err := Root()
 	if err != nil {
 		return nil, err
 	}
 	t := &Tools{Root: root, Configsrv: filepath.Join(dir, "configsrv"), Stimage: filepath.Join(dir, "stimage"),
-		StdioRelay: filepath.Join(dir, "stdiorelay"), PCRProbe: filepath.Join(dir, "pcrprobe")}
+		StdioRelay: filepath.Join(dir, "stdiorelay"), Seize: filepath.Join(dir, "seize")}
 	builds := []struct {
 		out, pkg string
 		cgo      bool
@@ -82,7 +82,7 @@ func BuildTools(ctx context.Context, dir string) (*Tools, error) {
 		{t.Configsrv, "./configsrv", true, "sqlite_omit_load_extension,osusergo,netgo"},
 		{t.Stimage, "./stimage", false, ""},
 		{t.StdioRelay, "./e2e/cmd/stdiorelay", false, ""},
-		{t.PCRProbe, "./e2e/cmd/pcrprobe", false, ""},
+		{t.Seize, "./e2e/cmd/seize", false, ""},
 	}
 	for _, b := range builds {
 		args := []string{"build", "-trimpath", "-o", b.out}
