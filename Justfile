@@ -77,7 +77,7 @@ uki version="dev" initramfs="build/initramfs.cpio.xz" out="build/patela.efi" cmd
 e2e: kernel
     {{go}} test -tags '{{srv_tags}}' -count=1 -timeout 30m -v ./e2e/
 
-# Boot a relay machine in QEMU + swtpm against a fresh config server, reboot it (Ctrl-C safe).
+# Boot a relay machine from an approved UKI (QEMU, OVMF, swtpm) against a fresh config server, reboot it, seize it (Ctrl-C safe).
 demo: deps kernel
     {{go}} run ./e2e/cmd/demo
 
