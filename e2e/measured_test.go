@@ -74,11 +74,11 @@ func appendFiles(t *testing.T, initrd, out string, files ...harness.File) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	extra, err := harness.CPIO(files...)
+	b, err := harness.Append(base, files...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(out, append(base, extra...), 0o644); err != nil {
+	if err := os.WriteFile(out, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -241,8 +241,9 @@ func TestMeasuredBoot(t *testing.T) {
 	wantC := m.ukiPCRs(t, ctx, relC.uki, "entry")
 	vm, stop = boot(relC, "C", espC)
 	if _, err := vm.Expect(ctx, "seize: done"); err != nil {
+		t.Errorf("%v\n%s", err, vm.Tail(40))
 		stop()
-		t.Fatal(err)
+		t.FailNow()
 	}
 	gotC := map[string]string{}
 	for _, l := range vm.Find("seize: pcr ") {

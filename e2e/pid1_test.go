@@ -62,7 +62,7 @@ func TestPID1InQEMU(t *testing.T) {
 	// The self-test asks the server only for the time, when the RTC is
 	// wrong (subtest rtc-2000: QEMU forwards 10.0.2.100:443 to a host
 	// HTTPS server whose certificate this CA signed).
-	os.WriteFile(cfg, []byte(`{"server_url":"https://10.0.2.100","modules":["virtio_pci","virtio_net","nf_tables"]}`), 0o644)
+	os.WriteFile(cfg, []byte(`{"server_url":"https://10.0.2.100","modules":["virtio_pci","virtio_net","nf_tables"],"sealing":"unmeasured"}`), 0o644)
 	ca := filepath.Join(dir, "ca.pem")
 	caCert, caKey := newCA(t)
 	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw}), 0o644)

@@ -42,3 +42,19 @@ func CPIO(files ...File) ([]byte, error) {
 	}
 	return buf.Bytes(), nil
 }
+
+// Append returns the initramfs base with an archive of files after it,
+// zero-padded to the 4-byte boundary the kernel expects a newc archive to
+// start on (it skips the zeros; unaligned, it would take the archive for
+// junk after the compressed one and drop it).
+func Append(base []byte, files ...File) ([]byte, error) {
+	extra, err := CPIO(files...)
+	if err != nil {
+		return nil, err
+	}
+	out := append([]byte(nil), base...)
+	for len(out)%4 != 0 {
+		out = append(out, 0)
+	}
+	return append(out, extra...), nil
+}

@@ -229,17 +229,17 @@ func (d *demo) seize(ctx context.Context, im *harness.Image, kernel *harness.Ker
 		return err
 	}
 	approval, _ := os.ReadFile(rel)
-	extra, err := harness.CPIO(harness.File{Name: "init", Data: seize, Mode: 0o755},
-		harness.File{Name: "seize/" + filepath.Base(rel), Data: approval, Mode: 0o644})
-	if err != nil {
-		return err
-	}
 	base, err := os.ReadFile(im.Initramfs)
 	if err != nil {
 		return err
 	}
+	seized, err := harness.Append(base, harness.File{Name: "init", Data: seize, Mode: 0o755},
+		harness.File{Name: "seize/" + filepath.Base(rel), Data: approval, Mode: 0o644})
+	if err != nil {
+		return err
+	}
 	initrd := filepath.Join(state, "seized.cpio")
-	if err := os.WriteFile(initrd, append(base, extra...), 0o644); err != nil {
+	if err := os.WriteFile(initrd, seized, 0o644); err != nil {
 		return err
 	}
 	uki := filepath.Join(state, "seized.efi")
