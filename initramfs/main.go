@@ -26,6 +26,8 @@ func main() {
 	flag.StringVar(&o.CA, "ca", "", "PEM of the config server's CA (required)")
 	flag.StringVar(&o.KernelModulesDir, "kernel-modules", "", "kernel module tree /lib/modules/<version>; default: the one tree under build/kernel/modules")
 	flag.StringVar(&o.ServerURL, "server-url", "", "the config server's URL, replacing the agent config's server_url (hardware profiles carry none)")
+	flag.StringVar(&o.PolicyKey, "policy-key", "", "release policy public key (PEM, stimage keygen policy-key): the agent seals its vault to it")
+	flag.BoolVar(&o.Unmeasured, "unmeasured", false, "lab image: the agent seals its vault unmeasured (any OS on the machine can unseal it)")
 	flag.StringVar(&modules, "modules", "", "comma-separated modules to load, overriding the agent config's list")
 	flag.StringVar(&o.AgentPkg, "agent", "patela/init", "Go package of the agent")
 	flag.StringVar(&o.Tor, "tor", "/usr/bin/tor", "tor binary to include with its libraries")

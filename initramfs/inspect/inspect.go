@@ -1,17 +1,18 @@
 // Package inspect lists what an initramfs holds without unpacking it, as
 // the kernel reads it: newc cpio archives, each plain, gzip- or
-// xz-compressed, concatenated, with zero padding between them. (An xz
-// stream is taken to run to the end of the data: xz-utils decodes it, as
-// the Go xz packages lack the x86 filter ramfs uses; something other than
-// xz after it is an error.) Release tooling uses it to
+// xz-compressed, concatenated, with zero padding between them. (xz-utils
+// decodes xz streams, as the Go xz packages lack the x86 filter ramfs
+// uses; a stream's end is found from its footer.) Release tooling uses it to
 // refuse to approve a debug image.
 package inspect
 
 import (
 	"bytes"
 	"compress/gzip"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os/exec"
 	"strconv"
@@ -49,19 +50,17 @@ func Names(b []byte) ([]string, error) {
 			}
 			names = append(names, n...)
 			b = b[len(b)-r.Len():]
-		case bytes.HasPrefix(b, []byte("\xfd7zXZ\x00")):
-			var raw, errb bytes.Buffer
-			cmd := exec.Command("xz", "--decompress", "--stdout", "--format=xz")
-			cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(b), &raw, &errb
-			if err := cmd.Run(); err != nil {
-				return nil, fmt.Errorf("inspect: xz (xz-utils): %v: %s", err, strings.TrimSpace(errb.String()))
+		case bytes.HasPrefix(b, xzMagic):
+			end, raw, err := xzStream(b)
+			if err != nil {
+				return nil, err
 			}
-			n, err := Names(raw.Bytes())
+			n, err := Names(raw)
 			if err != nil {
 				return nil, err
 			}
 			names = append(names, n...)
-			b = nil
+			b = b[end:]
 		default:
 			return nil, fmt.Errorf("inspect: unknown data at an archive boundary (%x…): not newc cpio, gzip or xz", b[:min(len(b), 6)])
 		}
@@ -128,4 +127,41 @@ func DebugShell(b []byte) (string, error) {
 		}
 	}
 	return "", nil
+}
+
+var xzMagic = []byte("\xfd7zXZ\x00")
+
+// xzStream finds where the xz stream at the start of b ends and returns
+// its length and contents, so an archive appended after it is read too. A
+// stream ends with a 12-byte footer (CRC32 of the next 6 bytes, the index
+// size, the header's flags, "YZ") on a 4-byte boundary: the first
+// candidate whose bytes xz-utils decodes as one stream is the end.
+func xzStream(b []byte) (int, []byte, error) {
+	if len(b) < 24 {
+		return 0, nil, errors.New("inspect: xz stream truncated")
+	}
+	if _, err := exec.LookPath("xz"); err != nil {
+		return 0, nil, fmt.Errorf("inspect: reading an xz archive needs xz-utils: %w", err)
+	}
+	flags := b[6:8]
+	lastErr := errors.New("no stream footer")
+	for end := 24; end <= len(b); end += 4 {
+		f := b[end-12 : end]
+		if f[10] != 'Y' || f[11] != 'Z' || !bytes.Equal(f[8:10], flags) || crc32.ChecksumIEEE(f[4:10]) != binary.LittleEndian.Uint32(f[:4]) {
+			continue
+		}
+		idx := end - 12 - int(binary.LittleEndian.Uint32(f[4:8])+1)*4
+		if idx < 12 || b[idx] != 0 {
+			continue
+		}
+		var raw, errb bytes.Buffer
+		cmd := exec.Command("xz", "--decompress", "--stdout", "--format=xz", "--single-stream")
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(b[:end]), &raw, &errb
+		if err := cmd.Run(); err != nil {
+			lastErr = fmt.Errorf("%v: %s", err, strings.TrimSpace(errb.String()))
+			continue
+		}
+		return end, raw.Bytes(), nil
+	}
+	return 0, nil, fmt.Errorf("inspect: xz (xz-utils): %v", lastErr)
 }

@@ -79,7 +79,8 @@ func xzOf(t *testing.T, b []byte) []byte {
 }
 
 // TestXZ: ramfs's format (xz, x86 filter) is read, after a plain archive
-// too; a shell inside is found; data after the xz stream is an error.
+// too, and so is an archive appended after the xz stream; a shell in
+// either is found; garbage after the stream is an error.
 func TestXZ(t *testing.T) {
 	prod := xzOf(t, archive(t, cpio.Directory("etc", 0o755), cpio.Symlink("init", "bin/init")))
 	if names, err := Names(prod); err != nil || !slices.Equal(names, []string{"etc", "init"}) {
@@ -89,7 +90,13 @@ func TestXZ(t *testing.T) {
 	if s, err := DebugShell(debug); s != "bin/sh" || err != nil {
 		t.Errorf("shell in the xz archive: %q %v", s, err)
 	}
-	if _, err := DebugShell(append(bytes.Clone(prod), archive(t, cpio.StaticFile("bbin/gosh", "x", 0o755))...)); err == nil {
-		t.Error("an archive after the xz stream went unnoticed")
+	if s, err := DebugShell(append(bytes.Clone(prod), archive(t, cpio.StaticFile("bbin/gosh", "x", 0o755))...)); s != "bbin/gosh" || err != nil {
+		t.Errorf("a shell appended after the xz stream: %q %v", s, err)
+	}
+	if _, err := DebugShell(append(bytes.Clone(prod), "junk"...)); err == nil {
+		t.Error("junk after the xz stream went unnoticed")
+	}
+	if _, err := DebugShell(prod[:len(prod)-8]); err == nil {
+		t.Error("a truncated xz stream went unnoticed")
 	}
 }

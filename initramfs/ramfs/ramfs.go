@@ -10,7 +10,9 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +34,7 @@ import (
 	"patela/init/agentcfg"
 	"patela/initramfs/moddep"
 	"patela/internal/layout"
+	"patela/internal/release"
 )
 
 // Paths inside the archive (no leading slash) that the agent relies on;
@@ -67,11 +70,17 @@ type Options struct {
 	KernelModulesDir string   // a kernel module tree, /lib/modules/<version> (modules.dep required)
 	Modules          []string // modules to load; nil means the agent config's "modules"
 	ServerURL        string   // replaces the agent config's "server_url" when set (profiles carry none)
-	Tor              string   // tor binary; default /usr/bin/tor
-	Debug            bool     // add u-root core commands and a shell
-	Compression      string   // "xz" (default) or "gzip"
-	Out              string   // output file (.cpio.xz), replaced atomically
-	Log              *slog.Logger
+	// PolicyKey, a release policy public key file (PEM, stimage keygen
+	// policy-key), makes the agent seal to it ("sealing": "release",
+	// "policy_key"); Unmeasured sets "sealing": "unmeasured" (lab images).
+	// With neither, the agent config must say (profiles do not).
+	PolicyKey   string
+	Unmeasured  bool
+	Tor         string // tor binary; default /usr/bin/tor
+	Debug       bool   // add u-root core commands and a shell
+	Compression string // "xz" (default) or "gzip"
+	Out         string // output file (.cpio.xz), replaced atomically
+	Log         *slog.Logger
 }
 
 // Part is what one kind of content adds to the archive.
@@ -155,6 +164,9 @@ func Build(ctx context.Context, o Options) (*Report, error) {
 	cfg["modules"], _ = json.Marshal(order)
 	if o.ServerURL != "" {
 		cfg["server_url"], _ = json.Marshal(o.ServerURL)
+	}
+	if err := sealing(cfg, o.PolicyKey, o.Unmeasured); err != nil {
+		return nil, err
 	}
 	cfgJSON, err := json.MarshalIndent(cfg, "", "  ") // map keys sort: deterministic
 	if err != nil {
@@ -511,4 +523,28 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// sealing writes the agent config's sealing mode from the build options.
+func sealing(cfg map[string]json.RawMessage, policyKey string, unmeasured bool) error {
+	switch {
+	case policyKey != "" && unmeasured:
+		return errors.New("initramfs: a policy key and unmeasured sealing exclude each other")
+	case unmeasured:
+		cfg["sealing"], _ = json.Marshal(agentcfg.SealingUnmeasured)
+	case policyKey != "":
+		b, err := os.ReadFile(policyKey)
+		if err != nil {
+			return fmt.Errorf("initramfs: policy key: %w", err)
+		}
+		if blk, _ := pem.Decode(b); blk != nil {
+			b = blk.Bytes
+		}
+		if _, err := release.ParsePublicKey(b); err != nil {
+			return fmt.Errorf("initramfs: policy key %s: %w", policyKey, err)
+		}
+		cfg["sealing"], _ = json.Marshal(agentcfg.SealingRelease)
+		cfg["policy_key"], _ = json.Marshal(base64.StdEncoding.EncodeToString(b))
+	}
+	return nil
 }

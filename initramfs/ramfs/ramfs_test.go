@@ -127,6 +127,8 @@ func TestProduction(t *testing.T) {
 	}
 	o := inputs(t, string(profile))
 	o.ServerURL = "https://10.0.2.100"
+	o.PolicyKey = filepath.Join(t.TempDir(), "policy.pub")
+	os.WriteFile(o.PolicyKey, []byte("-----BEGIN PUBLIC KEY-----\n"+testPolicyKey+"\n-----END PUBLIC KEY-----\n"), 0o644)
 	rep, err := Build(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -334,7 +336,14 @@ func TestProfiles(t *testing.T) {
 		if _, err := tree.Resolve(names...); err != nil {
 			t.Errorf("%s: %v", p, err)
 		}
+		for _, k := range []string{"sealing", "policy_key"} {
+			if _, ok := cfg[k]; ok {
+				t.Errorf("%s names %s: that is the deployment's (initramfs -policy-key), not the hardware's", p, k)
+			}
+		}
 		cfg["server_url"], _ = json.Marshal("https://10.0.2.100")
+		cfg["sealing"], _ = json.Marshal("release")
+		cfg["policy_key"], _ = json.Marshal(testPolicyKey)
 		b, _ := json.Marshal(cfg)
 		if _, err := agentcfg.Parse(b, ""); err != nil {
 			t.Errorf("%s: %v", p, err)
@@ -348,3 +357,31 @@ func TestProfiles(t *testing.T) {
 		}
 	}
 }
+
+// TestSealingOptions: -policy-key writes release sealing with the key,
+// -unmeasured the lab mode; both, or a key that is no P-256 public key,
+// fail before anything is built.
+func TestSealingOptions(t *testing.T) {
+	cfg := map[string]json.RawMessage{}
+	pub := filepath.Join(t.TempDir(), "policy.pub")
+	os.WriteFile(pub, []byte("-----BEGIN PUBLIC KEY-----\n"+testPolicyKey+"\n-----END PUBLIC KEY-----\n"), 0o644)
+	if err := sealing(cfg, pub, false); err != nil || string(cfg["sealing"]) != `"release"` || !strings.HasPrefix(string(cfg["policy_key"]), `"MFkw`) {
+		t.Fatalf("%v %s", err, cfg)
+	}
+	if err := sealing(cfg, "", true); err != nil || string(cfg["sealing"]) != `"unmeasured"` {
+		t.Fatalf("%v %s", err, cfg)
+	}
+	if err := sealing(cfg, pub, true); err == nil {
+		t.Error("both accepted")
+	}
+	if err := sealing(cfg, filepath.Join(t.TempDir(), "x"), false); err == nil {
+		t.Error("missing key accepted")
+	}
+	os.WriteFile(pub, []byte("not a key"), 0o644)
+	if err := sealing(cfg, pub, false); err == nil {
+		t.Error("garbage key accepted")
+	}
+}
+
+// testPolicyKey is a P-256 public key (PKIX DER, base64).
+const testPolicyKey = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE5g1PHEKLg2gJx4ZBdAWas0RrkyHl5pqTlUA3dwFofL87B1vpqHRVQhbbuduauSZ6DTwewfsm6RInBJeLWH3oow=="
