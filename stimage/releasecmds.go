@@ -1,7 +1,9 @@
 package main
 
 import (
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"flag"
@@ -13,6 +15,7 @@ import (
 	"patela/initramfs/inspect"
 	"patela/internal/atomicfile"
 	"patela/internal/cmdline"
+	"patela/internal/layout"
 	"patela/internal/pcr"
 	"patela/internal/release"
 	"patela/stimage/keygen"
@@ -147,6 +150,34 @@ func refuseDebug(initramfs []byte) error {
 	return nil
 }
 
+// imagePolicyKey reads the agent config in the initramfs: an image that
+// seals unmeasured protects nothing when approved, so it is refused; the
+// policy key it trusts is returned (PKIX DER) for the approval to match.
+func imagePolicyKey(initramfs []byte) ([]byte, error) {
+	cfg, ok, err := inspect.File(initramfs, strings.TrimPrefix(layout.AgentConfig, "/"))
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("the initramfs has no %s: not a patela image", layout.AgentConfig)
+	}
+	var ac struct {
+		Sealing   string `json:"sealing"`
+		PolicyKey string `json:"policy_key"`
+	}
+	if err := json.Unmarshal(cfg, &ac); err != nil {
+		return nil, fmt.Errorf("%s: %w", layout.AgentConfig, err)
+	}
+	if ac.Sealing == "unmeasured" {
+		return nil, errors.New(`the image's agent seals "unmeasured" (any OS can unseal its vault): approving it would protect nothing; build it with -policy-key`)
+	}
+	der, err := base64.StdEncoding.DecodeString(ac.PolicyKey)
+	if err != nil || ac.PolicyKey == "" {
+		return nil, fmt.Errorf("the image's agent config has no valid policy_key")
+	}
+	return der, nil
+}
+
 func ukiRelease(name, path, bootName string) (*release.Release, error) {
 	b, err := uki.ParseBoot(bootName)
 	if err != nil {
@@ -167,7 +198,12 @@ func ukiRelease(name, path, bootName string) (*release.Release, error) {
 	if err := refuseDebug(initrd); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	arts := map[string]string{"uki": fmt.Sprintf("%x", m.FileSHA256), "uki_authenticode": fmt.Sprintf("%x", m.UKIAuthenticode)}
+	pk, err := imagePolicyKey(initrd)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	arts := map[string]string{"uki": fmt.Sprintf("%x", m.FileSHA256), "uki_authenticode": fmt.Sprintf("%x", m.UKIAuthenticode),
+		"policy_key": sha256hex(pk)}
 	for _, s := range m.Sections {
 		arts[strings.TrimPrefix(s.Name, ".")] = s.SHA256
 	}
@@ -199,6 +235,11 @@ func ospkgRelease(name, pkg, policyDir, tlsRoots string, anch anchors) (*release
 	if err := refuseDebug(p.Initramfs); err != nil {
 		return nil, fmt.Errorf("%s: %w", pkg, err)
 	}
+	pk, err := imagePolicyKey(p.Initramfs)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", pkg, err)
+	}
+	arts["policy_key"] = sha256hex(pk)
 	v12, _ := pcr.Parse(p12)
 	v13, _ := pcr.Parse(p13)
 	pcrs := map[int]pcr.Value{12: v12, 13: v13}
@@ -218,6 +259,13 @@ func approve(r *release.Release, keyPath string) error {
 	k, err := keygen.ParsePolicyKey(kb)
 	if err != nil {
 		return fmt.Errorf("%s: %w", keyPath, err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	if err != nil {
+		return err
+	}
+	if want, ok := r.Artifacts["policy_key"]; ok && want != sha256hex(der) {
+		return fmt.Errorf("release %s's image trusts another policy key than %s: its agent could never use this approval", r.Name, keyPath)
 	}
 	if err := r.Approve(k); err != nil {
 		return err

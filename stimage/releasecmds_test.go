@@ -42,9 +42,16 @@ func TestReleaseFlow(t *testing.T) {
 		t.Errorf("policy key mode %o", fi.Mode().Perm())
 	}
 	write(t, p("os-release"), "ID=patela\n")
-	write(t, p("prod.cpio"), newcArchive(t, cpio.StaticFile("init", "agent", 0o755)))
-	write(t, p("debug.cpio"), newcArchive(t, cpio.StaticFile("init", "agent", 0o755), cpio.Symlink("bin/sh", "../bbin/gosh")))
-	for _, n := range []string{"prod", "debug"} {
+	pub := policyKeyField(read(t, p("policy.pub")))
+	cfg := func(sealing, key string) cpio.Record {
+		return cpio.StaticFile("etc/patela/agent.json", `{"server_url":"https://x","sealing":"`+sealing+`","policy_key":"`+key+`"}`, 0o644)
+	}
+	write(t, p("prod.cpio"), newcArchive(t, cpio.StaticFile("init", "agent", 0o755), cfg("release", pub)))
+	write(t, p("debug.cpio"), newcArchive(t, cpio.StaticFile("init", "agent", 0o755), cfg("release", pub), cpio.Symlink("bin/sh", "../bbin/gosh")))
+	write(t, p("lab.cpio"), newcArchive(t, cpio.StaticFile("init", "agent", 0o755), cfg("unmeasured", "")))
+	stimage(t, "keygen", "policy-key", "--key-out", p("other.key"), "--pub-out", p("other.pub"))
+	write(t, p("other.cpio"), newcArchive(t, cpio.StaticFile("init", "agent", 0o755), cfg("release", policyKeyField(read(t, p("other.pub"))))))
+	for _, n := range []string{"prod", "debug", "lab", "other"} {
 		stimage(t, "uki", "create", "--kernel", k, "--initramfs", p(n+".cpio"), "--os-release", p("os-release"), "--out", p(n+".efi"))
 	}
 	stimage(t, "release", "create", "--name", "a-1", "--uki", p("prod.efi"), "--key", p("policy.key"), "--out", p("a.json"))
@@ -65,6 +72,12 @@ func TestReleaseFlow(t *testing.T) {
 		t.Error("a debug image became a release file")
 	}
 	stimageFails(t, "release", "approve", "--key", p("policy.pub"), "--release", p("b.json"))
+	// An unmeasured image protects nothing; an image trusting another key
+	// could never use this key's approval.
+	stimageFails(t, "release", "create", "--name", "lab", "--uki", p("lab.efi"), "--out", p("lab.json"))
+	stimage(t, "release", "create", "--name", "other", "--uki", p("other.efi"), "--out", p("other.json"))
+	stimageFails(t, "release", "approve", "--key", p("policy.key"), "--release", p("other.json"))
+	stimage(t, "release", "approve", "--key", p("other.key"), "--release", p("other.json"))
 	stimageFails(t, "release", "create", "--name", "bad name", "--uki", p("prod.efi"), "--out", p("c.json"))
 	stimageFails(t, "release", "create", "--name", "o", "--ospkg", p("os"), "--trust-policy", d, "--out", p("o.json"))
 }

@@ -21,13 +21,46 @@ import (
 
 // Names lists every entry name of every archive in b, in order.
 func Names(b []byte) ([]string, error) {
-	var names []string
+	es, err := entries(b)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(es))
+	for i, e := range es {
+		names[i] = e.name
+	}
+	return names, nil
+}
+
+// File returns the contents of the file name (relative, e.g.
+// "etc/patela/agent.json") as the kernel leaves it: the last archive's
+// entry wins. ok is false when no archive has it.
+func File(b []byte, name string) (data []byte, ok bool, err error) {
+	es, err := entries(b)
+	if err != nil {
+		return nil, false, err
+	}
+	for _, e := range es {
+		if e.name == name {
+			data, ok = e.data, true
+		}
+	}
+	return data, ok, nil
+}
+
+type entry struct {
+	name string
+	data []byte
+}
+
+func entries(b []byte) ([]entry, error) {
+	var names []entry
 	for len(b) > 0 {
 		switch {
 		case b[0] == 0:
 			b = b[1:] // padding between archives
 		case bytes.HasPrefix(b, []byte("070701")) || bytes.HasPrefix(b, []byte("070702")):
-			n, used, err := cpioNames(b)
+			n, used, err := cpioEntries(b)
 			if err != nil {
 				return nil, err
 			}
@@ -44,7 +77,7 @@ func Names(b []byte) ([]string, error) {
 			if err != nil {
 				return nil, fmt.Errorf("inspect: gzip: %w", err)
 			}
-			n, err := Names(raw)
+			n, err := entries(raw)
 			if err != nil {
 				return nil, err
 			}
@@ -55,7 +88,7 @@ func Names(b []byte) ([]string, error) {
 			if err != nil {
 				return nil, err
 			}
-			n, err := Names(raw)
+			n, err := entries(raw)
 			if err != nil {
 				return nil, err
 			}
@@ -68,10 +101,10 @@ func Names(b []byte) ([]string, error) {
 	return names, nil
 }
 
-// cpioNames reads one newc archive up to and including its trailer and
-// returns its names and its length.
-func cpioNames(b []byte) ([]string, int, error) {
-	var names []string
+// cpioEntries reads one newc archive up to and including its trailer and
+// returns its entries and its length.
+func cpioEntries(b []byte) ([]entry, int, error) {
+	var names []entry
 	off := 0
 	for {
 		if off+110 > len(b) {
@@ -103,7 +136,7 @@ func cpioNames(b []byte) ([]string, int, error) {
 		if name == "TRAILER!!!" {
 			return names, min(off, len(b)), nil
 		}
-		names = append(names, strings.TrimPrefix(name, "./"))
+		names = append(names, entry{strings.TrimPrefix(name, "./"), b[data : data+size]})
 	}
 }
 

@@ -100,3 +100,16 @@ func TestXZ(t *testing.T) {
 		t.Error("a truncated xz stream went unnoticed")
 	}
 }
+
+// TestFile: a file's contents as the kernel leaves them: an appended
+// archive's copy replaces the first.
+func TestFile(t *testing.T) {
+	b := gz(archive(t, cpio.StaticFile("etc/patela/agent.json", "first", 0o644)))
+	b = append(append(b, make([]byte, (4-len(b)%4)%4)...), archive(t, cpio.StaticFile("etc/patela/agent.json", "second", 0o644))...)
+	if d, ok, err := File(b, "etc/patela/agent.json"); string(d) != "second" || !ok || err != nil {
+		t.Errorf("File = %q %v %v", d, ok, err)
+	}
+	if _, ok, err := File(b, "etc/passwd"); ok || err != nil {
+		t.Errorf("missing file: %v %v", ok, err)
+	}
+}
