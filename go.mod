@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/biscuit-auth/biscuit-go/v2 v2.2.0
+	github.com/google/go-eventlog v0.0.2
 	github.com/google/go-tpm v0.9.8
 	github.com/google/nftables v0.3.0
 	github.com/insomniacslk/dhcp v0.0.0-20260901064844-234b97448fae
@@ -52,7 +53,7 @@ require (
 	golang.org/x/term v0.43.0 // indirect
 	golang.org/x/text v0.37.0 // indirect
 	golang.org/x/tools v0.44.0 // indirect
-	google.golang.org/protobuf v1.31.0 // indirect
+	google.golang.org/protobuf v1.34.2 // indirect
 	mvdan.cc/sh/v3 v3.11.0 // indirect
 )
 

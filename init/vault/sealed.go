@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"patela/init/tpmkeys"
+	"patela/internal/release"
 )
 
 // keySize is the vault key: AES-256.
@@ -201,9 +202,9 @@ func unsealKey(t transport.TPM, srk, sealed *tpmkeys.Key, p pcrPolicy) ([]byte, 
 	return rsp.OutData.Buffer, nil
 }
 
-// lockLabel is extended into the lock PCR; its value only has to be
-// non-zero, but a fixed label tells anyone reading the PCR what did it.
-var lockLabel = sha256.Sum256([]byte("patela vault locked"))
+// lockLabel is extended into the lock PCR (the server recognizes the
+// locked value in quotes).
+var lockLabel = release.LockDigest
 
 // lockPCR extends the lock PCR so the vault key's policy cannot be met
 // again until the TPM resets.

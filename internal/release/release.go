@@ -52,6 +52,18 @@ const PolicyRef = "patela vault v1"
 // Every release policy includes it, expected zero.
 const LockPCR = 15
 
+// LockDigest is what the agent extends LockPCR with (once, right after it
+// unsealed the vault key or before a debug shell starts); a fixed label
+// tells whoever reads the PCR what did it.
+var LockDigest = sha256.Sum256([]byte("patela vault locked"))
+
+// Locked is LockPCR's value once the agent has locked it in this boot.
+func Locked() pcr.Value {
+	var v pcr.Value
+	v.Extend(LockDigest[:])
+	return v
+}
+
 // Kinds of release.
 const (
 	KindUKI   = "uki"   // a Unified Kernel Image booted by UEFI
