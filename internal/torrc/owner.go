@@ -1,9 +1,18 @@
 package torrc
 
+import "strings"
+
 // Owner says who may write an option into a relay's torrc. The owners
 // table below is the one list of it: the server's import check, the
 // server's per-relay lines, the agent's filter and its own lines all read
 // it.
+//
+// It is an allowlist. The config server is not trusted with the node: an
+// option reaches tor only if it is listed here as the administrator's or
+// the server's, and every option tor knows that is not listed is
+// forbidden. Adding an admin option is a security review: it must name no
+// file, directory, program or socket, open no listener, and leave the
+// relay's identity and keys alone, whatever its value.
 type Owner uint8
 
 const (
@@ -13,8 +22,8 @@ const (
 	// (its identity and addresses); the agent keeps them.
 	OwnerServer
 	// OwnerAgent options are written by the agent on the node (paths,
-	// process and control plumbing); whatever the server sent for them
-	// is dropped.
+	// process and control plumbing, confinement, keys); whatever the
+	// server sent for them is dropped.
 	OwnerAgent
 	// OwnerForbidden options never reach tor: nobody may set them.
 	OwnerForbidden
@@ -34,18 +43,8 @@ func (o Owner) String() string {
 	return "unknown"
 }
 
-// why is how an import refusal names the owner.
-func (o Owner) why() string {
-	switch o {
-	case OwnerServer:
-		return "the config server writes it for each relay"
-	case OwnerAgent:
-		return "the agent on the node writes it"
-	}
-	return "no torrc may set it"
-}
-
-// owners lists every option that is not the administrator's.
+// owners lists every option that reaches tor, and who writes it. Options
+// absent from it are forbidden (OwnerOf).
 var owners = map[string]Owner{
 	"Nickname":            OwnerServer,
 	"ORPort":              OwnerServer,
@@ -56,22 +55,61 @@ var owners = map[string]Owner{
 	"ControlSocket":        OwnerAgent,
 	"CookieAuthentication": OwnerAgent,
 	"RunAsDaemon":          OwnerAgent,
+	"SocksPort":            OwnerAgent, // always 0: a relay is no client
+	"NoExec":               OwnerAgent,
+	"Sandbox":              OwnerAgent,
+	"OfflineMasterKey":     OwnerAgent, // the master identity stays in the vault
+	"SigningKeyLifetime":   OwnerAgent, // the agent issues the signing key
 
-	// Paths, users and listeners the agent does not write and nobody
-	// else may: tor runs as the relay's uid already (no User), keeps its
-	// keys where the vault restores them, and logs to the agent.
-	"OutboundBindAddressExit": OwnerForbidden,
-	"OutboundBindAddressOR":   OwnerForbidden,
-	"OutboundBindAddressPT":   OwnerForbidden,
-	"KeyDirectory":            OwnerForbidden,
-	"CacheDirectory":          OwnerForbidden,
-	"User":                    OwnerForbidden,
-	"ControlPort":             OwnerForbidden,
-	"CookieAuthFile":          OwnerForbidden,
-	"MetricsPort":             OwnerForbidden,
-	"PidFile":                 OwnerForbidden,
-	"Log":                     OwnerForbidden,
-	"SyslogIdentityTag":       OwnerForbidden,
+	// The administrator's: what an operator legitimately sets on an exit
+	// relay. Exit policy and exit behaviour.
+	"ExitRelay": OwnerAdmin, "ExitPolicy": OwnerAdmin, "ReducedExitPolicy": OwnerAdmin,
+	"ExitPolicyRejectPrivate": OwnerAdmin, "ExitPolicyRejectLocalInterfaces": OwnerAdmin,
+	"ReevaluateExitPolicy": OwnerAdmin, "IPv6Exit": OwnerAdmin, "RefuseUnknownExits": OwnerAdmin,
+	"ServerDNSAllowBrokenConfig": OwnerAdmin, "ServerDNSAllowNonRFC953Hostnames": OwnerAdmin,
+	"ServerDNSDetectHijacking": OwnerAdmin, "ServerDNSRandomizeCase": OwnerAdmin,
+	"ServerDNSSearchDomains": OwnerAdmin, "ServerDNSTestAddresses": OwnerAdmin,
+	// Bandwidth and accounting.
+	"BandwidthRate": OwnerAdmin, "BandwidthBurst": OwnerAdmin,
+	"RelayBandwidthRate": OwnerAdmin, "RelayBandwidthBurst": OwnerAdmin,
+	"MaxAdvertisedBandwidth": OwnerAdmin, "PerConnBWRate": OwnerAdmin, "PerConnBWBurst": OwnerAdmin,
+	"AccountingMax": OwnerAdmin, "AccountingStart": OwnerAdmin, "AccountingRule": OwnerAdmin,
+	"CountPrivateBandwidth": OwnerAdmin,
+	// Contact and family (FamilyId names a key the agent puts in the
+	// relay's key directory; its value is only the public id).
+	"ContactInfo": OwnerAdmin, "MyFamily": OwnerAdmin, "FamilyId": OwnerAdmin,
+	// Directory service: DirPort listens on the relay's own address (the
+	// node's firewall lets nothing else in); DirPortFrontPage, a file, is
+	// forbidden.
+	"DirPort": OwnerAdmin, "DirCache": OwnerAdmin, "MaxConsensusAgeForDiffs": OwnerAdmin,
+	// Descriptor, publishing and reachability.
+	"PublishServerDescriptor": OwnerAdmin, "AssumeReachable": OwnerAdmin,
+	"AssumeReachableIPv6": OwnerAdmin, "AddressDisableIPv6": OwnerAdmin, "DisableNetwork": OwnerAdmin,
+	// Memory, CPU and connection limits, scheduling.
+	"MaxMemInQueues": OwnerAdmin, "NumCPUs": OwnerAdmin, "ConnLimit": OwnerAdmin,
+	"DisableOOSCheck": OwnerAdmin, "MaxOnionQueueDelay": OwnerAdmin, "AvoidDiskWrites": OwnerAdmin,
+	"ConstrainedSockets": OwnerAdmin, "ConstrainedSockSize": OwnerAdmin, "KeepalivePeriod": OwnerAdmin,
+	"Schedulers": OwnerAdmin, "KISTSchedRunInterval": OwnerAdmin, "KISTSockBufSizeFactor": OwnerAdmin,
+	"CircuitPriorityHalflife": OwnerAdmin, "TokenBucketRefillInterval": OwnerAdmin,
+	"ShutdownWaitLength": OwnerAdmin, "HeartbeatPeriod": OwnerAdmin,
+	// Padding and DoS mitigation.
+	"ConnectionPadding": OwnerAdmin, "ReducedConnectionPadding": OwnerAdmin,
+	"CircuitPadding": OwnerAdmin, "ReducedCircuitPadding": OwnerAdmin,
+	"DoSCircuitCreationEnabled": OwnerAdmin, "DoSCircuitCreationBurst": OwnerAdmin,
+	"DoSCircuitCreationDefenseTimePeriod": OwnerAdmin, "DoSCircuitCreationDefenseType": OwnerAdmin,
+	"DoSCircuitCreationMinConnections": OwnerAdmin, "DoSCircuitCreationRate": OwnerAdmin,
+	"DoSConnectionEnabled": OwnerAdmin, "DoSConnectionConnectBurst": OwnerAdmin,
+	"DoSConnectionConnectDefenseTimePeriod": OwnerAdmin, "DoSConnectionConnectRate": OwnerAdmin,
+	"DoSConnectionDefenseType": OwnerAdmin, "DoSConnectionMaxConcurrentCount": OwnerAdmin,
+	"DoSRefuseSingleHopClientRendezvous": OwnerAdmin, "DoSStreamCreationEnabled": OwnerAdmin,
+	"DoSStreamCreationBurst": OwnerAdmin, "DoSStreamCreationDefenseType": OwnerAdmin,
+	"DoSStreamCreationRate": OwnerAdmin,
+	// Statistics a relay publishes, and how tor words its (stdout) log.
+	"ExtraInfoStatistics": OwnerAdmin, "DirReqStatistics": OwnerAdmin, "EntryStatistics": OwnerAdmin,
+	"ExitPortStatistics": OwnerAdmin, "CellStatistics": OwnerAdmin, "ConnDirectionStatistics": OwnerAdmin,
+	"HiddenServiceStatistics": OwnerAdmin, "PaddingStatistics": OwnerAdmin, "OverloadStatistics": OwnerAdmin,
+	"MainloopStats": OwnerAdmin, "SafeLogging": OwnerAdmin, "LogMessageDomains": OwnerAdmin,
+	"LogTimeGranularity": OwnerAdmin,
 }
 
 // ownerSet is owners keyed by tor's canonical spelling.
@@ -85,8 +123,8 @@ func init() {
 	}
 }
 
-// OwnerOf says who owns an option, in any spelling tor accepts. Names tor
-// does not know are forbidden.
+// OwnerOf says who owns an option, in any spelling tor accepts. Options
+// not in the table, and names tor does not know, are forbidden.
 func OwnerOf(key string) Owner {
 	c, ok := Canonical(key)
 	if !ok {
@@ -95,16 +133,50 @@ func OwnerOf(key string) Owner {
 	if o, ok := ownerSet[c]; ok {
 		return o
 	}
-	return OwnerAdmin
+	return OwnerForbidden
+}
+
+// Refusal says why an option that is not the administrator's cannot be
+// imported: who writes it, or for a forbidden one the class of harm it
+// could do on the node (the classes the allowlist review looks for).
+func Refusal(key string) string {
+	switch OwnerOf(key) {
+	case OwnerAdmin:
+		return ""
+	case OwnerServer:
+		return "the config server writes it for each relay"
+	case OwnerAgent:
+		return "the agent on the node writes it"
+	}
+	c, _ := Canonical(key)
+	switch {
+	case strings.Contains(c, "TransportPlugin"):
+		return "it runs a program on the node"
+	case strings.HasPrefix(c, "HiddenService"), c == "PublishHidServDescriptors", c == "ClientOnionAuthDir":
+		return "a relay node runs no onion services"
+	case c == "Log", c == "DirPortFrontPage", c == "PidFile", c == "TruncateLogFile", c == "V3BandwidthsFile",
+		strings.HasSuffix(c, "File"), strings.Contains(c, "Director"), strings.HasSuffix(c, "Dir"),
+		strings.Contains(c, "FileGroup"), strings.Contains(c, "GroupReadable"), strings.Contains(c, "GroupWritable"):
+		return "it names a file or directory on the node"
+	case strings.HasSuffix(c, "Port") || strings.HasSuffix(c, "ListenAddr") || strings.HasPrefix(c, "Control") ||
+		c == "MetricsPortPolicy" || c == "SocksPolicy" || c == "HashedControlPassword" || c == "CookieAuthFile":
+		return "it opens a listener or a control channel on the node"
+	case c == "User" || c == "KeyDirectory" || c == "SigningKeyLifetime" || c == "OfflineMasterKey" ||
+		strings.HasPrefix(c, "OutboundBindAddress") || c == "KeepBindCapabilities" || c == "DisableAllSwap" ||
+		c == "DisableDebuggerAttachment" || c == "NoExec" || c == "Sandbox" || c == "SyslogIdentityTag":
+		return "it changes the relay's identity, keys, user or confinement"
+	}
+	return "it is not on the node's allowlist of options an operator sets (internal/torrc/owner.go)"
 }
 
 // LevelAgent is the Level of the lines the agent adds (Explain shows it).
 const LevelAgent = "agent"
 
 // AgentLines are the lines the agent writes into every relay's torrc:
-// its DataDirectory on the node's tmpfs, and a cookie-authenticated
-// control socket in the relay's private run directory (for operators and
-// health tools such as nyx).
+// its DataDirectory on the node's tmpfs, a cookie-authenticated control
+// socket in the relay's private run directory (for operators and health
+// tools such as nyx), no SOCKS listener, and tor confined: it may not
+// run programs (NoExec) and runs in its seccomp sandbox.
 func AgentLines(dataDir, controlSocket string) []Line {
 	l := func(k, v string) Line { return Line{Op: OpSet, Key: k, Value: v, Level: LevelAgent} }
 	return []Line{
@@ -112,6 +184,9 @@ func AgentLines(dataDir, controlSocket string) []Line {
 		l("ControlSocket", controlSocket),
 		l("CookieAuthentication", "1"),
 		l("RunAsDaemon", "0"),
+		l("SocksPort", "0"),
+		l("NoExec", "1"),
+		l("Sandbox", "1"),
 	}
 }
 
@@ -130,4 +205,16 @@ func ForNode(server *Config, agent []Line) (run *Config, dropped []Line) {
 	}
 	run.Lines = append(run.Lines, agent...)
 	return run, dropped
+}
+
+// Allowlist returns the options an administrator may set, in tor's
+// spelling (for the closing figures and documentation).
+func Allowlist() []string {
+	var out []string
+	for _, n := range torOptions {
+		if ownerSet[n] == OwnerAdmin {
+			out = append(out, n)
+		}
+	}
+	return out
 }

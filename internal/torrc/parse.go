@@ -287,7 +287,10 @@ func (e *entry) check(user bool) (Line, error) {
 	}
 	l.Key = key
 	if o := OwnerOf(key); user && o != OwnerAdmin {
-		return bad("%s is managed by patela (%s) and cannot be set in an imported torrc", key, o.why())
+		if o == OwnerForbidden {
+			return bad("%s is refused: %s; nodes never pass it to tor", key, Refusal(key))
+		}
+		return bad("%s is managed by patela (%s) and cannot be set in an imported torrc", key, Refusal(key))
 	}
 
 	v := e.value

@@ -123,7 +123,8 @@ func TestParseErrors(t *testing.T) {
 		{"continued value starting with a quote", "ContactInfo \\\n\"a\"\n", false, 1, "begins with a quote"},
 		{"managed option", "ExitRelay 1\nNickname relay1\n", true, 2, "Nickname is managed"},
 		{"managed option, other case", "orport 9001\n", true, 1, "ORPort is managed"},
-		{"managed option appended", "+Log notice stdout\n", true, 1, "Log is managed"},
+		{"forbidden option appended", "+Log notice stdout\n", true, 1, "Log is refused: it names a file"},
+		{"agent option appended", "+SocksPort 0\n", true, 1, "SocksPort is managed"},
 		{"managed option removed", "/DataDirectory\n", true, 1, "DataDirectory is managed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -150,42 +151,99 @@ func TestParseErrors(t *testing.T) {
 }
 
 // Every option the admin does not own, in any spelling tor accepts, is
-// refused on import.
+// refused on import, and every admin option is taken: the allowlist is
+// exactly the admin entries of the table.
 func TestParseUserRefusesEveryManagedOption(t *testing.T) {
 	if len(ownerSet) != len(owners) {
 		t.Fatalf("owned names not all known to tor %s: %d of %d", TorVersion, len(ownerSet), len(owners))
 	}
-	var spellings []string
-	for k := range ownerSet {
-		spellings = append(spellings, k, strings.ToLower(k), "+"+k)
+	admin := 0
+	for _, k := range torOptions {
+		o := OwnerOf(k)
+		for _, sp := range []string{k, strings.ToLower(k), "+" + k} {
+			src := "ExitRelay 1\n" + sp + " 1\n"
+			_, err := ParseUser([]byte(src))
+			if o == OwnerAdmin {
+				var pe *ParseError
+				if errors.As(err, &pe) && strings.Contains(pe.Msg, "refused") {
+					t.Errorf("ParseUser(%q) = %v; an admin option", src, err)
+				}
+				continue
+			}
+			var pe *ParseError
+			if !errors.As(err, &pe) || pe.Line != 2 || !(strings.Contains(pe.Msg, "managed") || strings.Contains(pe.Msg, "refused")) {
+				t.Errorf("ParseUser(%q) = %v; want a managed or refused option error on line 2", src, err)
+			}
+			if _, err := Parse([]byte(src)); err != nil {
+				t.Errorf("Parse(%q) = %v; the system may write it", src, err)
+			}
+		}
+		if o == OwnerAdmin {
+			admin++
+		}
+	}
+	if admin != len(Allowlist()) {
+		t.Errorf("%d admin options, Allowlist has %d", admin, len(Allowlist()))
 	}
 	for a, target := range aliases {
-		if c, ok := Canonical(target); ok && ownerSet[c] != 0 {
-			spellings = append(spellings, a)
+		c, ok := Canonical(target)
+		if !ok {
+			continue
+		}
+		if got := OwnerOf(a); got != OwnerOf(c) {
+			t.Errorf("OwnerOf(alias %q) = %s, OwnerOf(%q) = %s", a, got, c, OwnerOf(c))
 		}
 	}
-	for _, k := range spellings {
-		src := "ExitRelay 1\n" + k + " 1\n"
-		_, err := ParseUser([]byte(src))
-		var pe *ParseError
-		if !errors.As(err, &pe) || pe.Line != 2 || !strings.Contains(pe.Msg, "managed") {
-			t.Errorf("ParseUser(%q) = %v; want a managed-option error on line 2", src, err)
-		}
-		if _, err := Parse([]byte(src)); err != nil {
-			t.Errorf("Parse(%q) = %v; the system may write it", src, err)
-		}
-		if o := OwnerOf(k[strings.IndexFunc(k, func(r rune) bool { return r != '+' }):]); o == OwnerAdmin {
-			t.Errorf("OwnerOf(%q) = admin", k)
-		}
-	}
-	for _, k := range []string{"ExitPolicy", "ContactInfo", "MyFamily"} {
+	for _, k := range []string{"ExitPolicy", "ContactInfo", "MyFamily", "FamilyId", "DirPort", "AccountingMax"} {
 		if o := OwnerOf(k); o != OwnerAdmin {
 			t.Errorf("OwnerOf(%q) = %s, want admin", k, o)
 		}
 	}
-	for _, k := range []string{"Nosuchoption", "__ORPort"} {
+	for _, k := range []string{"Nosuchoption", "__ORPort", "DirPortFrontPage", "GeoIPFile", "MetricsPort"} {
 		if o := OwnerOf(k); o != OwnerForbidden {
 			t.Errorf("OwnerOf(%q) = %s, want forbidden", k, o)
+		}
+	}
+}
+
+// Each class of forbidden option is refused at import with the reason
+// the allowlist review names for it.
+func TestRefusalClasses(t *testing.T) {
+	for opt, why := range map[string]string{
+		"ServerTransportPlugin x exec /bin/sh":             "runs a program",
+		"ClientTransportPlugin x exec /bin/sh":             "runs a program",
+		"DirPortFrontPage /var/lib/tor/keys/secret_id_key": "names a file",
+		"KeyDirectory /tmp/k":                              "names a file",
+		"CacheDirectory /tmp/c":                            "names a file",
+		"FamilyKeyDirectory /tmp/f":                        "names a file",
+		"Log notice file /tmp/log":                         "names a file",
+		"GeoIPFile /etc/passwd":                            "names a file",
+		"ServerDNSResolvConfFile /etc/shadow":              "names a file",
+		"PidFile /tmp/pid":                                 "names a file",
+		"HiddenServiceDir /tmp/hs":                         "no onion services",
+		"HiddenServicePort 80 127.0.0.1:80":                "no onion services",
+		"ControlPort 9051":                                 "opens a listener",
+		"MetricsPort 0.0.0.0:9035":                         "opens a listener",
+		"MetricsPortPolicy accept *":                       "opens a listener",
+		"DNSPort 53":                                       "opens a listener",
+		"TransPort 9040":                                   "opens a listener",
+		"ExtORPort 9999":                                   "opens a listener",
+		"HTTPTunnelPort 8080":                              "opens a listener",
+		"User root":                                        "identity, keys, user",
+		"OutboundBindAddressExit 203.0.113.1":              "identity, keys, user",
+		"KeepBindCapabilities 1":                           "identity, keys, user",
+		"TestingTorNetwork 1":                              "not on the node's allowlist",
+		"DirAuthority x 127.0.0.1:1 0000":                  "not on the node's allowlist",
+		"Socks5Proxy 127.0.0.1:1":                          "not on the node's allowlist",
+	} {
+		_, err := ParseUser([]byte(opt + "\n"))
+		if err == nil || !strings.Contains(err.Error(), "is refused: ") || !strings.Contains(err.Error(), why) {
+			t.Errorf("ParseUser(%q) = %v; want refused: ...%s", opt, err, why)
+		}
+	}
+	for _, opt := range []string{"SocksPort 9050", "SigningKeyLifetime 1 day", "NoExec 0", "Sandbox 0", "OfflineMasterKey 0", "DataDirectory /tmp"} {
+		if _, err := ParseUser([]byte(opt + "\n")); err == nil || !strings.Contains(err.Error(), "the agent on the node writes it") {
+			t.Errorf("ParseUser(%q) = %v; want the agent's", opt, err)
 		}
 	}
 }
@@ -253,7 +311,7 @@ func TestForNode(t *testing.T) {
 	run, dropped := ForNode(server, agent)
 	want := "ContactInfo a@example.org\nNickname r1\nORPort 192.0.2.10:9001\nExitRelay 0\n" +
 		"DataDirectory /var/lib/tor-instances/r1\nControlSocket /run/tor-instances/r1/control\n" +
-		"CookieAuthentication 1\nRunAsDaemon 0\n"
+		"CookieAuthentication 1\nRunAsDaemon 0\nSocksPort 0\nNoExec 1\nSandbox 1\n"
 	if got := string(run.Render()); got != want {
 		t.Errorf("ForNode:\n%s\nwant:\n%s", got, want)
 	}
