@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"patela/configsrv/store"
@@ -16,7 +17,7 @@ func (e *env) relayTable(relays []store.Relay) error {
 	return listing(e, false, relays, relayHeader, relayRow)
 }
 
-const relayHeader = "NAME\tNODE\tUID\tIPV4\tIPV6\tORPORT\tSTATE\tFINGERPRINT"
+const relayHeader = "NAME\tNODE\tUID\tIPV4\tIPV6\tORPORT\tSTATE\tFINGERPRINT\tNOTES"
 
 func relayRow(r store.Relay) []string {
 	orDash := func(s string) string {
@@ -30,7 +31,27 @@ func relayRow(r store.Relay) []string {
 		v6 = r.IPv6.String()
 	}
 	return []string{r.Name, strconv.FormatInt(r.NodeID, 10), strconv.Itoa(r.UID),
-		r.IPv4.String(), orDash(v6), strconv.Itoa(r.ORPort), orDash(r.State), orDash(r.Fingerprint)}
+		r.IPv4.String(), orDash(v6), strconv.Itoa(r.ORPort), orDash(r.State), orDash(r.Fingerprint), orDash(relayNotes(r))}
+}
+
+// relayNotes is what the node reports of the relay's defences, worded
+// for the administrator.
+func relayNotes(r store.Relay) string {
+	var notes []string
+	if r.KeysUnsaved {
+		notes = append(notes, "keys not saved: a reboot now would lose this relay's identity")
+	}
+	if len(r.RefusedOptions) > 0 {
+		notes = append(notes, "refused by the node: "+strings.Join(r.RefusedOptions, ", "))
+	}
+	// The names come from the node (the API checks them; the database
+	// might not have): no control characters reach the terminal.
+	return strings.Map(func(c rune) rune {
+		if c < 0x20 || c == 0x7f || c >= 0x80 && c < 0xa0 {
+			return '?'
+		}
+		return c
+	}, strings.Join(notes, "; "))
 }
 
 func (e *env) relayList(fs *flag.FlagSet, args []string) error {

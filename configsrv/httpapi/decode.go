@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"patela/internal/api"
+	"patela/internal/torrc"
 )
 
 // The request decoders: api.Decode (size cap, strict JSON) plus the field
@@ -88,6 +89,14 @@ func decodeStatus(r io.Reader) (*api.Status, error) {
 		if rs.Name == "" || len(rs.Name) > 19 || len(rs.Fingerprint) > 64 || len(rs.Ed25519ID) > 64 ||
 			len(rs.State) > 32 || rs.Restarts < 0 {
 			return nil, fmt.Errorf("relay %.19q: name, fingerprint, ed25519_id, state or restarts out of range", rs.Name)
+		}
+		if len(rs.RefusedOptions) > 64 {
+			return nil, fmt.Errorf("relay %.19q: more than 64 refused_options", rs.Name)
+		}
+		for _, o := range rs.RefusedOptions {
+			if _, ok := torrc.Canonical(o); !ok {
+				return nil, fmt.Errorf("relay %.19q: refused_options: %.64q is not a tor option", rs.Name, o)
+			}
 		}
 	}
 	return &v, nil

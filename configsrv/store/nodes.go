@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"patela/internal/api"
@@ -259,6 +260,9 @@ func (s *Store) RecordStatus(ctx context.Context, nodeID int64, st *api.Status, 
 				r.Fingerprint, r.Ed25519ID, r.State, r.Restarts, unix(now), nodeID, r.Name); err != nil {
 				return err
 			}
+			if err := recordDefences(tx, nodeID, r); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
@@ -371,4 +375,14 @@ func (s *Store) ConfigGeneration(ctx context.Context) (int64, error) {
 	var n int64
 	err := s.queryRow(ctx, `SELECT n FROM config_generation WHERE id = 1`).Scan(&n)
 	return n, err
+}
+
+// recordDefences stores what a relay's report says of the node's
+// defences (absent from older agents' reports: nothing refused, keys
+// saved). The HTTP API checked the names are tor's options.
+func recordDefences(tx *sql.Tx, nodeID int64, r api.RelayStatus) error {
+	refused := strings.Join(r.RefusedOptions, ",")
+	_, err := tx.Exec(`UPDATE relays SET refused_options = ?, keys_unsaved = ? WHERE node_id = ? AND name = ?`,
+		refused, r.KeysUnsaved, nodeID, r.Name)
+	return err
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"patela/configsrv/alloc"
@@ -151,6 +152,10 @@ type Relay struct {
 	State       string       `json:"state"`
 	Restarts    int          `json:"restarts"`
 	ReportedAt  time.Time    `json:"reported_at"`
+	// What the node reports of its defences: options of the served torrc
+	// it refused (not on its allowlist), and keys not yet saved.
+	RefusedOptions []string `json:"refused_options"`
+	KeysUnsaved    bool     `json:"keys_unsaved"`
 	// Gateways of the relay's pools.
 	IPv4Gateway netip.Addr `json:"-"`
 	IPv6Gateway netip.Addr `json:"-"`
@@ -159,7 +164,8 @@ type Relay struct {
 // Relays lists the relays of node nodeID (all relays when 0), by node and uid.
 func (s *Store) Relays(ctx context.Context, nodeID int64) ([]Relay, error) {
 	q := `SELECT r.id, r.node_id, r.idx, r.name, r.ipv4, p4.cidr, p4.gateway, r.ipv6, p6.cidr, p6.gateway,
-		r.or_port, r.torrc, r.fingerprint, r.ed25519_id, r.run_state, r.restarts, r.reported_at
+		r.or_port, r.torrc, r.fingerprint, r.ed25519_id, r.run_state, r.restarts, r.reported_at,
+		r.refused_options, r.keys_unsaved
 		FROM relays r JOIN pools p4 ON p4.id = r.ipv4_pool LEFT JOIN pools p6 ON p6.id = r.ipv6_pool`
 	var args []any
 	if nodeID != 0 {
@@ -172,7 +178,8 @@ func (s *Store) Relays(ctx context.Context, nodeID int64) ([]Relay, error) {
 // RelayByName returns the relay called name.
 func (s *Store) RelayByName(ctx context.Context, name string) (*Relay, error) {
 	r, err := scanRelay(s.queryRow(ctx, `SELECT r.id, r.node_id, r.idx, r.name, r.ipv4, p4.cidr, p4.gateway, r.ipv6, p6.cidr, p6.gateway,
-		r.or_port, r.torrc, r.fingerprint, r.ed25519_id, r.run_state, r.restarts, r.reported_at
+		r.or_port, r.torrc, r.fingerprint, r.ed25519_id, r.run_state, r.restarts, r.reported_at,
+		r.refused_options, r.keys_unsaved
 		FROM relays r JOIN pools p4 ON p4.id = r.ipv4_pool LEFT JOIN pools p6 ON p6.id = r.ipv6_pool
 		WHERE r.name = ?`, name))
 	if errors.Is(err, ErrNotFound) {
@@ -187,8 +194,10 @@ func scanRelay(sc scanner) (*Relay, error) {
 	var v4, p4, g4 string
 	var v6, p6, g6 sql.NullString
 	var rep sql.NullInt64
+	var refused string
 	err := sc.Scan(&r.ID, &r.NodeID, &idx, &r.Name, &v4, &p4, &g4, &v6, &p6, &g6,
-		&r.ORPort, &r.Torrc, &r.Fingerprint, &r.Ed25519ID, &r.State, &r.Restarts, &rep)
+		&r.ORPort, &r.Torrc, &r.Fingerprint, &r.Ed25519ID, &r.State, &r.Restarts, &rep,
+		&refused, &r.KeysUnsaved)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -197,6 +206,10 @@ func scanRelay(sc scanner) (*Relay, error) {
 	}
 	r.UID = alloc.FirstUID + idx
 	r.ReportedAt = fromUnix(rep)
+	r.RefusedOptions = []string{}
+	if refused != "" {
+		r.RefusedOptions = strings.Split(refused, ",")
+	}
 	if r.IPv4, r.IPv4Gateway, err = addrIn(v4, p4, g4); err != nil {
 		return nil, fmt.Errorf("relay %s: %w", r.Name, err)
 	}

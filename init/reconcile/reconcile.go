@@ -171,7 +171,7 @@ func (l *Loop) between(ctx context.Context, wait time.Duration, sent bool, retry
 		case <-hb:
 			hb = nil
 			st := l.status()
-			if slices.Equal(st.Relays, l.reported) {
+			if slices.EqualFunc(st.Relays, l.reported, api.RelayStatus.Equal) {
 				continue
 			}
 			l.changeHB = time.Now()
@@ -353,10 +353,14 @@ func (l *Loop) status() *api.Status {
 	seen := map[string]bool{}
 	for _, st := range l.relays.Status() {
 		seen[st.Name] = true
-		s.Relays = append(s.Relays, api.RelayStatus{
+		rs := api.RelayStatus{
 			Name: st.Name, Fingerprint: st.Fingerprint, Ed25519ID: st.Ed25519ID,
 			State: st.State, Restarts: st.Restarts,
-		})
+		}
+		if st.Refused != "" {
+			rs.RefusedOptions = strings.Split(st.Refused, ",")
+		}
+		s.Relays = append(s.Relays, rs)
 	}
 	for name := range l.refused {
 		if !seen[name] {

@@ -175,9 +175,6 @@ func (s *Supervisor) torrc(spec Spec, p relayPaths) (*desired, error) {
 // verifyTorrc writes d into its candidate file and has tor check it as
 // the relay user; a refused candidate is removed.
 func (s *Supervisor) verifyTorrc(ctx context.Context, spec Spec, d *desired) error {
-	if len(d.dropped) > 0 {
-		s.o.Log.Warn("options the node does not pass to tor", "relay", spec.Name, "options", d.dropped)
-	}
 	if err := atomicfile.Write(d.candidate, d.text, 0o644); err != nil {
 		return fmt.Errorf("relay %s: %w", spec.Name, err)
 	}

@@ -70,13 +70,21 @@ func asRelay(cmd *exec.Cmd, uid, gid int, bind bool) {
 // let the thread die with its goroutine (never unlocked) so the flag
 // never reaches the agent's other work. For the same reason no
 // Pdeathsig: it fires when the forking thread exits.
-func startNoNewPrivs(cmd *exec.Cmd) error {
+// ns, if not 0, is the network namespace (an open fd) the child starts
+// in, set on that same thread.
+func startNoNewPrivs(cmd *exec.Cmd, ns int) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 			errc <- fmt.Errorf("no_new_privs: %w", err)
 			return
+		}
+		if ns != 0 {
+			if err := unix.Setns(ns, unix.CLONE_NEWNET); err != nil {
+				errc <- fmt.Errorf("entering netns: %w", err)
+				return
+			}
 		}
 		errc <- reaper.Start(cmd)
 	}()
@@ -99,7 +107,7 @@ func verify(ctx context.Context, tor, path string, uid, gid int) error {
 	cmd.Dir = "/"
 	cmd.Env = []string{}
 	asRelay(cmd, uid, gid, false)
-	if err := startNoNewPrivs(cmd); err != nil {
+	if err := startNoNewPrivs(cmd, 0); err != nil {
 		return fmt.Errorf("starting tor --verify-config: %w", err)
 	}
 	err := reaper.Wait(cmd)

@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,7 +32,10 @@ type Status struct {
 	Fingerprint string
 	Ed25519ID   string
 	Error       string // why the last tor exited or failed to start
-	Since       time.Time
+	// Refused lists the options of the server's torrc the node did not
+	// pass to tor (torrc.ForNode), sorted, unique, comma-separated.
+	Refused string
+	Since   time.Time
 }
 
 // desired is a relay's configuration: the torrc tor runs (cfg, rendered
@@ -361,7 +366,7 @@ func (r *relay) start() (*proc, error) {
 	// Hold mu until the pid is recorded so no READY=1 is dropped.
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if err := startNoNewPrivs(cmd); err != nil {
+	if err := startNoNewPrivs(cmd, r.o.NetNS); err != nil {
 		return nil, err
 	}
 	p := &proc{cmd: cmd, pid: cmd.Process.Pid, exited: make(chan struct{})}
@@ -417,15 +422,29 @@ func (r *relay) kill() {
 	}
 }
 
-// install makes d the live configuration.
+// install makes d the live configuration. The options it refused are
+// logged when they differ from the last configuration's, so a server
+// that keeps sending them is not logged every round.
 func (r *relay) install(d *desired) error {
 	if err := os.Rename(d.candidate, r.torrcPath); err != nil {
 		return fmt.Errorf("installing torrc: %w", err)
 	}
+	refused := refusedList(d.dropped)
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.cur = d
-	r.mu.Unlock()
+	if refused != r.st.Refused && refused != "" {
+		r.log.Warn("options the node does not pass to tor (not on its allowlist)", "options", refused)
+	}
+	r.updateLocked(func(st *Status) { st.Refused = refused })
 	return nil
+}
+
+// refusedList is dropped as Status.Refused words it.
+func refusedList(dropped []string) string {
+	s := slices.Clone(dropped)
+	slices.Sort(s)
+	return strings.Join(slices.Compact(s), ",")
 }
 
 // checkKeys refreshes the fingerprints and captures tor's key files into

@@ -46,6 +46,9 @@ type Options struct {
 	SaveTimeout   time.Duration // Keys.Save; default 60 s
 	LogLines      int           // lines kept per relay; default 1000
 	Owner         int           // tor's __OwningControllerProcess; default this process
+	// NetNS is the network namespace (an open fd) tor runs in; 0: the
+	// agent's. Tests give tor a namespace of their own to listen in.
+	NetNS int
 }
 
 func (o *Options) defaults() error {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 )
@@ -116,6 +117,20 @@ type RelayStatus struct {
 	Ed25519ID   string     `json:"ed25519_id"`
 	State       RelayState `json:"state"`
 	Restarts    int        `json:"restarts"`
+	// RefusedOptions are the options of the served torrc the node did
+	// not pass to tor (not on its allowlist), in tor's spelling.
+	RefusedOptions []string `json:"refused_options,omitempty"`
+	// KeysUnsaved: the relay's current keys are not yet in the node's
+	// vault storage (a save failed and is being retried); a reboot now
+	// would lose its identity.
+	KeysUnsaved bool `json:"keys_unsaved,omitempty"`
+}
+
+// Equal reports whether two relay reports say the same.
+func (r RelayStatus) Equal(o RelayStatus) bool {
+	return r.Name == o.Name && r.Fingerprint == o.Fingerprint && r.Ed25519ID == o.Ed25519ID &&
+		r.State == o.State && r.Restarts == o.Restarts && r.KeysUnsaved == o.KeysUnsaved &&
+		slices.Equal(r.RefusedOptions, o.RefusedOptions)
 }
 
 // Error is every non-2xx body. NodeID is set with CodePending.
