@@ -187,7 +187,7 @@ func newWorld(tb testing.TB, maxRelays int, poll time.Duration) *world {
 	w.sup, err = tor.New(tor.Options{
 		StateDir: filepath.Join(w.root, "state"), RunDir: filepath.Join(w.root, "run"),
 		Accounts: tor.Files{Root: w.root}, StopTimeout: 10 * time.Second, KeyPoll: 200 * time.Millisecond,
-		Log: log,
+		Log: log, NetNS: w.agent.Fd(), // tor listens where netcfg put the relay addresses
 	})
 	if err != nil {
 		tb.Fatal(err)
