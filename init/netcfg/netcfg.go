@@ -15,6 +15,15 @@
 // and the postrouting chain rewrites the source of marked packets leaving
 // the relay NIC, so a relay's traffic always leaves from its own address.
 //
+// The same table filters inbound traffic (its input chain, policy drop):
+// on the relay NIC only TCP to each relay's own address and ORPort (and
+// IPv4 DirPort when its torrc sets one), on any other NIC only DHCP,
+// DHCPv6 and router advertisements, and everywhere loopback, established
+// and related traffic and the ICMP a host needs; the rest is counted and
+// dropped. So a port tor is told to open, or one a relay uid opens on the
+// side, is not reachable from outside. The table exists from the first
+// Apply, with or without relays, until Teardown.
+//
 // One file per duty: plan.go checks the server's Relays before anything
 // changes; addrs.go, routes.go, rules.go and nftables.go each converge one
 // kind of kernel state, in the order Apply runs them.
@@ -162,7 +171,7 @@ func (m *Manager) Teardown() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var errs []error
-	if err := m.syncNft(nil, &plan{}, false); err != nil {
+	if err := m.syncNft(nil, nil, false); err != nil {
 		errs = append(errs, fmt.Errorf("nftables: %w", err))
 	}
 	if err := m.syncRules(&plan{}); err != nil {

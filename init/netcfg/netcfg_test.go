@@ -29,6 +29,7 @@ import (
 // namespace that plays the relay gateway and a host beyond it.
 type world struct {
 	agent, up *netnstest.NS
+	lan       *netnstest.NS // the management network's other end, 10.99.0.1
 	m         *Manager
 }
 
@@ -38,10 +39,11 @@ const (
 )
 
 func newWorld(t *testing.T) *world {
-	w := &world{agent: netnstest.New(t), up: netnstest.New(t)}
-	// The management network leads to a namespace of its own where
-	// nothing answers: traffic that takes the main table goes nowhere.
-	netnstest.Veth(t, w.agent, "mgmt0", netnstest.New(t), "lan0")
+	w := &world{agent: netnstest.New(t), up: netnstest.New(t), lan: netnstest.New(t)}
+	// The management network leads to a namespace of its own that does
+	// not forward: traffic that takes the main table goes nowhere.
+	netnstest.Veth(t, w.agent, "mgmt0", w.lan, "lan0")
+	w.lan.Addr(t, "lan0", "10.99.0.1/24")
 	w.agent.Addr(t, "mgmt0", "10.99.0.2/24")
 	w.agent.Addr(t, "mgmt0", "2001:db8:99::2/64")
 	w.agent.Run(t, "ip", "route", "add", "default", "via", "10.99.0.1", "dev", "mgmt0")

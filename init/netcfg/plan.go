@@ -8,14 +8,18 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"patela/internal/torrc"
 )
 
 // relayPlan is one relay, parsed.
 type relayPlan struct {
-	name string
-	uid  uint32
-	v4   netip.Prefix // zero if none
-	v6   netip.Prefix
+	name    string
+	uid     uint32
+	v4      netip.Prefix // zero if none
+	v6      netip.Prefix
+	orPort  uint16 // the ports the inbound firewall opens on the relay's addresses
+	dirPort uint16 // 0: none; IPv4 only, as tor's DirPort
 }
 
 // plan is a validated Relays: everything Apply needs, nothing to parse.
@@ -63,6 +67,13 @@ func parse(want Relays) (*plan, error) {
 			return nil, fmt.Errorf("relay %s: uid %d out of range (1000..2^31-1)", r.Name, r.UID)
 		}
 		rp.uid = uint32(r.UID)
+		if r.ORPort < 1 || r.ORPort > 65535 {
+			return nil, fmt.Errorf("relay %s: or_port %d out of range", r.Name, r.ORPort)
+		}
+		rp.orPort = uint16(r.ORPort)
+		if rp.dirPort, err = dirPort(r.Torrc); err != nil {
+			return nil, fmt.Errorf("relay %s: %w", r.Name, err)
+		}
 		if uids[rp.uid] {
 			return nil, fmt.Errorf("relay %s: uid %d used twice", r.Name, r.UID)
 		}
@@ -101,6 +112,23 @@ func parse(want Relays) (*plan, error) {
 	return p, nil
 }
 
+// dirPort is the port of the torrc's DirPort (its last value, as tor
+// takes it), 0 when it has none.
+func dirPort(text string) (uint16, error) {
+	if text == "" {
+		return 0, nil
+	}
+	c, err := torrc.Parse([]byte(text))
+	if err != nil {
+		return 0, fmt.Errorf("torrc: %w", err)
+	}
+	vs := c.Values("DirPort")
+	if len(vs) == 0 {
+		return 0, nil
+	}
+	return uint16(torrc.ListenPort(vs[len(vs)-1])), nil
+}
+
 func parsePrefix(s string, v4 bool) (netip.Prefix, error) {
 	pf, err := netip.ParsePrefix(s)
 	if err != nil {
@@ -137,7 +165,7 @@ func (p *plan) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "if=%s gw4=%v gw6=%v", p.ifName, p.gw4, p.gw6)
 	for _, r := range p.relays {
-		fmt.Fprintf(&b, " %s(uid=%d %v %v)", r.name, r.uid, r.v4, r.v6)
+		fmt.Fprintf(&b, " %s(uid=%d %v %v or=%d dir=%d)", r.name, r.uid, r.v4, r.v6, r.orPort, r.dirPort)
 	}
 	return b.String()
 }

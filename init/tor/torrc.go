@@ -2,8 +2,6 @@ package tor
 
 import (
 	"fmt"
-	"strconv"
-	"strings"
 
 	"patela/internal/torrc"
 )
@@ -36,20 +34,4 @@ func needsBindCap(c *torrc.Config) bool {
 	return false
 }
 
-// listenPort extracts the port of an ORPort-style value: "9001",
-// "192.0.2.10:443 NoAdvertise", "[2001:db8::10]:443", "auto" (0).
-func listenPort(v string) int {
-	f := strings.Fields(v)
-	if len(f) == 0 {
-		return 0
-	}
-	a := f[0]
-	if i := strings.LastIndexByte(a, ':'); i >= 0 {
-		a = a[i+1:]
-	}
-	p, err := strconv.Atoi(a)
-	if err != nil {
-		return 0
-	}
-	return p
-}
+func listenPort(v string) int { return torrc.ListenPort(v) }

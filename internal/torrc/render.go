@@ -3,6 +3,8 @@ package torrc
 import (
 	"bytes"
 	"fmt"
+	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -55,4 +57,23 @@ func writeLine(b *bytes.Buffer, l Line) {
 		b.WriteByte(' ')
 		b.WriteString(l.Value)
 	}
+}
+
+// ListenPort extracts the port of an ORPort-style value: "9001",
+// "192.0.2.10:443 NoAdvertise", "[2001:db8::10]:443"; 0 for "auto", "0"
+// or anything else.
+func ListenPort(v string) int {
+	f := strings.Fields(v)
+	if len(f) == 0 {
+		return 0
+	}
+	a := f[0]
+	if i := strings.LastIndexByte(a, ':'); i >= 0 {
+		a = a[i+1:]
+	}
+	p, err := strconv.Atoi(a)
+	if err != nil || p < 0 || p > 65535 {
+		return 0
+	}
+	return p
 }
