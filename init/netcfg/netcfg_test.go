@@ -425,7 +425,7 @@ func BenchmarkApplyUnchanged(b *testing.B) {
 	want := relays()
 	for i := range 8 {
 		want.Relays = append(want.Relays, api.Relay{Name: fmt.Sprintf("r%d", i), UID: 10001 + i,
-			IPv4: fmt.Sprintf("192.0.2.%d/24", 10+i), IPv6: fmt.Sprintf("2001:db8::%x/64", 16+i)})
+			IPv4: fmt.Sprintf("192.0.2.%d/24", 10+i), IPv6: fmt.Sprintf("2001:db8::%x/64", 16+i), ORPort: 9001})
 	}
 	ctx := context.Background()
 	if err := m.Apply(ctx, want); err != nil {
