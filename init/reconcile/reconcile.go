@@ -355,7 +355,7 @@ func (l *Loop) status() *api.Status {
 		seen[st.Name] = true
 		rs := api.RelayStatus{
 			Name: st.Name, Fingerprint: st.Fingerprint, Ed25519ID: st.Ed25519ID,
-			State: st.State, Restarts: st.Restarts,
+			State: st.State, Restarts: st.Restarts, KeysUnsaved: st.KeysUnsaved,
 		}
 		if st.Refused != "" {
 			rs.RefusedOptions = strings.Split(st.Refused, ",")

@@ -156,6 +156,9 @@ func (s *Supervisor) restoreKeys(spec Spec, p relayPaths) error {
 		return fmt.Errorf("relay %s: restoring keys: %w", spec.Name, err)
 	}
 	s.o.Log.Info("keys", "relay", spec.Name, "restored", restored)
+	if restored && s.o.Keys.Unsaved(spec.Name) {
+		s.saver.request() // a retired relay came back
+	}
 	return nil
 }
 
@@ -194,7 +197,7 @@ func (s *Supervisor) supervise(spec Spec, p relayPaths, d *desired) error {
 	if err != nil {
 		return fmt.Errorf("relay %s: notify socket: %w", spec.Name, err)
 	}
-	r := newRelay(&s.o, spec, p, n, s.signal)
+	r := newRelay(&s.o, spec, p, n, s.signal, s.saver.request)
 	if err := r.install(d); err != nil {
 		n.close()
 		return fmt.Errorf("relay %s: %w", spec.Name, err)

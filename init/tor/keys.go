@@ -14,7 +14,11 @@ import (
 type Keys interface {
 	Restore(name, dataDir string, uid, gid int) (bool, error)
 	Capture(name, dataDir string) (bool, error)
-	Forget(name string)
+	// Retire keeps the keys of a relay that left the config for the
+	// node's retention period; Restore brings them back.
+	Retire(name string) error
+	// Unsaved: the relay's keys are not in the last saved bundle.
+	Unsaved(name string) bool
 	Save(ctx context.Context) error
 }
 

@@ -18,6 +18,7 @@ import (
 	"patela/init/tpmdev"
 	"patela/init/tpmkeys"
 	"patela/init/vault"
+	"patela/internal/api"
 	"patela/internal/swtpmtest"
 )
 
@@ -129,12 +130,28 @@ func TestKeysSurviveReboot(t *testing.T) {
 		t.Error("the restored onion key is not the rotated one")
 	}
 
-	// Removing the relay forgets its keys for good.
+	// A relay that leaves the config is retired, not forgotten: its keys
+	// stay in the vault, saved, and come back with it.
 	if err := h2.sup.Remove(ctx, "golf"); err != nil {
 		t.Fatal(err)
 	}
-	if slices.Contains(v2.Relays(), "golf") {
-		t.Errorf("vault still holds keys of a removed relay")
+	if slices.Contains(v2.Relays(), "golf") || !slices.Contains(v2.Retired(), "golf") {
+		t.Errorf("after Remove: active %v, retired %v; want golf retired", v2.Relays(), v2.Retired())
+	}
+	waitFor(t, "retirement saved", func() bool { return !v2.Unsaved("golf") })
+	if err := h2.sup.Apply(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	var back Status
+	waitFor(t, "fingerprints after coming back", func() bool {
+		back = h2.status(t, "golf")
+		return back.State == api.RelayRunning && back.Fingerprint != ""
+	})
+	if back.Fingerprint != first.Fingerprint || back.Ed25519ID != first.Ed25519ID {
+		t.Errorf("identity changed when the relay came back: %s → %s", first.Fingerprint, back.Fingerprint)
+	}
+	if !slices.Contains(v2.Relays(), "golf") || len(v2.Retired()) != 0 {
+		t.Errorf("after coming back: active %v, retired %v", v2.Relays(), v2.Retired())
 	}
 }
 

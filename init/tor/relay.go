@@ -35,7 +35,10 @@ type Status struct {
 	// Refused lists the options of the server's torrc the node did not
 	// pass to tor (torrc.ForNode), sorted, unique, comma-separated.
 	Refused string
-	Since   time.Time
+	// KeysUnsaved: the relay's keys are not yet saved in the vault (a
+	// save failed and is retried); a reboot now would lose its identity.
+	KeysUnsaved bool
+	Since       time.Time
 }
 
 // desired is a relay's configuration: the torrc tor runs (cfg, rendered
@@ -79,6 +82,7 @@ type relay struct {
 	done      chan struct{}
 	ready     chan struct{} // READY=1 seen: tor has written its keys
 	changed   func()        // the supervisor's Changes signal; nil: none
+	save      func()        // asks the supervisor's saver for a save
 
 	mu      sync.Mutex
 	st      Status // changed only through update
@@ -89,12 +93,12 @@ type relay struct {
 }
 
 // newRelay is a relay about to start; Supervisor.supervise starts it.
-func newRelay(o *Options, spec Spec, p relayPaths, n *notifySocket, changed func()) *relay {
+func newRelay(o *Options, spec Spec, p relayPaths, n *notifySocket, changed, save func()) *relay {
 	log := o.Log.With("relay", spec.Name)
 	return &relay{
 		o: o, name: spec.Name, uid: spec.UID, gid: spec.UID,
 		dataDir: p.data, torrcPath: p.torrc,
-		notify: n, ring: logring.New(o.LogLines, log), log: log, changed: changed,
+		notify: n, ring: logring.New(o.LogLines, log), log: log, changed: changed, save: save,
 		cmds: make(chan command), done: make(chan struct{}), ready: make(chan struct{}, 1),
 		st: Status{Name: spec.Name, UID: spec.UID, State: api.RelayStarting, Since: time.Now()},
 	}
@@ -472,14 +476,10 @@ func (r *relay) checkKeys(force bool) {
 			return
 		}
 		if changed {
-			ctx, cancel := context.WithTimeout(context.Background(), r.o.SaveTimeout)
-			err := r.o.Keys.Save(ctx)
-			cancel()
-			if err != nil {
-				r.log.Error("saving keys", "err", err)
-				return
+			r.save()
+			if r.changed != nil {
+				r.changed() // KeysUnsaved until the saver succeeds
 			}
-			r.log.Info("relay keys saved")
 		}
 	}
 	r.keySeen = st

@@ -15,7 +15,6 @@ package tor
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -44,6 +43,8 @@ type Options struct {
 	KeyPoll       time.Duration // key and fingerprint poll; default 10 s
 	VerifyTimeout time.Duration // default 60 s
 	SaveTimeout   time.Duration // Keys.Save; default 60 s
+	SaveRetryMin  time.Duration // first retry after a failed save; default 1 s
+	SaveRetryMax  time.Duration // default 5 min
 	LogLines      int           // lines kept per relay; default 1000
 	Owner         int           // tor's __OwningControllerProcess; default this process
 	// NetNS is the network namespace (an open fd) tor runs in; 0: the
@@ -79,6 +80,8 @@ func (o *Options) defaults() error {
 	dur(&o.KeyPoll, 10*time.Second)
 	dur(&o.VerifyTimeout, 60*time.Second)
 	dur(&o.SaveTimeout, 60*time.Second)
+	dur(&o.SaveRetryMin, time.Second)
+	dur(&o.SaveRetryMax, 5*time.Minute)
 	if o.CrashLimit <= 0 {
 		o.CrashLimit = 5
 	}
@@ -99,6 +102,7 @@ type Supervisor struct {
 	mapMu  sync.RWMutex // guards relays, so Status never waits for a stop
 	relays map[string]*relay
 	closed bool // after Shutdown: Apply refuses
+	saver  *saver
 
 	changes chan struct{} // one pending signal at most; see Changes
 }
@@ -118,7 +122,9 @@ func New(o Options) (*Supervisor, error) {
 			return nil, err
 		}
 	}
-	return &Supervisor{o: o, relays: map[string]*relay{}, changes: make(chan struct{}, 1)}, nil
+	s := &Supervisor{o: o, relays: map[string]*relay{}, changes: make(chan struct{}, 1)}
+	s.saver = newSaver(&s.o, s.signal)
+	return s, nil
 }
 
 // Changes returns a channel that receives a value after what Status
@@ -140,8 +146,10 @@ func (s *Supervisor) signal() {
 	}
 }
 
-// Remove stops relay name, wipes its directories, deletes its account
-// and forgets its keys. Removing an unknown relay is not an error.
+// Remove stops relay name, wipes its directories and deletes its
+// account. Its keys are not deleted: the vault keeps them, retired, for
+// the node's retention period, and restores them should the relay come
+// back. Removing an unknown relay is not an error.
 func (s *Supervisor) Remove(ctx context.Context, name string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -152,10 +160,10 @@ func (s *Supervisor) Remove(ctx context.Context, name string) error {
 	s.stopLocked(r)
 	errs := []error{s.tearDown(name)}
 	if s.o.Keys != nil {
-		s.o.Keys.Forget(name)
-		if err := s.o.Keys.Save(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("saving keys: %w", err))
+		if err := s.o.Keys.Retire(name); err != nil {
+			errs = append(errs, err)
 		}
+		s.saver.request()
 	}
 	// Gone from Status only once nothing of it is left.
 	s.setRelay(name, nil)
@@ -206,6 +214,7 @@ func (s *Supervisor) Shutdown(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
+	s.saver.close()
 	s.mapMu.Lock()
 	clear(s.relays)
 	s.mapMu.Unlock()
@@ -221,7 +230,11 @@ func (s *Supervisor) Status() []Status {
 	s.mapMu.RUnlock()
 	out := make([]Status, 0, len(rs))
 	for _, r := range rs {
-		out = append(out, r.status())
+		st := r.status()
+		if s.o.Keys != nil {
+			st.KeysUnsaved = s.o.Keys.Unsaved(st.Name)
+		}
+		out = append(out, st)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out

@@ -20,7 +20,10 @@ import (
 //
 // Fields: ed25519 master secret (64 B, tor's expanded key), RSA identity
 // p‖q (two equal-width halves), ntor onion secret (32 B, current and .old),
-// family key (name len u8 | name | 64 B secret). Public keys, the signing key
+// family key (name len u8 | name | 64 B secret), retired-at (u64: the TPM
+// clock in ms when the relay left the config; absent while it is active,
+// so an older agent still reads a bundle without retired relays). Public
+// keys, the signing key
 // and its certificate are not kept: tor derives them from these.
 //
 // Envelope v2 (what NV or the mirror holds; written since the rollback
@@ -56,6 +59,7 @@ const (
 	tagNtor          = 3
 	tagNtorOld       = 4
 	tagFamily        = 5
+	tagRetired       = 6
 )
 
 const (
@@ -71,6 +75,10 @@ type Entry struct {
 	Ntor          []byte      // 32 B curve25519 secret, may be nil
 	NtorOld       []byte      // 32 B, may be nil
 	Family        []FamilyKey // sorted by name
+	// RetiredAt is the TPM clock (ms) when the relay left the config; 0
+	// while it is active. Its keys are kept for the vault's retention
+	// period from then, and restored if the relay comes back.
+	RetiredAt uint64
 }
 
 // FamilyKey is a happy-family secret key, <Name>.secret_family_key.
@@ -131,7 +139,8 @@ func (e *Entry) check() error {
 
 func (e *Entry) equal(o *Entry) bool {
 	if !bytes.Equal(e.Ed25519Master, o.Ed25519Master) || !bytes.Equal(e.RSAIdentity, o.RSAIdentity) ||
-		!bytes.Equal(e.Ntor, o.Ntor) || !bytes.Equal(e.NtorOld, o.NtorOld) || len(e.Family) != len(o.Family) {
+		!bytes.Equal(e.Ntor, o.Ntor) || !bytes.Equal(e.NtorOld, o.NtorOld) || len(e.Family) != len(o.Family) ||
+		e.RetiredAt != o.RetiredAt {
 		return false
 	}
 	for i := range e.Family {
@@ -177,6 +186,9 @@ func encodeBundle(b *Bundle) ([]byte, error) {
 		}
 		for _, f := range e.Family {
 			field(tagFamily, append(append([]byte{byte(len(f.Name))}, f.Name...), f.Secret...))
+		}
+		if e.RetiredAt != 0 {
+			field(tagRetired, binary.BigEndian.AppendUint64(nil, e.RetiredAt))
 		}
 		if len(fields) > 0xFF {
 			return nil, fmt.Errorf("relay %s: too many keys", name)
@@ -286,6 +298,11 @@ func decodeBundle(data []byte) (*Bundle, error) {
 					return nil, fmt.Errorf("bundle: relay %s: malformed family key", name)
 				}
 				e.Family = append(e.Family, FamilyKey{Name: fname, Secret: secret})
+			case tagRetired:
+				if len(data) != 8 || binary.BigEndian.Uint64(data) == 0 {
+					return nil, fmt.Errorf("bundle: relay %s: malformed retired-at", name)
+				}
+				e.RetiredAt = binary.BigEndian.Uint64(data)
 			default:
 				return nil, fmt.Errorf("bundle: relay %s: unknown field %d", name, tag)
 			}

@@ -25,7 +25,9 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"patela/init/tpmkeys"
@@ -39,6 +41,9 @@ type Mirror interface {
 	Get(ctx context.Context) (*api.KeyBundle, error)
 	Put(ctx context.Context, b *api.KeyBundle) error
 }
+
+// DefaultRetention is how long a retired relay's keys are kept.
+const DefaultRetention = 30 * 24 * time.Hour
 
 // DefaultLockPCR is extended after unsealing. It is zero at boot and no
 // firmware or stboot measurement uses it.
@@ -57,6 +62,10 @@ type Options struct {
 	Log     *slog.Logger
 	// NVMaxBytes caps the NV the bundle may use (0: what the TPM has).
 	NVMaxBytes int
+	// Retention is how long the keys of a relay that left the config are
+	// kept (0: DefaultRetention), measured with the TPM's own clock. It is
+	// the node's setting (agent.json), never the server's.
+	Retention time.Duration
 	// Release seals the vault key to a release policy key (the agent's
 	// "release" sealing mode, authorized.go); PCRs then name the PolicyPCR
 	// selection of a vault sealed before, migrated on its first release
@@ -92,9 +101,12 @@ type Vault struct {
 	ekName []byte
 	nv     *nvStore
 
+	retention time.Duration
+
 	mu      sync.Mutex
 	key     []byte
 	relays  map[string]*Entry
+	saved   map[string]*Entry // the entries as last saved (entries are replaced, never changed)
 	version uint64
 	stored  []byte // encoding of the relays as last saved, to detect changes
 	hdr     header
@@ -144,7 +156,11 @@ func Open(ctx context.Context, t transport.TPM, opts Options) (*Vault, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &Vault{log: log, mirror: opts.Mirror, ekName: bytes.Clone(opts.EKName), nv: nv, relays: map[string]*Entry{}}
+	v := &Vault{log: log, mirror: opts.Mirror, ekName: bytes.Clone(opts.EKName), nv: nv, relays: map[string]*Entry{},
+		retention: opts.Retention}
+	if v.retention <= 0 {
+		v.retention = DefaultRetention
+	}
 	hdr, err := nv.readHeader()
 	if err != nil {
 		return nil, err
@@ -249,6 +265,7 @@ func (v *Vault) create(t transport.TPM, srk *tpmkeys.Key, pol pcrPolicy) error {
 		}
 	}
 	v.stored, _ = encodeBundle(&Bundle{Relays: v.relays})
+	v.saved = maps.Clone(v.relays)
 	v.log.Info("vault created: new key sealed in the TPM", "pcrs", pol.pcrs)
 	return nil
 }
@@ -314,15 +331,24 @@ func (v *Vault) decrypt(hdr *header, env []byte) error {
 	}
 	var err error
 	v.stored, err = encodeBundle(&Bundle{Relays: v.relays})
+	v.saved = maps.Clone(v.relays)
 	return err
 }
 
 // Restore writes a relay's keys into dataDir/keys (files 0600, directories
 // 0700, owned by uid:gid) before tor starts. A relay the vault does not
 // know yet starts fresh: restored is false and err nil.
+// A retired relay that comes back is active again (Save records it),
+// with the keys it had.
 func (v *Vault) Restore(name, dataDir string, uid, gid int) (restored bool, err error) {
 	v.mu.Lock()
 	e := v.relays[name]
+	if e != nil && e.RetiredAt != 0 {
+		back := *e
+		back.RetiredAt = 0
+		v.relays[name] = &back
+		v.log.Info("retired relay is back; restoring its keys", "relay", name)
+	}
 	v.mu.Unlock()
 	if e == nil {
 		return false, nil
@@ -361,18 +387,102 @@ func (v *Vault) Capture(name, dataDir string) (changed bool, err error) {
 	return true, nil
 }
 
-// Forget drops a relay's keys from the bundle (a relay removed for good).
+// Forget drops a relay's keys from the bundle at once. The supervisor
+// never does (a config change retires, see Retire); tools and tests do.
 func (v *Vault) Forget(name string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	delete(v.relays, name)
 }
 
-// Relays lists the relays the vault holds keys for.
-func (v *Vault) Relays() []string {
+// Retire marks a relay that left the config: its keys stay in the bundle
+// (and count in its size) for the retention period, measured from now on
+// the TPM's clock, which only the TPM advances (a server that sets the
+// node's wall clock cannot shorten it). Save records it and purges the
+// retired relays whose period is over. Retiring an unknown or already
+// retired relay does nothing.
+func (v *Vault) Retire(name string) error {
+	now, err := v.clock()
+	if err != nil {
+		return fmt.Errorf("retiring %s: %w", name, err)
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return slices.Sorted(maps.Keys(v.relays))
+	e := v.relays[name]
+	if e == nil || e.RetiredAt != 0 {
+		return nil
+	}
+	r := *e
+	r.RetiredAt = max(now, 1)
+	v.relays[name] = &r
+	v.log.Info("relay retired; its keys are kept", "relay", name, "for", v.retention)
+	return nil
+}
+
+// clock is the TPM's clock in ms: it advances while the TPM is powered,
+// persists across power cycles and resets only with TPM2_Clear.
+func (v *Vault) clock() (uint64, error) {
+	rsp, err := tpm2.ReadClock{}.Execute(v.nv.t)
+	if err != nil {
+		return 0, fmt.Errorf("TPM2_ReadClock: %w", err)
+	}
+	return rsp.CurrentTime.ClockInfo.Clock, nil
+}
+
+// purgeLocked drops the retired relays whose retention is over. A clock
+// that cannot be read purges nothing.
+func (v *Vault) purgeLocked() {
+	var retired []string
+	for n, e := range v.relays {
+		if e.RetiredAt != 0 {
+			retired = append(retired, n)
+		}
+	}
+	if len(retired) == 0 {
+		return
+	}
+	now, err := v.clock()
+	if err != nil {
+		v.log.Warn("not purging retired relays", "err", err)
+		return
+	}
+	for _, n := range retired {
+		if e := v.relays[n]; now >= e.RetiredAt && time.Duration(now-e.RetiredAt)*time.Millisecond >= v.retention {
+			delete(v.relays, n)
+			v.log.Info("retired relay's keys purged after the retention period", "relay", n, "retention", v.retention)
+		}
+	}
+}
+
+// Relays lists the active relays the vault holds keys for.
+func (v *Vault) Relays() []string { return v.list(false) }
+
+// Retired lists the retired relays whose keys the vault still holds.
+func (v *Vault) Retired() []string { return v.list(true) }
+
+func (v *Vault) list(retired bool) []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var out []string
+	for _, n := range slices.Sorted(maps.Keys(v.relays)) {
+		if (v.relays[n].RetiredAt != 0) == retired {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Unsaved reports whether relay name's keys differ from the last saved
+// bundle: a reboot now would lose them.
+func (v *Vault) Unsaved(name string) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	e := v.relays[name]
+	if e == nil {
+		return false
+	}
+	s := v.saved[name]
+	return s == nil || !s.equal(e)
 }
 
 // Save persists the bundle if it changed since it was loaded or last
@@ -382,6 +492,7 @@ func (v *Vault) Relays() []string {
 func (v *Vault) Save(ctx context.Context) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.purgeLocked()
 	cur, err := encodeBundle(&Bundle{Relays: v.relays})
 	if err != nil {
 		return err
@@ -438,6 +549,7 @@ func (v *Vault) Save(ctx context.Context) error {
 		return err
 	}
 	v.hdr, v.version, v.stored, v.counter, v.uncommitted = hdr, b.Version, cur, b.Counter, true
+	v.saved = maps.Clone(v.relays)
 	if err := v.step("header written"); err != nil {
 		return err
 	}
