@@ -62,6 +62,10 @@ type Config struct {
 	DHCPTimeout Duration `json:"dhcp_timeout,omitempty"`
 	// RebootDelay is how long a fatal error stays on the console.
 	RebootDelay Duration `json:"reboot_delay,omitempty"`
+	// KeyRetention is how long the vault keeps the keys of a relay that
+	// left the config (default 30 days), on the TPM's clock. Only the
+	// image sets it: neither the server nor the kernel command line can.
+	KeyRetention Duration `json:"key_retention,omitempty"`
 	// Selftest, when set, runs a named self-test instead of the relay
 	// machine (see init/main.go); "pid1" is the only one.
 	Selftest string `json:"selftest,omitempty"`
@@ -112,6 +116,9 @@ func (c *Config) defaults() {
 	}
 	if c.DHCPTimeout == 0 {
 		c.DHCPTimeout = Duration(2 * time.Minute)
+	}
+	if c.KeyRetention <= 0 {
+		c.KeyRetention = Duration(30 * 24 * time.Hour)
 	}
 	if c.RebootDelay == 0 {
 		c.RebootDelay = Duration(30 * time.Second)

@@ -36,6 +36,12 @@ func TestLoadDefaults(t *testing.T) {
 	if c.TPM != "/dev/tpmrm0" || c.ModuleDir != "/lib/patela-modules" {
 		t.Errorf("defaults not applied: tpm=%q module_dir=%q", c.TPM, c.ModuleDir)
 	}
+	if time.Duration(c.KeyRetention) != 30*24*time.Hour {
+		t.Errorf("key_retention=%v, want 30 days", time.Duration(c.KeyRetention))
+	}
+	if _, err := Parse([]byte(good), "patela.key_retention=1s"); err == nil {
+		t.Error("the kernel command line set key_retention")
+	}
 	if time.Duration(c.RebootDelay) != 30*time.Second || c.Debugging() {
 		t.Errorf("reboot_delay=%v debug=%v", time.Duration(c.RebootDelay), c.Debug)
 	}
@@ -56,6 +62,7 @@ func TestCmdlineOverrides(t *testing.T) {
 		Modules: []string{"e1000", "nf_tables"}, ModuleDir: "/lib/patela-modules",
 		PCRs: []int{7, 13}, Debug: []string{"all"}, Sealing: SealingUnmeasured,
 		DHCPTimeout: Duration(5 * time.Second), RebootDelay: Duration(5 * time.Second),
+		KeyRetention: Duration(30 * 24 * time.Hour),
 	}
 	if !reflect.DeepEqual(*c, want) {
 		t.Errorf("got  %+v\nwant %+v", *c, want)

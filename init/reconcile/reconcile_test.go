@@ -152,7 +152,7 @@ type world struct {
 	l      *Loop
 }
 
-func newWorld(tb testing.TB, maxRelays int, poll time.Duration) *world {
+func newWorld(tb testing.TB, maxRelays int, poll time.Duration, edit ...func(*world, *tor.Options)) *world {
 	netnstest.RequireRoot(tb)
 	testutil.RequireTool(tb, "tor", "apt-get install tor")
 	w := &world{s: testsrv.Start(tb), logs: &testutil.SyncBuffer{}}
@@ -184,11 +184,15 @@ func newWorld(tb testing.TB, maxRelays int, poll time.Duration) *world {
 	for p := w.root; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
 		os.Chmod(p, 0o755) // the relay uids must reach their directories
 	}
-	w.sup, err = tor.New(tor.Options{
+	o := tor.Options{
 		StateDir: filepath.Join(w.root, "state"), RunDir: filepath.Join(w.root, "run"),
 		Accounts: tor.Files{Root: w.root}, StopTimeout: 10 * time.Second, KeyPoll: 200 * time.Millisecond,
 		Log: log, NetNS: w.agent.Fd(), // tor listens where netcfg put the relay addresses
-	})
+	}
+	for _, e := range edit {
+		e(w, &o)
+	}
+	w.sup, err = tor.New(o)
 	if err != nil {
 		tb.Fatal(err)
 	}

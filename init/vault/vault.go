@@ -11,6 +11,12 @@
 // counter, raised with every save and recorded in the authenticated
 // envelope, makes the vault refuse an older bundle written back to NV or
 // served by the mirror (counter.go).
+//
+// A config change never deletes keys: a relay that leaves the config is
+// retired (Retire), its keys kept in the bundle, counted in its size, for
+// the node's retention period on the TPM's clock (TPM2_ReadClock, which
+// neither the server nor a wrong wall clock moves), restored if the relay
+// comes back and purged by the first save after the period.
 package vault
 
 import (
