@@ -386,3 +386,38 @@ func recordDefences(tx *sql.Tx, nodeID int64, r api.RelayStatus) error {
 		refused, r.KeysUnsaved, nodeID, r.Name)
 	return err
 }
+
+// NodeConfigGen returns node id's config generation (migration 0010): it
+// changes whenever anything the node's resolved configuration or its right
+// to fetch it depends on changes, and only then. 0 for a node never stamped.
+func (s *Store) NodeConfigGen(ctx context.Context, id int64) (int64, error) {
+	var g int64
+	err := s.queryRow(ctx, `SELECT coalesce((SELECT gen FROM node_config_gen WHERE node_id = ?), 0)`, id).Scan(&g)
+	return g, err
+}
+
+// ConfigChangesSince returns the nodes whose config generation is above
+// after, and the highest generation among them (after when none). Stamps
+// only grow in commit order, so a caller that passes back the returned
+// generation sees every later change exactly once.
+func (s *Store) ConfigChangesSince(ctx context.Context, after int64) ([]int64, int64, error) {
+	rows, err := s.QueryContext(ctx, `SELECT node_id, gen FROM node_config_gen WHERE gen > ?`, after)
+	if err != nil {
+		return nil, after, err
+	}
+	defer rows.Close()
+	var nodes []int64
+	top := after
+	for rows.Next() {
+		var id, g int64
+		if err := rows.Scan(&id, &g); err != nil {
+			return nil, after, err
+		}
+		nodes = append(nodes, id)
+		top = max(top, g)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, after, err
+	}
+	return nodes, top, nil
+}
