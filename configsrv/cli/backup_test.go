@@ -68,6 +68,7 @@ func TestServeLogs(t *testing.T) {
 	db := filepath.Join(dir, "p.db")
 	ok(t, db, "init", "--dir", dir)
 	usageErr(t, db, "log-level", "serve", "--dir", dir, "--log-level", "chatty")
+	fails(t, db, "--max-wait", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--max-wait", "0s")
 	fails(t, db, "--access-log", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--access-log", filepath.Join(dir, "no/such/access.log"))
 
 	access := filepath.Join(dir, "access.log")

@@ -97,7 +97,8 @@ type ServeOptions struct {
 	EKAllowlist string
 	AttestRate  float64 // per second per client; 0 disables the limit
 	AttestBurst int
-	AccessLog   io.Writer // one line per answered request; nil: none
+	MaxWait     time.Duration // longest hold of a long-polled config request
+	AccessLog   io.Writer     // one line per answered request; nil: none
 }
 
 // serveFlags defines serve's flags: one line per option of ServeOptions.
@@ -112,6 +113,7 @@ func serveFlags(fs *flag.FlagSet, o *ServeOptions) (dir *string) {
 	fs.StringVar(&o.EKAllowlist, "ek-allowlist", "", "`FILE` of allowed EK SHA-256 hashes, one per line")
 	fs.Float64Var(&o.AttestRate, "attest-rate", 5, "attestation requests per second (`N`) per client address; 0: no limit")
 	fs.IntVar(&o.AttestBurst, "attest-burst", 20, "attestation burst (`N`) per client address")
+	fs.DurationVar(&o.MaxWait, "max-wait", httpapi.DefaultMaxWait, "hold a node's config request at most `DURATION` waiting for a change")
 	return dir
 }
 
@@ -151,6 +153,9 @@ func (e *env) serve(fs *flag.FlagSet, args []string) error {
 	}
 	if o.TokenTTL < time.Minute {
 		return fmt.Errorf("--token-ttl %s: must be at least 1m", o.TokenTTL)
+	}
+	if o.MaxWait < time.Second || o.MaxWait > 24*time.Hour {
+		return fmt.Errorf("--max-wait %s: must be between 1s and 24h", o.MaxWait)
 	}
 	st, err := e.open(toWrite)
 	if err != nil {
@@ -192,7 +197,7 @@ func (o *ServeOptions) keyFiles(dir string) error {
 // serveUntilSignal serves srv on ln until it fails or SIGTERM or SIGINT
 // arrives, then shuts it down. "serving" is printed once the signals are
 // caught, so whoever waits for it may signal at once.
-func (e *env) serveUntilSignal(srv *http.Server, ln net.Listener) error {
+func (e *env) serveUntilSignal(srv *Server, ln net.Listener) error {
 	ctx, stop := signal.NotifyContext(e.ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	fmt.Fprintf(e.stderr, "configsrv: serving https://%s (database %s)\n", ln.Addr(), e.db)
@@ -217,7 +222,7 @@ func (e *env) serveUntilSignal(srv *http.Server, ln net.Listener) error {
 
 // NewServer builds the HTTPS server from o over st; the caller serves it
 // with ServeTLS(ln, "", "").
-func NewServer(st *store.Store, o ServeOptions, log *slog.Logger) (*http.Server, error) {
+func NewServer(st *store.Store, o ServeOptions, log *slog.Logger) (*Server, error) {
 	cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
 	if err != nil {
 		return nil, err
@@ -237,7 +242,7 @@ func NewServer(st *store.Store, o ServeOptions, log *slog.Logger) (*http.Server,
 			return nil, fmt.Errorf("--ek-allowlist: %w", err)
 		}
 	}
-	api := &httpapi.Server{Store: st, Tokens: token.New(key, o.TokenTTL), Trust: trust, Log: log}
+	api := &httpapi.Server{Store: st, Tokens: token.New(key, o.TokenTTL), Trust: trust, Log: log, MaxWait: o.MaxWait}
 	if o.AttestRate > 0 {
 		api.Limiter = httpapi.NewLimiter(o.AttestRate, o.AttestBurst)
 	}
@@ -245,5 +250,22 @@ func NewServer(st *store.Store, o ServeOptions, log *slog.Logger) (*http.Server,
 	if o.AccessLog != nil {
 		h = httpapi.AccessLog(h, o.AccessLog)
 	}
-	return httpapi.NewHTTPServer(h, cert), nil
+	return &Server{Server: httpapi.NewHTTPServer(h, cert), api: api}, nil
 }
+
+// Server is the HTTPS server of NewServer.
+type Server struct {
+	*http.Server
+	api *httpapi.Server
+}
+
+// Shutdown answers the held config requests (304: the nodes ask again),
+// which http.Server.Shutdown would not see (hijacked) or would wait for,
+// then shuts the HTTP server down.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.api.Close()
+	return s.Server.Shutdown(ctx)
+}
+
+// Waiting is the number of config requests held.
+func (s *Server) Waiting() int { return s.api.Waiting() }

@@ -19,13 +19,41 @@ func AccessLog(h http.Handler, w io.Writer) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusWriter{ResponseWriter: rw, status: http.StatusOK}
+		logLine := func(status int, n int64) {
+			line := fmt.Sprintf("%s %s %s %s %d %d %s\n", start.UTC().Format(time.RFC3339Nano), clientAddr(r), r.Method,
+				strconv.Quote(r.URL.Path), status, n, time.Since(start).Round(time.Microsecond))
+			mu.Lock()
+			io.WriteString(w, line)
+			mu.Unlock()
+		}
 		h.ServeHTTP(rec, r)
-		line := fmt.Sprintf("%s %s %s %s %d %d %s\n", start.UTC().Format(time.RFC3339Nano), clientAddr(r), r.Method,
-			strconv.Quote(r.URL.Path), rec.status, rec.bytes, time.Since(start).Round(time.Microsecond))
-		mu.Lock()
-		io.WriteString(w, line)
-		mu.Unlock()
+		if rec.parked != nil {
+			rec.parked.ready(logLine)
+			return
+		}
+		logLine(rec.status, rec.bytes)
 	})
+}
+
+// parker is a ResponseWriter whose request is answered after its handler
+// returns (a parked long poll).
+type parker interface {
+	park() func(status int, n int64)
+}
+
+// parkLog tells the access log, if w has one, that its request will be
+// answered later; it returns what writes the line then (nil: no log).
+func parkLog(w http.ResponseWriter) func(status int, n int64) {
+	for {
+		if p, ok := w.(parker); ok {
+			return p.park()
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return nil
+		}
+		w = u.Unwrap()
+	}
 }
 
 // statusWriter records what a handler answered.
@@ -34,6 +62,43 @@ type statusWriter struct {
 	status      int
 	bytes       int64
 	wroteHeader bool
+
+	parked *deferredLine // the request is answered after its handler returns
+}
+
+// park implements parker.
+func (s *statusWriter) park() func(status int, n int64) {
+	s.parked = &deferredLine{}
+	return s.parked.answered
+}
+
+// deferredLine is the access log line of a parked request, written by
+// whichever comes last: its answer or its handler's return.
+type deferredLine struct {
+	mu     sync.Mutex
+	write  func(status int, n int64)
+	status int
+	n      int64
+	done   bool
+}
+
+func (d *deferredLine) answered(status int, n int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.write != nil {
+		d.write(status, n)
+		return
+	}
+	d.status, d.n, d.done = status, n, true
+}
+
+func (d *deferredLine) ready(write func(status int, n int64)) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.write = write
+	if d.done {
+		write(d.status, d.n)
+	}
 }
 
 func (s *statusWriter) WriteHeader(code int) {

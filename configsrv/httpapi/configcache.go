@@ -1,38 +1,79 @@
 package httpapi
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strconv"
 	"sync"
 )
 
-// configCache keeps each node's rendered config for one database
-// generation (store.ConfigGeneration): a fleet polls far more often than
-// administrators change anything, and resolving torrc cascades is most of
-// a fetch's work otherwise.
+// configCache keeps each node's newest rendered config with its ETag,
+// under the node's config generation (store.NodeConfigGen): a fleet asks
+// far more often than administrators change anything, and resolving
+// torrc cascades is most of a fetch's work otherwise. Bodies are bounded
+// in bytes; ETags stay when a body is dropped, since a long poll that
+// finds nothing changed needs only the tag.
 type configCache struct {
-	mu  sync.Mutex
-	gen int64
-	m   map[int64][]byte
+	mu    sync.Mutex
+	m     map[int64]*rendered
+	bytes int
 }
 
-const maxCachedConfigs = 1 << 16
+// rendered is one node's config at one generation; body is nil once
+// dropped to bound the cache.
+type rendered struct {
+	gen  int64
+	etag string
+	body []byte
+}
 
-func (c *configCache) get(gen, node int64) []byte {
+const (
+	maxCachedNodes = 1 << 17
+	maxCachedBytes = 32 << 20
+)
+
+// etagOf is the entity tag of body at gen: the generation says when to
+// look again, the digest keeps a tag from matching another body should
+// generations repeat (a database restored from a backup).
+func etagOf(gen int64, body []byte) string {
+	h := sha256.Sum256(body)
+	return `"` + strconv.FormatInt(gen, 10) + "-" + hex.EncodeToString(h[:8]) + `"`
+}
+
+func (c *configCache) get(node, gen int64) (etag string, body []byte, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gen != gen {
-		return nil
+	e := c.m[node]
+	if e == nil || e.gen != gen {
+		return "", nil, false
 	}
-	return c.m[node]
+	return e.etag, e.body, true
 }
 
-func (c *configCache) put(gen, node int64, body []byte) {
+func (c *configCache) put(node, gen int64, etag string, body []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gen != gen || c.m == nil || len(c.m) >= maxCachedConfigs {
-		if gen < c.gen {
+	if c.m == nil || len(c.m) >= maxCachedNodes {
+		c.m, c.bytes = map[int64]*rendered{}, 0
+	}
+	if e := c.m[node]; e != nil {
+		if e.gen > gen {
 			return // a slower request resolved an older generation
 		}
-		c.gen, c.m = gen, map[int64][]byte{}
+		c.bytes -= len(e.body)
 	}
-	c.m[node] = body
+	c.m[node] = &rendered{gen: gen, etag: etag, body: body}
+	c.bytes += len(body)
+	if c.bytes > maxCachedBytes {
+		// Drop bodies (any: map order) down to three quarters.
+		for n, e := range c.m {
+			if c.bytes <= maxCachedBytes*3/4 {
+				break
+			}
+			if n != node && e.body != nil {
+				c.bytes -= len(e.body)
+				e.body = nil
+			}
+		}
+	}
 }

@@ -20,10 +20,11 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"patela/configsrv/attest"
-	"patela/configsrv/resolve"
+	"patela/configsrv/longpoll"
 	"patela/configsrv/store"
 	"patela/configsrv/token"
 	"patela/internal/api"
@@ -41,8 +42,17 @@ type Server struct {
 	Log     *slog.Logger
 	Now     func() time.Time // nil: time.Now
 
+	// MaxWait bounds how long a config request is held (its wait
+	// parameter); default DefaultMaxWait. WatchEvery is how often the
+	// database is polled for config changes; default DefaultWatchEvery.
+	MaxWait, WatchEvery time.Duration
+
 	keys    attest.Cache
 	configs configCache
+
+	lpOnce    sync.Once
+	hub       *longpoll.Hub
+	stopWatch context.CancelFunc
 }
 
 func (s *Server) now() time.Time {
@@ -61,6 +71,7 @@ func (s *Server) log() *slog.Logger {
 
 // Handler routes the API. Every answer, 404 and 405 included, is JSON.
 func (s *Server) Handler() http.Handler {
+	s.startLongPoll()
 	m := http.NewServeMux()
 	m.Handle(api.PathAttest, methods{"POST": s.limited(s.attest)})
 	m.Handle(api.PathAttestComplete, methods{"POST": s.limited(s.complete)})
@@ -306,32 +317,42 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 // current state, before any other work.
 func (s *Server) node(h func(http.ResponseWriter, *http.Request, int64)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		auth := r.Header.Get("Authorization")
-		tok, ok := strings.CutPrefix(auth, "Bearer ")
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || tok == "" {
 			writeErr(w, http.StatusUnauthorized, api.CodeUnauthorized, "missing bearer token")
 			return
 		}
-		id, err := s.Tokens.Verify(tok, s.now())
-		if err != nil {
-			writeErr(w, http.StatusUnauthorized, api.CodeUnauthorized, err.Error())
-			return
-		}
-		st, err := s.Store.NodeState(r.Context(), id)
-		if errors.Is(err, store.ErrNotFound) {
-			writeErr(w, http.StatusUnauthorized, api.CodeUnauthorized, "the token's node no longer exists")
-			return
-		}
-		if err != nil {
-			s.internal(w, r, err)
-			return
-		}
-		if st != api.NodeEnabled {
-			writeErr(w, http.StatusForbidden, st.RefusalCode(), "node is "+string(st))
+		id, a := s.authorize(r.Context(), tok)
+		if a != nil {
+			if a.status == http.StatusInternalServerError {
+				s.log().Error("request failed", "method", r.Method, "path", r.URL.Path)
+			}
+			a.write(w)
 			return
 		}
 		h(w, r, id)
 	}
+}
+
+// authorize checks a bearer token and its node's state: the node's id,
+// or the refusal to answer.
+func (s *Server) authorize(ctx context.Context, tok string) (int64, *answer) {
+	id, err := s.Tokens.Verify(tok, s.now())
+	if err != nil {
+		return 0, errAnswer(http.StatusUnauthorized, api.CodeUnauthorized, err.Error())
+	}
+	st, err := s.Store.NodeState(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, errAnswer(http.StatusUnauthorized, api.CodeUnauthorized, "the token's node no longer exists")
+	}
+	if err != nil {
+		s.log().Error("node state", "node", id, "err", err)
+		return 0, errAnswer(http.StatusInternalServerError, api.CodeInternal, "internal error")
+	}
+	if st != api.NodeEnabled {
+		return 0, errAnswer(http.StatusForbidden, st.RefusalCode(), "node is "+string(st))
+	}
+	return id, nil
 }
 
 func (s *Server) specs(w http.ResponseWriter, r *http.Request, id int64) {
@@ -354,32 +375,6 @@ func (s *Server) specs(w http.ResponseWriter, r *http.Request, id int64) {
 		s.audit(r.Context(), nodeActor(id), "relays.resize", nodeActor(id), fmt.Sprintf("%d -> %d relays", before, after))
 	}
 	writeJSON(w, http.StatusOK, &api.SpecsResponse{RelayCount: after})
-}
-
-func (s *Server) config(w http.ResponseWriter, r *http.Request, id int64) {
-	gen, err := s.Store.ConfigGeneration(r.Context())
-	if err != nil {
-		s.internal(w, r, err)
-		return
-	}
-	body := s.configs.get(gen, id)
-	if body == nil {
-		c, err := resolve.NodeConfig(r.Context(), s.Store, id)
-		if err != nil {
-			s.internal(w, r, err)
-			return
-		}
-		if body, err = json.Marshal(c); err != nil {
-			s.internal(w, r, err)
-			return
-		}
-		body = append(body, '\n')
-		// Cache under the generation read before resolving: a change made
-		// meanwhile bumps it, so a stale body is never served for long.
-		s.configs.put(gen, id, body)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Write(body)
 }
 
 func (s *Server) getKeys(w http.ResponseWriter, r *http.Request, id int64) {

@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -42,7 +41,7 @@ type Server struct {
 	addr string
 	mu   sync.Mutex
 	st   *store.Store
-	srv  *http.Server
+	srv  *cli.Server
 	done chan error
 }
 
@@ -230,4 +229,14 @@ func Activate(ctx context.Context, c *api.Client, ek *softek.EK, ak []byte) (*ap
 		return nil, err
 	}
 	return c.Complete(ctx, &api.CompleteRequest{ChallengeID: resp.ChallengeID, Secret: secret})
+}
+
+// Waiting is the number of config requests the server holds.
+func (s *Server) Waiting() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.srv == nil {
+		return 0
+	}
+	return s.srv.Waiting()
 }

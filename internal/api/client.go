@@ -28,7 +28,9 @@ type Client struct {
 // NewClient returns a client that trusts only the CA certificates in caPEM
 // and speaks TLS 1.3 only. An empty caPEM uses the system roots.
 func NewClient(baseURL string, caPEM []byte) (*Client, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS13}
+	// Session tickets: a parked config request is answered with
+	// Connection: close, and resuming is cheaper than a full handshake.
+	tc := &tls.Config{MinVersion: tls.VersionTLS13, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
 	if len(caPEM) > 0 {
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(caPEM) {
@@ -41,7 +43,9 @@ func NewClient(baseURL string, caPEM []byte) (*Client, error) {
 		TLSHandshakeTimeout: 10 * time.Second,
 		MaxIdleConnsPerHost: 4,
 		IdleConnTimeout:     90 * time.Second,
-		ForceAttemptHTTP2:   true,
+		// HTTP/1.1: a held config request then costs the server a parked
+		// connection rather than an HTTP/2 stream's goroutines and buffers
+		// (docs/protocol.md, "Long poll").
 	}
 	return &Client{
 		BaseURL: strings.TrimRight(baseURL, "/"),
@@ -115,16 +119,7 @@ func (c *Client) do(ctx context.Context, method, path, token string, in, out any
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
-		e := &Error{Status: resp.StatusCode}
-		data, _ := io.ReadAll(io.LimitReader(resp.Body, MaxBody))
-		if json.Unmarshal(data, e) != nil || e.Code == "" {
-			e.Code = ErrorCode(http.StatusText(resp.StatusCode))
-			e.Message = strings.TrimSpace(string(data))
-		}
-		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
-			e.RetryAfter = time.Duration(s) * time.Second
-		}
-		return e
+		return readError(resp)
 	}
 	if out == nil || resp.StatusCode == http.StatusNoContent {
 		io.Copy(io.Discard, io.LimitReader(resp.Body, MaxBody))
@@ -137,4 +132,18 @@ func (c *Client) do(ctx context.Context, method, path, token string, in, out any
 		return fmt.Errorf("%s %s: bad response: %w", method, path, err)
 	}
 	return nil
+}
+
+// readError reads a non-2xx answer as an *Error.
+func readError(resp *http.Response) error {
+	e := &Error{Status: resp.StatusCode}
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, MaxBody))
+	if json.Unmarshal(data, e) != nil || e.Code == "" {
+		e.Code = ErrorCode(http.StatusText(resp.StatusCode))
+		e.Message = strings.TrimSpace(string(data))
+	}
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
+		e.RetryAfter = time.Duration(s) * time.Second
+	}
+	return e
 }

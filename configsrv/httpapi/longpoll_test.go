@@ -1,0 +1,303 @@
+package httpapi_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"patela/configsrv/httpapi"
+	"patela/configsrv/testsrv"
+	"patela/internal/api"
+)
+
+type polled struct {
+	r   *api.ConfigResult
+	err error
+	at  time.Duration // after the poll was sent
+}
+
+// poll starts a long poll and returns where its answer arrives.
+func poll(c *api.Client, tok, etag string, wait time.Duration) <-chan polled {
+	ch := make(chan polled, 1)
+	t0 := time.Now()
+	go func() {
+		r, err := c.ConfigWait(context.Background(), tok, etag, wait)
+		ch <- polled{r, err, time.Since(t0)}
+	}()
+	return ch
+}
+
+func answered(t *testing.T, ch <-chan polled, what string) polled {
+	t.Helper()
+	select {
+	case p := <-ch:
+		return p
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s: no answer within 20 s", what)
+		return polled{}
+	}
+}
+
+func held(t *testing.T, ch <-chan polled, what string) {
+	t.Helper()
+	select {
+	case p := <-ch:
+		t.Fatalf("%s: answered (%+v, %v), want held", what, p.r, p.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// waitHeld waits until the server holds n config requests.
+func waitHeld(t *testing.T, s *testsrv.Server, n int) {
+	t.Helper()
+	for i := 0; s.Waiting() != n; i++ {
+		if i > 400 {
+			t.Fatalf("server holds %d config requests, want %d", s.Waiting(), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// The conditional GET, the long poll, and what an older agent sends, on
+// the real server; changes are the admin CLI's, on the database, as an
+// administrator makes them.
+func TestLongPoll(t *testing.T) {
+	s := testsrv.Start(t)
+	ctx := context.Background()
+	a, tokA := s.EnrollSoftwareNode(t)
+	_, tokB := s.EnrollSoftwareNode(t)
+	c := s.Client(t)
+	for _, tok := range []string{tokA, tokB} {
+		if _, err := c.Specs(ctx, tok, &api.Specs{CPUs: 2, MemoryBytes: 4 << 30}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An older agent: a plain GET, answered at once with the config.
+	old, err := c.Config(ctx, tokA)
+	if err != nil || len(old.Relays) != 2 {
+		t.Fatalf("plain GET: %+v, %v", old, err)
+	}
+	first := func(tok string) *api.ConfigResult {
+		r, err := c.ConfigWait(ctx, tok, "", time.Minute) // no ETag yet: at once
+		if err != nil || r.Config == nil || r.ETag == "" {
+			t.Fatalf("first fetch: %+v, %v", r, err)
+		}
+		return r
+	}
+	ra, rb := first(tokA), first(tokB)
+	if ra.Config.Relays[0].TorrcSHA256 != old.Relays[0].TorrcSHA256 {
+		t.Fatal("the conditional fetch differs from the plain one")
+	}
+	// Same ETag, no wait: 304 at once.
+	if r, err := c.ConfigWait(ctx, tokA, ra.ETag, 0); err != nil || r.Config != nil || r.ETag != ra.ETag {
+		t.Fatalf("If-None-Match without wait: %+v, %v", r, err)
+	}
+	// A stale ETag: the config at once, however long the wait.
+	if r, err := c.ConfigWait(ctx, tokA, `"1-0000000000000000"`, time.Hour); err != nil || r.Config == nil {
+		t.Fatalf("stale ETag: %+v, %v", r, err)
+	}
+
+	pa, pb := poll(c, tokA, ra.ETag, time.Minute), poll(c, tokB, rb.ETag, time.Minute)
+	waitHeld(t, s, 2)
+	held(t, pa, "A, nothing changed")
+	// A change of node A's own torrc wakes A, and only A.
+	f := filepath.Join(t.TempDir(), "node.torrc")
+	os.WriteFile(f, []byte("ExitRelay 0\n"), 0o644)
+	s.Admin(t, "torrc", "import", f, "--node", strconv.FormatInt(a, 10))
+	p := answered(t, pa, "A after its torrc changed")
+	if p.err != nil || p.r.Config == nil || p.r.ETag == ra.ETag {
+		t.Fatalf("A after its change: %+v, %v", p.r, p.err)
+	}
+	if got := p.r.Config.Relays[0].Torrc; !strings.Contains(got, "ExitRelay 0") {
+		t.Fatalf("A's new config lacks its change:\n%s", got)
+	}
+	held(t, pb, "B after A's change")
+	ra = p.r
+	// A global change wakes both.
+	pa = poll(c, tokA, ra.ETag, time.Minute)
+	waitHeld(t, s, 2)
+	s.Admin(t, "node", "set", "--default", "dns", "192.0.2.53")
+	for name, ch := range map[string]<-chan polled{"A": pa, "B": pb} {
+		p := answered(t, ch, name+" after a global change")
+		if p.err != nil || p.r.Config == nil || len(p.r.Config.Network.DNS) != 1 {
+			t.Fatalf("%s after a global change: %+v, %v", name, p.r, p.err)
+		}
+		if name == "A" {
+			ra = p.r
+		}
+	}
+	waitHeld(t, s, 0)
+
+	// A wait that runs out is 304 with the same ETag, after most of it.
+	p = answered(t, poll(c, tokA, ra.ETag, 2*time.Second), "a short wait")
+	if p.err != nil || p.r.Config != nil || p.r.ETag != ra.ETag || p.at < 1500*time.Millisecond {
+		t.Fatalf("a 2 s wait: %+v, %v after %v", p.r, p.err, p.at)
+	}
+	// A second wait of the same node replaces the first (304).
+	p1 := poll(c, tokA, ra.ETag, time.Minute)
+	waitHeld(t, s, 1)
+	p2 := poll(c, tokA, ra.ETag, time.Minute)
+	if p := answered(t, p1, "the replaced wait"); p.err != nil || p.r.Config != nil {
+		t.Fatalf("replaced wait: %+v, %v", p.r, p.err)
+	}
+	waitHeld(t, s, 1)
+	// Disabling the node answers its held request at once: refused.
+	s.Admin(t, "node", "disable", strconv.FormatInt(a, 10))
+	if p := answered(t, p2, "after disable"); !api.IsCode(p.err, api.CodeDisabled) {
+		t.Fatalf("held request of a disabled node: %+v, %v", p.r, p.err)
+	}
+	waitHeld(t, s, 0)
+}
+
+// Bad waits are refused and nothing is held; a removed node's held
+// request is refused; a server shutting down answers what it holds.
+func TestLongPollRefusalsAndShutdown(t *testing.T) {
+	s := testsrv.Start(t)
+	ctx := context.Background()
+	id, tok := s.EnrollSoftwareNode(t)
+	c := s.Client(t)
+	r, err := c.ConfigWait(ctx, tok, "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"wait=-1", "wait=1.5", "wait=x", "wait=99999999999"} {
+		req, _ := http.NewRequest("GET", s.URL+api.PathConfig+"?"+q, nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("If-None-Match", r.ETag)
+		resp, err := c.HTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("%s: status %d, want 400", q, resp.StatusCode)
+		}
+	}
+	if s.Waiting() != 0 {
+		t.Fatalf("%d held after refusals", s.Waiting())
+	}
+	// Without a valid token nothing is held either.
+	if _, err := c.ConfigWait(ctx, "forged", r.ETag, time.Minute); !api.IsCode(err, api.CodeUnauthorized) {
+		t.Fatalf("forged token: %v", err)
+	}
+	p := poll(c, tok, r.ETag, time.Minute)
+	waitHeld(t, s, 1)
+	s.Admin(t, "node", "remove", strconv.FormatInt(id, 10))
+	if p := answered(t, p, "after remove"); !api.IsCode(p.err, api.CodeUnauthorized) {
+		t.Fatalf("held request of a removed node: %+v, %v", p.r, p.err)
+	}
+
+	_, tok2 := s.EnrollSoftwareNode(t)
+	r2, err := c.ConfigWait(ctx, tok2, "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p = poll(c, tok2, r2.ETag, time.Hour)
+	waitHeld(t, s, 1)
+	s.Stop()
+	if p := answered(t, p, "at shutdown"); p.err != nil || p.r.Config != nil || p.r.ETag != r2.ETag {
+		t.Fatalf("held request at shutdown: %+v, %v", p.r, p.err)
+	}
+}
+
+// Over HTTP/2 a held request waits in its handler, woken the same way.
+func TestLongPollHTTP2(t *testing.T) {
+	l := newLocal(t, nil)
+	ctx := context.Background()
+	if err := l.st.AddPool(ctx, mustPrefix("192.0.2.0/24"), mustAddr("192.0.2.1"), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	id, _, _ := l.enroll(t)
+	tok, _, err := l.auth.Issue(id, l.clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.client.Specs(ctx, tok, &api.Specs{CPUs: 1, MemoryBytes: 4 << 30}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := l.client.ConfigWait(ctx, tok, "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, resp := raw(t, l.client, "GET", api.PathConfig, tok, nil); resp.ProtoMajor != 2 {
+		t.Fatalf("the test client speaks %s, not HTTP/2", resp.Proto)
+	}
+	ch := poll(l.client, tok, r.ETag, time.Minute)
+	for i := 0; l.api.Waiting() != 1; i++ {
+		if i > 400 {
+			t.Fatal("not held")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	held(t, ch, "nothing changed")
+	if err := l.st.SetNodeTorrc(ctx, id, "ExitRelay 0\n"); err != nil {
+		t.Fatal(err)
+	}
+	p := answered(t, ch, "after a change")
+	if p.err != nil || p.r.Config == nil || p.r.ETag == r.ETag {
+		t.Fatalf("after a change: %+v, %v", p.r, p.err)
+	}
+}
+
+// A parked request's access log line is written when it is answered,
+// with its status and the time it was held.
+func TestLongPollAccessLog(t *testing.T) {
+	var logged syncBuf
+	l := newLocal(t, nil)
+	srv := httptest.NewUnstartedServer(httpapi.AccessLog(l.api.Handler(), &logged))
+	srv.StartTLS() // HTTP/1.1: the request is hijacked and parked
+	t.Cleanup(srv.Close)
+	c := &api.Client{BaseURL: srv.URL, HTTP: srv.Client()}
+	ctx := context.Background()
+	id, _, _ := l.enroll(t)
+	tok, _, _ := l.auth.Issue(id, l.clock.Now())
+	r, err := c.ConfigWait(ctx, tok, "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := answered(t, poll(c, tok, r.ETag, 2*time.Second), "a short wait"); p.err != nil || p.r.Config != nil {
+		t.Fatalf("%+v %v", p.r, p.err)
+	}
+	ch := poll(c, tok, r.ETag, time.Minute)
+	for l.api.Waiting() != 1 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	l.st.SetNodeTorrc(ctx, id, "ExitRelay 0\n")
+	if p := answered(t, ch, "after a change"); p.err != nil || p.r.Config == nil {
+		t.Fatalf("%+v %v", p.r, p.err)
+	}
+	// The line follows the answer.
+	for i := 0; i < 200 && strings.Count(logged.String(), "\n") < 3; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	lines := strings.Split(strings.TrimSpace(logged.String()), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[0], `GET "/v1/node/config" 200`) ||
+		!strings.Contains(lines[1], `GET "/v1/node/config" 304 0 1.`) || !strings.Contains(lines[2], `GET "/v1/node/config" 200`) ||
+		strings.HasSuffix(lines[2], " 0 ") {
+		t.Fatalf("access log:\n%s", logged.String())
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
