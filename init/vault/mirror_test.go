@@ -152,7 +152,7 @@ func TestMirrorWhenNVFull(t *testing.T) {
 	v = m.mustOpen(opts)
 	for i := range n {
 		dir := filepath.Join(t.TempDir(), "data")
-		if ok, err := v.Restore(fmt.Sprintf("relay%d", i), dir, os.Getuid(), os.Getgid()); !ok || err != nil {
+		if ok, err := restoreIssued(t, v, fmt.Sprintf("relay%d", i), dir, os.Getuid(), os.Getgid()); !ok || err != nil {
 			t.Fatalf("restore %d: %v %v", i, ok, err)
 		}
 		if got := fingerprints(t, dir); got != fps[i] {

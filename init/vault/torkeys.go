@@ -3,6 +3,7 @@ package vault
 import (
 	"bytes"
 	"crypto/ecdh"
+	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
@@ -17,7 +18,9 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 
+	"patela/init/edcert"
 	"patela/internal/atomicfile"
 )
 
@@ -38,9 +41,47 @@ const (
 	maxKeyFile       = 16 << 10
 )
 
-// Files tor derives from the master secret. They are removed when a
-// different master is restored, so tor cannot pair the old ones with it.
-var derivedFiles = []string{"ed25519_master_id_public_key", "ed25519_signing_secret_key", "ed25519_signing_cert"}
+// Files tor derives from the master secret. A restore removes them (the
+// public key is written anew, the signing key issued anew), so tor cannot
+// pair old ones with another master.
+var derivedFiles = []string{edcert.FileMasterPublic, edcert.FileSigningKey, edcert.FileSigningCert}
+
+// issueSigning writes a new signing key and certificate for e, valid
+// until expires, into keysDir (as restoreEntry writes).
+func issueSigning(e *Entry, keysDir string, uid, gid int, expires time.Time) (time.Time, error) {
+	s, err := edcert.Issue(e.Ed25519Master, expires)
+	if err != nil {
+		return time.Time{}, err
+	}
+	defer clear(s.SecretFile)
+	for name, data := range map[string][]byte{edcert.FileSigningKey: s.SecretFile, edcert.FileSigningCert: s.CertFile,
+		edcert.FileMasterPublic: s.PublicFile} {
+		if err := atomicfile.WriteOwned(filepath.Join(keysDir, name), data, 0o600, uid, gid); err != nil {
+			return time.Time{}, err
+		}
+	}
+	return s.Expires, nil
+}
+
+// newEntry makes a new relay's long-term identity: an ed25519 master key
+// and an RSA-1024 identity key (tor's sizes), so the identity exists, and
+// is saved, before tor first runs.
+func newEntry() (*Entry, error) {
+	master, err := edcert.NewSecret()
+	if err != nil {
+		return nil, err
+	}
+	k, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		return nil, err
+	}
+	pq, err := rsaToPQ("new RSA identity", pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)}))
+	if err != nil {
+		return nil, err
+	}
+	e := &Entry{Ed25519Master: master, RSAIdentity: pq}
+	return e, e.check()
+}
 
 // readKeyFile reads a key file without following symlinks: the directory
 // belongs to the relay's user.
@@ -88,20 +129,27 @@ var ErrNoKeys = errors.New("tor has not written the identity keys yet")
 func captureEntry(keysDir string) (*Entry, error) {
 	masterPath := filepath.Join(keysDir, fileEd25519Master)
 	idPath := filepath.Join(keysDir, fileRSAIdentity)
-	master, err1 := readKeyFile(masterPath)
-	id, err2 := readKeyFile(idPath)
-	if errors.Is(err1, fs.ErrNotExist) || errors.Is(err2, fs.ErrNotExist) {
+	id, err := readKeyFile(idPath)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil, ErrNoKeys
 	}
-	if err := errors.Join(err1, err2); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	e := &Entry{}
-	if e.Ed25519Master, err1 = untag(masterPath, master, hdrEd25519Master, ed25519SecretSize); err1 != nil {
-		return nil, err1
+	if e.RSAIdentity, err = rsaToPQ(idPath, id); err != nil {
+		return nil, err
 	}
-	if e.RSAIdentity, err1 = rsaToPQ(idPath, id); err1 != nil {
-		return nil, err1
+	// With OfflineMasterKey tor never writes the master secret (the vault
+	// holds it); a key set tor made itself (tests, older nodes) has it.
+	switch master, err := readKeyFile(masterPath); {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, err
+	default:
+		if e.Ed25519Master, err = untag(masterPath, master, hdrEd25519Master, ed25519SecretSize); err != nil {
+			return nil, err
+		}
 	}
 	for _, f := range []struct {
 		name string
@@ -143,7 +191,7 @@ func captureEntry(keysDir string) (*Entry, error) {
 		e.Family = append(e.Family, FamilyKey{Name: name, Secret: secret})
 	}
 	slices.SortFunc(e.Family, func(a, b FamilyKey) int { return strings.Compare(a.Name, b.Name) })
-	return e, e.check()
+	return e, nil
 }
 
 // ntorSecret returns the curve25519 secret of an ntor key file after
@@ -227,9 +275,13 @@ func keyFiles(e *Entry) (map[string][]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("RSA identity: %w", err)
 	}
+	pub, err := edcert.Public(e.Ed25519Master)
+	if err != nil {
+		return nil, err
+	}
 	files := map[string][]byte{
-		fileEd25519Master: taggedFile(hdrEd25519Master, e.Ed25519Master),
-		fileRSAIdentity:   pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)}),
+		edcert.FileMasterPublic: edcert.Tagged(edcert.HeaderPublic, pub),
+		fileRSAIdentity:         pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)}),
 	}
 	for name, s := range map[string][]byte{fileNtor: e.Ntor, fileNtorOld: e.NtorOld} {
 		if s == nil {
@@ -248,9 +300,12 @@ func keyFiles(e *Entry) (map[string][]byte, error) {
 }
 
 // restoreEntry writes an entry's files into dataDir/keys, mode 0600 and
-// owned by uid:gid, directories 0700. Each file is written to a temporary
-// name and renamed, so a symlink planted by the relay is replaced, never
-// followed.
+// owned by uid:gid, directories 0700: every long-term key but the ed25519
+// master secret, which tor (OfflineMasterKey) never gets; its public key
+// instead, and the signing key and certificate come from issueSigning. A
+// master secret found there (an older node's layout) is removed. Each
+// file is written to a temporary name and renamed, so a symlink planted
+// by the relay is replaced, never followed.
 func restoreEntry(e *Entry, dataDir string, uid, gid int) error {
 	files, err := keyFiles(e)
 	if err != nil {
@@ -262,12 +317,9 @@ func restoreEntry(e *Entry, dataDir string, uid, gid int) error {
 			return err
 		}
 	}
-	old, _ := readKeyFile(filepath.Join(keysDir, fileEd25519Master))
-	if !bytes.Equal(old, files[fileEd25519Master]) {
-		for _, f := range derivedFiles {
-			if err := os.Remove(filepath.Join(keysDir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return err
-			}
+	for _, f := range append([]string{fileEd25519Master}, derivedFiles...) {
+		if err := os.Remove(filepath.Join(keysDir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(files)) {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"patela/internal/testutil"
 )
@@ -23,11 +24,16 @@ func fingerprints(t testing.TB, dataDir string) string {
 		return ""
 	}
 	defer os.Remove(rc)
-	out, err := exec.Command("tor", "--list-fingerprint", "--DisableNetwork", "1",
+	args := []string{"--list-fingerprint", "--DisableNetwork", "1",
 		"--DataDirectory", dataDir, "--ORPort", "127.0.0.1:auto",
-		"--defaults-torrc", rc, "-f", rc, "--Log", "err stderr").CombinedOutput()
+		"--defaults-torrc", rc, "-f", rc, "--Log", "err stderr"}
+	_, noMaster := os.Stat(filepath.Join(dataDir, "keys", fileEd25519Master))
+	if _, err := os.Stat(filepath.Join(dataDir, "keys", "ed25519_signing_cert")); err == nil && noMaster != nil {
+		args = append(args, "--OfflineMasterKey", "1") // restored by the vault: no master secret
+	}
+	out, err := exec.Command("tor", args...).CombinedOutput()
 	if err != nil {
-		t.Errorf("tor --list-fingerprint: %v\n%s", err, out)
+		t.Errorf("tor %v: %v\n%s", args, err, out)
 		return ""
 	}
 	rsa, err1 := os.ReadFile(filepath.Join(dataDir, "fingerprint"))
@@ -75,12 +81,30 @@ func TestCaptureRealTorKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{fileEd25519Master, fileNtor, "fam" + familySuffix} {
+	for _, name := range []string{"ed25519_master_id_public_key", fileNtor, "fam" + familySuffix} {
 		orig, _ := os.ReadFile(filepath.Join(dirs[0], "keys", name))
 		if !bytes.Equal(orig, files[name]) {
 			t.Errorf("%s not reproduced byte for byte", name)
 		}
 	}
+	if _, ok := files[fileEd25519Master]; ok {
+		t.Error("the master secret is among the files restored for tor")
+	}
+	master, _ := os.ReadFile(filepath.Join(dirs[0], "keys", fileEd25519Master))
+	if !bytes.Equal(master[32:], e.Ed25519Master) {
+		t.Error("the captured master secret is not tor's")
+	}
+}
+
+// restoreIssued restores a relay's keys and issues its signing key, as
+// the supervisor does before tor starts.
+func restoreIssued(t testing.TB, v *Vault, name, dir string, uid, gid int) (bool, error) {
+	t.Helper()
+	ok, err := v.Restore(name, dir, uid, gid)
+	if ok && err == nil {
+		_, err = v.Issue(name, dir, uid, gid, time.Now().Add(30*24*time.Hour))
+	}
+	return ok, err
 }
 
 func TestCaptureNotReady(t *testing.T) {

@@ -173,7 +173,7 @@ func TestRecoverAfterTPMClear(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(t.TempDir(), "data")
-	if ok, err := v.Restore(names[0], dir, os.Getuid(), os.Getgid()); !ok || err != nil {
+	if ok, err := restoreIssued(t, v, names[0], dir, os.Getuid(), os.Getgid()); !ok || err != nil {
 		t.Fatalf("restore after reboot: %v %v", ok, err)
 	}
 	if got := fingerprints(t, dir); got != newFps[0] {

@@ -382,6 +382,15 @@ func (v *Vault) Capture(name, dataDir string) (changed bool, err error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	old := v.relays[name]
+	if e.Ed25519Master == nil { // OfflineMasterKey: the master is the vault's
+		if old == nil {
+			return false, fmt.Errorf("capturing keys of %s: no ed25519 master key, on disk or in the vault", name)
+		}
+		e.Ed25519Master, e.RetiredAt = old.Ed25519Master, old.RetiredAt
+	}
+	if err := e.check(); err != nil {
+		return false, fmt.Errorf("capturing keys of %s: %w", name, err)
+	}
 	if old != nil && old.equal(e) {
 		return false, nil
 	}
@@ -391,6 +400,50 @@ func (v *Vault) Capture(name, dataDir string) (changed bool, err error) {
 	}
 	v.relays[name] = e
 	return true, nil
+}
+
+// Ensure makes the long-term identity of a relay the vault does not know
+// (created true); Save persists it. A known relay is left as it is.
+func (v *Vault) Ensure(name string) (created bool, err error) {
+	if !validName(name) {
+		return false, fmt.Errorf("relay name %q cannot be stored", name)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.relays[name] != nil {
+		return false, nil
+	}
+	e, err := newEntry()
+	if err != nil {
+		return false, fmt.Errorf("making keys of %s: %w", name, err)
+	}
+	v.relays[name] = e
+	v.log.Info("new relay identity made", "relay", name)
+	return true, nil
+}
+
+// Issue writes a new medium-term signing key and its certificate, valid
+// until expires, into the relay's dataDir/keys (owned by uid:gid), signed
+// by the master key only the vault holds: tor runs with OfflineMasterKey
+// and never sees it. It returns the certificate's expiry (to the hour).
+func (v *Vault) Issue(name, dataDir string, uid, gid int, expires time.Time) (time.Time, error) {
+	v.mu.Lock()
+	e := v.relays[name]
+	v.mu.Unlock()
+	if e == nil {
+		return time.Time{}, fmt.Errorf("issuing a signing key for %s: the vault has no keys for it", name)
+	}
+	keysDir := filepath.Join(dataDir, "keys")
+	for _, d := range []string{dataDir, keysDir} {
+		if err := ownedDir(d, uid, gid); err != nil {
+			return time.Time{}, err
+		}
+	}
+	exp, err := issueSigning(e, keysDir, uid, gid, expires)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("issuing a signing key for %s: %w", name, err)
+	}
+	return exp, nil
 }
 
 // Forget drops a relay's keys from the bundle at once. The supervisor

@@ -129,7 +129,7 @@ func TestEightRelaysRoundTrip(t *testing.T) {
 	for i := range n {
 		dir := filepath.Join(t.TempDir(), "data")
 		uid := 10001 + i
-		ok, err := v.Restore(fmt.Sprintf("relay%d", i), dir, uid, uid)
+		ok, err := restoreIssued(t, v, fmt.Sprintf("relay%d", i), dir, uid, uid)
 		if err != nil || !ok {
 			t.Fatalf("restore %d: ok=%v err=%v", i, ok, err)
 		}
