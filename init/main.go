@@ -464,7 +464,7 @@ func (a *agent) openVault(ctx context.Context) (err error) {
 	a.vault, err = vault.Open(ctx, a.tpm, vault.Options{
 		EKName: a.sess.EKName(), PCRs: a.cfg.PCRs, Log: a.log, Release: rp,
 		Retention: time.Duration(a.cfg.KeyRetention),
-		Mirror: vault.ServerMirror{Client: a.client, Tokens: a.sess},
+		Mirror:    vault.ServerMirror{Client: a.client, Tokens: a.sess},
 	})
 	if errors.Is(err, vault.ErrLocked) && a.shellLocked {
 		err = fmt.Errorf("%w: the debug shell locked it; a boot with a debug shell never opens the vault", err)

@@ -23,6 +23,28 @@ type keysView struct {
 	KeysUnsaved bool   `json:"keys_unsaved"`
 }
 
+// testVault is the real vault on a swtpm of the test's own, keeping its
+// bundle in NV, or in mirror (NV capped below one relay) when set.
+func testVault(tb testing.TB, mirror vault.Mirror) *vault.Vault {
+	tb.Helper()
+	swtpmtest.Require(tb)
+	tp := swtpmtest.StartState(tb, tb.TempDir())
+	dev, err := tpmdev.Open("unix:" + tp.Socket)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { dev.Close() })
+	opts := vault.Options{EKName: []byte("test EK name"), NoLock: true}
+	if mirror != nil {
+		opts.Mirror, opts.NVMaxBytes = mirror, 256
+	}
+	v, err := vault.Open(context.Background(), dev, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return v
+}
+
 func serverKeys(t *testing.T, w *world) map[string]keysView {
 	t.Helper()
 	var rs []keysView
@@ -44,13 +66,6 @@ func serverKeys(t *testing.T, w *world) map[string]keysView {
 // relay's identity; a relay the server takes away (max_relays lowered)
 // is retired, not deleted, and comes back with the same fingerprint.
 func TestKeysThroughConfigChanges(t *testing.T) {
-	swtpmtest.Require(t)
-	tp := swtpmtest.StartState(t, t.TempDir())
-	dev, err := tpmdev.Open("unix:" + tp.Socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dev.Close() })
 	var failing atomic.Bool
 	failing.Store(true)
 	var v *vault.Vault
@@ -63,12 +78,7 @@ func TestKeysThroughConfigChanges(t *testing.T) {
 			return false
 		})
 		w.tokens.Invalidate("not-a-token") // the vault opens after attestation, with a good token
-		var err error
-		v, err = vault.Open(context.Background(), dev, vault.Options{EKName: []byte("test EK name"), NoLock: true,
-			Mirror: vault.ServerMirror{Client: c, Tokens: w.tokens}, NVMaxBytes: 256})
-		if err != nil {
-			t.Fatal(err)
-		}
+		v = testVault(t, vault.ServerMirror{Client: c, Tokens: w.tokens})
 		o.Keys, o.SaveRetryMin, o.SaveRetryMax = v, 100*time.Millisecond, 400*time.Millisecond
 	})
 	ctx, cancel := context.WithCancel(context.Background())

@@ -192,6 +192,9 @@ func newWorld(tb testing.TB, maxRelays int, poll time.Duration, edit ...func(*wo
 	for _, e := range edit {
 		e(w, &o)
 	}
+	if o.Keys == nil {
+		o.Keys = testVault(tb, nil)
+	}
 	w.sup, err = tor.New(o)
 	if err != nil {
 		tb.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"time"
 
 	"patela/internal/atomicfile"
 )
@@ -93,6 +94,7 @@ func (s *Supervisor) Apply(ctx context.Context, spec Spec) (err error) {
 		r = nil
 	}
 	p := s.paths(spec.Name)
+	var certExpires time.Time
 	if r == nil {
 		if err := s.o.Accounts.Ensure(account(spec.Name), spec.UID, spec.UID); err != nil {
 			return fmt.Errorf("relay %s: account: %w", spec.Name, err)
@@ -105,7 +107,7 @@ func (s *Supervisor) Apply(ctx context.Context, spec Spec) (err error) {
 		if err := makeDirs(p, spec.UID); err != nil {
 			return fmt.Errorf("relay %s: %w", spec.Name, err)
 		}
-		if err := s.restoreKeys(spec, p); err != nil {
+		if certExpires, err = s.restoreKeys(spec, p); err != nil {
 			return err
 		}
 	}
@@ -120,7 +122,7 @@ func (s *Supervisor) Apply(ctx context.Context, spec Spec) (err error) {
 		return err
 	}
 	if r == nil {
-		return s.supervise(spec, p, d)
+		return s.supervise(spec, p, d, certExpires)
 	}
 	return r.reload(d)
 }
@@ -146,20 +148,27 @@ func makeDirs(p relayPaths, uid int) error {
 	return nil
 }
 
-// restoreKeys puts the relay's keys from the vault into its DataDirectory.
-func (s *Supervisor) restoreKeys(spec Spec, p relayPaths) error {
-	if s.o.Keys == nil {
-		return nil
-	}
-	restored, err := s.o.Keys.Restore(spec.Name, p.data, spec.UID, spec.UID)
+// restoreKeys puts the relay's keys from the vault into its
+// DataDirectory, a new relay's identity made by the vault first, and
+// issues its signing key and certificate: tor never gets the master key.
+// A new or returning identity is saved at once (and retried).
+func (s *Supervisor) restoreKeys(spec Spec, p relayPaths) (certExpires time.Time, err error) {
+	created, err := s.o.Keys.Ensure(spec.Name)
 	if err != nil {
-		return fmt.Errorf("relay %s: restoring keys: %w", spec.Name, err)
+		return time.Time{}, fmt.Errorf("relay %s: %w", spec.Name, err)
 	}
-	s.o.Log.Info("keys", "relay", spec.Name, "restored", restored)
-	if restored && s.o.Keys.Unsaved(spec.Name) {
-		s.saver.request() // a retired relay came back
+	if _, err := s.o.Keys.Restore(spec.Name, p.data, spec.UID, spec.UID); err != nil {
+		return time.Time{}, fmt.Errorf("relay %s: restoring keys: %w", spec.Name, err)
 	}
-	return nil
+	exp, err := s.o.Keys.Issue(spec.Name, p.data, spec.UID, spec.UID, s.o.Now().Add(s.o.SigningKeyLifetime))
+	if err != nil {
+		return time.Time{}, fmt.Errorf("relay %s: %w", spec.Name, err)
+	}
+	s.o.Log.Info("keys", "relay", spec.Name, "new_identity", created, "signing_cert_expires", exp)
+	if s.o.Keys.Unsaved(spec.Name) {
+		s.saver.request()
+	}
+	return exp, nil
 }
 
 // torrc is the torrc tor will run for spec (buildTorrc), not yet written.
@@ -192,12 +201,13 @@ func (s *Supervisor) verifyTorrc(ctx context.Context, spec Spec, d *desired) err
 
 // supervise starts a new relay: its notify socket, its goroutine, its
 // tor running d.
-func (s *Supervisor) supervise(spec Spec, p relayPaths, d *desired) error {
+func (s *Supervisor) supervise(spec Spec, p relayPaths, d *desired, certExpires time.Time) error {
 	n, err := listenNotify(p.notify(), spec.UID, spec.UID)
 	if err != nil {
 		return fmt.Errorf("relay %s: notify socket: %w", spec.Name, err)
 	}
 	r := newRelay(&s.o, spec, p, n, s.signal, s.saver.request)
+	r.certExpires = certExpires
 	if err := r.install(d); err != nil {
 		n.close()
 		return fmt.Errorf("relay %s: %w", spec.Name, err)

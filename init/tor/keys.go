@@ -8,11 +8,18 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 )
 
-// Keys is where relay keys live between boots (*vault.Vault).
+// Keys is where relay keys live between boots (*vault.Vault). It holds
+// each relay's ed25519 master key; tor runs with OfflineMasterKey and gets
+// only signing keys it issues.
 type Keys interface {
+	// Ensure makes the identity of a relay it does not know.
+	Ensure(name string) (created bool, err error)
 	Restore(name, dataDir string, uid, gid int) (bool, error)
+	// Issue writes a signing key and certificate valid until expires.
+	Issue(name, dataDir string, uid, gid int, expires time.Time) (time.Time, error)
 	Capture(name, dataDir string) (bool, error)
 	// Retire keeps the keys of a relay that left the config for the
 	// node's retention period; Restore brings them back.

@@ -89,7 +89,8 @@ type relay struct {
 	cur     *desired
 	running *proc
 
-	keySeen, keyPolled string // keyState last captured, last polled
+	keySeen, keyPolled string    // keyState last captured, last polled
+	certExpires        time.Time // the signing certificate issued last
 }
 
 // newRelay is a relay about to start; Supervisor.supervise starts it.
@@ -244,6 +245,7 @@ func (r *relay) runOnce() (outcome, error) {
 		case <-r.ready:
 			r.checkKeys(true)
 		case <-tick.C:
+			r.renewCert(p)
 			r.checkKeys(false)
 		}
 	}
@@ -469,7 +471,7 @@ func (r *relay) checkKeys(force bool) {
 	if st == r.keySeen || (!force && st != polled) {
 		return
 	}
-	if r.o.Keys != nil && st != "" {
+	if st != "" {
 		changed, err := r.o.Keys.Capture(r.name, r.dataDir)
 		if err != nil {
 			r.log.Warn("capturing keys", "err", err)
@@ -483,6 +485,28 @@ func (r *relay) checkKeys(force bool) {
 		}
 	}
 	r.keySeen = st
+}
+
+// renewCert issues a new signing key and certificate once the current
+// one has less than SigningKeyRenew left, and has the running tor p load
+// it by SIGHUP (tor reloads its ed25519 keys on HUP; its identity, from
+// the same master, is unchanged). A failure is retried at the next poll:
+// a week is left.
+func (r *relay) renewCert(p *proc) {
+	now := r.o.Now()
+	if r.certExpires.Sub(now) >= r.o.SigningKeyRenew {
+		return
+	}
+	exp, err := r.o.Keys.Issue(r.name, r.dataDir, r.uid, r.gid, now.Add(r.o.SigningKeyLifetime))
+	if err != nil {
+		r.log.Error("renewing the signing certificate", "err", err, "expires", r.certExpires)
+		return
+	}
+	r.log.Info("signing certificate renewed; sending SIGHUP", "was", r.certExpires, "expires", exp)
+	r.certExpires = exp
+	if err := unix.Kill(p.pid, unix.SIGHUP); err != nil {
+		r.log.Warn("SIGHUP", "err", err)
+	}
 }
 
 func (r *relay) readFingerprints() {

@@ -21,10 +21,6 @@ type saver struct {
 
 func newSaver(o *Options, changed func()) *saver {
 	s := &saver{o: o, changed: changed, req: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
-	if o.Keys == nil {
-		close(s.done)
-		return s
-	}
 	go s.run()
 	return s
 }

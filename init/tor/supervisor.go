@@ -15,6 +15,7 @@ package tor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -31,8 +32,15 @@ type Options struct {
 	StateDir string // DataDirectory of relay N is StateDir/N (tmpfs in production)
 	RunDir   string // RunDir/N.torrc and RunDir/N/{control,notify}
 	Accounts Accounts
-	Keys     Keys // nil: keys are neither restored nor captured
+	Keys     Keys // the relays' long-term keys (required)
 	Log      *slog.Logger
+
+	// SigningKeyLifetime is how long the signing certificates the agent
+	// issues are valid (default 30 days, tor's); a relay's is renewed,
+	// and tor sent SIGHUP, once less than SigningKeyRenew (default 7
+	// days) is left. Now is the clock they are measured on (tests).
+	SigningKeyLifetime, SigningKeyRenew time.Duration
+	Now                                 func() time.Time
 
 	StopTimeout   time.Duration // SIGINT to SIGKILL; default 60 s (Debian's TimeoutStopSec)
 	BackoffMin    time.Duration // first restart delay; at least (and default) 1 s
@@ -53,6 +61,11 @@ type Options struct {
 }
 
 func (o *Options) defaults() error {
+	dur := func(d *time.Duration, def time.Duration) {
+		if *d <= 0 {
+			*d = def
+		}
+	}
 	if o.Tor == "" {
 		o.Tor = "tor"
 	}
@@ -61,16 +74,22 @@ func (o *Options) defaults() error {
 	} else {
 		return err
 	}
-	if o.StateDir == "" || o.RunDir == "" || o.Accounts == nil {
-		return errors.New("tor: StateDir, RunDir and Accounts are required")
+	if o.StateDir == "" || o.RunDir == "" || o.Accounts == nil || o.Keys == nil {
+		return errors.New("tor: StateDir, RunDir, Accounts and Keys are required")
+	}
+	dur(&o.SigningKeyLifetime, 30*24*time.Hour)
+	dur(&o.SigningKeyRenew, 7*24*time.Hour)
+	// tor exits when its certificate has less than a day left
+	// (TestingSigningKeySlop): renew well before, and never at once.
+	if o.SigningKeyRenew < 36*time.Hour || o.SigningKeyRenew > o.SigningKeyLifetime/2 {
+		return fmt.Errorf("tor: SigningKeyRenew %v must be at least 36h and at most half of SigningKeyLifetime %v",
+			o.SigningKeyRenew, o.SigningKeyLifetime)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
-	}
-	dur := func(d *time.Duration, def time.Duration) {
-		if *d <= 0 {
-			*d = def
-		}
 	}
 	dur(&o.StopTimeout, 60*time.Second)
 	o.BackoffMin = max(o.BackoffMin, time.Second) // never restart faster than 1 s
@@ -159,12 +178,10 @@ func (s *Supervisor) Remove(ctx context.Context, name string) error {
 	}
 	s.stopLocked(r)
 	errs := []error{s.tearDown(name)}
-	if s.o.Keys != nil {
-		if err := s.o.Keys.Retire(name); err != nil {
-			errs = append(errs, err)
-		}
-		s.saver.request()
+	if err := s.o.Keys.Retire(name); err != nil {
+		errs = append(errs, err)
 	}
+	s.saver.request()
 	// Gone from Status only once nothing of it is left.
 	s.setRelay(name, nil)
 	s.o.Log.Info("relay removed", "relay", name)
@@ -231,9 +248,7 @@ func (s *Supervisor) Status() []Status {
 	out := make([]Status, 0, len(rs))
 	for _, r := range rs {
 		st := r.status()
-		if s.o.Keys != nil {
-			st.KeysUnsaved = s.o.Keys.Unsaved(st.Name)
-		}
+		st.KeysUnsaved = s.o.Keys.Unsaved(st.Name)
 		out = append(out, st)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })

@@ -81,6 +81,11 @@ func newHarness(t testing.TB, edit func(*Options)) *harness {
 	if edit != nil {
 		edit(&o)
 	}
+	if o.Keys == nil { // the real vault, on a swtpm of the test's own
+		v, powerOff := bootVault(t, t.TempDir())
+		t.Cleanup(powerOff)
+		o.Keys = v
+	}
 	s, err := New(o)
 	if err != nil {
 		t.Fatal(err)

@@ -65,7 +65,7 @@ func TestBuildTorrc(t *testing.T) {
 	got := string(c.Render())
 	want := "Nickname murazzano\nORPort 192.0.2.10:443\nORPort [2001:db8::10]:443\nContactInfo x\n" +
 		"DataDirectory /run/patela/state/murazzano\nControlSocket /run/patela/run/murazzano/control\n" +
-		"CookieAuthentication 1\nRunAsDaemon 0\nSocksPort 0\nNoExec 1\nSandbox 1\n"
+		"CookieAuthentication 1\nRunAsDaemon 0\nSocksPort 0\nNoExec 1\nSandbox 1\nOfflineMasterKey 1\n"
 	if got != want {
 		t.Fatalf("torrc:\n%s\nwant:\n%s", got, want)
 	}

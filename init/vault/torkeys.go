@@ -344,5 +344,7 @@ func ownedDir(d string, uid, gid int) error {
 	if err := os.Lchown(d, uid, gid); err != nil {
 		return err
 	}
-	return os.Chmod(d, 0o700)
+	// Private to the relay; a setgid bit (Debian's 02700 DataDirectory)
+	// stays.
+	return os.Chmod(d, 0o700|fi.Mode()&fs.ModeSetgid)
 }

@@ -176,7 +176,9 @@ const LevelAgent = "agent"
 // its DataDirectory on the node's tmpfs, a cookie-authenticated control
 // socket in the relay's private run directory (for operators and health
 // tools such as nyx), no SOCKS listener, and tor confined: it may not
-// run programs (NoExec) and runs in its seccomp sandbox.
+// run programs (NoExec) and runs in its seccomp sandbox. OfflineMasterKey
+// keeps the ed25519 master identity out of tor: the agent issues the
+// signing key and certificate from the vault.
 func AgentLines(dataDir, controlSocket string) []Line {
 	l := func(k, v string) Line { return Line{Op: OpSet, Key: k, Value: v, Level: LevelAgent} }
 	return []Line{
@@ -187,6 +189,7 @@ func AgentLines(dataDir, controlSocket string) []Line {
 		l("SocksPort", "0"),
 		l("NoExec", "1"),
 		l("Sandbox", "1"),
+		l("OfflineMasterKey", "1"),
 	}
 }
 

@@ -311,7 +311,7 @@ func TestForNode(t *testing.T) {
 	run, dropped := ForNode(server, agent)
 	want := "ContactInfo a@example.org\nNickname r1\nORPort 192.0.2.10:9001\nExitRelay 0\n" +
 		"DataDirectory /var/lib/tor-instances/r1\nControlSocket /run/tor-instances/r1/control\n" +
-		"CookieAuthentication 1\nRunAsDaemon 0\nSocksPort 0\nNoExec 1\nSandbox 1\n"
+		"CookieAuthentication 1\nRunAsDaemon 0\nSocksPort 0\nNoExec 1\nSandbox 1\nOfflineMasterKey 1\n"
 	if got := string(run.Render()); got != want {
 		t.Errorf("ForNode:\n%s\nwant:\n%s", got, want)
 	}
