@@ -58,7 +58,8 @@ func bootTPM(b *testing.B, tp *swtpmtest.TPM, srv *testsrv.Server, c *api.Client
 	}
 	for i, d := range dirs {
 		name := fmt.Sprintf("relay%d", i)
-		ok, err := v.Restore(name, filepath.Join(b.TempDir(), "data"), 0, 0)
+		data := filepath.Join(b.TempDir(), "data")
+		ok, err := v.Restore(name, data, 0, 0)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -66,6 +67,11 @@ func bootTPM(b *testing.B, tp *swtpmtest.TPM, srv *testsrv.Server, c *api.Client
 			if _, err := v.Capture(name, d); err != nil {
 				b.Fatal(err)
 			}
+		}
+		// OfflineMasterKey: the signing key tor gets, issued in Go (no
+		// TPM command).
+		if _, err := v.Issue(name, data, 0, 0, time.Now().Add(30*24*time.Hour)); err != nil {
+			b.Fatal(err)
 		}
 	}
 	if err := v.Save(ctx); err != nil {
