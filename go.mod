@@ -3,6 +3,7 @@ module patela
 go 1.26.0
 
 require (
+	filippo.io/edwards25519 v1.2.0
 	github.com/biscuit-auth/biscuit-go/v2 v2.2.0
 	github.com/google/go-eventlog v0.0.2
 	github.com/google/go-tpm v0.9.8
@@ -19,7 +20,6 @@ require (
 )
 
 require (
-	filippo.io/edwards25519 v1.2.0 // indirect
 	github.com/alecthomas/participle/v2 v2.0.0 // indirect
 	github.com/atotto/clipboard v0.1.4 // indirect
 	github.com/aymanbagabas/go-osc52/v2 v2.0.1 // indirect
