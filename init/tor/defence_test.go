@@ -43,12 +43,14 @@ func attackLines(dataDir, canary string, dirPort int) []string {
 		"NoExec 0",
 		"Sandbox 0",
 		"User root",
+		"TestingTorNetwork 1",     // not on the allowlist
+		"Socks5Proxy 127.0.0.1:1", // nor this
 	}
 }
 
 // attackRefused are the option names attackLines should be refused as.
 var attackRefused = "CacheDirectory,ControlPort,DirPortFrontPage,ExtORPort,GeoIPFile,HiddenServiceDir,HiddenServicePort," +
-	"KeyDirectory,Log,MetricsPort,MetricsPortPolicy,NoExec,Sandbox,ServerTransportPlugin,SocksPort,User"
+	"KeyDirectory,Log,MetricsPort,MetricsPortPolicy,NoExec,Sandbox,ServerTransportPlugin,Socks5Proxy,SocksPort,TestingTorNetwork,User"
 
 // fetchAll asks tor's DirPort for its front page and directory documents
 // and returns every byte it answered, from inside namespace ns.

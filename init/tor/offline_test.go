@@ -2,8 +2,8 @@ package tor
 
 import (
 	"bytes"
-	"encoding/base64"
 	"context"
+	"encoding/base64"
 	"io/fs"
 	"os"
 	"path/filepath"
