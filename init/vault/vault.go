@@ -109,10 +109,15 @@ type Vault struct {
 
 	retention time.Duration
 
-	mu      sync.Mutex
-	key     []byte
-	relays  map[string]*Entry
-	saved   map[string]*Entry // the entries as last saved (entries are replaced, never changed)
+	mu     sync.Mutex
+	key    []byte
+	relays map[string]*Entry
+	saved  map[string]*Entry // the entries as last saved (entries are replaced, never changed)
+	// unsaved is which relays differ from saved, recomputed under mu
+	// after every change and read under umu alone, so Unsaved (read by
+	// every heartbeat) never waits for a save talking to the mirror.
+	umu     sync.Mutex
+	unsaved map[string]bool
 	version uint64
 	stored  []byte // encoding of the relays as last saved, to detect changes
 	hdr     header
@@ -272,6 +277,7 @@ func (v *Vault) create(t transport.TPM, srk *tpmkeys.Key, pol pcrPolicy) error {
 	}
 	v.stored, _ = encodeBundle(&Bundle{Relays: v.relays})
 	v.saved = maps.Clone(v.relays)
+	v.markLocked()
 	v.log.Info("vault created: new key sealed in the TPM", "pcrs", pol.pcrs)
 	return nil
 }
@@ -338,6 +344,7 @@ func (v *Vault) decrypt(hdr *header, env []byte) error {
 	var err error
 	v.stored, err = encodeBundle(&Bundle{Relays: v.relays})
 	v.saved = maps.Clone(v.relays)
+	v.markLocked()
 	return err
 }
 
@@ -353,6 +360,7 @@ func (v *Vault) Restore(name, dataDir string, uid, gid int) (restored bool, err 
 		back := *e
 		back.RetiredAt = 0
 		v.relays[name] = &back
+		v.markLocked()
 		v.log.Info("retired relay is back; restoring its keys", "relay", name)
 	}
 	v.mu.Unlock()
@@ -399,6 +407,7 @@ func (v *Vault) Capture(name, dataDir string) (changed bool, err error) {
 		v.log.Warn("relay identity keys differ from the stored ones; storing the new identity", "relay", name)
 	}
 	v.relays[name] = e
+	v.markLocked()
 	return true, nil
 }
 
@@ -418,6 +427,7 @@ func (v *Vault) Ensure(name string) (created bool, err error) {
 		return false, fmt.Errorf("making keys of %s: %w", name, err)
 	}
 	v.relays[name] = e
+	v.markLocked()
 	v.log.Info("new relay identity made", "relay", name)
 	return true, nil
 }
@@ -452,6 +462,7 @@ func (v *Vault) Forget(name string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	delete(v.relays, name)
+	v.markLocked()
 }
 
 // Retire marks a relay that left the config: its keys stay in the bundle
@@ -474,6 +485,7 @@ func (v *Vault) Retire(name string) error {
 	r := *e
 	r.RetiredAt = max(now, 1)
 	v.relays[name] = &r
+	v.markLocked()
 	v.log.Info("relay retired; its keys are kept", "relay", name, "for", v.retention)
 	return nil
 }
@@ -508,6 +520,7 @@ func (v *Vault) purgeLocked() {
 	for _, n := range retired {
 		if e := v.relays[n]; now >= e.RetiredAt && time.Duration(now-e.RetiredAt)*time.Millisecond >= v.retention {
 			delete(v.relays, n)
+			v.markLocked()
 			v.log.Info("retired relay's keys purged after the retention period", "relay", n, "retention", v.retention)
 		}
 	}
@@ -534,14 +547,22 @@ func (v *Vault) list(retired bool) []string {
 // Unsaved reports whether relay name's keys differ from the last saved
 // bundle: a reboot now would lose them.
 func (v *Vault) Unsaved(name string) bool {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	e := v.relays[name]
-	if e == nil {
-		return false
+	v.umu.Lock()
+	defer v.umu.Unlock()
+	return v.unsaved[name]
+}
+
+// markLocked recomputes unsaved; v.mu is held.
+func (v *Vault) markLocked() {
+	u := map[string]bool{}
+	for n, e := range v.relays {
+		if s := v.saved[n]; s == nil || !s.equal(e) {
+			u[n] = true
+		}
 	}
-	s := v.saved[name]
-	return s == nil || !s.equal(e)
+	v.umu.Lock()
+	v.unsaved = u
+	v.umu.Unlock()
 }
 
 // Save persists the bundle if it changed since it was loaded or last
@@ -609,6 +630,7 @@ func (v *Vault) Save(ctx context.Context) error {
 	}
 	v.hdr, v.version, v.stored, v.counter, v.uncommitted = hdr, b.Version, cur, b.Counter, true
 	v.saved = maps.Clone(v.relays)
+	v.markLocked()
 	if err := v.step("header written"); err != nil {
 		return err
 	}
