@@ -102,6 +102,12 @@ func TestDirPortFrontPageAttackThroughReconcile(t *testing.T) {
 			addr, keyFile, filepath.Join(w.root, "pwned"))
 	}
 
+	cfg, err := w.s.Client(t).Config(ctx, mustToken(t, w.tokens))
+	if err != nil || len(cfg.Relays) != 1 {
+		t.Fatalf("config: %v", err)
+	}
+	dirPort := net.JoinHostPort(netip.MustParsePrefix(cfg.Relays[0].IPv4).Addr().String(), "9030")
+
 	// The database, edited behind the server's back.
 	db, err := sql.Open("sqlite3", w.s.DBPath)
 	if err != nil {
@@ -116,6 +122,15 @@ func TestDirPortFrontPageAttackThroughReconcile(t *testing.T) {
 	}
 	if st, _ := statusOf(w.sup, first.Name); st.PID != first.PID || st.State != api.RelayRunning {
 		t.Errorf("relay disturbed by the edited database: %+v", st)
+	}
+	if nsexec.Do(w.agent.Fd(), func() error {
+		c, err := net.DialTimeout("tcp", dirPort, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}) == nil {
+		t.Error("a DirPort listens after the edited database's round")
 	}
 	if _, err := db.Exec(`UPDATE relays SET torrc = '' WHERE name = ?`, first.Name); err != nil {
 		t.Fatal(err)
@@ -155,7 +170,9 @@ func TestDirPortFrontPageAttackThroughReconcile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dirPort := net.JoinHostPort(relayAddr.String(), "9030")
+	if dirPort != net.JoinHostPort(relayAddr.String(), "9030") {
+		t.Fatalf("the relay moved: %s, %s", dirPort, relayAddr)
+	}
 	var body []byte
 	waitFor(t, "the DirPort to answer", func() bool {
 		body = nil
