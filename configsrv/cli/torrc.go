@@ -190,11 +190,11 @@ func (e *env) torrcResolve(fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return err
 	}
-	_, served, _, err := e.relayTorrc(relay)
+	_, served, r, err := e.relayTorrc(relay)
 	if err != nil {
 		return err
 	}
-	c := resolve.OnNode(served, relay)
+	c := resolve.OnNode(served, r)
 	if *explain {
 		e.stdout.Write(c.Explain())
 	} else {

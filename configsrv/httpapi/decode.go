@@ -99,5 +99,44 @@ func decodeStatus(r io.Reader) (*api.Status, error) {
 			}
 		}
 	}
+	if v.Metrics != nil {
+		if err := checkMetrics(v.Metrics); err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+	}
 	return &v, nil
+}
+
+// maxCounter is the largest figure SQLite's INTEGER holds.
+const maxCounter = 1<<63 - 1
+
+// checkMetrics bounds a heartbeat's metrics summary: every figure fits the
+// database, every string is short.
+func checkMetrics(m *api.NodeMetrics) error {
+	if m.AgentRSSBytes > maxCounter || m.MemAvailableBytes > maxCounter || m.MemTotalBytes > maxCounter {
+		return errors.New("a node figure is above 2^63-1")
+	}
+	if len(m.Relays) > 256 {
+		return errors.New("more than 256 relays")
+	}
+	for _, r := range m.Relays {
+		if r.Name == "" || len(r.Name) > 19 || len(r.Error) > 200 || len(r.Flags) > 16 {
+			return fmt.Errorf("relay %.19q: name, error (200 bytes) or flags (16) out of range", r.Name)
+		}
+		for _, f := range r.Flags {
+			if len(f) > 16 {
+				return fmt.Errorf("relay %s: flag %.16q... is longer than 16 bytes", r.Name, f)
+			}
+		}
+		for _, n := range []uint64{r.BytesRead, r.BytesWritten, r.ORConns, r.ExitConns, r.Circuits, r.OnionskinsProcessed,
+			r.OnionskinsDropped, r.DNSQueries, r.DNSErrors, r.DNSTimeouts, r.TorRSSBytes} {
+			if n > maxCounter {
+				return fmt.Errorf("relay %s: a figure is above 2^63-1", r.Name)
+			}
+		}
+		if r.SigningCertExpires < 0 || r.UptimeS < 0 {
+			return fmt.Errorf("relay %s: signing_cert_expires or uptime_s is negative", r.Name)
+		}
+	}
+	return nil
 }

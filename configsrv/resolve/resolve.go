@@ -56,11 +56,11 @@ func Managed(r *store.Relay) []torrc.Line {
 	return out
 }
 
-// OnNode is what tor on the node runs for relay name, given the torrc
-// the server serves: the lines the agent keeps, then its own (level
+// OnNode is what tor on the node runs for relay r, given the torrc the
+// server serves: the lines the agent keeps, then its own (level
 // "agent"), as the agent builds it (torrc.ForNode).
-func OnNode(served *torrc.Config, name string) *torrc.Config {
-	run, _ := torrc.ForNode(served, torrc.AgentLines(DataDir(name), ControlSocket(name)))
+func OnNode(served *torrc.Config, r *store.Relay) *torrc.Config {
+	run, _ := torrc.ForNode(served, torrc.AgentLines(DataDir(r.Name), ControlSocket(r.Name), layout.MetricsAddr(r.UID)))
 	return run
 }
 

@@ -247,9 +247,29 @@ func (s *Store) PutKeyBundle(ctx context.Context, nodeID int64, b *api.KeyBundle
 
 // RecordStatus stores a heartbeat: boot id, uptime, last_seen, and what
 // the agent reports of each of its relays. Names the node does not own are
-// ignored (a relay removed since the agent last fetched its config).
+// ignored (a relay removed since the agent last fetched its config). Its
+// metrics summary, if any, replaces the node's last one (metrics.go); a
+// heartbeat without one keeps it, unless the node rebooted since.
 func (s *Store) RecordStatus(ctx context.Context, nodeID int64, st *api.Status, now time.Time) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		var boot string
+		err := tx.QueryRow(`SELECT boot_id FROM nodes WHERE id = ?`, nodeID).Scan(&boot)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil // removed since its token was checked
+		}
+		if err != nil {
+			return err
+		}
+		switch {
+		case st.Metrics != nil:
+			if err := recordMetrics(tx, nodeID, st.Metrics, now); err != nil {
+				return err
+			}
+		case boot != st.BootID:
+			if err := dropMetrics(tx, nodeID); err != nil {
+				return err
+			}
+		}
 		if _, err := tx.Exec(`UPDATE nodes SET boot_id = ?, uptime_s = ?, last_seen = ? WHERE id = ?`,
 			st.BootID, st.UptimeS, unix(now), nodeID); err != nil {
 			return err

@@ -14,6 +14,8 @@
 //
 // and the postrouting chain rewrites the source of marked packets leaving
 // the relay NIC, so a relay's traffic always leaves from its own address.
+// A third chain keeps the relays' metrics listeners on loopback for the
+// agent's uid alone (nftables.go).
 //
 // The same table filters inbound traffic (its input chain, policy drop):
 // on the relay NIC only TCP to each relay's own address and ORPort (and
@@ -36,6 +38,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -82,6 +85,7 @@ type Manager struct {
 	log   *slog.Logger
 	addrs map[addrKey]bool // addresses this manager added
 	last  *plan            // last plan fully applied
+	uid   uint32           // the agent's: the one that may reach the relays' metrics (nftables.go)
 }
 
 // New opens netlink in the configured namespace.
@@ -110,7 +114,7 @@ func New(opts Options) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netcfg: netlink: %w", err)
 	}
-	return &Manager{opts: opts, nl: h, log: opts.Log, addrs: map[addrKey]bool{}}, nil
+	return &Manager{opts: opts, nl: h, log: opts.Log, addrs: map[addrKey]bool{}, uid: uint32(os.Geteuid())}, nil
 }
 
 // Close releases the netlink handle.

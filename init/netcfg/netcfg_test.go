@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os/exec"
 	"slices"
 	"sort"
@@ -22,6 +23,7 @@ import (
 	"patela/init/netnstest"
 	"patela/init/reaper"
 	"patela/internal/api"
+	"patela/internal/layout"
 )
 
 // world is an agent namespace with a management link (its own default
@@ -204,8 +206,13 @@ func TestApplyConvergeTeardown(t *testing.T) {
 	check(t, "relay table", s1.routes, []string{"192.0.2.0/24 link", "2001:db8::/64 link", "default via 192.0.2.1", "default via 2001:db8::1"})
 	check(t, "management routes", s1.main, before.main)
 	nr := nftRules(t, s1.nft)
-	if len(nr["mark"]) != 2 || len(nr["snat"]) != 4 {
+	if len(nr["mark"]) != 2 || len(nr["snat"]) != 4 || len(nr["guard"]) != 1 {
 		t.Fatalf("nft rules: %v", nr)
+	}
+	for _, want := range []string{`"127.66.0.0","len":16`, `"dport"`, "9035", `"skuid"`, `"op":"!="`, `"drop"`} {
+		if !strings.Contains(nr["guard"][0], want) {
+			t.Errorf("guard rule %s lacks %s", nr["guard"][0], want)
+		}
 	}
 	for i, want := range [][]string{{`"skuid"`, "10001", `"mark"`}, {`"skuid"`, "10002"}} {
 		for _, s := range want {
@@ -362,6 +369,57 @@ func TestRelayTrafficLeavesFromRelayAddress(t *testing.T) {
 	state := w.state(t)
 	if !slices.Contains(state.main, "default via 10.99.0.1") {
 		t.Errorf("management default route gone: %v", state.main)
+	}
+}
+
+// The relays' metrics listeners answer the agent's uid only: as a relay's
+// uid, a connection to one hangs (dropped); as the agent's it connects,
+// and so does the relay's uid to any other port of the same address.
+// Without the table (Teardown) the relay's uid connects too: the rule is
+// what stopped it.
+func TestMetricsGuard(t *testing.T) {
+	w := newWorld(t)
+	if err := w.m.Apply(context.Background(), relays(r1)); err != nil {
+		t.Fatal(err)
+	}
+	addr := layout.MetricsAddr(r1.UID)
+	other := netip.AddrPortFrom(addr.Addr(), layout.MetricsPort+1)
+	for _, a := range []netip.AddrPort{addr, other} {
+		var l net.Listener
+		w.agent.Do(t, func() (err error) {
+			l, err = net.Listen("tcp", a.String())
+			return err
+		})
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+	}
+	for _, tc := range []struct {
+		uid     int
+		to      netip.AddrPort
+		connect bool
+	}{
+		{r1.UID, addr, false},
+		{10002, addr, false}, // any other uid, relay or not
+		{0, addr, true},
+		{r1.UID, other, true},
+	} {
+		if got := w.agent.ConnectAs(t, tc.uid, tc.to); got != tc.connect {
+			t.Errorf("uid %d to %s: connected %v, want %v", tc.uid, tc.to, got, tc.connect)
+		}
+	}
+	if err := w.m.Teardown(); err != nil {
+		t.Fatal(err)
+	}
+	if !w.agent.ConnectAs(t, r1.UID, addr) {
+		t.Errorf("uid %d cannot reach %s without the table either: the test proves nothing", r1.UID, addr)
 	}
 }
 

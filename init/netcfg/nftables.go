@@ -8,6 +8,8 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"patela/internal/layout"
 )
 
 // TableName is the nftables table (family inet) the agent owns entirely.
@@ -47,6 +49,7 @@ func (m *Manager) syncNft(link netlink.Link, p *plan, unchanged bool) error {
 		relayIf = link.Attrs().Name
 	}
 	addInput(c, t, relayIf, p)
+	m.guardMetrics(c, t)
 	if link == nil || len(p.relays) == 0 {
 		return c.Flush()
 	}
@@ -188,6 +191,48 @@ func daddr(a netip.Addr) []expr.Any {
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: uint32(len(b))},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: b},
 	}
+}
+
+// guardMetrics adds the chain that keeps the relays' MetricsPorts
+// (layout.MetricsNet, port layout.MetricsPort, on loopback) the agent's
+// alone: a connection to them from any socket not owned by the agent's
+// uid is dropped before it leaves the sender.
+//
+//	meta nfproto ipv4 ip daddr 127.66.0.0/16 meta l4proto tcp tcp dport 9035 meta skuid != <agent> drop
+//
+// Only new connections match (the destination port), so tor's answers
+// (source port 9035) pass. Nothing from outside the machine reaches a
+// 127/8 address: the kernel drops such packets as martians.
+func (m *Manager) guardMetrics(c *nftables.Conn, t *nftables.Table) {
+	guard := c.AddChain(&nftables.Chain{
+		Name: "guard", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter,
+	})
+	pfx := layout.MetricsNet
+	mask := net4Mask(pfx.Bits())
+	port := make([]byte, 2)
+	binary.BigEndian.PutUint16(port, layout.MetricsPort)
+	c.AddRule(&nftables.Rule{Table: t, Chain: guard, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: pfx.Addr().AsSlice()},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: port},
+		&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: u32(m.uid)},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}})
+}
+
+// net4Mask is an IPv4 netmask of bits ones, as bytes.
+func net4Mask(bits int) []byte {
+	b := make([]byte, 4)
+	binary.BigEndian.PutUint32(b, ^uint32(0)<<(32-bits))
+	return b
 }
 
 // u32 is a 32-bit value as nftables registers hold it (host order).

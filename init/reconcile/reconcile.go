@@ -1,9 +1,11 @@
 // Package reconcile is the agent's steady state: every poll interval it
 // fetches the node's desired state from the config server, converges the
 // relay network and the supervised relays to it without disturbing
-// relays that did not change, and sends a heartbeat. Between rounds, a
-// change the supervisor reports (a relay ready, exited, restarted) is
-// sent as a heartbeat of its own within seconds, without a config round.
+// relays that did not change, and sends a heartbeat with a metrics
+// summary of the node and its relays (each tor's MetricsPort, scraped
+// every round). Between rounds, a change the supervisor reports (a relay
+// ready, exited, restarted) is sent as a heartbeat of its own within
+// seconds, without a config round.
 // A server that cannot be reached, or that refuses the node (disabled,
 // banned, sent back to pending: 403), changes nothing: the relays keep
 // running and the loop retries with backoff. (After a reboot a disabled
@@ -26,6 +28,7 @@ import (
 	"time"
 
 	"patela/init/netcfg"
+	"patela/init/procfs"
 	"patela/init/tor"
 	"patela/internal/api"
 )
@@ -53,6 +56,8 @@ type Relays interface {
 	Status() []tor.Status
 	// Changes signals after what Status reports changed.
 	Changes() <-chan struct{}
+	// Metrics scrapes the relays whose tor runs.
+	Metrics(ctx context.Context) []api.RelayMetrics
 }
 
 // Config wires the loop. Client, Tokens, Network and Relays are required.
@@ -222,7 +227,9 @@ func (l *Loop) round(ctx context.Context) (time.Duration, bool, error) {
 	}
 	interval = l.interval(cfg.PollIntervalS)
 	applyErr := l.apply(ctx, cfg)
-	hbErr := l.heartbeat(ctx, l.status())
+	st := l.status()
+	st.Metrics = l.metrics(ctx)
+	hbErr := l.heartbeat(ctx, st)
 	return interval, hbErr == nil, errors.Join(applyErr, hbErr)
 }
 
@@ -369,6 +376,21 @@ func (l *Loop) status() *api.Status {
 	}
 	sort.Slice(s.Relays, func(i, j int) bool { return s.Relays[i].Name < s.Relays[j].Name })
 	return s
+}
+
+// metrics is the round heartbeat's metrics summary: the relays' scrapes
+// and the node's own figures. Change heartbeats carry none, so the
+// server keeps the figures of the last round.
+func (l *Loop) metrics(ctx context.Context) *api.NodeMetrics {
+	m := &api.NodeMetrics{Relays: l.relays.Metrics(ctx)}
+	var err error
+	if m.AgentRSSBytes, err = procfs.RSS(l.cfg.ProcRoot, "self"); err != nil {
+		l.log.Debug("agent RSS", "err", err)
+	}
+	if m.MemAvailableBytes, m.MemTotalBytes, err = procfs.Memory(l.cfg.ProcRoot); err != nil {
+		l.log.Debug("node memory", "err", err)
+	}
+	return m
 }
 
 func (l *Loop) bootID() string {

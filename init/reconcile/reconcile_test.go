@@ -139,13 +139,15 @@ func addrsIn(t *testing.T, ns *netnstest.NS, ifname string) map[netip.Addr]bool 
 
 // world is an agent's surroundings: a real configsrv with one enrolled
 // node allowed maxRelays relays, the agent's network namespace with its
-// relay NIC, and a loop wired to real netcfg and tor.
+// relay NIC (to the namespace up), and a loop wired to real netcfg and
+// tor, tor running inside the agent's namespace.
 type world struct {
 	s      *testsrv.Server
 	id     int64
 	ids    string
 	tokens *softTokens
 	agent  *netnstest.NS
+	up     *netnstest.NS
 	root   string
 	logs   *testutil.SyncBuffer
 	sup    *tor.Supervisor
@@ -172,8 +174,8 @@ func newWorld(tb testing.TB, maxRelays int, poll time.Duration, edit ...func(*wo
 		}
 	})
 	log := slog.New(slog.NewTextHandler(w.logs, nil))
-	w.agent = netnstest.New(tb)
-	netnstest.Veth(tb, w.agent, "relay0", netnstest.New(tb), "up0")
+	w.agent, w.up = netnstest.New(tb), netnstest.New(tb)
+	netnstest.Veth(tb, w.agent, "relay0", w.up, "up0")
 	net, err := netcfg.New(netcfg.Options{NetNS: w.agent.Fd(), Log: log})
 	if err != nil {
 		tb.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"patela/internal/atomicfile"
+	"patela/internal/layout"
 )
 
 // Spec is one relay as the server wants it.
@@ -60,7 +61,8 @@ func (p relayPaths) candidate() string { return p.torrc + ".new" }
 
 // Apply brings relay spec.Name to spec, in one pass:
 //
-//  1. check the spec;
+//  1. check the spec, and that no other relay's tor listens on its
+//     metrics address;
 //  2. a relay whose uid changed is stopped and set up anew below (its
 //     DataDirectory must change owner, which a running tor would not
 //     survive; its keys stay there and in the vault);
@@ -85,6 +87,9 @@ func (s *Supervisor) Apply(ctx context.Context, spec Spec) (err error) {
 	defer s.mu.Unlock()
 	if s.closed {
 		return errors.New("supervisor is shut down")
+	}
+	if err := s.metricsAddrFree(spec); err != nil {
+		return err
 	}
 	r := s.relays[spec.Name]
 	if r != nil && r.uid != spec.UID {
@@ -125,6 +130,21 @@ func (s *Supervisor) Apply(ctx context.Context, spec Spec) (err error) {
 		return s.supervise(spec, p, d, certExpires)
 	}
 	return r.reload(d)
+}
+
+// metricsAddrFree refuses a spec whose metrics address another relay's
+// tor listens on (uids 65536 apart: layout.MetricsAddr).
+func (s *Supervisor) metricsAddrFree(spec Spec) error {
+	want := layout.MetricsAddr(spec.UID)
+	s.mapMu.RLock()
+	defer s.mapMu.RUnlock()
+	for name, r := range s.relays {
+		if name != spec.Name && layout.MetricsAddr(r.uid) == want {
+			return fmt.Errorf("relay %s: uid %d would share its metrics address %s with relay %s (uid %d)",
+				spec.Name, spec.UID, want, name, r.uid)
+		}
+	}
+	return nil
 }
 
 // makeDirs makes a relay's directories, owned by its uid: DataDirectory
@@ -173,7 +193,7 @@ func (s *Supervisor) restoreKeys(spec Spec, p relayPaths) (certExpires time.Time
 
 // torrc is the torrc tor will run for spec (buildTorrc), not yet written.
 func (s *Supervisor) torrc(spec Spec, p relayPaths) (*desired, error) {
-	cfg, dropped, err := buildTorrc(spec.Torrc, p.data, p.control())
+	cfg, dropped, err := buildTorrc(spec.Torrc, p.data, p.control(), layout.MetricsAddr(spec.UID))
 	if err != nil {
 		return nil, fmt.Errorf("relay %s: %w", spec.Name, err)
 	}

@@ -61,10 +61,11 @@ type command struct {
 }
 
 type proc struct {
-	cmd    *exec.Cmd
-	pid    int
-	exited chan struct{}
-	err    error // valid once exited is closed
+	cmd     *exec.Cmd
+	pid     int
+	started time.Time
+	exited  chan struct{}
+	err     error // valid once exited is closed
 }
 
 // relay owns one tor process: its goroutine run is the only code that
@@ -91,6 +92,8 @@ type relay struct {
 
 	keySeen, keyPolled string    // keyState last captured, last polled
 	certExpires        time.Time // the signing certificate issued last
+
+	load loadCounters // overload signs at the last scrape (metrics.go), under mu
 }
 
 // newRelay is a relay about to start; Supervisor.supervise starts it.
@@ -375,7 +378,7 @@ func (r *relay) start() (*proc, error) {
 	if err := startNoNewPrivs(cmd, r.o.NetNS); err != nil {
 		return nil, err
 	}
-	p := &proc{cmd: cmd, pid: cmd.Process.Pid, exited: make(chan struct{})}
+	p := &proc{cmd: cmd, pid: cmd.Process.Pid, started: time.Now(), exited: make(chan struct{})}
 	go func() {
 		p.err = reaper.Wait(cmd)
 		close(p.exited)

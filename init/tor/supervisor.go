@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,8 +56,11 @@ type Options struct {
 	SaveRetryMax  time.Duration // default 5 min
 	LogLines      int           // lines kept per relay; default 1000
 	Owner         int           // tor's __OwningControllerProcess; default this process
-	// NetNS is the network namespace (an open fd) tor runs in; 0: the
-	// agent's. Tests give tor a namespace of their own to listen in.
+	ScrapeTimeout time.Duration // one MetricsPort scrape (Metrics); default 5 s
+
+	// NetNS is the network namespace (an open fd) tor runs in, and the
+	// agent reaches its MetricsPort in; 0: the agent's. Tests give tor a
+	// namespace of their own to listen in.
 	NetNS int
 }
 
@@ -101,6 +105,7 @@ func (o *Options) defaults() error {
 	dur(&o.SaveTimeout, 60*time.Second)
 	dur(&o.SaveRetryMin, time.Second)
 	dur(&o.SaveRetryMax, 5*time.Minute)
+	dur(&o.ScrapeTimeout, 5*time.Second)
 	if o.CrashLimit <= 0 {
 		o.CrashLimit = 5
 	}
@@ -124,6 +129,7 @@ type Supervisor struct {
 	saver  *saver
 
 	changes chan struct{} // one pending signal at most; see Changes
+	scraper *http.Client  // of Metrics
 }
 
 // New checks o and prepares the state and run directories.
@@ -141,7 +147,8 @@ func New(o Options) (*Supervisor, error) {
 			return nil, err
 		}
 	}
-	s := &Supervisor{o: o, relays: map[string]*relay{}, changes: make(chan struct{}, 1)}
+	s := &Supervisor{o: o, relays: map[string]*relay{}, changes: make(chan struct{}, 1),
+		scraper: newScraper(o.NetNS, o.ScrapeTimeout)}
 	s.saver = newSaver(&s.o, s.signal)
 	return s, nil
 }

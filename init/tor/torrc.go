@@ -2,6 +2,7 @@ package tor
 
 import (
 	"fmt"
+	"net/netip"
 
 	"patela/internal/torrc"
 )
@@ -10,14 +11,15 @@ import (
 // (torrc.ForNode): the server's lines the agent allows, plus the agent's
 // own. The server names paths of a Debian layout; the agent knows where
 // its tmpfs is and starts tor with the relay's uid already set, so tor
-// gets no User line at all (it would need root and getpwnam). The lines
-// left out are returned, so the caller can report them.
-func buildTorrc(server []byte, dataDir, controlSocket string) (*torrc.Config, []torrc.Line, error) {
+// gets no User line at all (it would need root and getpwnam). metrics is
+// where tor serves the agent its metrics. The lines left out are
+// returned, so the caller can report them.
+func buildTorrc(server []byte, dataDir, controlSocket string, metrics netip.AddrPort) (*torrc.Config, []torrc.Line, error) {
 	c, err := torrc.Parse(server)
 	if err != nil {
 		return nil, nil, fmt.Errorf("server torrc: %w", err)
 	}
-	run, dropped := torrc.ForNode(c, torrc.AgentLines(dataDir, controlSocket))
+	run, dropped := torrc.ForNode(c, torrc.AgentLines(dataDir, controlSocket, metrics))
 	return run, dropped, nil
 }
 

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"patela/internal/layout"
 )
 
 func regexpMatch(re, s string) bool { return regexp.MustCompile(re).MatchString(s) }
@@ -55,7 +57,7 @@ func TestFilesAccounts(t *testing.T) {
 func TestBuildTorrc(t *testing.T) {
 	server := []byte("Nickname murazzano\nORPort 192.0.2.10:443\nORPort [2001:db8::10]:443\n" +
 		"DataDirectory /var/lib/tor-instances/murazzano\nUser _tor-murazzano\nContactInfo x\n")
-	c, dropped, err := buildTorrc(server, "/run/patela/state/murazzano", "/run/patela/run/murazzano/control")
+	c, dropped, err := buildTorrc(server, "/run/patela/state/murazzano", "/run/patela/run/murazzano/control", layout.MetricsAddr(10001))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,18 +67,19 @@ func TestBuildTorrc(t *testing.T) {
 	got := string(c.Render())
 	want := "Nickname murazzano\nORPort 192.0.2.10:443\nORPort [2001:db8::10]:443\nContactInfo x\n" +
 		"DataDirectory /run/patela/state/murazzano\nControlSocket /run/patela/run/murazzano/control\n" +
-		"CookieAuthentication 1\nRunAsDaemon 0\nSocksPort 0\nNoExec 1\nSandbox 1\nOfflineMasterKey 1\n"
+		"CookieAuthentication 1\nRunAsDaemon 0\nSocksPort 0\nNoExec 1\nSandbox 1\nOfflineMasterKey 1\n" +
+		"MetricsPort 127.66.39.17:9035\nMetricsPortPolicy accept 127.0.0.1\n"
 	if got != want {
 		t.Fatalf("torrc:\n%s\nwant:\n%s", got, want)
 	}
 	if !needsBindCap(c) {
 		t.Error("ORPort 443 needs CAP_NET_BIND_SERVICE")
 	}
-	high, _, _ := buildTorrc([]byte("ORPort 9001\nORPort [2001:db8::10]:9001 IPv6Only\nDirPort auto\n"), "/d", "/c")
+	high, _, _ := buildTorrc([]byte("ORPort 9001\nORPort [2001:db8::10]:9001 IPv6Only\nDirPort auto\n"), "/d", "/c", layout.MetricsAddr(1))
 	if needsBindCap(high) {
 		t.Error("ports >= 1024 need no capability")
 	}
-	if _, _, err := buildTorrc([]byte("Bogus 1\n"), "/d", "/c"); err == nil || !strings.Contains(err.Error(), "line 1") {
+	if _, _, err := buildTorrc([]byte("Bogus 1\n"), "/d", "/c", layout.MetricsAddr(1)); err == nil || !strings.Contains(err.Error(), "line 1") {
 		t.Errorf("unknown option: %v", err)
 	}
 }

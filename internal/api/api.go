@@ -108,6 +108,8 @@ type Status struct {
 	BootID  string        `json:"boot_id"`
 	UptimeS int64         `json:"uptime_s"`
 	Relays  []RelayStatus `json:"relays"`
+	// Metrics is the node's metrics summary (metrics.go); optional.
+	Metrics *NodeMetrics `json:"metrics,omitempty"`
 }
 
 // RelayStatus is one relay's state as the agent sees it.

@@ -1,6 +1,11 @@
 package torrc
 
-import "strings"
+import (
+	"net/netip"
+	"strings"
+
+	"patela/internal/layout"
+)
 
 // Owner says who may write an option into a relay's torrc. The owners
 // table below is the one list of it: the server's import check, the
@@ -60,6 +65,8 @@ var owners = map[string]Owner{
 	"Sandbox":              OwnerAgent,
 	"OfflineMasterKey":     OwnerAgent, // the master identity stays in the vault
 	"SigningKeyLifetime":   OwnerAgent, // the agent issues the signing key
+	"MetricsPort":          OwnerAgent, // on loopback, for the agent alone (layout.MetricsAddr)
+	"MetricsPortPolicy":    OwnerAgent,
 
 	// The administrator's: what an operator legitimately sets on an exit
 	// relay. Exit policy and exit behaviour.
@@ -159,7 +166,7 @@ func Refusal(key string) string {
 		strings.Contains(c, "FileGroup"), strings.Contains(c, "GroupReadable"), strings.Contains(c, "GroupWritable"):
 		return "it names a file or directory on the node"
 	case strings.HasSuffix(c, "Port") || strings.HasSuffix(c, "ListenAddr") || strings.HasPrefix(c, "Control") ||
-		c == "MetricsPortPolicy" || c == "SocksPolicy" || c == "HashedControlPassword" || c == "CookieAuthFile":
+		c == "SocksPolicy" || c == "HashedControlPassword" || c == "CookieAuthFile":
 		return "it opens a listener or a control channel on the node"
 	case c == "User" || c == "KeyDirectory" || c == "SigningKeyLifetime" || c == "OfflineMasterKey" ||
 		strings.HasPrefix(c, "OutboundBindAddress") || c == "KeepBindCapabilities" || c == "DisableAllSwap" ||
@@ -178,8 +185,10 @@ const LevelAgent = "agent"
 // tools such as nyx), no SOCKS listener, and tor confined: it may not
 // run programs (NoExec) and runs in its seccomp sandbox. OfflineMasterKey
 // keeps the ed25519 master identity out of tor: the agent issues the
-// signing key and certificate from the vault.
-func AgentLines(dataDir, controlSocket string) []Line {
+// signing key and certificate from the vault. The MetricsPort the agent
+// scrapes listens at metrics (layout.MetricsAddr) and answers the agent's
+// address only (layout.MetricsClient; every other source is refused).
+func AgentLines(dataDir, controlSocket string, metrics netip.AddrPort) []Line {
 	l := func(k, v string) Line { return Line{Op: OpSet, Key: k, Value: v, Level: LevelAgent} }
 	return []Line{
 		l("DataDirectory", dataDir),
@@ -190,6 +199,8 @@ func AgentLines(dataDir, controlSocket string) []Line {
 		l("NoExec", "1"),
 		l("Sandbox", "1"),
 		l("OfflineMasterKey", "1"),
+		l("MetricsPort", metrics.String()),
+		l("MetricsPortPolicy", "accept "+layout.MetricsClient.String()),
 	}
 }
 

@@ -2,6 +2,7 @@ package torrc
 
 import (
 	"errors"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -199,7 +200,7 @@ func TestParseUserRefusesEveryManagedOption(t *testing.T) {
 			t.Errorf("OwnerOf(%q) = %s, want admin", k, o)
 		}
 	}
-	for _, k := range []string{"Nosuchoption", "__ORPort", "DirPortFrontPage", "GeoIPFile", "MetricsPort"} {
+	for _, k := range []string{"Nosuchoption", "__ORPort", "DirPortFrontPage", "GeoIPFile", "SocksPolicy"} {
 		if o := OwnerOf(k); o != OwnerForbidden {
 			t.Errorf("OwnerOf(%q) = %s, want forbidden", k, o)
 		}
@@ -223,8 +224,6 @@ func TestRefusalClasses(t *testing.T) {
 		"HiddenServiceDir /tmp/hs":                         "no onion services",
 		"HiddenServicePort 80 127.0.0.1:80":                "no onion services",
 		"ControlPort 9051":                                 "opens a listener",
-		"MetricsPort 0.0.0.0:9035":                         "opens a listener",
-		"MetricsPortPolicy accept *":                       "opens a listener",
 		"DNSPort 53":                                       "opens a listener",
 		"TransPort 9040":                                   "opens a listener",
 		"ExtORPort 9999":                                   "opens a listener",
@@ -241,7 +240,8 @@ func TestRefusalClasses(t *testing.T) {
 			t.Errorf("ParseUser(%q) = %v; want refused: ...%s", opt, err, why)
 		}
 	}
-	for _, opt := range []string{"SocksPort 9050", "SigningKeyLifetime 1 day", "NoExec 0", "Sandbox 0", "OfflineMasterKey 0", "DataDirectory /tmp"} {
+	for _, opt := range []string{"SocksPort 9050", "SigningKeyLifetime 1 day", "NoExec 0", "Sandbox 0", "OfflineMasterKey 0", "DataDirectory /tmp",
+		"MetricsPort 0.0.0.0:9035", "MetricsPortPolicy accept *"} {
 		if _, err := ParseUser([]byte(opt + "\n")); err == nil || !strings.Contains(err.Error(), "the agent on the node writes it") {
 			t.Errorf("ParseUser(%q) = %v; want the agent's", opt, err)
 		}
@@ -297,21 +297,22 @@ func TestCanonical(t *testing.T) {
 // The agent's lines are the agent's; ForNode keeps the admin's and the
 // server's lines in order, drops the rest, and ends with the agent's.
 func TestForNode(t *testing.T) {
-	agent := AgentLines("/var/lib/tor-instances/r1", "/run/tor-instances/r1/control")
+	agent := AgentLines("/var/lib/tor-instances/r1", "/run/tor-instances/r1/control", netip.MustParseAddrPort("127.66.39.17:9035"))
 	for _, l := range agent {
 		if o := OwnerOf(l.Key); o != OwnerAgent {
 			t.Errorf("agent line %s is owned by %s", l.Key, o)
 		}
 	}
 	server, err := Parse([]byte("ContactInfo a@example.org\nNickname r1\nDataDirectory /elsewhere\n" +
-		"ORPort 192.0.2.10:9001\nKeyDirectory /tmp/k\nControlPort 9051\nExitRelay 0\n"))
+		"ORPort 192.0.2.10:9001\nKeyDirectory /tmp/k\nControlPort 9051\nExitRelay 0\nMetricsPort 0.0.0.0:9035\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	run, dropped := ForNode(server, agent)
 	want := "ContactInfo a@example.org\nNickname r1\nORPort 192.0.2.10:9001\nExitRelay 0\n" +
 		"DataDirectory /var/lib/tor-instances/r1\nControlSocket /run/tor-instances/r1/control\n" +
-		"CookieAuthentication 1\nRunAsDaemon 0\nSocksPort 0\nNoExec 1\nSandbox 1\nOfflineMasterKey 1\n"
+		"CookieAuthentication 1\nRunAsDaemon 0\nSocksPort 0\nNoExec 1\nSandbox 1\nOfflineMasterKey 1\n" +
+		"MetricsPort 127.66.39.17:9035\nMetricsPortPolicy accept 127.0.0.1\n"
 	if got := string(run.Render()); got != want {
 		t.Errorf("ForNode:\n%s\nwant:\n%s", got, want)
 	}
@@ -319,7 +320,7 @@ func TestForNode(t *testing.T) {
 	for _, l := range dropped {
 		keys = append(keys, l.Key)
 	}
-	if strings.Join(keys, " ") != "DataDirectory KeyDirectory ControlPort" {
+	if strings.Join(keys, " ") != "DataDirectory KeyDirectory ControlPort MetricsPort" {
 		t.Errorf("dropped %v", keys)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"patela/internal/layout"
 	"patela/internal/testutil"
 	"patela/internal/torrc"
 )
@@ -28,7 +29,7 @@ func Verify(t testing.TB, text string) {
 	if err := os.Mkdir(data, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	run, _ := torrc.ForNode(served, torrc.AgentLines(data, filepath.Join(dir, "control")))
+	run, _ := torrc.ForNode(served, torrc.AgentLines(data, filepath.Join(dir, "control"), layout.MetricsAddr(10001)))
 	f := filepath.Join(dir, "torrc")
 	if err := os.WriteFile(f, run.Render(), 0o600); err != nil {
 		t.Fatal(err)
