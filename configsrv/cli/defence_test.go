@@ -30,7 +30,7 @@ func TestImportRefusesForbiddenClasses(t *testing.T) {
 		"KeyDirectory /tmp/k":                              "it names a file or directory",
 		"Log notice file /tmp/tor.log":                     "it names a file or directory",
 		"SocksPort 9050":                                   "the agent on the node writes it",
-		"MetricsPort 0.0.0.0:9035":                         "it opens a listener",
+		"MetricsPort 0.0.0.0:9035":                         "the agent on the node writes it",
 		"ControlPort 9051":                                 "it opens a listener",
 		"HiddenServiceDir /tmp/hs":                         "a relay node runs no onion services",
 		"User root":                                        "changes the relay's identity, keys, user or confinement",

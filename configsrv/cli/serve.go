@@ -97,8 +97,9 @@ type ServeOptions struct {
 	EKAllowlist string
 	AttestRate  float64 // per second per client; 0 disables the limit
 	AttestBurst int
-	MaxWait     time.Duration // longest hold of a long-polled config request
-	AccessLog   io.Writer     // one line per answered request; nil: none
+	MaxWait     time.Duration    // longest hold of a long-polled config request
+	AccessLog   io.Writer        // one line per answered request; nil: none
+	Observer    httpapi.Observer // told of every answered request (metrics); nil: none
 }
 
 // serveFlags defines serve's flags: one line per option of ServeOptions.
@@ -145,6 +146,7 @@ func (e *env) serve(fs *flag.FlagSet, args []string) error {
 	var o ServeOptions
 	dir := serveFlags(fs, &o)
 	level, accessLog := logFlags(fs)
+	metricsListen := metricsFlag(fs)
 	if _, err := parse(fs, args, 0, 0); err != nil {
 		return err
 	}
@@ -167,6 +169,12 @@ func (e *env) serve(fs *flag.FlagSet, args []string) error {
 	}
 	defer closeAL()
 	o.AccessLog = al
+	obs, stopMetrics, err := e.startMetrics(st, *metricsListen)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
+	o.Observer = obs
 	srv, err := NewServer(st, o, slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: *level})))
 	if err != nil {
 		return err
@@ -247,6 +255,9 @@ func NewServer(st *store.Store, o ServeOptions, log *slog.Logger) (*Server, erro
 		api.Limiter = httpapi.NewLimiter(o.AttestRate, o.AttestBurst)
 	}
 	h := api.Handler()
+	if o.Observer != nil {
+		h = httpapi.Instrument(h, o.Observer)
+	}
 	if o.AccessLog != nil {
 		h = httpapi.AccessLog(h, o.AccessLog)
 	}

@@ -117,3 +117,22 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 
 // Unwrap lets http.ResponseController reach the connection's writer.
 func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// Observer is told of every answered request (configsrv/metrics).
+type Observer interface {
+	// Observe gets the route pattern that took the request ("/" for no
+	// endpoint), the status answered and how long it took.
+	Observe(pattern string, status int, took time.Duration)
+}
+
+// Instrument wraps h, the API's mux, so that o observes every request.
+// The pattern is what the mux matched, so its values are the routes the
+// API has: a client cannot make new ones.
+func Instrument(h http.Handler, o Observer) http.Handler {
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusWriter{ResponseWriter: rw, status: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		o.Observe(r.Pattern, rec.status, time.Since(start))
+	})
+}

@@ -162,3 +162,18 @@ func (s *Store) Metrics(ctx context.Context) (map[int64]NodeMetrics, map[int64]R
 	}
 	return nodes, relays, rrows.Err()
 }
+
+// Size is the database's size in bytes: its pages times the page size
+// (the WAL not counted).
+func (s *Store) Size(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.queryRow(ctx, `SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()`).Scan(&n)
+	return n, err
+}
+
+// AttestedRelease is the release n's last TPM quote matched: its name,
+// "unknown" when the quote matched no registered release, "" when the
+// server has no quote of n. Nodes do not send quotes yet (issue 14
+// records the match), so it is "" for now. Release, the release n reports
+// booting, is its own word and never taken for this.
+func (n *Node) AttestedRelease() string { return "" }

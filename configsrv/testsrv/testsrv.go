@@ -1,7 +1,8 @@
 // Package testsrv runs a real configsrv for other packages' tests: HTTPS on
 // 127.0.0.1 with a fresh CA, biscuit key and SQLite database, two address
 // pools (192.0.2.0/24 gw .1 and 2001:db8::/64 gw ::1) and a global torrc
-// that keeps tor off the network.
+// that keeps tor off the network, with its Prometheus metrics on plain
+// HTTP (MetricsURL).
 package testsrv
 
 import (
@@ -11,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,9 +21,13 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+
 	"patela/configsrv/attest"
 	"patela/configsrv/attest/softek"
 	"patela/configsrv/cli"
+	"patela/configsrv/metrics"
 	"patela/configsrv/pki"
 	"patela/configsrv/store"
 	"patela/configsrv/token"
@@ -37,11 +43,15 @@ type Server struct {
 	CA     []byte // PEM of the CA the server certificate chains to
 	DBPath string
 	Dir    string // key material made by `configsrv init`
+	// MetricsURL is where the server's Prometheus metrics are served
+	// (serve --metrics-listen), over plain HTTP.
+	MetricsURL string
 
 	addr string
 	mu   sync.Mutex
 	st   *store.Store
 	srv  *cli.Server
+	msrv *http.Server
 	done chan error
 }
 
@@ -76,6 +86,7 @@ func (s *Server) start(t testing.TB, addr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	exp := metrics.New(st)
 	srv, err := cli.NewServer(st, cli.ServeOptions{
 		CertFile:   filepath.Join(s.Dir, pki.ServerCert),
 		KeyFile:    filepath.Join(s.Dir, pki.ServerKey),
@@ -85,6 +96,7 @@ func (s *Server) start(t testing.TB, addr string) {
 		// own tests use tight values.
 		AttestRate:  1000,
 		AttestBurst: 1000,
+		Observer:    exp,
 	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		st.Close()
@@ -103,12 +115,45 @@ func (s *Server) start(t testing.TB, addr string) {
 		st.Close()
 		t.Fatal(err)
 	}
+	mln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		ln.Close()
+		st.Close()
+		t.Fatal(err)
+	}
+	msrv := &http.Server{Handler: exp.Handler()}
+	go msrv.Serve(mln)
 	s.mu.Lock()
-	s.st, s.srv, s.done = st, srv, make(chan error, 1)
+	s.st, s.srv, s.msrv, s.done = st, srv, msrv, make(chan error, 1)
 	s.addr = ln.Addr().String()
 	s.URL = "https://" + s.addr
+	s.MetricsURL = "http://" + mln.Addr().String() + metrics.Path
 	s.mu.Unlock()
 	go func(done chan error) { done <- srv.ServeTLS(ln, "", "") }(s.done)
+}
+
+// Metrics scrapes the server's metrics and parses them with Prometheus'
+// text parser.
+func (s *Server) Metrics(t testing.TB) map[string]*dto.MetricFamily {
+	t.Helper()
+	s.mu.Lock()
+	u := s.MetricsURL
+	s.mu.Unlock()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("GET %s: %s: %s", u, resp.Status, b)
+	}
+	var p expfmt.TextParser
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parsing %s: %v", u, err)
+	}
+	return fams
 }
 
 // Stop stops the server; the database and keys stay for Restart.
@@ -121,9 +166,10 @@ func (s *Server) Stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	s.srv.Shutdown(ctx)
+	s.msrv.Close()
 	<-s.done
 	s.st.Close()
-	s.srv, s.st = nil, nil
+	s.srv, s.msrv, s.st = nil, nil, nil
 }
 
 // Restart stops the server and starts it again on the same address with

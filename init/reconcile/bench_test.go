@@ -53,3 +53,27 @@ func BenchmarkRound8Relays(b *testing.B) {
 	b.ReportMetric(before, "KiB-rss-before")
 	b.ReportMetric(testutil.VmRSS(b), "KiB-rss-8-relays")
 }
+
+// BenchmarkScrape8Relays is the metrics part of a round on a node of 8
+// real tor relays with the network on (their MetricsPorts open): one
+// Supervisor.Metrics, every relay scraped and summarised in parallel. It
+// reports the size of the round's heartbeat, summary included, as the
+// agent sends it.
+func BenchmarkScrape8Relays(b *testing.B) {
+	w := networkWorld(b, 8)
+	c, rec := w.s.Proxy(b, nil)
+	w.l.cfg.Client = c
+	hb := roundsUntilScraped(b, w, rec, 8, func(api.RelayMetrics) bool { return true })
+	bs := rec.Bodies(statusKey)
+	size := len(bs[len(bs)-1])
+	ctx := context.Background()
+	b.ResetTimer()
+	for b.Loop() {
+		if ms := w.sup.Metrics(ctx); len(ms) != 8 || ms[7].Error != "" {
+			b.Fatalf("scrape: %+v", ms)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(size), "heartbeat-bytes")
+	b.ReportMetric(float64(len(hb.Relays)), "relays")
+}

@@ -96,7 +96,7 @@ func serverRelays(t *testing.T, s *testsrv.Server, node int64) map[string]relayV
 	return m
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) time.Duration {
+func waitFor(t testing.TB, what string, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
 	deadline := start.Add(60 * time.Second)

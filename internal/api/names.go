@@ -67,6 +67,15 @@ const (
 	RelayRefused   RelayState = "refused" // the agent would not use the relay's configuration
 )
 
+// Known reports whether s is one of the states above.
+func (s RelayState) Known() bool {
+	switch s {
+	case RelayStarting, RelayRunning, RelayReloading, RelayStopping, RelayBackoff, RelayFailed, RelayStopped, RelayRefused:
+		return true
+	}
+	return false
+}
+
 // Permanent reports whether retrying the same request cannot succeed
 // until an administrator acts or the node changes: the node is banned, or
 // the server refuses what this node is (its EK, its AK, the request).

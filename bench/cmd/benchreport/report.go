@@ -91,7 +91,7 @@ func headline(r *Report) []Figure {
 	}
 	add("configsrv config fetches, 10,000 nodes × 4 relays, HTTPS loopback", cf, pkgHTTPAPI+" BenchmarkConfigFetch (server in the benchmark process)")
 	if s := r.Server; s != nil {
-		for _, b := range append(s.Fetch, s.Handshake) {
+		for _, b := range append(s.Fetch, s.Handshake, s.Heartbeat) {
 			add(fmt.Sprintf("configsrv binary, %d nodes × %d relays: %s", s.Nodes, s.Relays, b.Name),
 				fmt.Sprintf("%s/s, p50 %s, p99 %s, %d errors of %d", num(b.PerSec), ms(b.P50), ms(b.P99), b.Errors, b.Requests),
 				fmt.Sprintf("benchreport: %d clients, one connection and loopback address each", s.Clients))
@@ -99,6 +99,12 @@ func headline(r *Report) []Figure {
 		add(fmt.Sprintf("configsrv RSS at %d nodes × %d relays", s.Nodes, s.Relays),
 			fmt.Sprintf("%s idle, %s after the bursts (peak %s); database %s", mib(s.RSSIdle), mib(s.RSSAfter), mib(s.RSSPeak), mib(s.DBBytes)),
 			"benchreport: VmRSS/VmHWM of the configsrv process")
+		if m := s.Metrics; m != nil {
+			add(fmt.Sprintf("configsrv /metrics at %d nodes × %d relays, every relay's summary in", s.Nodes, s.Relays),
+				fmt.Sprintf("%s gzip (%s text, %d samples); p50 %s, max %s of %d scrapes; RSS after %s (peak %s)",
+					mib(m.GzipBytes), mib(m.TextBytes), m.Samples, ms(m.P50), ms(m.Max), m.Scrapes, mib(m.RSSAfter), mib(m.RSSPeak)),
+				"benchreport: serve --metrics-listen, fetched as Prometheus does (gzip), request to last byte")
+		}
 	} else {
 		add("configsrv binary at 10,000 nodes: fetches/s, handshakes/s, RSS", "not measured: "+r.why("server"), "benchreport")
 	}
@@ -222,10 +228,14 @@ func markdown(r *Report) string {
 		w("Seeded straight into SQLite in %s (database %s), then `configsrv serve --attest-rate 0` (one load generator stands for the fleet). %d clients, each with its own HTTPS connection and loopback address.\n\n",
 			s.Seed.Round(time.Millisecond), mib(s.DBBytes), s.Clients)
 		w("| burst | requests | errors | took | per second | p50 | p99 |\n|---|---|---|---|---|---|---|\n")
-		for _, x := range append(s.Fetch, s.Handshake) {
+		for _, x := range append(s.Fetch, s.Handshake, s.Heartbeat) {
 			w("| %s | %d | %d | %s | %s | %s | %s |\n", x.Name, x.Requests, x.Errors, x.Took.Round(time.Millisecond), num(x.PerSec), ms(x.P50), ms(x.P99))
 		}
 		w("\nRSS: %s idle after start, %s after the bursts, peak %s.\n\n", mib(s.RSSIdle), mib(s.RSSAfter), mib(s.RSSPeak))
+		if m := s.Metrics; m != nil {
+			w("`/metrics` (`serve --metrics-listen`) after every node's heartbeat with a summary of its relays: %s gzip as Prometheus fetches it, %s as text, %d samples; %d scrapes, p50 %s, max %s (request to last byte); server RSS then %s (peak %s).\n\n",
+				mib(m.GzipBytes), mib(m.TextBytes), m.Samples, m.Scrapes, ms(m.P50), ms(m.Max), mib(m.RSSAfter), mib(m.RSSPeak))
+		}
 	}
 
 	if fl := r.Fleet; fl != nil {

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -35,6 +39,21 @@ type ServerRun struct {
 	RSSPeak       int64         `json:"rss_peak_bytes"`
 	Fetch         []Burst       `json:"fetch"`
 	Handshake     Burst         `json:"handshake"`
+	Heartbeat     Burst         `json:"heartbeat"` // with a metrics summary of every relay
+	Metrics       *MetricsRun   `json:"metrics"`
+}
+
+// MetricsRun is /metrics (serve --metrics-listen) once every node has
+// sent a heartbeat with a summary of its relays.
+type MetricsRun struct {
+	Scrapes   int           `json:"scrapes"`
+	GzipBytes int64         `json:"gzip_bytes"` // what Prometheus fetches
+	TextBytes int64         `json:"text_bytes"`
+	Samples   int           `json:"samples"`
+	P50       time.Duration `json:"p50_ns"` // request to last byte, gzip
+	Max       time.Duration `json:"max_ns"`
+	RSSAfter  int64         `json:"rss_after_bytes"`
+	RSSPeak   int64         `json:"rss_peak_bytes"`
 }
 
 // Burst is one timed run of many requests.
@@ -49,9 +68,10 @@ type Burst struct {
 }
 
 type seeded struct {
-	ids []int64
-	eks []*softek.EK
-	aks [][]byte
+	ids    []int64
+	eks    []*softek.EK
+	aks    [][]byte
+	relays [][]string // each node's relay names
 }
 
 func runServer(ctx context.Context, bin, work string, nodes, relays int) (*ServerRun, error) {
@@ -77,7 +97,11 @@ func runServer(ctx context.Context, bin, work string, nodes, relays int) (*Serve
 	}
 	// One load generator stands for the fleet: lift the per-address
 	// attestation limit, which would otherwise measure the limiter.
-	if err := srv.Start("--attest-rate", "0"); err != nil {
+	metricsAddr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	if err := srv.Start("--attest-rate", "0", "--metrics-listen", metricsAddr); err != nil {
 		return nil, err
 	}
 	defer srv.Kill()
@@ -138,10 +162,94 @@ func runServer(ctx context.Context, bin, work string, nodes, relays int) (*Serve
 			_, err = c.Complete(ctx, &api.CompleteRequest{ChallengeID: ch.ChallengeID, Secret: secret})
 			return err
 		})
+	r.Heartbeat = burst(fmt.Sprintf("heartbeat with a metrics summary of %d relays, every node", relays), clients, nodes,
+		func(c *api.Client, i int) error { return c.Status(ctx, tokens[i], benchHeartbeat(fl.relays[i])) })
 	if r.RSSAfter, r.RSSPeak, err = srv.RSS(); err != nil {
 		return nil, err
 	}
+	if r.Metrics, err = scrapeMetrics(srv, "http://"+metricsAddr+"/metrics", 5); err != nil {
+		return nil, fmt.Errorf("/metrics: %w", err)
+	}
 	return r, nil
+}
+
+// freePort is a loopback address with a port free a moment ago.
+func freePort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// benchHeartbeat is a node's heartbeat with every relay running and a
+// full summary (five flags), as the agent sends it each round.
+func benchHeartbeat(names []string) *api.Status {
+	st := &api.Status{BootID: "bench", UptimeS: 86400, Metrics: &api.NodeMetrics{AgentRSSBytes: 30 << 20,
+		MemAvailableBytes: 6 << 30, MemTotalBytes: 8 << 30}}
+	for i, n := range names {
+		st.Relays = append(st.Relays, api.RelayStatus{Name: n, State: api.RelayRunning,
+			Fingerprint: fmt.Sprintf("%040X", i+1), Ed25519ID: "bench"})
+		st.Metrics.Relays = append(st.Metrics.Relays, api.RelayMetrics{Name: n, BytesRead: 1 << 40, BytesWritten: 1 << 40,
+			ORConns: 900, ExitConns: 3000, Circuits: 5000, OnionskinsProcessed: 1 << 30, OnionskinsDropped: 12,
+			DNSQueries: 1 << 26, DNSErrors: 900, DNSTimeouts: 40, Flags: []string{"Exit", "Fast", "Running", "Stable", "V2Dir"},
+			SigningCertExpires: time.Now().Add(20 * 24 * time.Hour).Unix(), UptimeS: 86000, TorRSSBytes: 150 << 20})
+	}
+	return st
+}
+
+// scrapeMetrics fetches url n times as Prometheus does (gzip), then once
+// as text, and reads the server's memory after.
+func scrapeMetrics(srv *srvproc.Server, url string, n int) (*MetricsRun, error) {
+	m := &MetricsRun{Scrapes: n}
+	get := func(gz bool) ([]byte, time.Duration, error) {
+		req, err := http.NewRequest(http.MethodGet, url, nil)
+		if err != nil {
+			return nil, 0, err
+		}
+		if gz {
+			req.Header.Set("Accept-Encoding", "gzip")
+		} else {
+			req.Header.Set("Accept-Encoding", "identity")
+		}
+		t0 := time.Now()
+		resp, err := (&http.Transport{DisableCompression: true}).RoundTrip(req)
+		if err != nil {
+			return nil, 0, err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		took := time.Since(t0)
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("%s: %.200s", resp.Status, body)
+		}
+		return body, took, err
+	}
+	var times []time.Duration
+	for range n {
+		body, took, err := get(true)
+		if err != nil {
+			return nil, err
+		}
+		m.GzipBytes, times = int64(len(body)), append(times, took)
+	}
+	slices.Sort(times)
+	m.P50, m.Max = times[len(times)/2], times[len(times)-1]
+	text, _, err := get(false)
+	if err != nil {
+		return nil, err
+	}
+	m.TextBytes = int64(len(text))
+	for _, l := range bytes.Split(text, []byte("\n")) {
+		if len(l) > 0 && l[0] != '#' {
+			m.Samples++
+		}
+	}
+	if m.RSSAfter, m.RSSPeak, err = srv.RSS(); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // burst runs n operations over the clients, each client one at a time.
@@ -235,7 +343,9 @@ func seed(ctx context.Context, db string, n, k int) (*seeded, error) {
 		if err != nil {
 			return nil, err
 		}
+		var names []string
 		for idx := range k {
+			names = append(names, alloc.Name(name))
 			a4, ok4 := c4.take()
 			a6, ok6 := c6.take()
 			if !ok4 || !ok6 {
@@ -247,6 +357,7 @@ func seed(ctx context.Context, db string, n, k int) (*seeded, error) {
 			name++
 		}
 		s.ids, s.eks, s.aks = append(s.ids, id), append(s.eks, ek), append(s.aks, ak)
+		s.relays = append(s.relays, names)
 	}
 	return s, tx.Commit()
 }
