@@ -46,12 +46,7 @@ func relayNotes(r store.Relay) string {
 	}
 	// The names come from the node (the API checks them; the database
 	// might not have): no control characters reach the terminal.
-	return strings.Map(func(c rune) rune {
-		if c < 0x20 || c == 0x7f || c >= 0x80 && c < 0xa0 {
-			return '?'
-		}
-		return c
-	}, strings.Join(notes, "; "))
+	return sanitize(strings.Join(notes, "; "))
 }
 
 func (e *env) relayList(fs *flag.FlagSet, args []string) error {

@@ -44,6 +44,7 @@ var commands = []cmdline.Command[*env]{
 	{Words: "torrc resolve", Args: "--relay NAME", Help: "the torrc tor on the relay's node runs: levels cascaded, server and agent lines added", Run: (*env).torrcResolve},
 	{Words: "torrc diff", Args: "--relay NAME (FILE | -)", Help: "how importing FILE at a relay's level would change its torrc", Run: (*env).torrcDiff},
 
+	{Words: "status", Help: "the fleet at a glance: every node and its relays, state, last contact, release, traffic rates, flags, certificate expiry", Run: (*env).status},
 	{Words: "relay list", Help: "every relay: node, uid, addresses, state, fingerprint", Run: (*env).relayList},
 	{Words: "release add", Args: "FILE", Help: "register an approved release (stimage release create): nodes booting it get its approval", Run: (*env).releaseAdd},
 	{Words: "release list", Help: "the releases: kind, active or retired, policy PCRs", Run: (*env).releaseList},
