@@ -180,11 +180,12 @@ func (s *Supervisor) restoreKeys(spec Spec, p relayPaths) (certExpires time.Time
 	if _, err := s.o.Keys.Restore(spec.Name, p.data, spec.UID, spec.UID); err != nil {
 		return time.Time{}, fmt.Errorf("relay %s: restoring keys: %w", spec.Name, err)
 	}
+	restored := !created // an identity the vault held before this Apply
 	exp, err := s.o.Keys.Issue(spec.Name, p.data, spec.UID, spec.UID, s.o.Now().Add(s.o.SigningKeyLifetime))
 	if err != nil {
 		return time.Time{}, fmt.Errorf("relay %s: %w", spec.Name, err)
 	}
-	s.o.Log.Info("keys", "relay", spec.Name, "new_identity", created, "signing_cert_expires", exp)
+	s.o.Log.Info("keys", "relay", spec.Name, "restored", restored, "new_identity", created, "signing_cert_expires", exp)
 	if s.o.Keys.Unsaved(spec.Name) {
 		s.saver.request()
 	}
