@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"patela/init/agentcfg"
+	"patela/init/tor"
 	"patela/internal/api"
 )
 
@@ -52,7 +53,7 @@ func mgmtInterface(cfg *agentcfg.Config) (string, error) {
 
 // readSpecs reads the hardware the server sizes relays by.
 func readSpecs(proc string) (*api.Specs, error) {
-	s := &api.Specs{}
+	s := &api.Specs{Features: tor.Features}
 	f, err := os.Open(filepath.Join(proc, "cpuinfo"))
 	if err != nil {
 		return nil, err

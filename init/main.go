@@ -62,6 +62,7 @@ import (
 	"patela/init/vault"
 	"patela/internal/api"
 	"patela/internal/layout"
+	"patela/internal/torrc"
 )
 
 func main() {
@@ -532,10 +533,23 @@ type relayNetwork struct {
 }
 
 func (n relayNetwork) Apply(ctx context.Context, want netcfg.Relays) error {
-	if err := n.dns.SetServer(want.Network.DNS); err != nil {
+	if err := n.dns.SetServer(want.Network.DNS, anyExit(want.Relays)); err != nil {
 		return err
 	}
 	return n.Manager.Apply(ctx, want)
+}
+
+// anyExit reports whether a relay of the config would be an exit, which
+// must not resolve through a public resolver. A torrc that does not
+// parse counts as an exit (the supervisor refuses it anyway).
+func anyExit(relays []api.Relay) bool {
+	for _, r := range relays {
+		c, err := torrc.Parse([]byte(r.Torrc))
+		if err != nil || torrc.IsExit(c) {
+			return true
+		}
+	}
+	return false
 }
 
 // shutdown stops everything in order, bounded, then halts.

@@ -17,7 +17,27 @@ func (e *env) relayTable(relays []store.Relay) error {
 	return listing(e, false, relays, relayHeader, relayRow)
 }
 
-const relayHeader = "NAME\tNODE\tUID\tIPV4\tIPV6\tORPORT\tSTATE\tFINGERPRINT\tNOTES"
+const relayHeader = "NAME\tNODE\tUID\tIPV4\tIPV6\tORPORT\tSTATE\tFINGERPRINT\tTORRC\tNOTES"
+
+// torrcState says whether a relay runs its served torrc, by its last
+// heartbeat: served, differs, or - (its agent does not say).
+func torrcState(r store.Relay) string {
+	switch {
+	case r.TorrcApplied == "":
+		return "-"
+	case r.TorrcDiffers:
+		return "differs"
+	}
+	return "served"
+}
+
+// alarm is the ALARM column: the alarms, or - for none.
+func alarm(a []string) string {
+	if len(a) == 0 {
+		return "-"
+	}
+	return strings.Join(a, "; ")
+}
 
 func relayRow(r store.Relay) []string {
 	orDash := func(s string) string {
@@ -31,13 +51,14 @@ func relayRow(r store.Relay) []string {
 		v6 = r.IPv6.String()
 	}
 	return []string{r.Name, strconv.FormatInt(r.NodeID, 10), strconv.Itoa(r.UID),
-		r.IPv4.String(), orDash(v6), strconv.Itoa(r.ORPort), orDash(r.State), orDash(r.Fingerprint), orDash(relayNotes(r))}
+		r.IPv4.String(), orDash(v6), strconv.Itoa(r.ORPort), orDash(r.State), orDash(r.Fingerprint),
+		torrcState(r), orDash(relayNotes(r))}
 }
 
 // relayNotes is what the node reports of the relay's defences, worded
 // for the administrator.
 func relayNotes(r store.Relay) string {
-	var notes []string
+	notes := append([]string(nil), r.Alarms...)
 	if r.KeysUnsaved {
 		notes = append(notes, "keys not saved: a reboot now would lose this relay's identity")
 	}
@@ -52,17 +73,21 @@ func relayNotes(r store.Relay) string {
 func (e *env) relayList(fs *flag.FlagSet, args []string) error {
 	node := fs.String("node", "", "only the relays of node `ID`")
 	return list(e, fs, args, func(st *store.Store) ([]store.Relay, error) {
-		if *node == "" {
-			return st.Relays(e.ctx, 0)
+		var id int64
+		if *node != "" {
+			var err error
+			if id, err = nodeID(*node); err != nil {
+				return nil, err
+			}
+			if _, err := st.Node(e.ctx, id); err != nil {
+				return nil, err
+			}
 		}
-		id, err := nodeID(*node)
+		rs, err := st.Relays(e.ctx, id)
 		if err != nil {
 			return nil, err
 		}
-		if _, err := st.Node(e.ctx, id); err != nil {
-			return nil, err
-		}
-		return st.Relays(e.ctx, id)
+		return rs, st.Alarms(e.ctx, nil, rs)
 	}, relayHeader, relayRow)
 }
 

@@ -45,6 +45,12 @@ var commands = []cmdline.Command[*env]{
 	{Words: "torrc diff", Args: "--relay NAME (FILE | -)", Help: "how importing FILE at a relay's level would change its torrc", Run: (*env).torrcDiff},
 
 	{Words: "status", Help: "the fleet at a glance: every node and its relays, state, last contact, release, traffic rates, flags, certificate expiry", Run: (*env).status},
+	{Words: "family list", Help: "the relay families: nodes, relays, Happy Families key id", Run: (*env).familyList},
+	{Words: "family create", Args: "[--family NAME]", Help: "make the family's key with tor --keygen-family on this host and store it", Run: (*env).familyCreate},
+	{Words: "family import", Args: "(FILE | -) [--family NAME]", Help: "store a NAME.secret_family_key made elsewhere as the family's key", Run: (*env).familyImport},
+	{Words: "family rotate", Args: "[--family NAME] [--import FILE]", Help: "replace the family's key with a new one; relays reload with it", Run: (*env).familyRotate},
+	{Words: "family remove", Args: "[--family NAME] --yes", Help: "delete the family's key: relays keep MyFamily, drop FamilyId", Run: (*env).familyRemove},
+
 	{Words: "relay list", Help: "every relay: node, uid, addresses, state, fingerprint", Run: (*env).relayList},
 	{Words: "release add", Args: "FILE", Help: "register an approved release (stimage release create): nodes booting it get its approval", Run: (*env).releaseAdd},
 	{Words: "release list", Help: "the releases: kind, active or retired, policy PCRs", Run: (*env).releaseList},

@@ -98,7 +98,7 @@ func TestNodeShowDefault(t *testing.T) {
 func TestTorrcShowJSON(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "p.db")
 	ok(t, db, "init", "--dir", t.TempDir())
-	text := "# exits\nExitRelay 1\n+ExitPolicy accept *:443\n/MaxMemInQueues\n"
+	text := "# exits\nExitRelay 1\n+ExitPolicy accept *:443\n/MaxMemInQueues\nContactInfo ops@example.org\n"
 	r := run(t, db, text, "torrc", "import", "-", "--default")
 	if r.code != 0 {
 		t.Fatal(r.err)
@@ -107,7 +107,8 @@ func TestTorrcShowJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(ok(t, db, "torrc", "show", "--default", "--json")), &v); err != nil {
 		t.Fatal(err)
 	}
-	want := []lineView{{2, "set", "ExitRelay", "1"}, {3, "append", "ExitPolicy", "accept *:443"}, {4, "remove", "MaxMemInQueues", ""}}
+	want := []lineView{{2, "set", "ExitRelay", "1"}, {3, "append", "ExitPolicy", "accept *:443"}, {4, "remove", "MaxMemInQueues", ""},
+		{5, "set", "ContactInfo", "ops@example.org"}}
 	if v.Level != "global" || v.Text != text || len(v.Lines) != len(want) {
 		t.Fatalf("torrc show --default --json: %+v", v)
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"patela/configsrv/resolve"
 	"patela/configsrv/settings"
 	"patela/configsrv/store"
 	"patela/internal/api"
@@ -22,10 +23,16 @@ func fmtTime(t time.Time) string {
 }
 
 func (e *env) nodeList(fs *flag.FlagSet, args []string) error {
-	get := func(st *store.Store) ([]store.Node, error) { return st.Nodes(e.ctx) }
-	return list(e, fs, args, get, "ID\tSTATE\tEK\tRELAYS\tSEALING\tFIRST SEEN\tLAST SEEN", func(n store.Node) []string {
+	get := func(st *store.Store) ([]store.Node, error) {
+		ns, err := st.Nodes(e.ctx)
+		if err != nil {
+			return nil, err
+		}
+		return ns, st.Alarms(e.ctx, ns, nil)
+	}
+	return list(e, fs, args, get, "ID\tSTATE\tEK\tRELAYS\tSEALING\tFIRST SEEN\tLAST SEEN\tALARM", func(n store.Node) []string {
 		return []string{strconv.FormatInt(n.ID, 10), string(n.State), hex.EncodeToString(n.EKHash)[:16],
-			strconv.Itoa(n.Relays), sealingView(n), fmtTime(n.FirstSeen), fmtTime(n.LastSeen)}
+			strconv.Itoa(n.Relays), sealingView(n), fmtTime(n.FirstSeen), fmtTime(n.LastSeen), alarm(n.Alarms)}
 	})
 }
 
@@ -102,6 +109,12 @@ func (e *env) nodeSet(fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return err
 	}
+	if s.key == settings.DNS {
+		// An exit must not resolve through a public resolver.
+		if _, err := resolve.Try(e.ctx, st, resolve.Edit{Node: s.id, Setting: s.key, Value: val}); err != nil {
+			return fmt.Errorf("%w; nothing set", err)
+		}
+	}
 	return e.done(st.SetSetting(e.ctx, s.id, s.key, val), "setting.set", s.target, s.key+"="+val,
 		fmt.Sprintf("%s: %s = %s", s.scope, s.key, val))
 }
@@ -117,6 +130,12 @@ func (e *env) nodeUnset(fs *flag.FlagSet, args []string) error {
 	st, err := e.open(toWrite)
 	if err != nil {
 		return err
+	}
+	if s.key == settings.DNS && s.id != 0 {
+		// The global value the node falls back to must do for its exits.
+		if _, err := resolve.Try(e.ctx, st, resolve.Edit{Node: s.id, Setting: s.key}); err != nil {
+			return fmt.Errorf("%w; nothing unset", err)
+		}
 	}
 	return e.done(st.UnsetSetting(e.ctx, s.id, s.key), "setting.unset", s.target, s.key,
 		fmt.Sprintf("%s: %s unset", s.scope, s.key))
@@ -181,6 +200,9 @@ func (e *env) showNode(st *store.Store, id int64, asJSON bool) error {
 	if err != nil {
 		return err
 	}
+	if err := st.Alarms(e.ctx, nil, relays); err != nil {
+		return err
+	}
 	v := nodeView{Node: n, EKHashHex: hex.EncodeToString(n.EKHash), Settings: nd, RelayList: relays,
 		Effective: effective(g, nd)}
 	if v.RelayList == nil {
@@ -202,7 +224,7 @@ func effective(global, node map[string]string) map[string]string {
 		settings.RelayInterface: eff.RelayInterface, settings.IPv4Gateway: eff.IPv4Gateway,
 		settings.IPv6Gateway: eff.IPv6Gateway, settings.DNS: strings.Join(eff.DNS, ","),
 		settings.RelayMemoryMB: strconv.Itoa(eff.RelayMemoryMB), settings.MaxRelays: strconv.Itoa(eff.MaxRelays),
-		settings.PollIntervalS: strconv.Itoa(eff.PollIntervalS),
+		settings.PollIntervalS: strconv.Itoa(eff.PollIntervalS), settings.Family: eff.Family,
 	}
 }
 

@@ -36,14 +36,14 @@ func TestStatus(t *testing.T) {
 	rs, _ := st.Relays(ctx, a.ID)
 	hb := func(at time.Time, read, written uint64, uptime int64) {
 		t.Helper()
-		err := st.RecordStatus(ctx, a.ID, &api.Status{BootID: "b", UptimeS: 600, Relays: []api.RelayStatus{
+		_, err := st.RecordStatus(ctx, a.ID, &api.Status{BootID: "b", UptimeS: 600, Relays: []api.RelayStatus{
 			{Name: rs[0].Name, State: api.RelayRunning, Fingerprint: strings.Repeat("AB", 20)},
 			{Name: rs[1].Name, State: api.RelayBackoff},
 		}, Metrics: &api.NodeMetrics{AgentRSSBytes: 1, MemAvailableBytes: 2, MemTotalBytes: 3, Relays: []api.RelayMetrics{
 			{Name: rs[0].Name, BytesRead: read, BytesWritten: written, Circuits: 42, UptimeS: uptime,
 				Flags: []string{"Fast", "Running"}, SigningCertExpires: at.Add(29*24*time.Hour + time.Hour).Unix()},
 			{Name: rs[1].Name, Error: "dial: refused\x1b[31m red"},
-		}}}, at)
+		}}}, nil, at)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,6 +10,7 @@ import (
 
 	"patela/configsrv/resolve"
 	"patela/configsrv/store"
+	"patela/configsrv/tortool"
 	"patela/internal/cmdline"
 	"patela/internal/torrc"
 )
@@ -67,6 +68,8 @@ func (e *env) read(path string) ([]byte, error) {
 
 func (e *env) torrcImport(fs *flag.FlagSet, args []string) error {
 	lv := levelFlags(fs)
+	tor := torFlag(fs)
+	noVerify := fs.Bool("no-verify", false, "store without running tor --verify-config on the result (where no tor is installed)")
 	pos, err := parse(fs, args, 1, 1)
 	if err != nil {
 		return err
@@ -82,12 +85,45 @@ func (e *env) torrcImport(fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", pos[0], err)
 	}
+	bin := ""
+	if !*noVerify {
+		if bin, err = tortool.Find(*tor); err != nil {
+			return fmt.Errorf("%w; the import checks the result with tor --verify-config (--no-verify skips it)", err)
+		}
+	}
 	st, err := e.open(toWrite)
 	if err != nil {
 		return err
 	}
-	return e.done(lv.store(e, st, string(src)), "torrc.import", lv.String(), fmt.Sprintf("%d lines", len(c.Lines)),
-		fmt.Sprintf("imported %d option lines at %s level", len(c.Lines), lv))
+	// What the edit makes of every relay it touches, checked by the
+	// server's rules and by tor, before anything is stored.
+	tried, err := resolve.Try(e.ctx, st, lv.edit(string(src)))
+	if err != nil {
+		return fmt.Errorf("%s: %w; nothing imported", pos[0], err)
+	}
+	verified := "not verified by tor (--no-verify)"
+	if bin != "" {
+		for _, t := range tried {
+			if err := tortool.Verify(e.ctx, bin, t.Served, t.UID); err != nil {
+				return fmt.Errorf("%s: relay %s's torrc with it: %w; nothing imported", pos[0], t.Relay, err)
+			}
+		}
+		verified = fmt.Sprintf("verified by tor for %d relays", len(tried))
+	}
+	return e.done(lv.store(e, st, string(src)), "torrc.import", lv.String(), fmt.Sprintf("%d lines, %s", len(c.Lines), verified),
+		fmt.Sprintf("imported %d option lines at %s level (%s)", len(c.Lines), lv, verified))
+}
+
+// edit is the import of text at the level, for resolve.Try.
+func (l *level) edit(text string) resolve.Edit {
+	switch {
+	case *l.def:
+		return resolve.Edit{Level: resolve.LevelGlobal, Text: text}
+	case *l.node != "":
+		id, _ := nodeID(*l.node)
+		return resolve.Edit{Level: resolve.LevelNode, Node: id, Text: text}
+	}
+	return resolve.Edit{Level: resolve.LevelRelay, Relay: *l.relay, Text: text}
 }
 
 // store stores text at the level.
@@ -252,7 +288,11 @@ func (e *env) resolveWith(st *store.Store, r *store.Relay, relayText string) (*t
 	if err != nil {
 		return nil, err
 	}
-	return resolve.Torrc(g, n.Torrc, relayText, r)
+	fleet, err := resolve.LoadFleet(e.ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	return resolve.Torrc(g, n.Torrc, relayText, r, fleet)
 }
 
 // diffLines is a line diff (longest common subsequence): kept lines get

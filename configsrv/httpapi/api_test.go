@@ -457,9 +457,27 @@ func TestKeysAndStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := &api.Status{BootID: "boot-1", UptimeS: 42, Relays: []api.RelayStatus{
-		{Name: "murazzano", Fingerprint: "ABCDEF0123456789ABCDEF0123456789ABCDEF01", Ed25519ID: "ed", State: "running", Restarts: 2},
-		{Name: "notmine", Fingerprint: "X", State: "running"},
+		{Name: "murazzano", Fingerprint: "ABCDEF0123456789ABCDEF0123456789ABCDEF01",
+			Ed25519ID: "GgAr87nA6sloDoAClGn3glKS84czTamNBCig0iXh3VM", State: "running", Restarts: 2},
+		{Name: "notmine", Fingerprint: "0123456789ABCDEF0123456789ABCDEF01234567", State: "running"},
 	}}
+	// Fingerprints go into other relays' MyFamily lines: anything but
+	// what tor writes is refused whole, before any row changes.
+	for _, bad := range []api.RelayStatus{
+		{Name: "murazzano", Fingerprint: "ABCDEF0123456789ABCDEF0123456789ABCDEF01\nExitPolicy accept *:*"},
+		{Name: "murazzano", Fingerprint: "abcdef0123456789abcdef0123456789abcdef01"},
+		{Name: "murazzano", Ed25519ID: "GgAr87nA6sloDoAClGn3glKS84czTamNBCig0iXh3VM\nX"},
+		{Name: "murazzano", TorrcSHA256: "not-a-sha"},
+	} {
+		bad.State = "running"
+		err := c.Status(ctx, tok, &api.Status{BootID: "bad", Relays: []api.RelayStatus{bad}})
+		if !api.IsCode(err, api.CodeBadRequest) {
+			t.Fatalf("heartbeat %+v: %v", bad, err)
+		}
+	}
+	if out := s.Admin(t, "relay", "list", "--json"); strings.Contains(out, "running") || strings.Contains(out, "ExitPolicy") {
+		t.Fatalf("a refused heartbeat changed relays:\n%s", out)
+	}
 	if err := c.Status(ctx, tok, st); err != nil {
 		t.Fatal(err)
 	}
@@ -578,12 +596,24 @@ func TestConfigFollowsAdminChanges(t *testing.T) {
 	}
 	defer st.Close()
 	g0, _ := st.ConfigGeneration(ctx)
-	if err := c.Status(ctx, tok, &api.Status{BootID: "x", Relays: []api.RelayStatus{{Name: cfg.Relays[0].Name, Fingerprint: "F", State: "running"}}}); err != nil {
+	hb := &api.Status{BootID: "x", Relays: []api.RelayStatus{{Name: cfg.Relays[0].Name, Fingerprint: strings.Repeat("F", 40), State: "running"}}}
+	if err := c.Status(ctx, tok, hb); err != nil {
 		t.Fatal(err)
 	}
-	if g1, _ := st.ConfigGeneration(ctx); g1 != g0 {
-		t.Errorf("a heartbeat bumped the config generation %d -> %d", g0, g1)
+	// A new fingerprint changes the other relays' MyFamily; the same one
+	// again changes nothing.
+	g1, _ := st.ConfigGeneration(ctx)
+	if g1 == g0 {
+		t.Error("a relay's first fingerprint did not bump the config generation")
 	}
+	hb.Relays[0].State = "reloading"
+	if err := c.Status(ctx, tok, hb); err != nil {
+		t.Fatal(err)
+	}
+	if g, _ := st.ConfigGeneration(ctx); g != g1 {
+		t.Errorf("a heartbeat repeating its fingerprint bumped the config generation %d -> %d", g1, g)
+	}
+	g0 = g1
 	s.Admin(t, "pool", "add", "198.51.100.0/24", "--gateway", "198.51.100.1")
 	if g2, _ := st.ConfigGeneration(ctx); g2 == g0 {
 		t.Error("adding a pool did not bump the config generation")

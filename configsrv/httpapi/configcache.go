@@ -1,10 +1,14 @@
 package httpapi
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"strconv"
 	"sync"
+
+	"patela/configsrv/resolve"
+	"patela/configsrv/store"
 )
 
 // configCache keeps each node's newest rendered config with its ETag,
@@ -20,11 +24,13 @@ type configCache struct {
 }
 
 // rendered is one node's config at one generation; body is nil once
-// dropped to bound the cache.
+// dropped to bound the cache. served is each relay's torrc_sha256, which
+// heartbeats are compared with.
 type rendered struct {
-	gen  int64
-	etag string
-	body []byte
+	gen    int64
+	etag   string
+	body   []byte
+	served map[string]string
 }
 
 const (
@@ -50,7 +56,19 @@ func (c *configCache) get(node, gen int64) (etag string, body []byte, ok bool) {
 	return e.etag, e.body, true
 }
 
-func (c *configCache) put(node, gen int64, etag string, body []byte) {
+// servedAt returns the relays' torrc_sha256 of node's config at gen, if
+// cached.
+func (c *configCache) servedAt(node, gen int64) (map[string]string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.m[node]
+	if e == nil || e.gen != gen {
+		return nil, false
+	}
+	return e.served, true
+}
+
+func (c *configCache) put(node, gen int64, etag string, body []byte, served map[string]string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil || len(c.m) >= maxCachedNodes {
@@ -62,7 +80,7 @@ func (c *configCache) put(node, gen int64, etag string, body []byte) {
 		}
 		c.bytes -= len(e.body)
 	}
-	c.m[node] = &rendered{gen: gen, etag: etag, body: body}
+	c.m[node] = &rendered{gen: gen, etag: etag, body: body, served: served}
 	c.bytes += len(body)
 	if c.bytes > maxCachedBytes {
 		// Drop bodies (any: map order) down to three quarters.
@@ -76,4 +94,41 @@ func (c *configCache) put(node, gen int64, etag string, body []byte) {
 			}
 		}
 	}
+}
+
+// fleetCache keeps the fleet every relay's family lines come from
+// (resolve.Fleet) for one global config generation
+// (store.ConfigGeneration): it reads every relay's fingerprint, so it is
+// loaded once per change anywhere, not once per node.
+type fleetCache struct {
+	mu    sync.Mutex
+	gen   int64
+	fleet *resolve.Fleet
+}
+
+// at returns the fleet at the store's current generation, loading it on
+// a change. Loaded outside the lock: concurrent misses may load it
+// twice, but a slow load never stalls a cached answer.
+func (c *fleetCache) at(ctx context.Context, st *store.Store) (*resolve.Fleet, error) {
+	gen, err := st.ConfigGeneration(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.fleet != nil && c.gen == gen {
+		f := c.fleet
+		c.mu.Unlock()
+		return f, nil
+	}
+	c.mu.Unlock()
+	f, err := resolve.LoadFleet(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.fleet == nil || gen > c.gen {
+		c.gen, c.fleet = gen, f
+	}
+	c.mu.Unlock()
+	return f, nil
 }

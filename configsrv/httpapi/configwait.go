@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -151,7 +152,11 @@ func (s *Server) current(ctx context.Context, id int64, withBody bool) (etag str
 	if ok && (body != nil || !withBody) {
 		return etag, body, nil
 	}
-	c, err := resolve.NodeConfig(ctx, s.Store, id)
+	fleet, err := s.fleet.at(ctx, s.Store)
+	if err != nil {
+		return "", nil, err
+	}
+	c, err := resolve.NodeConfig(ctx, s.Store, id, fleet)
 	if err != nil {
 		return "", nil, err
 	}
@@ -159,17 +164,52 @@ func (s *Server) current(ctx context.Context, id int64, withBody bool) (etag str
 		return "", nil, err
 	}
 	body = append(body, '\n')
+	served := make(map[string]string, len(c.Relays))
+	for _, r := range c.Relays {
+		served[r.Name] = r.TorrcSHA256
+	}
 	// Cached under the generation read before resolving: a change made
 	// meanwhile moves it, so a stale body is never served for long.
 	etag = etagOf(gen, body)
-	s.configs.put(id, gen, etag, body)
+	s.configs.put(id, gen, etag, body, served)
 	return etag, body, nil
+}
+
+// served is each relay's torrc_sha256 in node id's current config.
+func (s *Server) served(ctx context.Context, id int64) (map[string]string, error) {
+	gen, err := s.Store.NodeConfigGen(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if m, ok := s.configs.servedAt(id, gen); ok {
+		return m, nil
+	}
+	if _, _, err := s.current(ctx, id, true); err != nil {
+		return nil, err
+	}
+	m, _ := s.configs.servedAt(id, gen)
+	return m, nil
+}
+
+// unsafeAnswer is the answer to a config the safety rules refuse
+// (resolve.UnsafeError): not the node's doing, the administrator must fix
+// it; the node keeps running what it has. nil for any other error.
+func (s *Server) unsafeAnswer(id int64, err error) *answer {
+	var unsafe *resolve.UnsafeError
+	if !errors.As(err, &unsafe) {
+		return nil
+	}
+	s.log().Warn("config refused", "node", id, "err", err)
+	return errAnswer(http.StatusConflict, api.CodeUnsafeConfig, "the server refuses to serve this config: "+err.Error())
 }
 
 // look is what a config request with If-None-Match inm gets now; nil
 // means nothing changed.
 func (s *Server) look(ctx context.Context, id int64, inm string) (*answer, error) {
 	etag, _, err := s.current(ctx, id, false)
+	if a := s.unsafeAnswer(id, err); a != nil {
+		return a, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -177,6 +217,9 @@ func (s *Server) look(ctx context.Context, id int64, inm string) (*answer, error
 		return nil, nil
 	}
 	etag, body, err := s.current(ctx, id, true)
+	if a := s.unsafeAnswer(id, err); a != nil {
+		return a, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -194,6 +237,10 @@ func (s *Server) config(w http.ResponseWriter, r *http.Request, id int64) {
 	mark := s.hub.Mark() // before the generation is read: see longpoll.Hub.Mark
 	if inm == "" {
 		etag, body, err := s.current(ctx, id, true)
+		if a := s.unsafeAnswer(id, err); a != nil {
+			a.write(w)
+			return
+		}
 		if err != nil {
 			s.internal(w, r, err)
 			return

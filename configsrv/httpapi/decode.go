@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 
 	"patela/internal/api"
 	"patela/internal/torrc"
@@ -11,6 +12,13 @@ import (
 
 // The request decoders: api.Decode (size cap, strict JSON) plus the field
 // checks that make a body acceptable before any state is touched.
+
+var (
+	featureRE     = regexp.MustCompile(`^[a-z0-9_]{1,32}$`)
+	fingerprintRE = regexp.MustCompile(`^[0-9A-F]{40}$`)
+	ed25519RE     = regexp.MustCompile(`^[A-Za-z0-9+/]{43}$`)
+	sha256RE      = regexp.MustCompile(`^[0-9a-f]{64}$`)
+)
 
 func decodeAttest(r io.Reader) (*api.AttestRequest, error) {
 	var v api.AttestRequest
@@ -54,6 +62,16 @@ func decodeSpecs(r io.Reader) (*api.Specs, error) {
 	if len(v.CPUModel) > 256 {
 		return nil, errors.New("cpu_model is longer than 256 bytes")
 	}
+	if len(v.Features) > 16 {
+		return nil, errors.New("more than 16 features")
+	}
+	for _, f := range v.Features {
+		// Unknown features are taken (a newer agent's), malformed ones not:
+		// they are stored as a comma list.
+		if !featureRE.MatchString(f) {
+			return nil, fmt.Errorf("feature %.32q is not 1-32 of a-z 0-9 _", f)
+		}
+	}
 	return &v, nil
 }
 
@@ -86,9 +104,19 @@ func decodeStatus(r io.Reader) (*api.Status, error) {
 		return nil, errors.New("more than 256 relays")
 	}
 	for _, rs := range v.Relays {
-		if rs.Name == "" || len(rs.Name) > 19 || len(rs.Fingerprint) > 64 || len(rs.Ed25519ID) > 64 ||
-			len(rs.State) > 32 || rs.Restarts < 0 {
-			return nil, fmt.Errorf("relay %.19q: name, fingerprint, ed25519_id, state or restarts out of range", rs.Name)
+		if rs.Name == "" || len(rs.Name) > 19 || len(rs.State) > 32 || rs.Restarts < 0 {
+			return nil, fmt.Errorf("relay %.19q: name, state or restarts out of range", rs.Name)
+		}
+		// Fingerprints end up in other relays' MyFamily lines: only what
+		// tor writes is taken, never a value that could add a line.
+		if rs.Fingerprint != "" && !fingerprintRE.MatchString(rs.Fingerprint) {
+			return nil, fmt.Errorf("relay %s: fingerprint is not 40 upper-case hex digits", rs.Name)
+		}
+		if rs.Ed25519ID != "" && !ed25519RE.MatchString(rs.Ed25519ID) {
+			return nil, fmt.Errorf("relay %s: ed25519_id is not 43 characters of base64", rs.Name)
+		}
+		if rs.TorrcSHA256 != "" && !sha256RE.MatchString(rs.TorrcSHA256) {
+			return nil, fmt.Errorf("relay %s: torrc_sha256 is not 64 lower-case hex digits", rs.Name)
 		}
 		if len(rs.RefusedOptions) > 64 {
 			return nil, fmt.Errorf("relay %.19q: more than 64 refused_options", rs.Name)

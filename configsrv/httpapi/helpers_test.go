@@ -57,6 +57,10 @@ func newLocal(t *testing.T, configure func(*httpapi.Server)) *local {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	// Every relay needs a ContactInfo to be served (resolve's safety rules).
+	if err := st.SetGlobalTorrc(context.Background(), "ContactInfo ops@example.org\nDisableNetwork 1\n"); err != nil {
+		t.Fatal(err)
+	}
 	_, key, _ := ed25519.GenerateKey(rand.Reader)
 	clk := &clock{t: time.Now()}
 	l := &local{st: st, clock: clk, auth: token.New(key, time.Hour)}

@@ -49,6 +49,7 @@ type Server struct {
 
 	keys    attest.Cache
 	configs configCache
+	fleet   fleetCache
 
 	lpOnce    sync.Once
 	hub       *longpoll.Hub
@@ -175,7 +176,9 @@ func (s *Server) limited(h http.HandlerFunc) http.HandlerFunc {
 // log shows them at warn, the rest of the audit trail at info.
 var refusals = map[string]bool{"attest.bad_ek": true, "attest.bad_ak": true, "attest.ek_untrusted": true,
 	"attest.banned": true, "attest.disabled": true, "attest.unknown_challenge": true, "attest.challenge_expired": true,
-	"attest.bad_secret": true, "attest.refused": true}
+	"attest.bad_secret": true, "attest.refused": true,
+	// Not a refusal, an alarm: two relays reported one key.
+	"relay.duplicate_key": true}
 
 func (s *Server) audit(ctx context.Context, actor, action, target, details string) {
 	level := slog.LevelInfo
@@ -410,14 +413,26 @@ func (s *Server) putKeys(w http.ResponseWriter, r *http.Request, id int64) {
 }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request, id int64) {
+	ctx := r.Context()
 	st, err := decodeStatus(r.Body)
 	if err != nil {
 		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
 		return
 	}
-	if err := s.Store.RecordStatus(r.Context(), id, st, s.now()); err != nil {
+	// What each relay should run, to flag one that runs something else.
+	// A node the server serves no config (refused as unsafe, say) runs
+	// something else than that, whatever it runs: the heartbeat is taken.
+	served, err := s.served(ctx, id)
+	if err != nil {
+		s.log().Warn("heartbeat: no served config to compare with", "node", id, "err", err)
+	}
+	dups, err := s.Store.RecordStatus(ctx, id, st, served, s.now())
+	if err != nil {
 		s.internal(w, r, err)
 		return
+	}
+	for _, d := range dups {
+		s.audit(ctx, nodeActor(id), "relay.duplicate_key", "relay:"+d.Relay, d.String())
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

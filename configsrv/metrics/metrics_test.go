@@ -88,7 +88,7 @@ func TestExport(t *testing.T) {
 	}
 	rs, _ := st.Relays(ctx, a)
 	r0, r1 := rs[0].Name, rs[1].Name
-	err = st.RecordStatus(ctx, a, &api.Status{BootID: "b", UptimeS: 77, Relays: []api.RelayStatus{
+	_, err = st.RecordStatus(ctx, a, &api.Status{BootID: "b", UptimeS: 77, Relays: []api.RelayStatus{
 		{Name: r0, Fingerprint: fp0, State: api.RelayRunning, Restarts: 3, KeysUnsaved: true},
 		{Name: r1, Fingerprint: "not hex, and long" + strings.Repeat("!", 40), State: "made-up"},
 	}, Metrics: &api.NodeMetrics{AgentRSSBytes: 30 << 20, MemAvailableBytes: 5 << 30, MemTotalBytes: 8 << 30,
@@ -98,7 +98,7 @@ func TestExport(t *testing.T) {
 				Flags: []string{"Running", "Exit", "Bogus"}, Overloaded: true, SigningCertExpires: 1_800_000_000,
 				UptimeS: 21, TorRSSBytes: 22},
 			{Name: r1, Error: "connection refused"},
-		}}}, time.Now())
+		}}}, nil, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"path"
+	"slices"
 	"strconv"
 
 	"patela/configsrv/settings"
@@ -81,15 +82,25 @@ func Levels(global, node, relay string) ([]torrc.Level, error) {
 	return out, nil
 }
 
-// Torrc resolves relay r's torrc from the three level texts.
-func Torrc(global, node, relay string, r *store.Relay) (*torrc.Config, error) {
+// Torrc resolves relay r's torrc from the three level texts: the levels
+// merged, the server's lines for the relay, its family lines.
+func Torrc(global, node, relay string, r *store.Relay, fleet *Fleet) (*torrc.Config, error) {
 	levels, err := Levels(global, node, relay)
 	if err != nil {
 		return nil, err
 	}
+	return relayTorrc(levels, r, fleet), nil
+}
+
+// relayTorrc is the one road from parsed levels to a relay's served
+// torrc.
+func relayTorrc(levels []torrc.Level, r *store.Relay, fleet *Fleet) *torrc.Config {
 	c := torrc.Merge(levels...)
+	fam := fleet.Lines(c, r)
+	c.Lines = slices.Grow(c.Lines, 8+len(fam))
 	c.Lines = append(c.Lines, Managed(r)...)
-	return c, nil
+	c.Lines = append(c.Lines, fam...)
+	return c
 }
 
 // Relay resolves one relay by name, for the admin CLI.
@@ -106,13 +117,20 @@ func Relay(ctx context.Context, st *store.Store, name string) (*torrc.Config, *s
 	if err != nil {
 		return nil, nil, err
 	}
-	c, err := Torrc(g, n.Torrc, r.Torrc, r)
+	fleet, err := LoadFleet(ctx, st)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := Torrc(g, n.Torrc, r.Torrc, r, fleet)
 	return c, r, err
 }
 
-// NodeConfig builds the document GET /v1/node/config returns. It only
-// reads: allocation happens on POST /v1/node/specs.
-func NodeConfig(ctx context.Context, st *store.Store, nodeID int64) (*api.NodeConfig, error) {
+// NodeConfig builds the document GET /v1/node/config returns, with the
+// fleet as loaded for the current generation. A relay the safety rules
+// refuse (safety.go) fails the whole document with an *UnsafeError: the
+// node keeps running what it has. It only reads: allocation happens on
+// POST /v1/node/specs.
+func NodeConfig(ctx context.Context, st *store.Store, nodeID int64, fleet *Fleet) (*api.NodeConfig, error) {
 	n, err := st.Node(ctx, nodeID)
 	if err != nil {
 		return nil, err
@@ -150,11 +168,13 @@ func NodeConfig(ctx context.Context, st *store.Store, nodeID int64) (*api.NodeCo
 		if out.Network.IPv6Gateway == "" && relays[0].IPv6Gateway.IsValid() {
 			out.Network.IPv6Gateway = relays[0].IPv6Gateway.String()
 		}
+		out.FamilyKeys = fleet.Keys(nodeID)
 	}
 	levels, err := Levels(global, n.Torrc, "")
 	if err != nil {
 		return nil, err
 	}
+	dns := dnsOf(g, nd, nodeID)
 	for i := range relays {
 		r := &relays[i]
 		lv := levels
@@ -165,8 +185,10 @@ func NodeConfig(ctx context.Context, st *store.Store, nodeID int64) (*api.NodeCo
 			}
 			lv = append(levels[:2:2], torrc.Level{Name: LevelRelay, Config: c})
 		}
-		c := torrc.Merge(lv...)
-		c.Lines = append(c.Lines, Managed(r)...)
+		c := relayTorrc(lv, r, fleet)
+		if err := check(lv, c, r, dns); err != nil {
+			return nil, err
+		}
 		text := c.Render()
 		sum := sha256.Sum256(text)
 		ar := api.Relay{

@@ -19,7 +19,7 @@ func TestManagedAndOnNode(t *testing.T) {
 			t.Errorf("the server writes %s, owned by %s", l.Key, o)
 		}
 	}
-	served, err := Torrc("ContactInfo ops@example.org\n", "", "", r)
+	served, err := Torrc("ContactInfo ops@example.org\n", "", "", r, &Fleet{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ const (
 	RelayMemoryMB  = "relay_memory_mb"
 	MaxRelays      = "max_relays"
 	PollIntervalS  = "poll_interval_s"
+	Family         = "family"
 )
 
 // Defaults applied when neither the node nor the global level sets a key.
@@ -32,14 +33,21 @@ const (
 	DefaultRelayMemoryMB  = 1024
 	DefaultMaxRelays      = 8
 	DefaultPollIntervalS  = 300
+	// DefaultFamily is the family of every node no family setting
+	// names: by default the whole fleet is one family.
+	DefaultFamily = "fleet"
 )
 
 // Linux interface names: at most 15 bytes, no slash, whitespace or colon.
 var ifaceRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
 
+// Family names: they name key files on the nodes and rows in the family
+// key table.
+var familyRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
+
 // Keys lists every valid key, sorted.
 func Keys() []string {
-	k := []string{RelayInterface, IPv4Gateway, IPv6Gateway, DNS, RelayMemoryMB, MaxRelays, PollIntervalS}
+	k := []string{RelayInterface, IPv4Gateway, IPv6Gateway, DNS, RelayMemoryMB, MaxRelays, PollIntervalS, Family}
 	sort.Strings(k)
 	return k
 }
@@ -75,6 +83,11 @@ func Normalize(key, value string) (string, error) {
 			out = append(out, a.Unmap().String())
 		}
 		return strings.Join(out, ","), nil
+	case Family:
+		if err := CheckFamily(value); err != nil {
+			return "", fmt.Errorf("%s: %w", key, err)
+		}
+		return value, nil
 	case RelayMemoryMB:
 		return intIn(key, value, 1, 1<<30)
 	case MaxRelays:
@@ -83,6 +96,14 @@ func Normalize(key, value string) (string, error) {
 		return intIn(key, value, 10, 86400)
 	}
 	return "", fmt.Errorf("unknown setting %q (valid: %s)", key, strings.Join(Keys(), ", "))
+}
+
+// CheckFamily validates a family name.
+func CheckFamily(name string) error {
+	if !familyRE.MatchString(name) {
+		return fmt.Errorf("%q is not a family name (1-32 of a-z 0-9 -, starting with a letter or digit)", name)
+	}
+	return nil
 }
 
 func intIn(key, value string, lo, hi int) (string, error) {
@@ -102,6 +123,7 @@ type Effective struct {
 	RelayMemoryMB  int
 	MaxRelays      int
 	PollIntervalS  int
+	Family         string // the relay family the node's relays belong to
 }
 
 // Resolve layers node over global over the defaults. Values are assumed
@@ -131,6 +153,10 @@ func Resolve(global, node map[string]string) Effective {
 		RelayMemoryMB:  num(RelayMemoryMB, DefaultRelayMemoryMB),
 		MaxRelays:      num(MaxRelays, DefaultMaxRelays),
 		PollIntervalS:  num(PollIntervalS, DefaultPollIntervalS),
+		Family:         DefaultFamily,
+	}
+	if v := get(Family); CheckFamily(v) == nil {
+		e.Family = v
 	}
 	if v := get(RelayInterface); v != "" {
 		e.RelayInterface = v

@@ -13,6 +13,7 @@ func TestNormalize(t *testing.T) {
 		{MaxRelays, "64"}:                 "64",
 		{PollIntervalS, "10"}:             "10",
 		{PollIntervalS, "86400"}:          "86400",
+		{Family, " eu-1 "}:                "eu-1",
 	}
 	for in, want := range good {
 		if got, err := Normalize(in[0], in[1]); err != nil || got != want {
@@ -25,6 +26,7 @@ func TestNormalize(t *testing.T) {
 		{DNS, ""}, {DNS, "192.0.2.53,"}, {DNS, "dns.example"},
 		{RelayMemoryMB, "0"}, {RelayMemoryMB, "-5"}, {RelayMemoryMB, "1k"},
 		{MaxRelays, "65"}, {MaxRelays, "-1"}, {PollIntervalS, "9"}, {PollIntervalS, "86401"},
+		{Family, ""}, {Family, "EU"}, {Family, "-eu"}, {Family, "e/u"}, {Family, "a23456789012345678901234567890123"},
 		{"colour", "blue"},
 	} {
 		if got, err := Normalize(in[0], in[1]); err == nil {
@@ -48,5 +50,19 @@ func TestRelayInterfaceDefault(t *testing.T) {
 	}
 	if e := Resolve(map[string]string{RelayInterface: "ens4"}, nil); e.RelayInterface != "ens4" {
 		t.Fatalf("global relay_interface: %q", e.RelayInterface)
+	}
+}
+
+// Without a family setting the whole fleet is one family; a node can
+// leave it for another.
+func TestFamilyDefault(t *testing.T) {
+	if e := Resolve(nil, nil); e.Family != DefaultFamily {
+		t.Fatalf("default family %q", e.Family)
+	}
+	if e := Resolve(map[string]string{Family: "eu"}, map[string]string{Family: "us"}); e.Family != "us" {
+		t.Fatalf("node family %q", e.Family)
+	}
+	if e := Resolve(map[string]string{Family: "eu"}, nil); e.Family != "eu" {
+		t.Fatalf("global family %q", e.Family)
 	}
 }

@@ -29,7 +29,7 @@ func TestRecordMetrics(t *testing.T) {
 	t0 := time.Unix(1_800_000_000, 0)
 	hb := func(boot string, at time.Time, m *api.NodeMetrics) {
 		t.Helper()
-		if err := s.RecordStatus(ctx, a, &api.Status{BootID: boot, UptimeS: 10, Relays: []api.RelayStatus{}, Metrics: m}, at); err != nil {
+		if _, err := s.RecordStatus(ctx, a, &api.Status{BootID: boot, UptimeS: 10, Relays: []api.RelayStatus{}, Metrics: m}, nil, at); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -1,13 +1,17 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"slices"
 	"testing"
 	"time"
 
+	"patela/configsrv/settings"
 	"patela/internal/api"
 )
+
+const fpA, fpB = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
 
 // Each change stamps exactly the nodes it reaches, and rewriting a value
 // unchanged (as every specs post and heartbeat does) stamps nothing.
@@ -45,8 +49,12 @@ func TestNodeConfigGenStamps(t *testing.T) {
 	if _, _, err := s.Allocate(ctx, a, specs(2), time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	s.RecordStatus(ctx, a, &api.Status{BootID: "x", Relays: []api.RelayStatus{{Name: rs[0].Name, State: "running", Fingerprint: "F"}}}, time.Now())
-	changed("same specs again and a heartbeat")
+	changed("same specs again")
+	hb := &api.Status{BootID: "x", Relays: []api.RelayStatus{{Name: rs[0].Name, State: "running", Fingerprint: fpA}}}
+	s.RecordStatus(ctx, a, hb, nil, time.Now())
+	changed("a relay's first fingerprint (every MyFamily of its family)", a, b)
+	s.RecordStatus(ctx, a, hb, nil, time.Now())
+	changed("a heartbeat repeating it")
 
 	s.SetNodeTorrc(ctx, a, "ContactInfo a\n")
 	changed("node torrc", a)
@@ -73,11 +81,85 @@ func TestNodeConfigGenStamps(t *testing.T) {
 	if err := s.RemoveNode(ctx, a); err != nil {
 		t.Fatal(err)
 	}
-	changed("node removed", a) // its relays go with it: the same node
+	changed("node removed", a, b) // its relays go with it, one of them in b's MyFamily
 	if g, _ := s.NodeConfigGen(ctx, a); g != mark {
 		t.Errorf("removed node's generation %d", g)
 	}
 	if g, _ := s.NodeConfigGen(ctx, 999); g != 0 {
 		t.Errorf("unknown node's generation %d, want 0", g)
+	}
+}
+
+// The family lines' triggers (migration 0015) stamp the nodes of the
+// family a change reaches: a fingerprint, a relay leaving, a family key;
+// a node changing family stamps every node; the agent's features its own.
+func TestFamilyGenStamps(t *testing.T) {
+	ctx := context.Background()
+	s := open(t)
+	pool(t, s, "192.0.2.0/24", "192.0.2.1")
+	a, b, c := node(t, s), node(t, s), node(t, s)
+	for _, id := range []int64{a, b, c} {
+		s.SetNodeState(ctx, id, api.NodeEnabled)
+		if _, _, err := s.Allocate(ctx, id, specs(1), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.SetSetting(ctx, c, settings.Family, "eu"); err != nil {
+		t.Fatal(err)
+	}
+	_, mark, _ := s.ConfigChangesSince(ctx, 0)
+	changed := func(what string, want ...int64) {
+		t.Helper()
+		got, top, err := s.ConfigChangesSince(ctx, mark)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: nodes stamped %v, want %v", what, got, want)
+		}
+		mark = top
+	}
+	beat := func(id int64, fp string) {
+		t.Helper()
+		rs, _ := s.Relays(ctx, id)
+		if _, err := s.RecordStatus(ctx, id, &api.Status{Relays: []api.RelayStatus{{Name: rs[0].Name, Fingerprint: fp}}}, nil, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	beat(a, fpA)
+	changed("a fingerprint in the default family", a, b)
+	beat(c, fpB)
+	changed("a fingerprint in family eu", c)
+	k := &FamilyKey{Family: "eu", ID: "id-eu", Secret: make([]byte, 64), Created: time.Now(), Origin: OriginCreated}
+	if _, err := s.PutFamilyKey(ctx, k, false); err != nil {
+		t.Fatal(err)
+	}
+	changed("family eu's key", c)
+	k.ID, k.Secret = "id-eu-2", bytes.Repeat([]byte{1}, 64)
+	if _, err := s.PutFamilyKey(ctx, k, true); err != nil {
+		t.Fatal(err)
+	}
+	changed("family eu's key rotated", c)
+	if _, err := s.RemoveFamilyKey(ctx, "eu"); err != nil {
+		t.Fatal(err)
+	}
+	changed("family eu's key removed", c)
+	if _, _, err := s.Allocate(ctx, a, &api.Specs{CPUs: 1, MemoryBytes: 64 << 30, Features: []string{api.FeatureFamilyKeys}}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	changed("node a's agent installs family keys", a)
+	if _, _, err := s.Allocate(ctx, a, &api.Specs{CPUs: 1, MemoryBytes: 64 << 30, Features: []string{api.FeatureFamilyKeys}}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	changed("the same specs again")
+	s.SetSetting(ctx, b, settings.Family, "eu")
+	changed("node b moves to family eu", a, b, c)
+	if err := s.RemoveNode(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	changed("node c removed, with its relay of family eu", a, b, c)
+	if settings.DefaultFamily != "fleet" {
+		t.Fatalf("settings.DefaultFamily %q: migration 0015's node_family view says 'fleet'", settings.DefaultFamily)
 	}
 }

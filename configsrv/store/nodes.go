@@ -34,6 +34,8 @@ type Node struct {
 	// release whose approval it was given.
 	Sealing string `json:"sealing"`
 	Release string `json:"release"`
+	// Alarms are what the listings warn of (Store.Alarms fills them).
+	Alarms []string `json:"alarms,omitempty"`
 }
 
 // EKHash is the node identity derived from the marshalled EK TPMT_PUBLIC.
@@ -249,9 +251,15 @@ func (s *Store) PutKeyBundle(ctx context.Context, nodeID int64, b *api.KeyBundle
 // the agent reports of each of its relays. Names the node does not own are
 // ignored (a relay removed since the agent last fetched its config). Its
 // metrics summary, if any, replaces the node's last one (metrics.go); a
-// heartbeat without one keeps it, unless the node rebooted since.
-func (s *Store) RecordStatus(ctx context.Context, nodeID int64, st *api.Status, now time.Time) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+// heartbeat without one keeps it, unless the node rebooted since. served
+// maps each relay to the torrc_sha256 the server serves it; a relay that
+// reports running another is flagged (torrc_differs). It returns the keys
+// a relay reported for the first time that another relay reported too (a
+// cloned vault, a replayed key).
+func (s *Store) RecordStatus(ctx context.Context, nodeID int64, st *api.Status, served map[string]string, now time.Time) ([]Duplicate, error) {
+	var dups []Duplicate
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		dups = nil
 		var boot string
 		err := tx.QueryRow(`SELECT boot_id FROM nodes WHERE id = ?`, nodeID).Scan(&boot)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -274,18 +282,51 @@ func (s *Store) RecordStatus(ctx context.Context, nodeID int64, st *api.Status, 
 			st.BootID, st.UptimeS, unix(now), nodeID); err != nil {
 			return err
 		}
+		type known struct {
+			id     int64
+			name   string
+			fp, ed string
+		}
+		rows, err := queryAll(ctx, tx, func(sc scanner) (*known, error) {
+			var k known
+			return &k, sc.Scan(&k.id, &k.name, &k.fp, &k.ed)
+		}, `SELECT id, name, fingerprint, ed25519_id FROM relays WHERE node_id = ?`, nodeID)
+		if err != nil {
+			return err
+		}
+		have := make(map[string]known, len(rows))
+		for _, k := range rows {
+			have[k.name] = k
+		}
+		var fresh []int64
 		for _, r := range st.Relays {
-			if _, err := tx.Exec(`UPDATE relays SET fingerprint = ?, ed25519_id = ?, run_state = ?, restarts = ?, reported_at = ?
-				WHERE node_id = ? AND name = ?`,
-				r.Fingerprint, r.Ed25519ID, r.State, r.Restarts, unix(now), nodeID, r.Name); err != nil {
+			k, ok := have[r.Name]
+			if !ok {
+				continue
+			}
+			differs := r.TorrcSHA256 != "" && r.TorrcSHA256 != served[r.Name]
+			if _, err := tx.Exec(`UPDATE relays SET fingerprint = ?, ed25519_id = ?, run_state = ?, restarts = ?, reported_at = ?,
+				torrc_applied = ?, torrc_differs = ? WHERE id = ?`,
+				r.Fingerprint, r.Ed25519ID, r.State, r.Restarts, unix(now), r.TorrcSHA256, differs, k.id); err != nil {
 				return err
 			}
 			if err := recordDefences(tx, nodeID, r); err != nil {
 				return err
 			}
+			if r.Fingerprint != "" && r.Fingerprint != k.fp || r.Ed25519ID != "" && r.Ed25519ID != k.ed {
+				fresh = append(fresh, k.id)
+			}
+		}
+		for _, id := range fresh {
+			d, err := duplicatesOfTx(ctx, tx, id)
+			if err != nil {
+				return err
+			}
+			dups = append(dups, d...)
 		}
 		return nil
 	})
+	return dups, err
 }
 
 // Settings returns the global settings and, for nodeID != 0, the node's.

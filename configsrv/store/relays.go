@@ -156,6 +156,13 @@ type Relay struct {
 	// it refused (not on its allowlist), and keys not yet saved.
 	RefusedOptions []string `json:"refused_options"`
 	KeysUnsaved    bool     `json:"keys_unsaved"`
+	// TorrcApplied is the served torrc's sha256 the agent last said the
+	// relay runs ("" from agents that do not say); TorrcDiffers, that it
+	// was not the one served then.
+	TorrcApplied string `json:"torrc_applied"`
+	TorrcDiffers bool   `json:"torrc_differs"`
+	// Alarms are what the listings warn of (Store.Alarms fills them).
+	Alarms []string `json:"alarms,omitempty"`
 	// Gateways of the relay's pools.
 	IPv4Gateway netip.Addr `json:"-"`
 	IPv6Gateway netip.Addr `json:"-"`
@@ -165,7 +172,7 @@ type Relay struct {
 func (s *Store) Relays(ctx context.Context, nodeID int64) ([]Relay, error) {
 	q := `SELECT r.id, r.node_id, r.idx, r.name, r.ipv4, p4.cidr, p4.gateway, r.ipv6, p6.cidr, p6.gateway,
 		r.or_port, r.torrc, r.fingerprint, r.ed25519_id, r.run_state, r.restarts, r.reported_at,
-		r.refused_options, r.keys_unsaved
+		r.refused_options, r.keys_unsaved, r.torrc_applied, r.torrc_differs
 		FROM relays r JOIN pools p4 ON p4.id = r.ipv4_pool LEFT JOIN pools p6 ON p6.id = r.ipv6_pool`
 	var args []any
 	if nodeID != 0 {
@@ -179,7 +186,7 @@ func (s *Store) Relays(ctx context.Context, nodeID int64) ([]Relay, error) {
 func (s *Store) RelayByName(ctx context.Context, name string) (*Relay, error) {
 	r, err := scanRelay(s.queryRow(ctx, `SELECT r.id, r.node_id, r.idx, r.name, r.ipv4, p4.cidr, p4.gateway, r.ipv6, p6.cidr, p6.gateway,
 		r.or_port, r.torrc, r.fingerprint, r.ed25519_id, r.run_state, r.restarts, r.reported_at,
-		r.refused_options, r.keys_unsaved
+		r.refused_options, r.keys_unsaved, r.torrc_applied, r.torrc_differs
 		FROM relays r JOIN pools p4 ON p4.id = r.ipv4_pool LEFT JOIN pools p6 ON p6.id = r.ipv6_pool
 		WHERE r.name = ?`, name))
 	if errors.Is(err, ErrNotFound) {
@@ -197,7 +204,7 @@ func scanRelay(sc scanner) (*Relay, error) {
 	var refused string
 	err := sc.Scan(&r.ID, &r.NodeID, &idx, &r.Name, &v4, &p4, &g4, &v6, &p6, &g6,
 		&r.ORPort, &r.Torrc, &r.Fingerprint, &r.Ed25519ID, &r.State, &r.Restarts, &rep,
-		&refused, &r.KeysUnsaved)
+		&refused, &r.KeysUnsaved, &r.TorrcApplied, &r.TorrcDiffers)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -254,6 +261,9 @@ func (s *Store) Allocate(ctx context.Context, nodeID int64, sp *api.Specs, now t
 		}
 		if _, err := tx.Exec(`UPDATE nodes SET cpus = ?, memory_bytes = ?, cpu_model = ?, last_seen = ? WHERE id = ?`,
 			sp.CPUs, int64(min(sp.MemoryBytes, 1<<63-1)), sp.CPUModel, unix(now), nodeID); err != nil {
+			return err
+		}
+		if err := setFeaturesTx(tx, nodeID, sp.Features); err != nil {
 			return err
 		}
 		g, n, err := settingsQ(ctx, tx, nodeID)

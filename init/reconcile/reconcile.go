@@ -327,7 +327,7 @@ func (l *Loop) apply(ctx context.Context, cfg *api.NodeConfig) error {
 		if prev, ok := l.applied[n]; ok && same(prev, r) {
 			continue
 		}
-		if err := l.applyRelay(ctx, r); err != nil {
+		if err := l.applyRelay(ctx, r, cfg.FamilyKeys); err != nil {
 			l.refused[n] = err
 			errs = append(errs, err)
 			l.log.Error("relay refused", "relay", n, "err", err)
@@ -345,12 +345,12 @@ func (l *Loop) apply(ctx context.Context, cfg *api.NodeConfig) error {
 	return errors.Join(errs...)
 }
 
-func (l *Loop) applyRelay(ctx context.Context, r api.Relay) error {
+func (l *Loop) applyRelay(ctx context.Context, r api.Relay, family []api.FamilyKey) error {
 	sum := sha256.Sum256([]byte(r.Torrc))
 	if !strings.EqualFold(hex.EncodeToString(sum[:]), r.TorrcSHA256) {
 		return fmt.Errorf("relay %s: torrc_sha256 does not match its torrc", r.Name)
 	}
-	return l.relays.Apply(ctx, tor.Spec{Name: r.Name, UID: r.UID, Torrc: []byte(r.Torrc)})
+	return l.relays.Apply(ctx, tor.Spec{Name: r.Name, UID: r.UID, Torrc: []byte(r.Torrc), Family: family})
 }
 
 // status is the heartbeat: every supervised relay, plus those whose
@@ -363,6 +363,9 @@ func (l *Loop) status() *api.Status {
 		rs := api.RelayStatus{
 			Name: st.Name, Fingerprint: st.Fingerprint, Ed25519ID: st.Ed25519ID,
 			State: st.State, Restarts: st.Restarts, KeysUnsaved: st.KeysUnsaved,
+			// The served torrc it runs: the server flags one it no
+			// longer serves.
+			TorrcSHA256: strings.ToLower(l.applied[st.Name].TorrcSHA256),
 		}
 		if st.Refused != "" {
 			rs.RefusedOptions = strings.Split(st.Refused, ",")

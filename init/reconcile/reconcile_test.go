@@ -155,13 +155,23 @@ type world struct {
 }
 
 func newWorld(tb testing.TB, maxRelays int, poll time.Duration, edit ...func(*world, *tor.Options)) *world {
+	return newWorldOn(tb, startServer(tb), maxRelays, poll, edit...)
+}
+
+// startServer starts the real configsrv the agents of a test talk to.
+func startServer(tb testing.TB) *testsrv.Server {
 	netnstest.RequireRoot(tb)
 	testutil.RequireTool(tb, "tor", "apt-get install tor")
-	w := &world{s: testsrv.Start(tb), logs: &testutil.SyncBuffer{}}
-	s := w.s
+	s := testsrv.Start(tb)
 	global := filepath.Join(tb.TempDir(), "global.torrc")
 	os.WriteFile(global, []byte(testsrv.GlobalTorrc+"ShutdownWaitLength 1\nExitRelay 0\n"), 0o644)
 	s.Admin(tb, "torrc", "import", global, "--default")
+	return s
+}
+
+// newWorldOn is newWorld for one of several agents on server s.
+func newWorldOn(tb testing.TB, s *testsrv.Server, maxRelays int, poll time.Duration, edit ...func(*world, *tor.Options)) *world {
+	w := &world{s: s, logs: &testutil.SyncBuffer{}}
 	w.id, w.tokens = enroll(tb, s)
 	w.ids = strconv.FormatInt(w.id, 10)
 	s.Admin(tb, "node", "set", w.ids, "relay_interface", "relay0")
@@ -207,7 +217,7 @@ func newWorld(tb testing.TB, maxRelays int, poll time.Duration, edit ...func(*wo
 		Network:      net,
 		Relays:       w.sup,
 		Log:          log,
-		Specs:        &api.Specs{CPUs: 8, MemoryBytes: 16 << 30, CPUModel: "test"},
+		Specs:        &api.Specs{CPUs: 8, MemoryBytes: 16 << 30, CPUModel: "test", Features: tor.Features},
 		PollInterval: poll,
 		RetryMin:     200 * time.Millisecond,
 		RetryMax:     time.Second,
@@ -294,8 +304,15 @@ func TestReconcileAgainstConfigsrv(t *testing.T) {
 	})
 	added := time.Since(t0)
 	t.Logf("max_relays 1→2 to second relay running: %v (poll interval %v)", added, poll)
-	if st, _ := statusOf(sup, first.Name); st.PID != first.PID || st.Restarts != 0 || st.Reloads != 0 {
-		t.Errorf("first relay disturbed by adding the second: %+v, was %+v", st, first)
+	// Touched only by a reload: its MyFamily lists the second relay once
+	// that reports its fingerprint.
+	waitFor(t, "first relay's MyFamily names the second", func() bool {
+		live, _ := os.ReadFile(filepath.Join(root, "run", first.Name+".torrc"))
+		st, _ := statusOf(sup, second.Name)
+		return st.Fingerprint != "" && bytes.Contains(live, []byte("MyFamily $"+st.Fingerprint+"\n"))
+	})
+	if st, _ := statusOf(sup, first.Name); st.PID != first.PID || st.Restarts != 0 || st.Reloads != 1 {
+		t.Errorf("first relay disturbed by adding the second beyond one reload: %+v, was %+v", st, first)
 	}
 
 	// Admin changes the second relay's torrc (reloadable): applied by
@@ -337,7 +354,13 @@ func TestReconcileAgainstConfigsrv(t *testing.T) {
 	if a := relayAddr(second.Name); a.IsValid() && addrsIn(t, agent, "relay0")[a] {
 		t.Errorf("removed relay's address %v still on relay0", a)
 	}
-	if st, _ := statusOf(sup, first.Name); st.PID != first.PID || st.State != api.RelayRunning {
+	// The first relay's MyFamily loses the second: one more reload, in
+	// the same round, same tor.
+	waitFor(t, "first relay reloaded without the second in its MyFamily", func() bool {
+		st, _ := statusOf(sup, first.Name)
+		return st.Reloads == 2 && st.State == api.RelayRunning
+	})
+	if st, _ := statusOf(sup, first.Name); st.PID != first.PID || st.Restarts != 0 {
 		t.Errorf("first relay disturbed by the removal: %+v", st)
 	}
 

@@ -1,8 +1,10 @@
 // Package resolv owns /etc/resolv.conf. Two sources feed it: the DHCP
 // lease of the management network and the config server's node network
 // ("dns"), which names the resolvers the exit relays must use. The
-// server's list wins when it has one; the lease's is the fallback. No
-// public resolver is ever written in.
+// server's list wins when it has one; the lease's is the fallback. While
+// the node runs an exit, no big public resolver (internal/publicdns) is
+// written in, from either source: its operator would see the exit's DNS
+// queries.
 package resolv
 
 import (
@@ -15,6 +17,7 @@ import (
 	"sync"
 
 	"patela/internal/atomicfile"
+	"patela/internal/publicdns"
 )
 
 // MaxNS is the number of nameserver lines the C library reads.
@@ -26,6 +29,7 @@ type File struct {
 
 	mu           sync.Mutex
 	dhcp, server []netip.Addr
+	exit         bool // the node runs an exit relay
 	search       []string
 	written      []byte
 	wroteOnce    bool
@@ -41,9 +45,12 @@ func (f *File) SetDHCP(dns []netip.Addr, search []string) error {
 }
 
 // SetServer records the config server's resolvers, given as strings as in
-// the node config; any invalid entry refuses the whole list and changes
-// nothing.
-func (f *File) SetServer(dns []string) error {
+// the node config, and whether the node runs an exit relay. An invalid
+// entry refuses the whole list and changes nothing. For an exit, the
+// public resolvers in the list are left out of the file and named in the
+// error (the server refuses such a config: only a compromised or
+// outdated server sends one).
+func (f *File) SetServer(dns []string, exit bool) error {
 	addrs := make([]netip.Addr, 0, len(dns))
 	for _, s := range dns {
 		a, err := netip.ParseAddr(s)
@@ -54,8 +61,25 @@ func (f *File) SetServer(dns []string) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.server = addrs
-	return f.write()
+	f.server, f.exit = addrs, exit
+	if err := f.write(); err != nil {
+		return err
+	}
+	if public := publicOf(addrs); exit && len(public) > 0 {
+		return fmt.Errorf("resolv: not writing %s into resolv.conf: this node runs an exit relay, which must not resolve through a public resolver", strings.Join(public, ", "))
+	}
+	return nil
+}
+
+// publicOf names the public resolvers among addrs.
+func publicOf(addrs []netip.Addr) []string {
+	var out []string
+	for _, a := range addrs {
+		if op, ok := publicdns.Operator(a); ok {
+			out = append(out, a.String()+" ("+op+")")
+		}
+	}
+	return out
 }
 
 func (f *File) write() error {
@@ -71,10 +95,20 @@ func (f *File) write() error {
 }
 
 func (f *File) active() []netip.Addr {
+	src := f.dhcp
 	if len(f.server) > 0 {
-		return f.server
+		src = f.server
 	}
-	return f.dhcp
+	if !f.exit {
+		return src
+	}
+	out := make([]netip.Addr, 0, len(src))
+	for _, a := range src {
+		if _, public := publicdns.Operator(a); !public {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // Render is the file's text. Search domains that could break the file

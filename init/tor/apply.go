@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"time"
 
+	"patela/internal/api"
 	"patela/internal/atomicfile"
 	"patela/internal/layout"
 )
@@ -22,6 +23,10 @@ type Spec struct {
 	Name  string // tor nickname: 1-19 of [a-zA-Z0-9]
 	UID   int    // the relay's uid and gid
 	Torrc []byte // the server's resolved torrc
+	// Family are the family keys the torrc's FamilyId lines name
+	// (api.NodeConfig.FamilyKeys), installed in the relay's key directory
+	// before tor sees the torrc.
+	Family []api.FamilyKey
 }
 
 var nickname = regexp.MustCompile(`^[a-zA-Z0-9]{1,19}$`)
@@ -68,14 +73,17 @@ func (p relayPaths) candidate() string { return p.torrc + ".new" }
 //     survive; its keys stay there and in the vault);
 //  3. a new relay gets its account, its private directories and its keys
 //     from the vault;
-//  4. the torrc is built (buildTorrc); a relay already running that
-//     torrc is left alone, unless it failed, which only a new Apply
-//     brings back;
+//  4. the torrc is built (buildTorrc), and the family keys its FamilyId
+//     lines name go into the key directory, every one checked (a
+//     FamilyId without its key is a *FamilyError: tor would exit on it);
+//     a relay already running that torrc is left alone, unless it
+//     failed, which only a new Apply brings back;
 //  5. tor --verify-config checks it, as the relay user, in a candidate
 //     file: a refusal is a *VerifyError and the running tor keeps its
 //     configuration;
 //  6. a new relay's tor starts; a running one takes the torrc by SIGHUP
-//     when it can, else restarts.
+//     when it can, else restarts; family keys the torrc no longer names
+//     are removed.
 //
 // A new relay that fails a step leaves nothing behind. Apply returns once
 // the change is accepted; readiness follows asynchronously (see Status).
@@ -120,16 +128,27 @@ func (s *Supervisor) Apply(ctx context.Context, spec Spec) (err error) {
 	if err != nil {
 		return err
 	}
-	if r != nil && !r.differs(d) {
-		return nil
-	}
-	if err := s.verifyTorrc(ctx, spec, d); err != nil {
+	family, err := familyKeys(spec, p, d.cfg)
+	if err != nil {
 		return err
 	}
-	if r == nil {
-		return s.supervise(spec, p, d, certExpires)
+	if r == nil || r.differs(d) {
+		if err := s.verifyTorrc(ctx, spec, d); err != nil {
+			return err
+		}
+		if r == nil {
+			err = s.supervise(spec, p, d, certExpires)
+		} else {
+			err = r.reload(d)
+		}
+		if err != nil {
+			return err
+		}
 	}
-	return r.reload(d)
+	if err := pruneFamilyKeys(p, family); err != nil {
+		s.o.Log.Warn("removing old family keys", "relay", spec.Name, "err", err)
+	}
+	return nil
 }
 
 // metricsAddrFree refuses a spec whose metrics address another relay's

@@ -360,13 +360,15 @@ func TestRelays(t *testing.T) {
 	})
 }
 
-// A relay whose tor dies at start (FamilyId without its secret key: tor
-// --verify-config passes, start fails) is marked failed after CrashLimit
-// exits and not restarted again until its configuration changes.
+// A relay whose tor dies at start (a ConnLimit above what the process
+// may open: tor --verify-config passes, start fails) is marked failed
+// after CrashLimit exits and not restarted again until its configuration
+// changes. (A FamilyId without its key, the other such case, never
+// reaches tor: TestFamilyKeyMissing.)
 func TestCrashLoop(t *testing.T) {
 	h := newHarness(t, func(o *Options) { o.CrashLimit = 3 })
 	ctx := context.Background()
-	bad := serverTorrc("delta", 39104, "FamilyId eVWP52U7ga6/Dy9zps4ngzqDzysB6l7GQLWjwllcwQQ")
+	bad := serverTorrc("delta", 39104, "ConnLimit 100000000")
 	if err := h.sup.Apply(ctx, Spec{Name: "delta", UID: 20004, Torrc: bad}); err != nil {
 		t.Fatal(err)
 	}

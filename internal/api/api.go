@@ -61,6 +61,9 @@ type Specs struct {
 	CPUs        int    `json:"cpus"`
 	MemoryBytes uint64 `json:"memory_bytes"`
 	CPUModel    string `json:"cpu_model"`
+	// Features lists what the agent can do beyond the first protocol
+	// (family.go); absent from older agents.
+	Features []string `json:"features,omitempty"`
 }
 
 // SpecsResponse says how many relays the node now has.
@@ -74,6 +77,9 @@ type NodeConfig struct {
 	Network       Network `json:"network"`
 	PollIntervalS int     `json:"poll_interval_s"`
 	Relays        []Relay `json:"relays"`
+	// FamilyKeys are the Happy Families keys the relays' FamilyId lines
+	// name (family.go); only for agents with FeatureFamilyKeys.
+	FamilyKeys []FamilyKey `json:"family_keys,omitempty"`
 }
 
 // Network is the relay-side network of a node.
@@ -126,12 +132,15 @@ type RelayStatus struct {
 	// vault storage (a save failed and is being retried); a reboot now
 	// would lose its identity.
 	KeysUnsaved bool `json:"keys_unsaved,omitempty"`
+	// TorrcSHA256 is the torrc_sha256 of the served torrc the relay runs
+	// (family.go); absent from older agents.
+	TorrcSHA256 string `json:"torrc_sha256,omitempty"`
 }
 
 // Equal reports whether two relay reports say the same.
 func (r RelayStatus) Equal(o RelayStatus) bool {
 	return r.Name == o.Name && r.Fingerprint == o.Fingerprint && r.Ed25519ID == o.Ed25519ID &&
-		r.State == o.State && r.Restarts == o.Restarts && r.KeysUnsaved == o.KeysUnsaved &&
+		r.State == o.State && r.Restarts == o.Restarts && r.KeysUnsaved == o.KeysUnsaved && r.TorrcSHA256 == o.TorrcSHA256 &&
 		slices.Equal(r.RefusedOptions, o.RefusedOptions)
 }
 

@@ -24,6 +24,7 @@ const (
 	CodeNotFound         ErrorCode = "not_found"
 	CodeConflict         ErrorCode = "conflict"
 	CodeExhausted        ErrorCode = "exhausted"
+	CodeUnsafeConfig     ErrorCode = "unsafe_config"
 	CodeInternal         ErrorCode = "internal"
 )
 

@@ -55,6 +55,10 @@ var owners = map[string]Owner{
 	"ORPort":              OwnerServer,
 	"Address":             OwnerServer,
 	"OutboundBindAddress": OwnerServer,
+	// The family's Happy Families id, from the family key the server holds
+	// (a FamilyId without its key in the relay's key directory makes tor
+	// exit; the agent writes the key the server sends beside it).
+	"FamilyId": OwnerServer,
 
 	"DataDirectory":        OwnerAgent,
 	"ControlSocket":        OwnerAgent,
@@ -82,9 +86,9 @@ var owners = map[string]Owner{
 	"MaxAdvertisedBandwidth": OwnerAdmin, "PerConnBWRate": OwnerAdmin, "PerConnBWBurst": OwnerAdmin,
 	"AccountingMax": OwnerAdmin, "AccountingStart": OwnerAdmin, "AccountingRule": OwnerAdmin,
 	"CountPrivateBandwidth": OwnerAdmin,
-	// Contact and family (FamilyId names a key the agent puts in the
-	// relay's key directory; its value is only the public id).
-	"ContactInfo": OwnerAdmin, "MyFamily": OwnerAdmin, "FamilyId": OwnerAdmin,
+	// Contact and family: the admin's MyFamily lines name other operators'
+	// relays of the family; the server adds the fleet's own.
+	"ContactInfo": OwnerAdmin, "MyFamily": OwnerAdmin,
 	// Directory service: DirPort listens on the relay's own address (the
 	// node's firewall lets nothing else in); DirPortFrontPage, a file, is
 	// forbidden.
@@ -151,6 +155,9 @@ func Refusal(key string) string {
 	case OwnerAdmin:
 		return ""
 	case OwnerServer:
+		if c, _ := Canonical(key); c == "FamilyId" {
+			return "the config server writes it from the family key `configsrv family create` or `configsrv family import` stores"
+		}
 		return "the config server writes it for each relay"
 	case OwnerAgent:
 		return "the agent on the node writes it"

@@ -195,10 +195,14 @@ func TestParseUserRefusesEveryManagedOption(t *testing.T) {
 			t.Errorf("OwnerOf(alias %q) = %s, OwnerOf(%q) = %s", a, got, c, OwnerOf(c))
 		}
 	}
-	for _, k := range []string{"ExitPolicy", "ContactInfo", "MyFamily", "FamilyId", "DirPort", "AccountingMax"} {
+	for _, k := range []string{"ExitPolicy", "ContactInfo", "MyFamily", "DirPort", "AccountingMax"} {
 		if o := OwnerOf(k); o != OwnerAdmin {
 			t.Errorf("OwnerOf(%q) = %s, want admin", k, o)
 		}
+	}
+	// FamilyId comes with its key, which only the server has.
+	if o, why := OwnerOf("FamilyId"), Refusal("FamilyId"); o != OwnerServer || !strings.Contains(why, "configsrv family") {
+		t.Errorf("FamilyId: owner %s, refusal %q", o, why)
 	}
 	for _, k := range []string{"Nosuchoption", "__ORPort", "DirPortFrontPage", "GeoIPFile", "SocksPolicy"} {
 		if o := OwnerOf(k); o != OwnerForbidden {
