@@ -211,6 +211,11 @@ func Build(ctx context.Context, o Options) (*Report, error) {
 	defer out.abort()
 
 	files := append([]string{agent + ":" + AgentPath}, torFiles...)
+	notify, err := buildSDNotify(ctx, tmp)
+	if err != nil {
+		return nil, err
+	}
+	files = append(files, notify+":"+path.Join(LibDir, libsystemd))
 	for _, m := range mods {
 		files = append(files, filepath.Join(o.KernelModulesDir, m.Path)+":"+path.Join(ModulesDir, m.Name+".ko"))
 	}
@@ -295,8 +300,9 @@ func readCA(p string) ([]byte, error) {
 	return b, nil
 }
 
-// torFiles lists tor, the libraries ld.so resolves for it and the NSS
-// module glibc dlopens, as uimage "src:dst" specs.
+// torFiles lists tor, the libraries ld.so resolves for it (but
+// libsystemd's: see sdnotify.go) and the NSS module glibc dlopens, as
+// uimage "src:dst" specs.
 func torFiles(tor string) ([]string, error) {
 	real, err := filepath.EvalSymlinks(tor)
 	if err != nil {
@@ -305,6 +311,9 @@ func torFiles(tor string) ([]string, error) {
 	libs, err := ldd.FList(real, nssFiles)
 	if err != nil {
 		return nil, fmt.Errorf("tor libraries: %w", err)
+	}
+	if libs, err = withoutSystemd(real, libs, nssFiles); err != nil {
+		return nil, err
 	}
 	specs := []string{real + ":" + TorPath}
 	seen := map[string]bool{}

@@ -2,6 +2,7 @@ package ramfs
 
 import (
 	"patela/initramfs/inspect"
+	"path"
 
 	"bytes"
 	"compress/gzip"
@@ -165,6 +166,21 @@ func TestProduction(t *testing.T) {
 		"lib/x86_64-linux-gnu/libcrypto.so.3", "lib64/ld-linux-x86-64.so.2", "dev/console", CAPath, "etc/nsswitch.conf"} {
 		if _, ok := rs[want]; !ok {
 			t.Errorf("missing %s", want)
+		}
+	}
+	// libsystemd is the image's own sd_notify (sdnotify.go), so systemd's
+	// dependencies stay out; tor's own ones stay in.
+	if r, ok := rs[path.Join(LibDir, libsystemd)]; !ok || r.FileSize > 64<<10 {
+		t.Errorf("libsystemd is not the small sd_notify library: %+v", r.Info)
+	}
+	for _, l := range []string{"libgcrypt.so.20", "libgpg-error.so.0", "liblz4.so.1"} {
+		if _, ok := rs[path.Join(LibDir, l)]; ok {
+			t.Errorf("image holds %s, which only systemd's libsystemd needs", l)
+		}
+	}
+	for _, l := range []string{"libzstd.so.1", "liblzma.so.5", "libevent-2.1.so.7", "libseccomp.so.2", "libcap.so.2"} {
+		if _, ok := rs[path.Join(LibDir, l)]; !ok {
+			t.Errorf("image lacks tor's %s", l)
 		}
 	}
 	for name := range rs {
