@@ -183,6 +183,7 @@ func TestProduction(t *testing.T) {
 			t.Errorf("image lacks tor's %s", l)
 		}
 	}
+	torInImage(t, rs)
 	for name := range rs {
 		if name == "etc/resolv.conf" || name == "bin/sh" || strings.HasPrefix(name, "bbin") || strings.HasPrefix(name, "lib/modules") {
 			t.Errorf("production image holds %s", name)

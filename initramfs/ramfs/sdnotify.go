@@ -64,8 +64,7 @@ func needed(path string) ([]string, error) {
 // withoutSystemd drops libsystemd and the libraries only it needs from
 // libs, the ldd closure of tor and extra (the dlopen'd NSS module): what
 // is left is the closure of tor's other direct dependencies and of extra,
-// under the names ld.so looks for (sonames; the image copies a link's
-// target under the link's name, so versioned file names are not needed).
+// each soname with the file its link names (the image keeps links).
 func withoutSystemd(tor string, libs []string, extra ...string) ([]string, error) {
 	direct, err := needed(tor)
 	if err != nil {
@@ -86,7 +85,20 @@ func withoutSystemd(tor string, libs []string, extra ...string) ([]string, error
 	}
 	keep := map[string]bool{}
 	for _, l := range append(deps, roots...) {
-		keep[l] = true
+		// Follow links by name in their own directory, as ldd lists
+		// them (/lib/x86_64-linux-gnu/libz.so.1 -> libz.so.1.2.13), not
+		// through /lib -> usr/lib.
+		for n := 0; n < 8 && !keep[l]; n++ {
+			keep[l] = true
+			t, err := os.Readlink(l)
+			if err != nil {
+				break
+			}
+			if !filepath.IsAbs(t) {
+				t = filepath.Join(filepath.Dir(l), t)
+			}
+			l = t
+		}
 	}
 	var out []string
 	for _, l := range libs {
