@@ -3,6 +3,7 @@ package reconcile
 import (
 	"bytes"
 	"context"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -98,10 +99,26 @@ func TestFleetFamilyReloads(t *testing.T) {
 	// that took after change returned (the server had the change).
 	reloadsAfter := func(what string, xs []*agentRun, cond func(*agentRun) bool, change func()) time.Duration {
 		t.Helper()
+		// tor counts a reload when it reports RELOADING, a moment after
+		// the agent wrote the torrc the earlier waits read: count from a
+		// fleet where every relay runs and no reload moved for two polls.
 		before := map[string]int{}
-		for _, x := range xs {
-			before[x.name] = x.status(t).Reloads
-		}
+		waitFor(t, "the relays settled before "+what, func() bool {
+			now := map[string]int{}
+			for _, x := range xs {
+				st := x.status(t)
+				if st.State != api.RelayRunning {
+					return false
+				}
+				now[x.name] = st.Reloads
+			}
+			if maps.Equal(now, before) {
+				return true
+			}
+			before = now
+			time.Sleep(2 * poll)
+			return false
+		})
 		change()
 		t0 := time.Now()
 		var took time.Duration
