@@ -26,7 +26,7 @@ var commands = []cmdline.Command[*env]{
 	{Words: "init", Args: "--dir DIR", Help: "create the CA, server certificate and biscuit key (never overwritten), and the database", Run: (*env).initKeys},
 	{Words: "serve", Args: "(--dir DIR | --tls-cert FILE --tls-key FILE --biscuit-key FILE)", Help: "serve the v1 API over HTTPS until SIGTERM or SIGINT", Run: (*env).serve},
 
-	{Words: "node list", Help: "every node: state, EK hash, relays, first and last contact", Run: (*env).nodeList},
+	{Words: "node list", Help: "every node: state, EK hash, relays, sealing, attested release, first and last contact", Run: (*env).nodeList},
 	{Words: "node show", Args: "(--default | ID)", Help: "one node: identity, specs, effective settings, relays; --default: the global settings", Run: (*env).nodeShow},
 	{Words: "node enable", Args: "ID", Help: "let a node attest and fetch its config", Run: nodeState(api.NodeEnabled)},
 	{Words: "node disable", Args: "ID", Help: "refuse a node until it is enabled again", Run: nodeState(api.NodeDisabled)},
@@ -55,6 +55,9 @@ var commands = []cmdline.Command[*env]{
 	{Words: "release add", Args: "FILE", Help: "register an approved release (stimage release create): nodes booting it get its approval", Run: (*env).releaseAdd},
 	{Words: "release list", Help: "the releases: kind, active or retired, policy PCRs", Run: (*env).releaseList},
 	{Words: "release retire", Args: "NAME", Help: "stop serving a release's approval: nodes booting it are told which release to boot", Run: (*env).releaseRetire},
+	{Words: "rollout start", Args: "RELEASE [--max-unavailable N]", Help: "reboot the enabled nodes not on RELEASE into it, N at a time (serve runs it)", Run: (*env).rolloutStart},
+	{Words: "rollout status", Help: "the running (or last) rollout: each node's turn, what it ran and runs", Run: (*env).rolloutStatus},
+	{Words: "rollout stop", Help: "stop the running rollout: no further node is asked to reboot", Run: (*env).rolloutStop},
 	{Words: "keys show", Args: "NODE_ID", Help: "version, size and update time of the node's mirrored key bundle", Run: (*env).keysShow},
 	{Words: "keys drop", Args: "NODE_ID --yes", Help: "delete it (after a TPM clear): the node's relays get NEW identities", Run: (*env).keysDrop},
 	{Words: "audit", Help: "the audit log, newest first", Run: (*env).auditLog},

@@ -2,8 +2,11 @@ package cli
 
 import (
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -22,18 +25,48 @@ func fmtTime(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
+// nodeRow is a node with its boot evidence (`node list`).
+type nodeRow struct {
+	store.Node
+	Attested    string             `json:"attested"` // the release, "unknown" or "unattested"
+	Attestation *store.Attestation `json:"attestation,omitempty"`
+}
+
 func (e *env) nodeList(fs *flag.FlagSet, args []string) error {
-	get := func(st *store.Store) ([]store.Node, error) {
-		ns, err := st.Nodes(e.ctx)
+	get := func(st *store.Store) ([]nodeRow, error) {
+		nodes, err := st.Nodes(e.ctx)
 		if err != nil {
 			return nil, err
 		}
-		return ns, st.Alarms(e.ctx, ns, nil)
+		if err := st.Alarms(e.ctx, nodes, nil); err != nil {
+			return nil, err
+		}
+		atts, err := st.Attestations(e.ctx)
+		if err != nil {
+			return nil, err
+		}
+		rows := make([]nodeRow, len(nodes))
+		for i, n := range nodes {
+			a := atts[n.ID]
+			rows[i] = nodeRow{Node: n, Attested: a.Summary(), Attestation: a}
+		}
+		return rows, nil
 	}
-	return list(e, fs, args, get, "ID\tSTATE\tEK\tRELAYS\tSEALING\tFIRST SEEN\tLAST SEEN\tALARM", func(n store.Node) []string {
+	return list(e, fs, args, get, "ID\tSTATE\tEK\tRELAYS\tSEALING\tATTESTED\tFIRST SEEN\tLAST SEEN\tALARM", func(n nodeRow) []string {
 		return []string{strconv.FormatInt(n.ID, 10), string(n.State), hex.EncodeToString(n.EKHash)[:16],
-			strconv.Itoa(n.Relays), sealingView(n), fmtTime(n.FirstSeen), fmtTime(n.LastSeen), alarm(n.Alarms)}
+			strconv.Itoa(n.Relays), sealingView(n.Node), attestedView(n.Attestation), fmtTime(n.FirstSeen), fmtTime(n.LastSeen), alarm(n.Alarms)}
 	})
+}
+
+// attestedView is the ATTESTED column: the release the last quote showed,
+// "unknown" for an image no release names, "unattested" without a
+// quote; a firmware log that did not replay is flagged.
+func attestedView(a *store.Attestation) string {
+	s := a.Summary()
+	if a != nil && a.EventLog == "failed" {
+		s += " (event log failed)"
+	}
+	return s
 }
 
 // nodeState is the command that moves a node to state.
@@ -147,6 +180,9 @@ type nodeView struct {
 	Settings  map[string]string `json:"settings"`  // node overrides
 	Effective map[string]string `json:"effective"` // resolved values
 	RelayList []store.Relay     `json:"relay_list"`
+	// Attestation is the boot evidence of its last attestation (nil:
+	// unattested since remote attestation came in).
+	Attestation *store.Attestation `json:"attestation,omitempty"`
 }
 
 // defaultView is `node show --default --json`.
@@ -203,8 +239,12 @@ func (e *env) showNode(st *store.Store, id int64, asJSON bool) error {
 	if err := st.Alarms(e.ctx, nil, relays); err != nil {
 		return err
 	}
+	att, err := st.Attestation(e.ctx, id)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
 	v := nodeView{Node: n, EKHashHex: hex.EncodeToString(n.EKHash), Settings: nd, RelayList: relays,
-		Effective: effective(g, nd)}
+		Effective: effective(g, nd), Attestation: att}
 	if v.RelayList == nil {
 		v.RelayList = []store.Relay{}
 	}
@@ -235,6 +275,15 @@ func (e *env) printNode(v *nodeView) {
 		n.AKName, fmtTime(n.FirstSeen), fmtTime(n.LastSeen), fmtTime(n.AttestedAt))
 	fmt.Fprintf(w, "  boot id      %s\n  uptime       %ds\n  specs        %d cpus, %d MiB, %s\n",
 		n.BootID, n.UptimeS, n.CPUs, n.MemoryBytes>>20, n.CPUModel)
+	a := v.Attestation
+	fmt.Fprintf(w, "  boot         %s\n", attestedView(a))
+	if a == nil || a.Status == store.AttestUnattested {
+		return
+	}
+	fmt.Fprintf(w, "  quoted       %s (PCR digest %s)\n  event log    %s: %s\n", fmtTime(a.At), a.PCRDigest, a.EventLog, a.LogDetail)
+	for _, k := range slices.Sorted(maps.Keys(a.PCRs)) {
+		fmt.Fprintf(w, "    pcr %-2d     %s\n", k, a.PCRs[k])
+	}
 }
 
 // printSettings prints each setting's effective value and where it comes

@@ -100,6 +100,9 @@ type ServeOptions struct {
 	MaxWait     time.Duration    // longest hold of a long-polled config request
 	AccessLog   io.Writer        // one line per answered request; nil: none
 	Observer    httpapi.Observer // told of every answered request (metrics); nil: none
+	// RequireRelease refuses tokens to nodes whose TPM quote matches no
+	// active release.
+	RequireRelease bool
 }
 
 // serveFlags defines serve's flags: one line per option of ServeOptions.
@@ -115,6 +118,8 @@ func serveFlags(fs *flag.FlagSet, o *ServeOptions) (dir *string) {
 	fs.Float64Var(&o.AttestRate, "attest-rate", 5, "attestation requests per second (`N`) per client address; 0: no limit")
 	fs.IntVar(&o.AttestBurst, "attest-burst", 20, "attestation burst (`N`) per client address")
 	fs.DurationVar(&o.MaxWait, "max-wait", httpapi.DefaultMaxWait, "hold a node's config request at most `DURATION` waiting for a change")
+	fs.BoolVar(&o.RequireRelease, "require-release", false,
+		"refuse tokens (403 unknown_release) to nodes whose TPM quote matches no active release, or that send none")
 	return dir
 }
 
@@ -175,7 +180,8 @@ func (e *env) serve(fs *flag.FlagSet, args []string) error {
 	}
 	defer stopMetrics()
 	o.Observer = obs
-	srv, err := NewServer(st, o, slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: *level})))
+	srvLog := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: *level}))
+	srv, err := NewServer(st, o, srvLog)
 	if err != nil {
 		return err
 	}
@@ -183,6 +189,9 @@ func (e *env) serve(fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return err
 	}
+	ctx, stop := context.WithCancel(e.ctx)
+	defer stop()
+	go runRollouts(ctx, st, time.Second, srvLog)
 	return e.serveUntilSignal(srv, ln)
 }
 
@@ -250,7 +259,8 @@ func NewServer(st *store.Store, o ServeOptions, log *slog.Logger) (*Server, erro
 			return nil, fmt.Errorf("--ek-allowlist: %w", err)
 		}
 	}
-	api := &httpapi.Server{Store: st, Tokens: token.New(key, o.TokenTTL), Trust: trust, Log: log, MaxWait: o.MaxWait}
+	api := &httpapi.Server{Store: st, Tokens: token.New(key, o.TokenTTL), Trust: trust, Log: log, MaxWait: o.MaxWait,
+		RequireRelease: o.RequireRelease}
 	if o.AttestRate > 0 {
 		api.Limiter = httpapi.NewLimiter(o.AttestRate, o.AttestBurst)
 	}

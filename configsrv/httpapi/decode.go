@@ -36,7 +36,7 @@ func decodeAttest(r io.Reader) (*api.AttestRequest, error) {
 
 func decodeComplete(r io.Reader) (*api.CompleteRequest, error) {
 	var v api.CompleteRequest
-	if err := api.Decode(r, &v); err != nil {
+	if err := api.DecodeLimit(r, &v, api.MaxCompleteBody); err != nil {
 		return nil, err
 	}
 	if v.ChallengeID == "" || len(v.ChallengeID) > 128 {
@@ -44,6 +44,19 @@ func decodeComplete(r io.Reader) (*api.CompleteRequest, error) {
 	}
 	if len(v.Secret) == 0 {
 		return nil, errors.New("secret is required")
+	}
+	if q := v.Quote; q != nil {
+		if len(q.Quoted) == 0 || len(q.Signature) == 0 || len(q.PCRs) == 0 {
+			return nil, errors.New("quote: quoted, signature and pcrs are required")
+		}
+		if len(q.EventLog) > api.MaxEventLog {
+			return nil, fmt.Errorf("quote: event_log is larger than %d bytes", api.MaxEventLog)
+		}
+		for n := range q.PCRs {
+			if n < 0 || n > 23 {
+				return nil, fmt.Errorf("quote: pcrs: %d is not a PCR index", n)
+			}
+		}
 	}
 	return &v, nil
 }

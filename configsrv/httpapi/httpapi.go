@@ -25,6 +25,7 @@ import (
 
 	"patela/configsrv/attest"
 	"patela/configsrv/longpoll"
+	"patela/configsrv/quote"
 	"patela/configsrv/store"
 	"patela/configsrv/token"
 	"patela/internal/api"
@@ -41,15 +42,20 @@ type Server struct {
 	Limiter *Limiter      // on /v1/attest*; nil: unlimited
 	Log     *slog.Logger
 	Now     func() time.Time // nil: time.Now
+	// RequireRelease refuses tokens to nodes whose quote matches no
+	// active release (serve --require-release).
+	RequireRelease bool
 
 	// MaxWait bounds how long a config request is held (its wait
 	// parameter); default DefaultMaxWait. WatchEvery is how often the
 	// database is polled for config changes; default DefaultWatchEvery.
 	MaxWait, WatchEvery time.Duration
 
-	keys    attest.Cache
-	configs configCache
-	fleet   fleetCache
+	keys     attest.Cache
+	configs  configCache
+	fleet    fleetCache
+	akKeys   akKeyCache
+	releases releaseCache
 
 	lpOnce    sync.Once
 	hub       *longpoll.Hub
@@ -176,7 +182,7 @@ func (s *Server) limited(h http.HandlerFunc) http.HandlerFunc {
 // log shows them at warn, the rest of the audit trail at info.
 var refusals = map[string]bool{"attest.bad_ek": true, "attest.bad_ak": true, "attest.ek_untrusted": true,
 	"attest.banned": true, "attest.disabled": true, "attest.unknown_challenge": true, "attest.challenge_expired": true,
-	"attest.bad_secret": true, "attest.refused": true,
+	"attest.bad_secret": true, "attest.refused": true, "attest.bad_quote": true, "attest.unknown_release": true,
 	// Not a refusal, an alarm: two relays reported one key.
 	"relay.duplicate_key": true}
 
@@ -245,21 +251,24 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 	}
 	secret := make([]byte, attest.SecretSize)
 	id := make([]byte, 16)
+	nonce := make([]byte, api.NonceSize)
 	rand.Read(secret)
 	rand.Read(id)
+	rand.Read(nonce)
 	blob, enc, err := ek.MakeCredential(akName, secret)
 	if err != nil {
 		s.internal(w, r, err)
 		return
 	}
 	h := sha256.Sum256(secret)
-	c := store.Challenge{ID: hex.EncodeToString(id), NodeID: n.ID, SecretHash: h[:], AKName: akName, Expires: now.Add(ChallengeTTL)}
+	c := store.Challenge{ID: hex.EncodeToString(id), NodeID: n.ID, SecretHash: h[:], AKName: akName, Expires: now.Add(ChallengeTTL),
+		Nonce: nonce, AKPublic: req.AKPublic}
 	if err := s.Store.AddChallenge(ctx, c, now); err != nil {
 		s.internal(w, r, err)
 		return
 	}
 	s.audit(ctx, target, "attest.challenge", target, "ak "+hex.EncodeToString(akName))
-	writeJSON(w, http.StatusOK, &api.AttestResponse{NodeID: n.ID, ChallengeID: c.ID, CredentialBlob: blob, EncryptedSecret: enc})
+	writeJSON(w, http.StatusOK, &api.AttestResponse{NodeID: n.ID, ChallengeID: c.ID, CredentialBlob: blob, EncryptedSecret: enc, Nonce: nonce})
 }
 
 func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
@@ -302,8 +311,25 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusForbidden, st.RefusalCode(), "node is not enabled")
 		return
 	}
+	ev, rel, err := s.evidence(ctx, c, req.Quote, now)
+	if errors.Is(err, quote.ErrBad) {
+		s.audit(ctx, target, "attest.bad_quote", target, err.Error())
+		writeErr(w, http.StatusUnauthorized, api.CodeBadQuote, err.Error())
+		return
+	}
+	if err != nil {
+		s.internal(w, r, err)
+		return
+	}
+	if !s.requireRelease(w, r, ev, rel) {
+		return
+	}
 	first, err := s.Store.CompleteAttestation(ctx, c.NodeID, c.AKName, now)
 	if err != nil {
+		s.internal(w, r, err)
+		return
+	}
+	if err := s.recordEvidence(ctx, ev); err != nil {
 		s.internal(w, r, err)
 		return
 	}

@@ -204,5 +204,10 @@ func NodeConfig(ctx context.Context, st *store.Store, nodeID int64, fleet *Fleet
 		}
 		out.Relays = append(out.Relays, ar)
 	}
+	// A rollout's turn travels with the config (store: a step bumps the
+	// config generation, so the node's next fetch carries it).
+	if out.Reboot, err = st.RebootRequest(ctx, nodeID); err != nil {
+		return nil, err
+	}
 	return out, nil
 }

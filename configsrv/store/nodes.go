@@ -157,6 +157,11 @@ type Challenge struct {
 	SecretHash []byte
 	AKName     []byte
 	Expires    time.Time
+	// Nonce is what the node's quote must carry, AKPublic the AK public
+	// area (AKName's) that must sign it; nil in challenges made before
+	// remote attestation.
+	Nonce    []byte
+	AKPublic []byte
 }
 
 // AddChallenge stores c and, at most once a second, drops expired
@@ -167,8 +172,8 @@ func (s *Store) AddChallenge(ctx context.Context, c Challenge, now time.Time) er
 			return err
 		}
 	}
-	_, err := s.exec(ctx, `INSERT INTO challenges(id, node_id, secret_hash, ak_name, expires) VALUES (?, ?, ?, ?, ?)`,
-		c.ID, c.NodeID, c.SecretHash, c.AKName, c.Expires.UnixNano())
+	_, err := s.exec(ctx, `INSERT INTO challenges(id, node_id, secret_hash, ak_name, expires, nonce, ak_public) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		c.ID, c.NodeID, c.SecretHash, c.AKName, c.Expires.UnixNano(), c.Nonce, c.AKPublic)
 	return err
 }
 
@@ -179,8 +184,8 @@ func (s *Store) TakeChallenge(ctx context.Context, id string) (*Challenge, error
 	var exp int64
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	err := s.queryRow(ctx, `DELETE FROM challenges WHERE id = ? RETURNING id, node_id, secret_hash, ak_name, expires`, id).
-		Scan(&c.ID, &c.NodeID, &c.SecretHash, &c.AKName, &exp)
+	err := s.queryRow(ctx, `DELETE FROM challenges WHERE id = ? RETURNING id, node_id, secret_hash, ak_name, expires, nonce, ak_public`, id).
+		Scan(&c.ID, &c.NodeID, &c.SecretHash, &c.AKName, &exp, &c.Nonce, &c.AKPublic)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("challenge: %w", ErrNotFound)
 	}

@@ -41,12 +41,18 @@ type AttestResponse struct {
 	ChallengeID     string `json:"challenge_id"`
 	CredentialBlob  []byte `json:"credential_blob"`
 	EncryptedSecret []byte `json:"encrypted_secret"`
+	// Nonce is what the node's quote must carry (quote.go); servers
+	// before remote attestation send none, and then get no quote.
+	Nonce []byte `json:"nonce,omitempty"`
 }
 
 // CompleteRequest is the body of POST /v1/attest/complete.
 type CompleteRequest struct {
 	ChallengeID string `json:"challenge_id"`
 	Secret      []byte `json:"secret"`
+	// Quote is the node's boot evidence (quote.go); older agents send
+	// none and are unattested.
+	Quote *Quote `json:"quote,omitempty"`
 }
 
 // CompleteResponse hands out the bearer token.
@@ -80,6 +86,8 @@ type NodeConfig struct {
 	// FamilyKeys are the Happy Families keys the relays' FamilyId lines
 	// name (family.go); only for agents with FeatureFamilyKeys.
 	FamilyKeys []FamilyKey `json:"family_keys,omitempty"`
+	// Reboot, when set, is a rollout's turn for this node (rollout.go).
+	Reboot *Reboot `json:"reboot,omitempty"`
 }
 
 // Network is the relay-side network of a node.
@@ -171,13 +179,16 @@ func IsCode(err error, code ErrorCode) bool {
 
 // Decode reads one JSON value into v the way both sides must: at most
 // MaxBody bytes, no unknown fields, nothing after the value.
-func Decode(r io.Reader, v any) error {
-	data, err := io.ReadAll(io.LimitReader(r, MaxBody+1))
+func Decode(r io.Reader, v any) error { return DecodeLimit(r, v, MaxBody) }
+
+// DecodeLimit is Decode for a body of at most limit bytes.
+func DecodeLimit(r io.Reader, v any, limit int) error {
+	data, err := io.ReadAll(io.LimitReader(r, int64(limit)+1))
 	if err != nil {
 		return fmt.Errorf("reading body: %w", err)
 	}
-	if len(data) > MaxBody {
-		return fmt.Errorf("body is larger than %d bytes", MaxBody)
+	if len(data) > limit {
+		return fmt.Errorf("body is larger than %d bytes", limit)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
