@@ -10,7 +10,9 @@
 //
 // Signals follow gokrazy and u-root: SIGTERM, SIGUSR2 (and SIGPWR) power
 // off, SIGINT (ctrl-alt-del) and SIGUSR1 reboot, at any time, also in the
-// middle of a boot phase. A fatal error anywhere is printed and the machine
+// middle of a boot phase. A rollout's reboot request in the node's config
+// reboots the same way: the relays drain (SIGINT, ShutdownWaitLength) on
+// the way down. A fatal error anywhere is printed and the machine
 // reboots after a delay (30 s, 5 s under patela.debug; a power-off request
 // meanwhile is obeyed); a panic is a fatal error. PID 1 never exits.
 //
@@ -98,7 +100,8 @@ type agent struct {
 
 	log     *slog.Logger
 	tl      *pid1.Timeline
-	actions <-chan pid1.Action // power-off and reboot requests
+	actions <-chan pid1.Action // power-off and reboot requests (signals)
+	updates chan pid1.Action   // a rollout's reboot request (reconcile)
 	delay   time.Duration      // from a fatal error to the reboot
 
 	reaped chan int            // reaper: orphans reaped (the self-test reads them)
@@ -207,6 +210,7 @@ func (a *agent) boot() {
 	}()
 	// Signals first: nothing may start a child before PID 1 handles them.
 	a.actions = pid1.Signals(a.log)
+	a.updates = make(chan pid1.Action, 1)
 	a.tl = pid1.NewTimeline(a.log)
 	a.log.Info("patela agent starting", "pid", os.Getpid(), "root", a.root, "go", runtime.Version())
 
@@ -224,19 +228,21 @@ func (a *agent) boot() {
 			failed <- err
 		}
 	}()
+	var act pid1.Action
 	select {
-	case act := <-a.actions:
-		// Interrupt whatever phase is running; it ends on ctx.
-		cancel()
-		select {
-		case <-bootDone:
-		case <-time.After(10 * time.Second):
-			a.log.Warn("boot phase did not stop in 10 s; shutting down anyway")
-		}
-		a.shutdown(act)
+	case act = <-a.actions:
+	case act = <-a.updates:
 	case err := <-failed:
-		pid1.Fatal(err, a.delay, a.actions, a.log)
+		pid1.Fatal(err, a.delay, a.actions, a.log) // never returns
 	}
+	// Interrupt whatever phase is running; it ends on ctx.
+	cancel()
+	select {
+	case <-bootDone:
+	case <-time.After(10 * time.Second):
+		a.log.Warn("boot phase did not stop in 10 s; shutting down anyway")
+	}
+	a.shutdown(act)
 }
 
 // path resolves a path of the running system under --root.
@@ -432,7 +438,7 @@ func (a *agent) openTPM(context.Context) (err error) {
 			return err
 		}
 	}
-	a.sess, err = attest.NewSession(a.tpm, a.client, a.log)
+	a.sess, err = attest.NewSession(a.tpm, a.client, a.log, attest.WithEventLog(a.path(attest.EventLogPath)))
 	return err
 }
 
@@ -508,6 +514,12 @@ func (a *agent) startReconcile(ctx context.Context) error {
 	}
 	loop, err := reconcile.New(reconcile.Config{
 		Client: a.client, Tokens: a.sess, Network: relayNetwork{n, a.resolv}, Relays: sup, Log: a.log, Specs: a.specs,
+		Reboot: func(*api.Reboot) {
+			select {
+			case a.updates <- pid1.Reboot:
+			default: // a shutdown is already under way
+			}
+		},
 	})
 	if err != nil {
 		n.Close()

@@ -65,6 +65,7 @@ type options struct {
 	minBackoff time.Duration
 	maxBackoff time.Duration
 	margin     time.Duration
+	eventLog   string
 }
 
 // Option tunes a Session.
@@ -81,6 +82,10 @@ func WithECCEK() Option { return func(o *options) { o.alg = tpm2.TPMAlgECC } }
 func WithBackoff(first, max time.Duration) Option {
 	return func(o *options) { o.minBackoff, o.maxBackoff = first, max }
 }
+
+// WithEventLog names the firmware event log sent with each quote
+// (EventLogPath on a machine; a missing file sends none).
+func WithEventLog(path string) Option { return func(o *options) { o.eventLog = path } }
 
 // WithRefreshMargin re-attests when the token has less than d left (the
 // default is a fifth of its lifetime, at most 5 minutes).
@@ -214,6 +219,10 @@ func (s *Session) attest(ctx context.Context) (Token, error) {
 			h := tpmkeys.PublicHash(s.ekPub)
 			s.log.Warn("the config server does not trust this EK: add its certificate's CA or allowlist its hash",
 				"ek_sha256", hex.EncodeToString(h[:]), "retry_in", wait.Round(time.Millisecond))
+		case api.IsCode(err, api.CodeUnknownRelease):
+			errors.As(err, &ae)
+			s.log.Warn("the config server gives tokens only to nodes that booted an active release; this boot is none",
+				"server", ae.Message, "retry_in", wait.Round(time.Millisecond))
 		case errors.As(err, &ae) && ae.Status == http.StatusTooManyRequests:
 			if ae.RetryAfter > 0 {
 				wait = ae.RetryAfter
@@ -259,7 +268,16 @@ func (s *Session) attestOnce(ctx context.Context) (Token, error) {
 	if err != nil {
 		return Token{}, fmt.Errorf("activating the credential: %w", err)
 	}
-	done, err := s.c.Complete(ctx, &api.CompleteRequest{ChallengeID: ch.ChallengeID, Secret: secret})
+	req := &api.CompleteRequest{ChallengeID: ch.ChallengeID, Secret: secret}
+	// A server that sends a nonce checks what this machine booted; an
+	// older one would refuse the unknown field, so it gets no quote.
+	if len(ch.Nonce) > 0 {
+		if req.Quote, err = Quote(s.tpm, s.ak, ch.Nonce, s.o.eventLog); err != nil {
+			clear(secret)
+			return Token{}, fmt.Errorf("quoting the boot PCRs: %w", err)
+		}
+	}
+	done, err := s.c.Complete(ctx, req)
 	clear(secret)
 	if err != nil {
 		return Token{}, classify(err)

@@ -3,9 +3,10 @@
 // relay network and the supervised relays to it without disturbing
 // relays that did not change, and sends a heartbeat with a metrics
 // summary of the node and its relays (each tor's MetricsPort, scraped
-// every round). Between rounds, a change the supervisor reports (a relay
-// ready, exited, restarted) is sent as a heartbeat of its own within
-// seconds, without a config round.
+// every round). A config that asks this boot to end (a rollout's turn)
+// is handed to Config.Reboot. Between rounds, a change the supervisor
+// reports (a relay ready, exited, restarted) is sent as a heartbeat of
+// its own within seconds, without a config round.
 // A server that cannot be reached, or that refuses the node (disabled,
 // banned, sent back to pending: 403), changes nothing: the relays keep
 // running and the loop retries with backoff. (After a reboot a disabled
@@ -82,6 +83,11 @@ type Config struct {
 	// ProcRoot is where boot_id and uptime are read; default "/proc".
 	ProcRoot string
 
+	// Reboot, if set, is called once when the config asks this boot to
+	// end (a rollout's turn, api.Reboot naming this boot's id): main then
+	// reboots as on ctrl-alt-del, draining the relays first.
+	Reboot func(*api.Reboot)
+
 	// HeartbeatDelay is how long after the supervisor reports a relay
 	// change the loop waits, gathering further changes, before it sends
 	// a heartbeat of its own; default 1 s. HeartbeatGap is the least time
@@ -100,6 +106,7 @@ type Loop struct {
 	refused  map[string]error     // relays whose desired state was refused
 	reported []api.RelayStatus    // the relays of the last heartbeat the server took
 	changeHB time.Time            // when the last change heartbeat was sent
+	leaving  bool                 // Reboot was called
 }
 
 // New checks cfg and prepares the loop.
@@ -226,6 +233,16 @@ func (l *Loop) round(ctx context.Context) (time.Duration, bool, error) {
 		return interval, false, err
 	}
 	interval = l.interval(cfg.PollIntervalS)
+	if l.leaving {
+		return interval, false, nil
+	}
+	if r := cfg.Reboot; r != nil && l.cfg.Reboot != nil && r.BootID != "" && r.BootID == l.bootID() {
+		// Nothing more is applied: the relays are drained on the way down.
+		l.log.Info("rollout: the config server asks this machine to reboot to update it", "release", r.Release, "boot_id", r.BootID)
+		l.leaving = true
+		l.cfg.Reboot(r)
+		return interval, false, nil
+	}
 	applyErr := l.apply(ctx, cfg)
 	st := l.status()
 	st.Metrics = l.metrics(ctx)
