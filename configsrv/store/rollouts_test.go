@@ -149,7 +149,7 @@ func TestRollout(t *testing.T) {
 	if reboot(n1) != "boot-1>B" || reboot(n2) != "-" {
 		t.Fatalf("requests: %s %s", reboot(n1), reboot(n2))
 	}
-	step("")                                           // nothing moved
+	step("")                                            // nothing moved
 	boots(t, s, n1, "A", 1, "boot-1", api.RelayRunning) // a token refresh in the old boot
 	step("")
 	boots(t, s, n1, "B", 2, "boot-1b", api.RelayStarting) // back, relays starting
