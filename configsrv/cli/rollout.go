@@ -14,7 +14,7 @@ import (
 )
 
 // The rollout commands move the fleet to a release one node (or a few)
-// at a time; `serve` runs the steps (runRollouts): a node is asked to
+// at a time; `serve` runs the steps (RunRollouts): a node is asked to
 // reboot in its config, and the next one only once it has come back
 // attesting the release with its relays running. A node that comes back
 // on anything else stops the rollout.
@@ -83,9 +83,9 @@ func (e *env) rolloutStop(fs *flag.FlagSet, args []string) error {
 		fmt.Sprintf("rollout %d to release %s stopped: no further node is asked to reboot", ro.ID, ro.Release))
 }
 
-// runRollouts steps the running rollout every interval until ctx ends,
-// auditing what each step changed.
-func runRollouts(ctx context.Context, st *store.Store, every time.Duration, log *slog.Logger) {
+// RunRollouts steps the running rollout every interval until ctx ends,
+// auditing what each step changed (serve runs it; so does testsrv).
+func RunRollouts(ctx context.Context, st *store.Store, every time.Duration, log *slog.Logger) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {

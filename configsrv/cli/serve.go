@@ -191,7 +191,7 @@ func (e *env) serve(fs *flag.FlagSet, args []string) error {
 	}
 	ctx, stop := context.WithCancel(e.ctx)
 	defer stop()
-	go runRollouts(ctx, st, time.Second, srvLog)
+	go RunRollouts(ctx, st, time.Second, srvLog)
 	return e.serveUntilSignal(srv, ln)
 }
 

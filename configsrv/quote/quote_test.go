@@ -69,7 +69,11 @@ func nonce(t *testing.T) []byte {
 
 func (n *node) quote(t *testing.T, nonce []byte) *api.Quote {
 	t.Helper()
-	q, err := attest.Quote(n.tpm, n.ak, nonce, n.logPath)
+	log, err := attest.ReadEventLog(n.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := attest.Quote(n.tpm, n.ak, nonce, log)
 	if err != nil {
 		t.Fatal(err)
 	}

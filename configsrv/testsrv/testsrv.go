@@ -53,6 +53,7 @@ type Server struct {
 	srv  *cli.Server
 	msrv *http.Server
 	done chan error
+	stop context.CancelFunc // the rollout stepper
 }
 
 // Start starts a server that stops at test end.
@@ -130,6 +131,14 @@ func (s *Server) start(t testing.TB, addr string) {
 	s.MetricsURL = "http://" + mln.Addr().String() + metrics.Path
 	s.mu.Unlock()
 	go func(done chan error) { done <- srv.ServeTLS(ln, "", "") }(s.done)
+	// Rollouts step as under `configsrv serve`, a little faster.
+	ctx, stop := context.WithCancel(context.Background())
+	stepped := make(chan struct{})
+	go func() {
+		defer close(stepped)
+		cli.RunRollouts(ctx, st, 200*time.Millisecond, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
+	s.stop = func() { stop(); <-stepped }
 }
 
 // Metrics scrapes the server's metrics and parses them with Prometheus'
@@ -168,6 +177,7 @@ func (s *Server) Stop() {
 	s.srv.Shutdown(ctx)
 	s.msrv.Close()
 	<-s.done
+	s.stop()
 	s.st.Close()
 	s.srv, s.msrv, s.st = nil, nil, nil
 }

@@ -49,10 +49,11 @@ type Session struct {
 	log *slog.Logger
 	o   options
 
-	ekPub  tpm2.TPMTPublic
-	ekName tpm2.TPM2BName
-	ekCert []byte
-	ak     *tpmkeys.Key
+	ekPub   tpm2.TPMTPublic
+	ekName  tpm2.TPM2BName
+	ekCert  []byte
+	ak      *tpmkeys.Key
+	bootLog []byte // the firmware event log, sent with quotes
 
 	mu        sync.Mutex // held through an attestation
 	tok       Token
@@ -127,10 +128,14 @@ func NewSession(tpm transport.TPM, c *api.Client, log *slog.Logger, opts ...Opti
 		return nil, fmt.Errorf("loading AK: %w", err)
 	}
 	s.ak = ak
+	if s.bootLog, err = ReadEventLog(o.eventLog); err != nil {
+		// The log only explains the quote, which is the evidence.
+		log.Warn("cannot read the firmware event log; quoting without it", "err", err)
+	}
 	h := tpmkeys.PublicHash(s.ekPub)
 	log.Info("TPM identity", "ek", map[tpm2.TPMAlgID]string{tpm2.TPMAlgECC: "ECC P-256", tpm2.TPMAlgRSA: "RSA-2048"}[o.alg],
 		"ek_sha256", hex.EncodeToString(h[:]), "ek_cert", len(s.ekCert) > 0,
-		"ak_handle", fmt.Sprintf("0x%08x", uint32(ak.Handle)), "ak_created", created)
+		"ak_handle", fmt.Sprintf("0x%08x", uint32(ak.Handle)), "ak_created", created, "event_log_bytes", len(s.bootLog))
 	return s, nil
 }
 
@@ -272,7 +277,7 @@ func (s *Session) attestOnce(ctx context.Context) (Token, error) {
 	// A server that sends a nonce checks what this machine booted; an
 	// older one would refuse the unknown field, so it gets no quote.
 	if len(ch.Nonce) > 0 {
-		if req.Quote, err = Quote(s.tpm, s.ak, ch.Nonce, s.o.eventLog); err != nil {
+		if req.Quote, err = Quote(s.tpm, s.ak, ch.Nonce, s.bootLog); err != nil {
 			clear(secret)
 			return Token{}, fmt.Errorf("quoting the boot PCRs: %w", err)
 		}

@@ -22,16 +22,12 @@ const EventLogPath = "/sys/kernel/security/tpm0/binary_bios_measurements"
 
 // Quote makes the boot evidence for a server nonce: TPM2_Quote by ak over
 // the SHA-256 PCRs api.QuotePCRs, the PCR values, and the firmware event
-// log read from eventLog ("" or a missing file: none). The values are
-// read around the quote and must hash to its digest, so a PCR extended
-// meanwhile (the vault's lock) costs a retry, never a wrong quote.
-func Quote(t transport.TPM, ak *tpmkeys.Key, nonce []byte, eventLog string) (*api.Quote, error) {
+// log (ReadEventLog; nil: none). The values are read around the quote and
+// must hash to its digest, so a PCR extended meanwhile (the vault's lock)
+// costs a retry, never a wrong quote.
+func Quote(t transport.TPM, ak *tpmkeys.Key, nonce []byte, log []byte) (*api.Quote, error) {
 	if len(nonce) == 0 || len(nonce) > sha256.Size {
 		return nil, fmt.Errorf("nonce of %d bytes: want 1-%d", len(nonce), sha256.Size)
-	}
-	log, err := readEventLog(eventLog)
-	if err != nil {
-		return nil, err
 	}
 	sel := Selection(api.QuotePCRs)
 	for try := 0; try < 3; try++ {
@@ -69,9 +65,10 @@ func Quote(t transport.TPM, ak *tpmkeys.Key, nonce []byte, eventLog string) (*ap
 	return nil, errors.New("the PCRs kept changing while quoting them")
 }
 
-// readEventLog reads the firmware event log, at most api.MaxEventLog
+// ReadEventLog reads the firmware event log, at most api.MaxEventLog
 // bytes; a firmware that keeps none (the file is missing) is no error.
-func readEventLog(path string) ([]byte, error) {
+// The firmware wrote it before the kernel started: it never changes.
+func ReadEventLog(path string) ([]byte, error) {
 	if path == "" {
 		return nil, nil
 	}

@@ -3,6 +3,9 @@ package reconcile
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -24,6 +27,8 @@ import (
 	"patela/init/netnstest"
 	"patela/init/tor"
 	"patela/internal/api"
+	"patela/internal/pcr"
+	"patela/internal/release"
 	"patela/internal/testutil"
 )
 
@@ -478,5 +483,63 @@ func TestApplyRefusesBadConfig(t *testing.T) {
 	}
 	if hb.BootID == "" || hb.UptimeS <= 0 {
 		t.Errorf("heartbeat boot id %q uptime %d", hb.BootID, hb.UptimeS)
+	}
+}
+
+// TestRolloutReboot: a rollout's reboot request reaches the loop through
+// the real server's config and the loop hands it to Config.Reboot once,
+// applying nothing more; a loop in another boot ignores it.
+func TestRolloutReboot(t *testing.T) {
+	w := newWorld(t, 1, time.Second)
+	ctx := context.Background()
+	proc := t.TempDir()
+	os.MkdirAll(filepath.Join(proc, "sys/kernel/random"), 0o755)
+	setBoot := func(id string) {
+		os.WriteFile(filepath.Join(proc, "sys/kernel/random/boot_id"), []byte(id+"\n"), 0o644)
+	}
+	setBoot("boot-1")
+	var asked []*api.Reboot
+	w.l.cfg.ProcRoot = proc
+	w.l.cfg.Reboot = func(r *api.Reboot) { asked = append(asked, r) }
+	if _, err := w.l.Once(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rel, err := release.New("rel-B", release.KindUKI, map[int]pcr.Value{4: {4}, 11: {11}, 12: {}},
+		release.UKIPolicyPCRs, map[string]string{"uki": strings.Repeat("ab", 32)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	rel.Approve(key)
+	b, _ := rel.Marshal()
+	f := filepath.Join(t.TempDir(), "rel-B.json")
+	os.WriteFile(f, b, 0o644)
+	w.s.Admin(t, "release", "add", f)
+	w.s.Admin(t, "rollout", "start", "rel-B")
+	waitFor(t, "the rollout to ask the node", func() bool {
+		return strings.Contains(w.s.Admin(t, "rollout", "status"), "rebooting")
+	})
+
+	setBoot("boot-0") // a loop in another boot
+	if _, err := w.l.Once(ctx); err != nil || len(asked) != 0 {
+		t.Fatalf("another boot: err %v, asked %v", err, asked)
+	}
+	setBoot("boot-1")
+	for range 2 {
+		if _, err := w.l.Once(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(asked) != 1 || asked[0].Release != "rel-B" || asked[0].BootID != "boot-1" {
+		t.Fatalf("reboot requests handed over: %+v", asked)
+	}
+	// The machine is going down: a config change is not applied.
+	before := len(w.sup.Status())
+	w.s.Admin(t, "node", "set", w.ids, "max_relays", "0")
+	if _, err := w.l.Once(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(w.sup.Status()); n != before || before != 1 {
+		t.Errorf("relays after the request: %d, before %d (want 1, untouched)", n, before)
 	}
 }
