@@ -280,7 +280,7 @@ func (e *env) printNode(v *nodeView) {
 	if a == nil || a.Status == store.AttestUnattested {
 		return
 	}
-	fmt.Fprintf(w, "  quoted       %s (PCR digest %s)\n  event log    %s: %s\n", fmtTime(a.At), a.PCRDigest, a.EventLog, a.LogDetail)
+	fmt.Fprintf(w, "  quoted since %s (PCR digest %s)\n  event log    %s: %s\n", fmtTime(a.At), a.PCRDigest, a.EventLog, a.LogDetail)
 	for _, k := range slices.Sorted(maps.Keys(a.PCRs)) {
 		fmt.Fprintf(w, "    pcr %-2d     %s\n", k, a.PCRs[k])
 	}

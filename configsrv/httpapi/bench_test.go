@@ -2,6 +2,9 @@ package httpapi_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -13,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -24,10 +28,13 @@ import (
 	"patela/configsrv/attest/softek"
 	"patela/configsrv/cli"
 	"patela/configsrv/pki"
+	"patela/configsrv/quote/quotetest"
 	"patela/configsrv/store"
 	"patela/configsrv/testsrv"
 	"patela/configsrv/token"
 	"patela/internal/api"
+	"patela/internal/pcr"
+	"patela/internal/release"
 )
 
 // Fleet size the benchmarks run against.
@@ -45,7 +52,9 @@ type fleet struct {
 	client *api.Client
 	eks    []*softek.EK
 	aks    [][]byte
-	names  [][]byte // AK names, computed once as a node knows its own
+	qaks   []*quotetest.AK // the same AKs, quoting in software
+	names  [][]byte        // AK names, computed once as a node knows its own
+	boot   *quotetest.Log  // what every node booted: the registered release
 	ids    []int64
 	tokens []string
 	dir    string
@@ -163,10 +172,16 @@ func (f *fleet) seed(st *store.Store) error {
 	a6 := v6.Addr().Next().Next()
 	nameIdx := 0
 	for i := 0; i < benchNodes; i++ {
-		ek, ak, err := softek.NewKeys()
+		ek, err := softek.New()
 		if err != nil {
 			return err
 		}
+		qak, err := quotetest.NewAK()
+		if err != nil {
+			return err
+		}
+		ak := qak.Public
+		f.qaks = append(f.qaks, qak)
 		res, err := insNode.Exec(store.EKHash(ek.Public), ek.Public, now, now, now, int64(8<<30))
 		if err != nil {
 			return err
@@ -185,7 +200,21 @@ func (f *fleet) seed(st *store.Store) error {
 			a4, a6 = a4.Next(), a6.Next()
 		}
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	// The fleet booted one release on one kind of machine.
+	f.boot = quotetest.Boot("fleet")
+	rel, err := release.New("fleet-1", release.KindUKI, map[int]pcr.Value{4: f.boot.PCRs[4], 11: f.boot.PCRs[11], 12: {}},
+		release.UKIPolicyPCRs, map[string]string{"uki": strings.Repeat("ab", 32)})
+	if err != nil {
+		return err
+	}
+	pk, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err := rel.Approve(pk); err != nil {
+		return err
+	}
+	return st.AddRelease(ctx, rel, time.Now())
 }
 
 // latencies collects per-operation durations from parallel workers.
@@ -270,6 +299,40 @@ func BenchmarkHandshake(b *testing.B) {
 			return fmt.Errorf("node %d: %w", f.ids[n], err)
 		}
 		resp, err := f.client.Complete(ctx, &api.CompleteRequest{ChallengeID: ch.ChallengeID, Secret: secret})
+		if err != nil {
+			return fmt.Errorf("node %d: %w", f.ids[n], err)
+		}
+		if resp.Token == "" || resp.FirstBoot {
+			return fmt.Errorf("node %d: bad answer %+v", f.ids[n], resp)
+		}
+		return nil
+	})
+}
+
+// BenchmarkHandshakeQuote is BenchmarkHandshake with remote attestation:
+// each node also quotes (a software AK signing what TPM2_Quote signs)
+// with the challenge's nonce, sending the PCRs and its firmware event log
+// (32 events); the server verifies the quote, replays the log and
+// matches the release, and records the evidence.
+func BenchmarkHandshakeQuote(b *testing.B) {
+	f := getFleet(b)
+	ctx := context.Background()
+	pcrs, log := f.boot.AllPCRs(), f.boot.Bytes()
+	run(b, "handshakes", func(i int) error {
+		n := i % len(f.eks)
+		ch, err := f.client.Attest(ctx, &api.AttestRequest{EKPublic: f.eks[n].Public, AKPublic: f.aks[n]})
+		if err != nil {
+			return fmt.Errorf("node %d: %w", f.ids[n], err)
+		}
+		secret, err := f.eks[n].Activate(ch.CredentialBlob, ch.EncryptedSecret, f.names[n])
+		if err != nil {
+			return fmt.Errorf("node %d: %w", f.ids[n], err)
+		}
+		q, err := f.qaks[n].Quote(ch.Nonce, pcrs, log)
+		if err != nil {
+			return err
+		}
+		resp, err := f.client.Complete(ctx, &api.CompleteRequest{ChallengeID: ch.ChallengeID, Secret: secret, Quote: q})
 		if err != nil {
 			return fmt.Errorf("node %d: %w", f.ids[n], err)
 		}

@@ -90,12 +90,19 @@ func (s *Server) requireRelease(w http.ResponseWriter, r *http.Request, a *store
 }
 
 // recordEvidence stores the node's boot evidence and audits a change of
-// what it booted.
+// what it booted. Evidence equal to what this server last stored for the
+// node (a token refresh in the same boot) is not written again: the
+// attestation's time is the node's attested_at.
 func (s *Server) recordEvidence(ctx context.Context, a *store.Attestation) error {
+	fp := fmt.Sprintf("%s|%s|%s|%s|%s|%v|%d", a.Status, a.Release, a.PCRDigest, a.EventLog, a.LogDetail, a.HasReset, a.ResetCount)
+	if s.stored.same(a.NodeID, fp) {
+		return nil
+	}
 	before, err := s.Store.RecordAttestation(ctx, a)
 	if err != nil {
 		return err
 	}
+	s.stored.set(a.NodeID, fp)
 	if now := a.Summary(); now != before {
 		target := nodeActor(a.NodeID)
 		s.audit(ctx, target, "attest.release", target, fmt.Sprintf("%s -> %s (PCR digest %s, event log %s)",
@@ -123,6 +130,28 @@ func pcrSummary(p map[int]pcr.Value) string {
 		}
 	}
 	return strings.TrimSpace(b.String())
+}
+
+// evidenceCache remembers the evidence this server last stored per node
+// (only the server writes it).
+type evidenceCache struct {
+	mu sync.Mutex
+	m  map[int64]string
+}
+
+func (c *evidenceCache) same(id int64, fp string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[id] == fp
+}
+
+func (c *evidenceCache) set(id int64, fp string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= 1<<20 {
+		c.m = map[int64]string{}
+	}
+	c.m[id] = fp
 }
 
 // akKeyCache keeps AK public areas parsed for quote checks, by AK Name

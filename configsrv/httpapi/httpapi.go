@@ -56,6 +56,7 @@ type Server struct {
 	fleet    fleetCache
 	akKeys   akKeyCache
 	releases releaseCache
+	stored   evidenceCache
 
 	lpOnce    sync.Once
 	hub       *longpoll.Hub

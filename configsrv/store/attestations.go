@@ -32,9 +32,11 @@ type Attestation struct {
 	LogDetail string `json:"event_log_detail,omitempty"`
 	// ResetCount is the TPM's boot counter as the quote carried it
 	// (obfuscated per AK: only compared); HasReset false without a quote.
-	ResetCount int64     `json:"-"`
-	HasReset   bool      `json:"-"`
-	At         time.Time `json:"at"`
+	ResetCount int64 `json:"-"`
+	HasReset   bool  `json:"-"`
+	// At is when this evidence was first shown; re-attestations of the
+	// same boot leave it (the node's AttestedAt is the last one).
+	At time.Time `json:"at"`
 }
 
 // Summary is the attestation in one word: the release's name, "unknown"

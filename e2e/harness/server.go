@@ -90,8 +90,15 @@ const caFile = "ca.pem"
 
 var servingRE = regexp.MustCompile(`serving https://(127\.0\.0\.1:\d+)`)
 
-func (s *Server) start() error {
-	cmd := exec.Command(s.bin, "--db", s.DB, "serve", "--dir", s.Dir, "--listen", "127.0.0.1:0")
+// Restart stops the server and serves again on the same database with
+// extra serve flags (a new port: boot machines after it).
+func (s *Server) Restart(extra ...string) error {
+	s.Stop()
+	return s.start(extra...)
+}
+
+func (s *Server) start(extra ...string) error {
+	cmd := exec.Command(s.bin, append([]string{"--db", s.DB, "serve", "--dir", s.Dir, "--listen", "127.0.0.1:0"}, extra...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -6,7 +6,8 @@
 ALTER TABLE challenges ADD COLUMN nonce BLOB;
 ALTER TABLE challenges ADD COLUMN ak_public BLOB;
 
--- Each node's boot evidence, from its last completed attestation:
+-- Each node's boot evidence, from its last completed (or, under
+-- --require-release, refused) attestation:
 -- 'unattested' (no quote: an agent older than remote attestation),
 -- 'release' (the quote matched release), 'unknown' (it matched none).
 -- The quoted PCRs are kept whatever the outcome.
@@ -19,7 +20,7 @@ CREATE TABLE attestations (
 	event_log   TEXT    NOT NULL DEFAULT '',   -- replayed | failed | absent ('' unattested)
 	log_detail  TEXT    NOT NULL DEFAULT '',
 	reset_count INTEGER,                       -- the TPM's boot counter in the quote (obfuscated, compared only)
-	at          INTEGER NOT NULL               -- unix seconds
+	at          INTEGER NOT NULL               -- unix seconds: when this evidence was first shown (the last attestation is nodes.attested_at)
 );
 
 -- A rollout moves the enabled nodes to a release, max_unavailable at a
