@@ -19,6 +19,7 @@ import (
 	"patela/bench/srvproc"
 	"patela/configsrv/attest"
 	"patela/configsrv/attest/softek"
+	"patela/configsrv/quote/quotetest"
 	"patela/configsrv/store"
 	"patela/internal/api"
 )
@@ -27,6 +28,9 @@ import (
 type Node struct {
 	EK     *softek.EK
 	AK     []byte
+	// Quoter signs the node's quotes (a software AK, the one AK names):
+	// the node boots Booted, as the agent quotes its TPM.
+	Quoter *quotetest.AK
 	Addr   netip.Addr // source address of its connections
 	Client *api.Client
 
@@ -41,7 +45,11 @@ func NewNodes(srv *srvproc.Server, n int, first netip.Addr) ([]*Node, error) {
 	nodes := make([]*Node, n)
 	a := first
 	for i := range nodes {
-		ek, ak, err := softek.NewKeys()
+		ek, err := softek.New()
+		if err != nil {
+			return nil, err
+		}
+		qak, err := quotetest.NewAK()
 		if err != nil {
 			return nil, err
 		}
@@ -49,7 +57,7 @@ func NewNodes(srv *srvproc.Server, n int, first netip.Addr) ([]*Node, error) {
 		if err != nil {
 			return nil, err
 		}
-		nodes[i] = &Node{EK: ek, AK: ak, Addr: a, Client: c}
+		nodes[i] = &Node{EK: ek, AK: qak.Public, Quoter: qak, Addr: a, Client: c}
 		a = a.Next()
 	}
 	return nodes, nil
@@ -96,8 +104,14 @@ func (n *Node) Attest(ctx context.Context, rec *Recorder) error {
 	if err != nil {
 		return fmt.Errorf("activate: %w", err)
 	}
+	req := &api.CompleteRequest{ChallengeID: ch.ChallengeID, Secret: secret}
+	if len(ch.Nonce) > 0 && n.Quoter != nil {
+		if req.Quote, err = n.Quoter.Quote(ch.Nonce, bootPCRs, bootLog); err != nil {
+			return err
+		}
+	}
 	t0 = time.Now()
-	done, err := n.Client.Complete(ctx, &api.CompleteRequest{ChallengeID: ch.ChallengeID, Secret: secret})
+	done, err := n.Client.Complete(ctx, req)
 	rec.Add("complete", time.Since(t0), err)
 	if err != nil {
 		return fmt.Errorf("complete: %w", err)
@@ -105,6 +119,12 @@ func (n *Node) Attest(ctx context.Context, rec *Recorder) error {
 	n.Token = done.Token
 	return nil
 }
+
+// Booted is what every simulated node booted (an OVMF-like log of 32
+// events), quoted at each attestation.
+var Booted = quotetest.Boot("loadgen")
+
+var bootPCRs, bootLog = Booted.AllPCRs(), Booted.Bytes()
 
 // Boot is what the agent does against the server at boot: attest, send
 // specs, fetch the config, send a heartbeat.
