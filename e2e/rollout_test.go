@@ -108,9 +108,10 @@ func TestRollout(t *testing.T) {
 			t.Fatal(err)
 		}
 		n.vm, n.tpm = vm, tpm
+		label := fmt.Sprintf("%s boot %d (%s)", n.name, n.boots, release)
 		t.Cleanup(func() {
 			if t.Failed() {
-				t.Logf("%s boot %d (%s) console, last 30 lines:\n%s", n.name, n.boots, release, vm.Tail(30))
+				t.Logf("%s console, last 30 lines:\n%s", label, vm.Tail(30))
 			}
 			vm.Kill()
 			tpm.Stop()
@@ -197,7 +198,7 @@ func TestRollout(t *testing.T) {
 						t.Fatalf("%s went down without a rollout's request:\n%s", n.name, n.vm.Tail(30))
 					}
 					// Drained: tor was interrupted and waited before the reboot.
-					if len(n.vm.Find("Interrupt: we have stopped accepting connections")) == 0 {
+					if len(n.vm.Find("Interrupt: we have stopped accepting new connections")) == 0 {
 						t.Errorf("%s: no relay drained (tor's SIGINT message) before the reboot", n.name)
 					}
 					n.tpm.Stop()
