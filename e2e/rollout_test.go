@@ -234,8 +234,9 @@ func TestRollout(t *testing.T) {
 			t.Errorf("%s attested %q after the rollout, want e2e-B", n.name, got)
 		}
 	}
-	t.Logf("rollout A → B of 2 nodes: %v; n1 down %v after the start, n2 down %v (timeline in rollout status: %s)",
-		round(took), round(wentDown["n1"].Sub(start)), round(wentDown["n2"].Sub(start)),
+	t.Logf("rollout A → B of 2 nodes: %v; %s (node %d) went down %v after the start, %s (node %d) %v (rollout status: %s)",
+		round(took), nodes[0].name, nodes[0].id, round(wentDown[nodes[0].name].Sub(start)),
+		nodes[1].name, nodes[1].id, round(wentDown[nodes[1].name].Sub(start)),
 		strings.ReplaceAll(strings.TrimSpace(admin("rollout", "status")), "\n", " | "))
 
 	// Back to A, but the hypervisor still boots B: the rollout stops at
