@@ -26,8 +26,8 @@ import (
 
 // Node is one simulated machine.
 type Node struct {
-	EK     *softek.EK
-	AK     []byte
+	EK *softek.EK
+	AK []byte
 	// Quoter signs the node's quotes (a software AK, the one AK names):
 	// the node boots Booted, as the agent quotes its TPM.
 	Quoter *quotetest.AK

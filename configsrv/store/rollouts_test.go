@@ -6,8 +6,12 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
+	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -68,7 +72,7 @@ func boots(t *testing.T, s *Store, id int64, rel string, reset int64, boot strin
 	for _, r := range rs {
 		st.Relays = append(st.Relays, api.RelayStatus{Name: r.Name, State: state})
 	}
-	if err := s.RecordStatus(ctx, id, st, time.Now()); err != nil {
+	if _, err := s.RecordStatus(ctx, id, st, nil, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -77,8 +81,63 @@ func boots(t *testing.T, s *Store, id int64, rel string, reset int64, boot strin
 // at a time, the reboot request in the config, the next node only when
 // the previous attests the release with its relays running, a node back
 // on the wrong release stopping it.
-func TestRollout(t *testing.T) {
-	s := open(t)
+func TestRollout(t *testing.T) { rolloutScenario(t, open(t)) }
+
+// TestRolloutUpgradedDatabase opens a database made by the schema before
+// issue 14 (every migration but 0005 and 0014, with a node and a pending
+// challenge in it): 0005 and 0014 then run after 0015, and the rollout
+// behaves as on a new database; the old node is unattested, the old
+// challenge carries no nonce.
+func TestRolloutUpgradedDatabase(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "old.db")
+	db, err := sql.Open("sqlite3", "file:"+path+"?_foreign_keys=on")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied INTEGER NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	names, _ := fs.Glob(migrations, "migrations/*.sql")
+	sort.Strings(names)
+	for _, name := range names {
+		if strings.Contains(name, "/0005_") || strings.Contains(name, "/0014_") {
+			continue
+		}
+		body, _ := migrations.ReadFile(name)
+		if _, err := db.Exec(string(body)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		db.Exec(`INSERT INTO schema_migrations(name, applied) VALUES (?, 0)`, name)
+	}
+	var old int64
+	if err := db.QueryRow(`INSERT INTO nodes(ek_hash, ek_public, state, first_seen, last_seen) VALUES (x'01', x'01', 'pending', 0, 0) RETURNING id`).Scan(&old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO challenges(id, node_id, secret_hash, ak_name, expires) VALUES ('c1', ?, x'02', x'03', ?)`,
+		old, time.Now().Add(time.Hour).UnixNano()); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ctx := context.Background()
+	c, err := s.TakeChallenge(ctx, "c1")
+	if err != nil || c.NodeID != old || c.Nonce != nil || c.AKPublic != nil {
+		t.Fatalf("old challenge: %+v %v", c, err)
+	}
+	atts, err := s.Attestations(ctx)
+	if err != nil || atts[old].Summary() != "unattested" {
+		t.Fatalf("old node: %v %v", atts[old], err)
+	}
+	rolloutScenario(t, s)
+}
+
+func rolloutScenario(t *testing.T, s *Store) {
+	t.Helper()
 	ctx := context.Background()
 	pool(t, s, "192.0.2.0/24", "192.0.2.1")
 	addRelease(t, s, "A")
@@ -123,7 +182,23 @@ func TestRollout(t *testing.T) {
 	}
 	step := func(want string) {
 		t.Helper()
-		gen, _ := s.ConfigGeneration(ctx)
+		// A node's config generation (what wakes its long poll and
+		// renders its config again) moves exactly when its request does.
+		type seen struct {
+			gen    int64
+			reboot string
+		}
+		look := func() (m [2]seen) {
+			for i, id := range []int64{n1, n2} {
+				g, err := s.NodeConfigGen(ctx, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				m[i] = seen{g, reboot(id)}
+			}
+			return m
+		}
+		before := look()
 		st, err := s.StepRollout(ctx, time.Now())
 		if err != nil {
 			t.Fatal(err)
@@ -141,11 +216,14 @@ func TestRollout(t *testing.T) {
 		if strings.TrimSpace(got) != want {
 			t.Errorf("step: %q, want %q", got, want)
 		}
-		if after, _ := s.ConfigGeneration(ctx); (after != gen) != (want != "") {
-			t.Errorf("step %q: config generation %d -> %d", want, gen, after)
+		for i, after := range look() {
+			if (after.gen != before[i].gen) != (after.reboot != before[i].reboot) {
+				t.Errorf("step %q: node %d: request %s -> %s, config generation %d -> %d",
+					want, i+1, before[i].reboot, after.reboot, before[i].gen, after.gen)
+			}
 		}
 	}
-	step("ask 1")
+	step("ask " + itoa(n1))
 	if reboot(n1) != "boot-1>B" || reboot(n2) != "-" {
 		t.Fatalf("requests: %s %s", reboot(n1), reboot(n2))
 	}
@@ -155,7 +233,7 @@ func TestRollout(t *testing.T) {
 	boots(t, s, n1, "B", 2, "boot-1b", api.RelayStarting) // back, relays starting
 	step("")
 	boots(t, s, n1, "B", 2, "boot-1b", api.RelayRunning)
-	step("ask 2 done 1")
+	step("ask " + itoa(n2) + " done " + itoa(n1))
 	if reboot(n1) != "-" || reboot(n2) != "boot-2>B" {
 		t.Fatalf("requests: %s %s", reboot(n1), reboot(n2))
 	}
@@ -175,12 +253,20 @@ func TestRollout(t *testing.T) {
 	if err != nil || len(ro.Nodes) != 1 || ro.Nodes[0].NodeID != n2 {
 		t.Fatalf("second rollout: %+v %v", ro, err)
 	}
-	step("ask 2")
+	step("ask " + itoa(n2))
+	g1, _ := s.NodeConfigGen(ctx, n1)
+	g2, _ := s.NodeConfigGen(ctx, n2)
 	if _, err := s.StopRollout(ctx, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if reboot(n2) != "-" {
 		t.Error("a stopped rollout still asks for a reboot")
+	}
+	if a1, _ := s.NodeConfigGen(ctx, n1); a1 != g1 {
+		t.Errorf("stop: node 1 (not asked) stamped %d -> %d", g1, a1)
+	}
+	if a2, _ := s.NodeConfigGen(ctx, n2); a2 == g2 {
+		t.Errorf("stop: node 2's withdrawn request left its config generation at %d", g2)
 	}
 	if err := s.RetireRelease(ctx, "A", time.Now()); err != nil {
 		t.Fatal(err)

@@ -51,9 +51,5 @@ CREATE TABLE rollout_nodes (
 	PRIMARY KEY (rollout_id, node_id)
 );
 
--- A reboot request is part of the node's config: asking, finishing and
--- stopping wake the node's config fetch like any config change.
-CREATE TRIGGER gen_rollout_nodes AFTER UPDATE OF state ON rollout_nodes
-	BEGIN UPDATE config_generation SET n = n + 1; END;
-CREATE TRIGGER gen_rollouts AFTER UPDATE OF state ON rollouts
-	BEGIN UPDATE config_generation SET n = n + 1; END;
+-- A reboot request is part of the node's config: 0014 stamps the nodes
+-- whose request appears or goes (it writes 0010's node_config_gen).
