@@ -17,7 +17,7 @@ type statusNode struct {
 	State           api.NodeState      `json:"state"`
 	LastSeen        time.Time          `json:"last_seen"`
 	LastSeenAgeS    int64              `json:"last_seen_age_s"`
-	AttestedRelease string             `json:"attested_release"` // "" until nodes send quotes
+	AttestedRelease string             `json:"attested_release"` // the quote-matched release, "unknown"; "" without a quote
 	ReportedRelease string             `json:"reported_release"` // what the node says it booted
 	UptimeS         int64              `json:"uptime_s"`
 	RelaysWanted    int                `json:"relays_wanted"`

@@ -51,6 +51,10 @@ func TestStatus(t *testing.T) {
 	t0 := time.Now().Add(-130 * time.Second)
 	hb(t0, 1e9, 2e9, 100)
 	hb(t0.Add(100*time.Second), 1e9+120e6, 2e9+4.5e6, 200) // 1.2 MB/s and 45 kB/s
+	// b's quote matched release rel-B (issue 14); a sent none.
+	if _, err := st.RecordAttestation(ctx, &store.Attestation{NodeID: b.ID, Status: store.AttestRelease, Release: "rel-B", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
 	st.Close()
 
 	out := ok(t, db, "status")
@@ -72,7 +76,7 @@ func TestStatus(t *testing.T) {
 		!strings.Contains(lines[2], "no figures: dial: refused?[31m red") || strings.Contains(out, "\x1b") {
 		t.Errorf("second relay row %q", lines[2])
 	}
-	if r := fields(3); strings.Join(r, " ") != itoa(b.ID)+" pending "+r[2]+" 0/0 - - - - - - - - -" {
+	if r := fields(3); strings.Join(r, " ") != itoa(b.ID)+" pending "+r[2]+" 0/0 rel-B - - - - - - - -" {
 		t.Errorf("node without relays %q", lines[3])
 	}
 
@@ -86,7 +90,7 @@ func TestStatus(t *testing.T) {
 	m := nodes[0].Relays[0].Metrics
 	if m == nil || !m.HasRate || m.ReadRate != 1.2e6 || m.WriteRate != 45e3 || m.Circuits != 42 ||
 		nodes[0].RelaysRunning != 1 || nodes[0].RelaysWanted != 2 || nodes[0].Metrics.MemTotalBytes != 3 ||
-		nodes[0].LastSeenAgeS < 29 || nodes[0].LastSeenAgeS > 40 || nodes[0].AttestedRelease != "" {
+		nodes[0].LastSeenAgeS < 29 || nodes[0].LastSeenAgeS > 40 || nodes[0].AttestedRelease != "" || nodes[1].AttestedRelease != "rel-B" {
 		t.Errorf("--json node %+v relay metrics %+v", nodes[0], m)
 	}
 }

@@ -137,6 +137,14 @@ func TestQuoteInHandshake(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// What /metrics and `configsrv status` label the node with.
+		want := a.Summary()
+		if want == store.AttestUnattested {
+			want = ""
+		}
+		if nd, err := l.st.Node(ctx, n.id); err != nil || nd.AttestedRelease() != want {
+			t.Errorf("node's attested release %q, want %q (%v)", nd.AttestedRelease(), want, err)
+		}
 		return a
 	}
 

@@ -83,6 +83,15 @@ func TestExport(t *testing.T) {
 	a := ids[0]
 	st.SetNodeState(ctx, a, api.NodeEnabled)
 	st.SetNodeState(ctx, ids[2], api.NodeDisabled)
+	// Boot evidence (issue 14): node a sent no quote, the second's matched
+	// no release, the third's release A.
+	for _, ev := range []*store.Attestation{{NodeID: a, Status: store.AttestUnattested},
+		{NodeID: ids[1], Status: store.AttestUnknown, PCRDigest: "ab"}, {NodeID: ids[2], Status: store.AttestRelease, Release: "A"}} {
+		ev.At = time.Now()
+		if _, err := st.RecordAttestation(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if _, n, err := st.Allocate(ctx, a, &api.Specs{CPUs: 2, MemoryBytes: 8 << 30}, time.Now()); err != nil || n != 2 {
 		t.Fatalf("allocate: %d %v", n, err)
 	}
@@ -173,8 +182,11 @@ func TestExport(t *testing.T) {
 	if age := series(fams["patela_node_last_seen_age_seconds"])[n]; age < 0 || age > 60 {
 		t.Errorf("last seen age %v s of a node just heard from", age)
 	}
-	if got := series(fams["patela_node_info"]); got[sortLabels(n+",state=enabled,release=")] != 1 || len(got) != 3 {
-		t.Errorf("node_info %v", got)
+	info := map[string]float64{sortLabels(n + ",state=enabled,release="): 1,
+		sortLabels("node=" + itoa(ids[1]) + ",state=pending,release=unknown"): 1,
+		sortLabels("node=" + itoa(ids[2]) + ",state=disabled,release=A"): 1}
+	if got := series(fams["patela_node_info"]); !maps.Equal(got, info) {
+		t.Errorf("node_info:\n got %v\nwant %v", got, info)
 	}
 }
 

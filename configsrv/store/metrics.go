@@ -173,7 +173,7 @@ func (s *Store) Size(ctx context.Context) (int64, error) {
 
 // AttestedRelease is the release n's last TPM quote matched: its name,
 // "unknown" when the quote matched no registered release, "" when the
-// server has no quote of n. Nodes do not send quotes yet (issue 14
-// records the match), so it is "" for now. Release, the release n reports
+// server has no quote of n (its last attestation carried none: an agent
+// older than remote attestation). Release, the release n reports
 // booting, is its own word and never taken for this.
-func (n *Node) AttestedRelease() string { return "" }
+func (n *Node) AttestedRelease() string { return n.attested }

@@ -36,6 +36,8 @@ type Node struct {
 	Release string `json:"release"`
 	// Alarms are what the listings warn of (Store.Alarms fills them).
 	Alarms []string `json:"alarms,omitempty"`
+
+	attested string // AttestedRelease
 }
 
 // EKHash is the node identity derived from the marshalled EK TPMT_PUBLIC.
@@ -46,7 +48,9 @@ func EKHash(ekPublic []byte) []byte {
 
 const nodeCols = `n.id, n.ek_hash, n.ek_public, n.ak_name, n.state, n.first_seen, n.last_seen, n.attested_at,
 	n.boot_id, n.uptime_s, n.cpus, n.memory_bytes, n.cpu_model, n.torrc,
-	(SELECT count(*) FROM relays r WHERE r.node_id = n.id), n.sealing, n.booted_release`
+	(SELECT count(*) FROM relays r WHERE r.node_id = n.id), n.sealing, n.booted_release,
+	coalesce((SELECT CASE a.status WHEN 'release' THEN a.release WHEN 'unknown' THEN 'unknown' END
+		FROM attestations a WHERE a.node_id = n.id), '')`
 
 type scanner interface{ Scan(...any) error }
 
@@ -55,7 +59,7 @@ func scanNode(r scanner) (*Node, error) {
 	var first, last, att sql.NullInt64
 	var mem int64
 	err := r.Scan(&n.ID, &n.EKHash, &n.EKPublic, &n.AKName, &n.State, &first, &last, &att,
-		&n.BootID, &n.UptimeS, &n.CPUs, &mem, &n.CPUModel, &n.Torrc, &n.Relays, &n.Sealing, &n.Release)
+		&n.BootID, &n.UptimeS, &n.CPUs, &mem, &n.CPUModel, &n.Torrc, &n.Relays, &n.Sealing, &n.Release, &n.attested)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
