@@ -184,7 +184,7 @@ func TestExport(t *testing.T) {
 	}
 	info := map[string]float64{sortLabels(n + ",state=enabled,release="): 1,
 		sortLabels("node=" + itoa(ids[1]) + ",state=pending,release=unknown"): 1,
-		sortLabels("node=" + itoa(ids[2]) + ",state=disabled,release=A"): 1}
+		sortLabels("node=" + itoa(ids[2]) + ",state=disabled,release=A"):      1}
 	if got := series(fams["patela_node_info"]); !maps.Equal(got, info) {
 		t.Errorf("node_info:\n got %v\nwant %v", got, info)
 	}
