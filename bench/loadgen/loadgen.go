@@ -7,12 +7,16 @@ package loadgen
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +26,8 @@ import (
 	"patela/configsrv/quote/quotetest"
 	"patela/configsrv/store"
 	"patela/internal/api"
+	"patela/internal/pcr"
+	"patela/internal/release"
 )
 
 // Node is one simulated machine.
@@ -125,6 +131,26 @@ func (n *Node) Attest(ctx context.Context, rec *Recorder) error {
 var Booted = quotetest.Boot("loadgen")
 
 var bootPCRs, bootLog = Booted.AllPCRs(), Booted.Bytes()
+
+// BootPCRs and BootLog are what a simulated node quotes: Booted's PCRs and
+// event log.
+func BootPCRs() map[int]pcr.Value { return bootPCRs }
+func BootLog() []byte             { return bootLog }
+
+// BootedRelease is an approved release of what Booted measures, so a
+// server that holds it matches the simulated nodes' quotes.
+func BootedRelease(name string) (*release.Release, error) {
+	r, err := release.New(name, release.KindUKI, map[int]pcr.Value{4: Booted.PCRs[4], 11: Booted.PCRs[11], 12: {}},
+		release.UKIPolicyPCRs, map[string]string{"uki": strings.Repeat("ab", 32)})
+	if err != nil {
+		return nil, err
+	}
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	return r, r.Approve(k)
+}
 
 // Boot is what the agent does against the server at boot: attest, send
 // specs, fetch the config, send a heartbeat.

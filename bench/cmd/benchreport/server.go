@@ -21,6 +21,7 @@ import (
 	"patela/configsrv/attest"
 	"patela/configsrv/attest/softek"
 	"patela/configsrv/pki"
+	"patela/configsrv/quote/quotetest"
 	"patela/configsrv/store"
 	"patela/configsrv/token"
 	"patela/internal/api"
@@ -71,7 +72,8 @@ type seeded struct {
 	ids    []int64
 	eks    []*softek.EK
 	aks    [][]byte
-	relays [][]string // each node's relay names
+	qaks   []*quotetest.AK // the same AKs, quoting in software
+	relays [][]string      // each node's relay names
 }
 
 func runServer(ctx context.Context, bin, work string, nodes, relays int) (*ServerRun, error) {
@@ -145,7 +147,7 @@ func runServer(ctx context.Context, bin, work string, nodes, relays int) (*Serve
 	r.Fetch = append(r.Fetch, burst("config fetch, every node once (cold token cache)", clients, nodes, fetch))
 	r.Fetch = append(r.Fetch, burst("config fetch, every node again (warm)", clients, nodes, fetch))
 	hs := min(nodes, 4000)
-	r.Handshake = burst(fmt.Sprintf("attestation handshake (attest, software ActivateCredential, complete) x %d", hs), clients, hs,
+	r.Handshake = burst(fmt.Sprintf("attestation handshake with a quote (attest, software ActivateCredential and Quote of a 32-event boot, complete) x %d", hs), clients, hs,
 		func(c *api.Client, i int) error {
 			ch, err := c.Attest(ctx, &api.AttestRequest{EKPublic: fl.eks[i].Public, AKPublic: fl.aks[i]})
 			if err != nil {
@@ -159,7 +161,11 @@ func runServer(ctx context.Context, bin, work string, nodes, relays int) (*Serve
 			if err != nil {
 				return err
 			}
-			_, err = c.Complete(ctx, &api.CompleteRequest{ChallengeID: ch.ChallengeID, Secret: secret})
+			q, err := fl.qaks[i].Quote(ch.Nonce, loadgen.BootPCRs(), loadgen.BootLog())
+			if err != nil {
+				return err
+			}
+			_, err = c.Complete(ctx, &api.CompleteRequest{ChallengeID: ch.ChallengeID, Secret: secret, Quote: q})
 			return err
 		})
 	r.Heartbeat = burst(fmt.Sprintf("heartbeat with a metrics summary of %d relays, every node", relays), clients, nodes,
@@ -330,10 +336,15 @@ func seed(ctx context.Context, db string, n, k int) (*seeded, error) {
 	s := &seeded{}
 	name := 0
 	for range n {
-		ek, ak, err := softek.NewKeys()
+		ek, err := softek.New()
 		if err != nil {
 			return nil, err
 		}
+		qak, err := quotetest.NewAK()
+		if err != nil {
+			return nil, err
+		}
+		ak := qak.Public
 		// k cpus and 1 GiB per relay: the allocation rules give k relays.
 		res, err := insNode.ExecContext(ctx, store.EKHash(ek.Public), ek.Public, now, now, now, k, int64(k)<<30)
 		if err != nil {
@@ -356,10 +367,18 @@ func seed(ctx context.Context, db string, n, k int) (*seeded, error) {
 			}
 			name++
 		}
-		s.ids, s.eks, s.aks = append(s.ids, id), append(s.eks, ek), append(s.aks, ak)
+		s.ids, s.eks, s.aks, s.qaks = append(s.ids, id), append(s.eks, ek), append(s.aks, ak), append(s.qaks, qak)
 		s.relays = append(s.relays, names)
 	}
-	return s, tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return nil, err
+	}
+	// The fleet booted one approved release: quotes match it.
+	rel, err := loadgen.BootedRelease("bench-1")
+	if err != nil {
+		return nil, err
+	}
+	return s, st.AddRelease(ctx, rel, time.Now())
 }
 
 // cursor hands out a pool's addresses in order, as allocation does on an
