@@ -314,8 +314,12 @@ func TestReconcileAgainstConfigsrv(t *testing.T) {
 	waitFor(t, "first relay's MyFamily names the second", func() bool {
 		live, _ := os.ReadFile(filepath.Join(root, "run", first.Name+".torrc"))
 		st, _ := statusOf(sup, second.Name)
-		return st.Fingerprint != "" && bytes.Contains(live, []byte("MyFamily $"+st.Fingerprint+"\n"))
+		// tor reports RELOADING a moment after the torrc is written.
+		one, _ := statusOf(sup, first.Name)
+		return st.Fingerprint != "" && bytes.Contains(live, []byte("MyFamily $"+st.Fingerprint+"\n")) &&
+			one.Reloads >= 1 && one.State == api.RelayRunning
 	})
+	time.Sleep(2 * poll) // nothing more comes of it
 	if st, _ := statusOf(sup, first.Name); st.PID != first.PID || st.Restarts != 0 || st.Reloads != 1 {
 		t.Errorf("first relay disturbed by adding the second beyond one reload: %+v, was %+v", st, first)
 	}
