@@ -276,3 +276,60 @@ func TestRequireRelease(t *testing.T) {
 	}
 	refused("retired release", func(no []byte) *api.Quote { return n.boot(t, "A", no) }, "rel-A")
 }
+
+// TestQuoteBadInput: a quote that is not one (fields missing, a PCR index
+// no TPM has, an event log over the limit, a body over the endpoint's
+// limit) is 400 bad_request with nothing written and the challenge left
+// for the node's retry; a quote whose signed bytes are garbage is 401
+// bad_quote with nothing written.
+func TestQuoteBadInput(t *testing.T) {
+	l := newLocal(t, nil)
+	addRelease(t, l.st, "rel-A", "A")
+	n := l.enrollQuoting(t)
+	ch, secret := n.challenge(t, l)
+	good := func() *api.Quote { return n.boot(t, "A", ch.Nonce) }
+	challenges := func() int {
+		var k int
+		l.st.DB().QueryRow(`SELECT count(*) FROM challenges`).Scan(&k)
+		return k
+	}
+	for _, c := range []struct {
+		name string
+		edit func(q *api.Quote)
+		want string
+	}{
+		{"no signature", func(q *api.Quote) { q.Signature = nil }, "required"},
+		{"no quoted bytes", func(q *api.Quote) { q.Quoted = nil }, "required"},
+		{"no PCRs", func(q *api.Quote) { q.PCRs = nil }, "required"},
+		{"PCR 24", func(q *api.Quote) { q.PCRs[24] = q.PCRs[0] }, "not a PCR index"},
+		{"PCR -1", func(q *api.Quote) { q.PCRs[-1] = q.PCRs[0] }, "not a PCR index"},
+		{"event log over 256 KiB", func(q *api.Quote) { q.EventLog = make([]byte, api.MaxEventLog+1) }, "event_log is larger"},
+		{"body over the limit", func(q *api.Quote) { q.EventLog = make([]byte, api.MaxCompleteBody) }, "body is larger"},
+	} {
+		before, k := evidenceRows(t, l.st), challenges()
+		q := good()
+		c.edit(q)
+		_, err := l.client.Complete(context.Background(), &api.CompleteRequest{ChallengeID: ch.ChallengeID, Secret: secret, Quote: q})
+		if !api.IsCode(err, api.CodeBadRequest) || !strings.Contains(fmt.Sprint(err), c.want) {
+			t.Errorf("%s: %v, want 400 bad_request %q", c.name, err, c.want)
+		}
+		if after := evidenceRows(t, l.st); after != before || challenges() != k {
+			t.Errorf("%s changed the database:\n%s\nbecame\n%s (challenges %d -> %d)", c.name, before, after, k, challenges())
+		}
+	}
+	// Signed bytes that are no TPMS_ATTEST: refused as a forgery.
+	before := evidenceRows(t, l.st)
+	q := good()
+	q.Quoted = []byte("not a TPMS_ATTEST")
+	if st, code := complete(t, l, ch, secret, q); st != http.StatusUnauthorized || code != api.CodeBadQuote {
+		t.Errorf("garbage quoted bytes: %d %s, want 401 bad_quote", st, code)
+	}
+	if after := evidenceRows(t, l.st); after != before {
+		t.Errorf("garbage quoted bytes changed the database:\n%s\nbecame\n%s", before, after)
+	}
+	// The node's retry with a real quote, on a new challenge, works.
+	ch, secret = n.challenge(t, l)
+	if st, code := complete(t, l, ch, secret, n.boot(t, "A", ch.Nonce)); st != 200 {
+		t.Fatalf("a real quote after the refusals: %d %s", st, code)
+	}
+}
