@@ -333,3 +333,73 @@ func TestQuoteBadInput(t *testing.T) {
 		t.Fatalf("a real quote after the refusals: %d %s", st, code)
 	}
 }
+
+// TestRolloutWakesLongPoll: a node holding a long-polled config request
+// is answered as soon as a rollout asks it to reboot, and again when the
+// request is withdrawn (rollout stop): the request is part of its config.
+func TestRolloutWakesLongPoll(t *testing.T) {
+	l := newLocal(t, nil)
+	ctx := context.Background()
+	addRelease(t, l.st, "rel-A", "A")
+	addRelease(t, l.st, "rel-B", "B")
+	n := l.enrollQuoting(t)
+	ch, secret := n.challenge(t, l)
+	done, err := l.client.Complete(ctx, &api.CompleteRequest{ChallengeID: ch.ChallengeID, Secret: secret, Quote: n.boot(t, "A", ch.Nonce)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := done.Token
+	if err := l.client.Status(ctx, tok, &api.Status{BootID: "boot-1", Relays: []api.RelayStatus{}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := l.client.ConfigWait(ctx, tok, "", 0)
+	if err != nil || r.Config.Reboot != nil {
+		t.Fatalf("config before the rollout: %+v %v", r, err)
+	}
+	waitFor := func(what string) *api.ConfigResult {
+		t.Helper()
+		p := poll(l.client, tok, r.ETag, time.Minute)
+		for i := 0; l.api.Waiting() != 1; i++ {
+			if i > 400 {
+				t.Fatalf("%s: not held", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return p2r(t, answered(t, p, what), what)
+	}
+	go func() {
+		for l.api.Waiting() != 1 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if _, err := l.st.StartRollout(ctx, "rel-B", 1, time.Now()); err != nil {
+			t.Error(err)
+		}
+		if _, err := l.st.StepRollout(ctx, time.Now()); err != nil {
+			t.Error(err)
+		}
+	}()
+	got := waitFor("a rollout's turn")
+	if rb := got.Config.Reboot; rb == nil || rb.BootID != "boot-1" || rb.Release != "rel-B" {
+		t.Fatalf("the woken config's reboot request: %+v", rb)
+	}
+	r = got
+	go func() {
+		for l.api.Waiting() != 1 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if _, err := l.st.StopRollout(ctx, time.Now()); err != nil {
+			t.Error(err)
+		}
+	}()
+	if got = waitFor("rollout stop"); got.Config.Reboot != nil {
+		t.Fatalf("after rollout stop the config still asks for a reboot: %+v", got.Config.Reboot)
+	}
+}
+
+func p2r(t *testing.T, p polled, what string) *api.ConfigResult {
+	t.Helper()
+	if p.err != nil || p.r == nil || p.r.Config == nil {
+		t.Fatalf("%s: %+v %v", what, p.r, p.err)
+	}
+	return p.r
+}
