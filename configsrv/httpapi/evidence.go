@@ -94,21 +94,37 @@ func (s *Server) requireRelease(w http.ResponseWriter, r *http.Request, a *store
 // node (a token refresh in the same boot) is not written again: the
 // attestation's time is the node's attested_at.
 func (s *Server) recordEvidence(ctx context.Context, a *store.Attestation) error {
-	fp := fmt.Sprintf("%s|%s|%s|%s|%s|%v|%d", a.Status, a.Release, a.PCRDigest, a.EventLog, a.LogDetail, a.HasReset, a.ResetCount)
-	if s.stored.same(a.NodeID, fp) {
+	fp, write := s.evidenceToWrite(a)
+	if write == nil {
 		return nil
 	}
 	before, err := s.Store.RecordAttestation(ctx, a)
 	if err != nil {
 		return err
 	}
+	s.evidenceStored(ctx, a, fp, before)
+	return nil
+}
+
+// evidenceToWrite returns a's fingerprint, and a unless this server last
+// stored the same evidence for the node.
+func (s *Server) evidenceToWrite(a *store.Attestation) (string, *store.Attestation) {
+	fp := fmt.Sprintf("%s|%s|%s|%s|%s|%v|%d", a.Status, a.Release, a.PCRDigest, a.EventLog, a.LogDetail, a.HasReset, a.ResetCount)
+	if s.stored.same(a.NodeID, fp) {
+		return fp, nil
+	}
+	return fp, a
+}
+
+// evidenceStored remembers what was written for the node and audits a
+// change from before (the summary it replaced).
+func (s *Server) evidenceStored(ctx context.Context, a *store.Attestation, fp, before string) {
 	s.stored.set(a.NodeID, fp)
 	if now := a.Summary(); now != before {
 		target := nodeActor(a.NodeID)
 		s.audit(ctx, target, "attest.release", target, fmt.Sprintf("%s -> %s (PCR digest %s, event log %s)",
 			before, now, orDash(a.PCRDigest), orDash(a.EventLog)))
 	}
-	return nil
 }
 
 func orDash(s string) string {

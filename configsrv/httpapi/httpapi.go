@@ -325,14 +325,15 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 	if !s.requireRelease(w, r, ev, rel) {
 		return
 	}
-	first, err := s.Store.CompleteAttestation(ctx, c.NodeID, c.AKName, now)
+	// The activation and the evidence are one write transaction.
+	fp, write := s.evidenceToWrite(ev)
+	first, before, err := s.Store.CompleteAttestation(ctx, c.NodeID, c.AKName, write, now)
 	if err != nil {
 		s.internal(w, r, err)
 		return
 	}
-	if err := s.recordEvidence(ctx, ev); err != nil {
-		s.internal(w, r, err)
-		return
+	if write != nil {
+		s.evidenceStored(ctx, ev, fp, before)
 	}
 	tok, exp, err := s.Tokens.Issue(c.NodeID, now)
 	if err != nil {

@@ -55,32 +55,46 @@ func (a *Attestation) Summary() string {
 // of the one it replaces (AttestUnattested for none), so a change can be
 // audited.
 func (s *Store) RecordAttestation(ctx context.Context, a *Attestation) (before string, err error) {
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		before, err = s.recordAttestation(ctx, tx, a)
+		return err
+	})
+	return before, err
+}
+
+// recordAttestation is RecordAttestation in tx, with the store's prepared
+// statements (every boot writes its evidence: a new reset count).
+func (s *Store) recordAttestation(ctx context.Context, tx *sql.Tx, a *Attestation) (before string, err error) {
 	var pcrs []byte
 	if len(a.PCRs) > 0 {
 		if pcrs, err = json.Marshal(a.PCRs); err != nil {
 			return "", err
 		}
 	}
-	reset := sql.NullInt64{Int64: a.ResetCount, Valid: a.HasReset}
-	err = s.tx(ctx, func(tx *sql.Tx) error {
-		var st, rel string
-		err := tx.QueryRowContext(ctx, `SELECT status, release FROM attestations WHERE node_id = ?`, a.NodeID).Scan(&st, &rel)
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			before = AttestUnattested
-		case err != nil:
-			return err
-		default:
-			before = (&Attestation{Status: st, Release: rel}).Summary()
-		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO attestations(node_id, status, release, pcrs, pcr_digest, event_log, log_detail, reset_count, at)
+	sel, err := s.stmt(ctx, `SELECT status, release FROM attestations WHERE node_id = ?`)
+	if err != nil {
+		return "", err
+	}
+	ups, err := s.stmt(ctx, `INSERT INTO attestations(node_id, status, release, pcrs, pcr_digest, event_log, log_detail, reset_count, at)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT(node_id) DO UPDATE SET status = excluded.status, release = excluded.release, pcrs = excluded.pcrs,
 				pcr_digest = excluded.pcr_digest, event_log = excluded.event_log, log_detail = excluded.log_detail,
-				reset_count = excluded.reset_count, at = excluded.at`,
-			a.NodeID, a.Status, a.Release, string(pcrs), a.PCRDigest, a.EventLog, a.LogDetail, reset, unix(a.At))
-		return err
-	})
+				reset_count = excluded.reset_count, at = excluded.at`)
+	if err != nil {
+		return "", err
+	}
+	var st, rel string
+	err = tx.StmtContext(ctx, sel).QueryRowContext(ctx, a.NodeID).Scan(&st, &rel)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		before = AttestUnattested
+	case err != nil:
+		return "", err
+	default:
+		before = (&Attestation{Status: st, Release: rel}).Summary()
+	}
+	reset := sql.NullInt64{Int64: a.ResetCount, Valid: a.HasReset}
+	_, err = tx.StmtContext(ctx, ups).ExecContext(ctx, a.NodeID, a.Status, a.Release, string(pcrs), a.PCRDigest, a.EventLog, a.LogDetail, reset, unix(a.At))
 	return before, err
 }
 

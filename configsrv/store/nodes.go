@@ -200,23 +200,37 @@ func (s *Store) TakeChallenge(ctx context.Context, id string) (*Challenge, error
 	return &c, nil
 }
 
-// CompleteAttestation records a successful activation and reports whether
-// it was the node's first.
-func (s *Store) CompleteAttestation(ctx context.Context, id int64, akName []byte, now time.Time) (firstBoot bool, err error) {
+// CompleteAttestation records a successful activation and, when ev is
+// not nil, the boot evidence it carried (RecordAttestation), in one
+// transaction; it reports whether it was the node's first and the summary
+// of the evidence ev replaces.
+func (s *Store) CompleteAttestation(ctx context.Context, id int64, akName []byte, ev *Attestation, now time.Time) (firstBoot bool, before string, err error) {
+	sel, err := s.stmt(ctx, `SELECT attested_at FROM nodes WHERE id = ?`)
+	if err != nil {
+		return false, "", err
+	}
+	upd, err := s.stmt(ctx, `UPDATE nodes SET attested_at = ?, last_seen = ?, ak_name = ? WHERE id = ?`)
+	if err != nil {
+		return false, "", err
+	}
 	err = s.tx(ctx, func(tx *sql.Tx) error {
 		var att sql.NullInt64
-		if err := tx.QueryRow(`SELECT attested_at FROM nodes WHERE id = ?`, id).Scan(&att); err != nil {
+		if err := tx.StmtContext(ctx, sel).QueryRowContext(ctx, id).Scan(&att); err != nil {
 			if errors.Is(err, sql.ErrNoRows) {
 				return fmt.Errorf("node %d: %w", id, ErrNotFound)
 			}
 			return err
 		}
 		firstBoot = !att.Valid
-		_, err := tx.Exec(`UPDATE nodes SET attested_at = ?, last_seen = ?, ak_name = ? WHERE id = ?`,
-			unix(now), unix(now), akName, id)
+		if _, err := tx.StmtContext(ctx, upd).ExecContext(ctx, unix(now), unix(now), akName, id); err != nil {
+			return err
+		}
+		if ev != nil {
+			before, err = s.recordAttestation(ctx, tx, ev)
+		}
 		return err
 	})
-	return firstBoot, err
+	return firstBoot, before, err
 }
 
 // KeyBundle returns the node's key-bundle ciphertext mirror.
