@@ -155,9 +155,11 @@ func TestDirPortFrontPageAttackThroughReconcile(t *testing.T) {
 	if st.Refused != "DirPortFrontPage,ServerTransportPlugin" {
 		t.Errorf("refused %q", st.Refused)
 	}
-	waitFor(t, "relay running again", func() bool {
+	// Reloaded, not merely still running: tor reports RELOADING a moment
+	// after the SIGHUP.
+	waitFor(t, "relay reloaded and running again", func() bool {
 		st, _ = statusOf(w.sup, first.Name)
-		return st.State == api.RelayRunning
+		return st.State == api.RelayRunning && st.Reloads > first.Reloads
 	})
 	if st.PID != first.PID {
 		t.Errorf("tor restarted (pid %d→%d); the change is reloadable", first.PID, st.PID)
