@@ -234,6 +234,20 @@ func TestRollout(t *testing.T) {
 			t.Errorf("%s attested %q after the rollout, want e2e-B", n.name, got)
 		}
 	}
+	// `configsrv status` (and /metrics' patela_node_info) show the quoted
+	// release, not the one the node reports.
+	var fleet []struct {
+		ID       int64  `json:"id"`
+		Attested string `json:"attested_release"`
+	}
+	if err := json.Unmarshal([]byte(admin("status", "--json")), &fleet); err != nil || len(fleet) != 2 {
+		t.Errorf("status --json: %v %+v", err, fleet)
+	}
+	for _, f := range fleet {
+		if f.Attested != "e2e-B" {
+			t.Errorf("status: node %d attested release %q, want e2e-B", f.ID, f.Attested)
+		}
+	}
 	t.Logf("rollout A → B of 2 nodes: %v; %s (node %d) went down %v after the start, %s (node %d) %v (rollout status: %s)",
 		round(took), nodes[0].name, nodes[0].id, round(wentDown[nodes[0].name].Sub(start)),
 		nodes[1].name, nodes[1].id, round(wentDown[nodes[1].name].Sub(start)),
