@@ -442,24 +442,35 @@ func (a *agent) openTPM(context.Context) (err error) {
 	return err
 }
 
-// attest earns the first token; while the node is pending it waits for
-// an administrator, retrying.
-func (a *agent) attest(ctx context.Context) (err error) {
-	a.token, err = a.sess.Token(ctx)
+// attest earns the first token. It waits out every refusal (pending,
+// disabled, banned, keys refused) with a console line saying what an
+// administrator can do: rebooting would change none of them.
+func (a *agent) attest(ctx context.Context) error {
+	tok, err := a.sess.Wait(ctx)
+	a.token = tok.Value
 	return err
 }
 
+// sendSpecs reports the hardware; the server sizes the relays from it.
+// Only reading the hardware can fail the boot: whatever the server
+// answers (the pools full, the node disabled meanwhile), the reconcile
+// loop sends the specs again every round and acts on the answer.
 func (a *agent) sendSpecs(ctx context.Context) error {
 	specs, err := readSpecs(a.path("/proc"))
 	if err != nil {
 		return err
 	}
+	a.specs = specs
 	r, err := a.client.Specs(ctx, a.token, specs)
 	if err != nil {
-		return err
+		a.log.Warn("specs not taken; the reconcile loop sends them again", "err", err)
+		return nil
 	}
-	a.specs = specs
 	a.log.Info("specs sent", "cpus", specs.CPUs, "memory", specs.MemoryBytes, "relays", r.RelayCount)
+	if r.Unplaced > 0 {
+		a.log.Warn("the config server could not place all this node's relays; running those it placed",
+			"placed", r.RelayCount, "wanted", r.RelaysWanted, "reason", r.UnplacedReason)
+	}
 	return nil
 }
 

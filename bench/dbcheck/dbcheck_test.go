@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"patela/configsrv/attest"
 	"patela/configsrv/attest/softek"
 	"patela/configsrv/store"
 	"patela/internal/api"
@@ -30,11 +31,15 @@ func TestCheckFindsDamage(t *testing.T) {
 	}
 	for range 2 {
 		ek, _ := softek.New()
-		n, _, err := st.NodeByEK(ctx, ek.Public, now)
+		parsed, err := attest.NewEK(ek.Public)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := st.Allocate(ctx, n.ID, &api.Specs{CPUs: 3, MemoryBytes: 8 << 30}, now); err != nil {
+		n, _, err := st.AddPending(ctx, parsed.ID, ek.Public, now, store.PendingLimits{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Allocate(ctx, n.ID, &api.Specs{CPUs: 3, MemoryBytes: 8 << 30}, now); err != nil {
 			t.Fatal(err)
 		}
 	}

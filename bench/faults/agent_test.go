@@ -69,7 +69,7 @@ func TestServerDownWhileAgentBoots(t *testing.T) {
 	}
 	got := make(chan result, 1)
 	go func() {
-		tok, err := sess.Current(ctx)
+		tok, err := sess.Wait(ctx)
 		got <- result{tok, err}
 	}()
 	waitFor(t, &log, `attestation failed, retrying" attempt=\d+ err=.*connection refused`, 4)
@@ -98,7 +98,7 @@ func TestServerDownWhileAgentBoots(t *testing.T) {
 	sess.Invalidate(r.tok.Value)
 	mark := len(log.String())
 	go func() {
-		tok, err := sess.Current(ctx)
+		tok, err := sess.Wait(ctx)
 		got <- result{tok, err}
 	}()
 	for len(regexp.MustCompile(`attestation failed, retrying`).FindAllString(log.String()[mark:], -1)) < 3 {

@@ -15,6 +15,7 @@ import (
 	"patela/bench/dbcheck"
 	"patela/bench/loadgen"
 	"patela/bench/srvproc"
+	"patela/configsrv/attest"
 	"patela/configsrv/store"
 	"patela/internal/api"
 )
@@ -164,7 +165,10 @@ func check(t *testing.T, ctx context.Context, db string, state []*tracked, ackno
 	}
 	acknowledged.Range(func(k, v any) bool {
 		var id int64
-		err := st.DB().QueryRowContext(ctx, `SELECT id FROM nodes WHERE ek_hash = ?`, store.EKHash(v.([]byte))).Scan(&id)
+		ek, err := attest.NewEK(v.([]byte))
+		if err == nil {
+			err = st.DB().QueryRowContext(ctx, `SELECT id FROM nodes WHERE ek_hash = ?`, ek.ID[:]).Scan(&id)
+		}
 		if err != nil || id != k.(int64) {
 			t.Errorf("lost node %d: its first contact was answered; after the kill: id %d, %v", k, id, err)
 		}

@@ -50,7 +50,7 @@ func TestServerNeverSeesRelayKeyPlaintext(t *testing.T) {
 		}
 		srv.Admin("node", "enable", strconv.FormatInt(sess.NodeID(), 10))
 	}()
-	if _, err := sess.Token(ctx); err != nil {
+	if _, err := sess.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
 

@@ -34,10 +34,11 @@ var bin string
 
 func TestMain(m *testing.M) { srvproc.TestMain(m, &bin) }
 
-// fleet starts a server and boots n enabled nodes with 2 relays each.
-func fleet(t *testing.T, n int, first string) (*srvproc.Server, []*loadgen.Node) {
+// fleet starts a server (with extra serve flags) and boots n enabled
+// nodes with 2 relays each.
+func fleet(t *testing.T, n int, first string, extra ...string) (*srvproc.Server, []*loadgen.Node) {
 	t.Helper()
-	srv := srvproc.StartT(t, bin)
+	srv := srvproc.StartT(t, bin, extra...)
 	ctx := context.Background()
 	nodes, err := loadgen.NewNodes(srv, n, netip.MustParseAddr(first))
 	if err != nil {
@@ -87,7 +88,9 @@ func do(t *testing.T, c *api.Client, method, path, tok string, body io.Reader, h
 // A node's token reads and writes its own node only, however the request
 // names another one (query parameters, headers, body fields, path forms).
 func TestTokenReadsOnlyItsOwnNode(t *testing.T) {
-	_, nodes := fleet(t, 3, "127.4.0.1")
+	// Each node asks for the others' data dozens of times: more than the
+	// per-node burst (TestNodeFloodLimited tests that limit).
+	_, nodes := fleet(t, 3, "127.4.0.1", "--node-burst", "1000")
 	ctx := context.Background()
 	bundles := map[int64][]byte{}
 	for _, n := range nodes {
@@ -170,7 +173,11 @@ func TestEveryNodeEndpointRefusesBadTokens(t *testing.T) {
 		}
 	}
 	_, otherKey, _ := ed25519.GenerateKey(rand.Reader)
-	forged, _, _ := token.New(otherKey, time.Hour).Issue(a.ID, time.Now())
+	claims, err := srv.Claims(a.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, _, _ := token.New(otherKey, time.Hour).Issue(claims, time.Now())
 	expired, err := srv.Token(a.ID, time.Now().Add(-token.DefaultTTL-time.Minute))
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ package srvproc
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ import (
 	"time"
 
 	"patela/configsrv/pki"
+	"patela/configsrv/store"
 	"patela/configsrv/token"
 	"patela/internal/api"
 )
@@ -289,14 +291,30 @@ func (s *Server) Client(local netip.Addr) (*api.Client, error) {
 	return c, nil
 }
 
+// Claims are what a token for node id names now: its id, EK identity and
+// token epoch, read from the database.
+func (s *Server) Claims(id int64) (token.Claims, error) {
+	st, err := store.Open(s.DB)
+	if err != nil {
+		return token.Claims{}, err
+	}
+	defer st.Close()
+	au, err := st.NodeAuth(context.Background(), id)
+	return token.Claims{Node: id, EK: au.EK, Epoch: au.Epoch}, err
+}
+
 // Token mints a bearer token for node id with the server's biscuit key,
-// exactly as a completed attestation would.
+// exactly as a completed attestation would now.
 func (s *Server) Token(id int64, now time.Time) (string, error) {
 	key, err := token.LoadKey(filepath.Join(s.Dir, pki.BiscuitKey))
 	if err != nil {
 		return "", err
 	}
-	tok, _, err := token.New(key, token.DefaultTTL).Issue(id, now)
+	c, err := s.Claims(id)
+	if err != nil {
+		return "", err
+	}
+	tok, _, err := token.New(key, token.DefaultTTL).Issue(c, now)
 	return tok, err
 }
 

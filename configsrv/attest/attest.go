@@ -45,21 +45,27 @@ func parsePublic(b []byte) (*tpm2.TPMTPublic, error) {
 // ParseEK parses an EK public area: an RSA or ECC restricted decryption key
 // that MakeCredential can encrypt to.
 func ParseEK(b []byte) (*tpm2.TPMTPublic, error) {
+	pub, _, err := parseEK(b)
+	return pub, err
+}
+
+func parseEK(b []byte) (*tpm2.TPMTPublic, tpm2.LabeledEncapsulationKey, error) {
 	pub, err := parsePublic(b)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadEK, err)
+		return nil, nil, fmt.Errorf("%w: %v", ErrBadEK, err)
 	}
 	if pub.Type != tpm2.TPMAlgRSA && pub.Type != tpm2.TPMAlgECC {
-		return nil, fmt.Errorf("%w: type %v is neither RSA nor ECC", ErrBadEK, pub.Type)
+		return nil, nil, fmt.Errorf("%w: type %v is neither RSA nor ECC", ErrBadEK, pub.Type)
 	}
 	a := pub.ObjectAttributes
 	if !a.Restricted || !a.Decrypt || a.SignEncrypt {
-		return nil, fmt.Errorf("%w: not a restricted decryption key", ErrBadEK)
+		return nil, nil, fmt.Errorf("%w: not a restricted decryption key", ErrBadEK)
 	}
-	if _, err := tpm2.ImportEncapsulationKey(pub); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadEK, err)
+	key, err := tpm2.ImportEncapsulationKey(pub)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrBadEK, err)
 	}
-	return pub, nil
+	return pub, key, nil
 }
 
 // ParseAK parses an AK public area, checks it is a restricted signing key

@@ -2,9 +2,12 @@ package attest
 
 import (
 	"crypto/sha256"
+	"fmt"
 	"sync"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"patela/internal/ekid"
 )
 
 // maxCached bounds each map of a Cache; a full map is simply dropped.
@@ -13,7 +16,29 @@ const maxCached = 1 << 16
 // EK is a parsed endorsement key ready for MakeCredential.
 type EK struct {
 	Public *tpm2.TPMTPublic
-	key    tpm2.LabeledEncapsulationKey
+	ID     ekid.ID  // the node identity
+	Raw    [32]byte // SHA-256 of the public area as sent (older allowlists)
+	// Template names the TCG default template the EK was made from; when
+	// it was made from none, TemplateErr (wrapping ErrBadEK) says why.
+	Template    string
+	TemplateErr error
+	key         tpm2.LabeledEncapsulationKey
+}
+
+// NewEK parses an EK public area (ParseEK) and derives what the server
+// needs of it.
+func NewEK(b []byte) (*EK, error) {
+	pub, key, err := parseEK(b)
+	if err != nil {
+		return nil, err
+	}
+	id, err := ekid.Of(pub)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadEK, err)
+	}
+	e := &EK{Public: pub, ID: id, Raw: sha256.Sum256(b), key: key}
+	e.Template, e.TemplateErr = CheckTemplate(b, pub)
+	return e, nil
 }
 
 // MakeCredential encrypts secret to the EK, bound to akName (see the
@@ -41,15 +66,10 @@ func (c *Cache) EK(b []byte) (*EK, error) {
 	if ok {
 		return e, nil
 	}
-	pub, err := ParseEK(b)
+	e, err := NewEK(b)
 	if err != nil {
 		return nil, err
 	}
-	key, err := tpm2.ImportEncapsulationKey(pub)
-	if err != nil {
-		return nil, err
-	}
-	e = &EK{Public: pub, key: key}
 	c.mu.Lock()
 	if c.eks == nil || len(c.eks) >= maxCached {
 		c.eks = map[[32]byte]*EK{}

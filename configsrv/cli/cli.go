@@ -19,6 +19,7 @@ import (
 
 	"patela/configsrv/store"
 	"patela/internal/cmdline"
+	"patela/internal/termsafe"
 )
 
 // env carries what every command needs.
@@ -69,6 +70,10 @@ func (e *env) open(write bool) (*store.Store, error) {
 		if _, err := os.Stat(e.db); err != nil {
 			return nil, fmt.Errorf("database %s: %w (set --db or PATELA_DB)", e.db, err)
 		}
+	}
+	// One we create is 0600 (store.Open); one that exists must be so too.
+	if err := store.CheckMode(e.db); err != nil {
+		return nil, err
 	}
 	st, err := store.Open(e.db)
 	if err != nil {
@@ -180,11 +185,17 @@ func (e *env) json(v any) error {
 	return enc.Encode(v)
 }
 
+// table prints a table; every cell is escaped for the terminal (cells
+// carry what nodes report).
 func (e *env) table(header string, rows [][]string) error {
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, header)
 	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t"))
+		cells := make([]string, len(r))
+		for i, c := range r {
+			cells[i] = termsafe.String(c)
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
 	return tw.Flush()
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -19,6 +20,7 @@ import (
 	"patela/configsrv/pki"
 	"patela/configsrv/store"
 	"patela/internal/api"
+	"patela/internal/ekid"
 	"patela/internal/testutil"
 )
 
@@ -134,8 +136,8 @@ func TestAdminRoundTrip(t *testing.T) {
 	if out := ok(t, db, "node", "list", "--json"); strings.TrimSpace(out) != "[]" {
 		t.Fatalf("empty node list: %q", out)
 	}
-	n1, _, _ := st.NodeByEK(ctx, []byte("ek-one"), time.Now())
-	st.NodeByEK(ctx, []byte("ek-two"), time.Now())
+	n1, _, _ := st.AddPending(ctx, ekid.ID(sha256.Sum256([]byte("ek-one"))), []byte("ek-one"), time.Now(), store.PendingLimits{}, nil)
+	st.AddPending(ctx, ekid.ID(sha256.Sum256([]byte("ek-two"))), []byte("ek-two"), time.Now(), store.PendingLimits{}, nil)
 	st.Close()
 
 	if out := ok(t, db, "node", "list"); !regexp.MustCompile(`(?m)^1\s+pending`).MatchString(out) {
@@ -173,8 +175,8 @@ func TestAdminRoundTrip(t *testing.T) {
 		t.Fatalf("pools: %+v", pools)
 	}
 	st, _ = store.Open(db)
-	if _, n, err := st.Allocate(ctx, n1.ID, &api.Specs{CPUs: 4, MemoryBytes: 8 << 30}, time.Now()); err != nil || n != 2 {
-		t.Fatalf("allocate: %d %v", n, err)
+	if a, err := st.Allocate(ctx, n1.ID, &api.Specs{CPUs: 4, MemoryBytes: 8 << 30}, time.Now()); err != nil || a.After != 2 {
+		t.Fatalf("allocate: %+v %v", a, err)
 	}
 	st.Close()
 	fails(t, db, "in use", "pool", "remove", "192.0.2.0/24")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -17,6 +18,7 @@ import (
 
 	"patela/configsrv/store"
 	"patela/internal/api"
+	"patela/internal/ekid"
 )
 
 // keysShow runs `keys show ID --json`.
@@ -57,18 +59,18 @@ func TestKeysShowDrop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n1, _, err := st.NodeByEK(ctx, []byte("ek-one"), time.Now())
+	n1, _, err := st.AddPending(ctx, ekid.ID(sha256.Sum256([]byte("ek-one"))), []byte("ek-one"), time.Now(), store.PendingLimits{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := st.NodeByEK(ctx, []byte("ek-two"), time.Now()); err != nil {
+	if _, _, err := st.AddPending(ctx, ekid.ID(sha256.Sum256([]byte("ek-two"))), []byte("ek-two"), time.Now(), store.PendingLimits{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := st.AddPool(ctx, netip.MustParsePrefix("192.0.2.0/24"), netip.MustParseAddr("192.0.2.1"), time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if _, n, err := st.Allocate(ctx, n1.ID, &api.Specs{CPUs: 2, MemoryBytes: 8 << 30}, time.Now()); err != nil || n != 2 {
-		t.Fatalf("allocate: %d %v", n, err)
+	if a, err := st.Allocate(ctx, n1.ID, &api.Specs{CPUs: 2, MemoryBytes: 8 << 30}, time.Now()); err != nil || a.After != 2 {
+		t.Fatalf("allocate: %+v %v", a, err)
 	}
 	cipher := make([]byte, 1000)
 	rand.Read(cipher)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"patela/configsrv/store"
+	"patela/internal/ekid"
 )
 
 // TestInitCreatesDatabase: init also creates the database, so the read
@@ -82,7 +84,7 @@ func TestNodeShowDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.NodeByEK(context.Background(), []byte("ek"), time.Now())
+	st.AddPending(context.Background(), ekid.ID(sha256.Sum256([]byte("ek"))), []byte("ek"), time.Now(), store.PendingLimits{}, nil)
 	st.Close()
 	if out := ok(t, db, "node", "show", "1"); !regexpMatch(`relay_interface\s+eth1\s+\(default\)`, out) {
 		t.Errorf("node show 1:\n%s", out)
@@ -124,7 +126,7 @@ func TestTorrcShowJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.NodeByEK(context.Background(), []byte("ek"), time.Now())
+	st.AddPending(context.Background(), ekid.ID(sha256.Sum256([]byte("ek"))), []byte("ek"), time.Now(), store.PendingLimits{}, nil)
 	st.Close()
 	out := ok(t, db, "torrc", "show", "--node", "1", "--json")
 	if !strings.Contains(out, `"lines": []`) || !strings.Contains(out, `"level": "node:1"`) {

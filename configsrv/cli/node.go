@@ -16,6 +16,7 @@ import (
 	"patela/configsrv/store"
 	"patela/internal/api"
 	"patela/internal/cmdline"
+	"patela/internal/termsafe"
 )
 
 func fmtTime(t time.Time) string {
@@ -53,8 +54,12 @@ func (e *env) nodeList(fs *flag.FlagSet, args []string) error {
 		return rows, nil
 	}
 	return list(e, fs, args, get, "ID\tSTATE\tEK\tRELAYS\tSEALING\tATTESTED\tFIRST SEEN\tLAST SEEN\tALARM", func(n nodeRow) []string {
+		relays := strconv.Itoa(n.Relays)
+		if n.RelaysWanted > n.Relays {
+			relays = fmt.Sprintf("%d of %d", n.Relays, n.RelaysWanted)
+		}
 		return []string{strconv.FormatInt(n.ID, 10), string(n.State), hex.EncodeToString(n.EKHash)[:16],
-			strconv.Itoa(n.Relays), sealingView(n.Node), attestedView(n.Attestation), fmtTime(n.FirstSeen), fmtTime(n.LastSeen), alarm(n.Alarms)}
+			relays, sealingView(n.Node), attestedView(n.Attestation), fmtTime(n.FirstSeen), fmtTime(n.LastSeen), alarm(n.Alarms)}
 	})
 }
 
@@ -243,6 +248,10 @@ func (e *env) showNode(st *store.Store, id int64, asJSON bool) error {
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
+	pools, err := st.Pools(e.ctx)
+	if err != nil {
+		return err
+	}
 	v := nodeView{Node: n, EKHashHex: hex.EncodeToString(n.EKHash), Settings: nd, RelayList: relays,
 		Effective: effective(g, nd), Attestation: att}
 	if v.RelayList == nil {
@@ -251,7 +260,7 @@ func (e *env) showNode(st *store.Store, id int64, asJSON bool) error {
 	if asJSON {
 		return e.json(v)
 	}
-	e.printNode(&v)
+	e.printNode(&v, pools)
 	e.printSettings("settings (node override, else default):", g, nd)
 	fmt.Fprintf(e.stdout, "relays (%d):\n", len(relays))
 	return e.relayTable(relays)
@@ -268,22 +277,38 @@ func effective(global, node map[string]string) map[string]string {
 	}
 }
 
-func (e *env) printNode(v *nodeView) {
+// printNode prints the node's fields; what the node reported (boot id,
+// CPU model) is escaped for the terminal.
+func (e *env) printNode(v *nodeView, pools []store.Pool) {
 	w, n := e.stdout, v.Node
-	fmt.Fprintf(w, "node %d\n  state        %s\n  ek sha256    %s\n", n.ID, n.State, v.EKHashHex)
+	fmt.Fprintf(w, "node %d\n  state        %s (token epoch %d)\n  ek identity  %s\n", n.ID, n.State, n.TokenEpoch, v.EKHashHex)
 	fmt.Fprintf(w, "  ak name      %x\n  first seen   %s\n  last seen    %s\n  attested     %s\n",
 		n.AKName, fmtTime(n.FirstSeen), fmtTime(n.LastSeen), fmtTime(n.AttestedAt))
 	fmt.Fprintf(w, "  boot id      %s\n  uptime       %ds\n  specs        %d cpus, %d MiB, %s\n",
-		n.BootID, n.UptimeS, n.CPUs, n.MemoryBytes>>20, n.CPUModel)
+		termsafe.String(n.BootID), n.UptimeS, n.CPUs, n.MemoryBytes>>20, termsafe.String(n.CPUModel))
+	if n.RelaysWanted > n.Relays {
+		fmt.Fprintf(w, "  allocation   wants %d, has %d: %s\n", n.RelaysWanted, n.Relays, shortfall(pools))
+	}
 	a := v.Attestation
 	fmt.Fprintf(w, "  boot         %s\n", attestedView(a))
 	if a == nil || a.Status == store.AttestUnattested {
 		return
 	}
-	fmt.Fprintf(w, "  quoted since %s (PCR digest %s)\n  event log    %s: %s\n", fmtTime(a.At), a.PCRDigest, a.EventLog, a.LogDetail)
+	fmt.Fprintf(w, "  quoted since %s (PCR digest %s)\n  event log    %s: %s\n", fmtTime(a.At), a.PCRDigest, a.EventLog, termsafe.String(a.LogDetail))
 	for _, k := range slices.Sorted(maps.Keys(a.PCRs)) {
 		fmt.Fprintf(w, "    pcr %-2d     %s\n", k, a.PCRs[k])
 	}
+}
+
+// shortfall says why a node has fewer relays than it wants: allocation
+// places a relay wherever an IPv4 address is free.
+func shortfall(pools []store.Pool) string {
+	for _, p := range pools {
+		if p.Family() == 4 {
+			return "pool full (add one: configsrv pool add CIDR --gateway IP)"
+		}
+	}
+	return "no IPv4 pool (configsrv pool add CIDR --gateway IP)"
 }
 
 // printSettings prints each setting's effective value and where it comes

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"crypto/sha256"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -12,6 +13,7 @@ import (
 	"patela/configsrv/resolve"
 	"patela/configsrv/store"
 	"patela/internal/api"
+	"patela/internal/ekid"
 	"patela/internal/familykey"
 	"patela/internal/testutil"
 )
@@ -52,12 +54,12 @@ func TestREADMEExitSetup(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := t.Context()
-	n, _, err := st.NodeByEK(ctx, []byte("an EK"), time.Now())
+	n, _, err := st.AddPending(ctx, ekid.ID(sha256.Sum256([]byte("an EK"))), []byte("an EK"), time.Now(), store.PendingLimits{}, nil)
 	if err == nil {
 		err = st.SetNodeState(ctx, n.ID, api.NodeEnabled)
 	}
 	if err == nil {
-		_, _, err = st.Allocate(ctx, n.ID, &api.Specs{CPUs: 1, MemoryBytes: 4 << 30, Features: []string{api.FeatureFamilyKeys}}, time.Now())
+		_, err = st.Allocate(ctx, n.ID, &api.Specs{CPUs: 1, MemoryBytes: 4 << 30, Features: []string{api.FeatureFamilyKeys}}, time.Now())
 	}
 	if err == nil {
 		err = st.SetNodeTorrc(ctx, n.ID, "DisableNetwork 1\n")

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"patela/configsrv/store"
 	"patela/internal/api"
+	"patela/internal/ekid"
 	"patela/internal/pcr"
 	"patela/internal/release"
 )
@@ -27,7 +29,7 @@ func TestRolloutCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	n, _, _ := st.NodeByEK(ctx, []byte("ek-one"), time.Now())
+	n, _, _ := st.AddPending(ctx, ekid.ID(sha256.Sum256([]byte("ek-one"))), []byte("ek-one"), time.Now(), store.PendingLimits{}, nil)
 	st.SetNodeState(ctx, n.ID, api.NodeEnabled)
 	st.Close()
 	r, err := release.New("rel-B", release.KindUKI, map[int]pcr.Value{4: {4}, 11: {11}, 12: {}},

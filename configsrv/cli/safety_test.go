@@ -2,6 +2,7 @@ package cli
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 
 	"patela/configsrv/store"
 	"patela/internal/api"
+	"patela/internal/ekid"
 	"patela/internal/testutil"
 )
 
@@ -28,7 +30,7 @@ func relayDB(t *testing.T) (db string, write func(name, text string) string) {
 	ctx := t.Context()
 	ek := make([]byte, 32)
 	rand.Read(ek)
-	n, _, err := st.NodeByEK(ctx, ek, time.Now())
+	n, _, err := st.AddPending(ctx, ekid.ID(sha256.Sum256(ek)), ek, time.Now(), store.PendingLimits{}, nil)
 	if err == nil {
 		err = st.SetNodeState(ctx, n.ID, api.NodeEnabled)
 	}
@@ -36,7 +38,7 @@ func relayDB(t *testing.T) (db string, write func(name, text string) string) {
 		err = st.AddPool(ctx, netip.MustParsePrefix("192.0.2.0/24"), netip.MustParseAddr("192.0.2.1"), time.Now())
 	}
 	if err == nil {
-		_, _, err = st.Allocate(ctx, n.ID, &api.Specs{CPUs: 2, MemoryBytes: 8 << 30}, time.Now())
+		_, err = st.Allocate(ctx, n.ID, &api.Specs{CPUs: 2, MemoryBytes: 8 << 30}, time.Now())
 	}
 	if err == nil {
 		err = st.SetGlobalTorrc(ctx, "ContactInfo ops@example.org\nDisableNetwork 1\n")

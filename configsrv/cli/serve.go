@@ -86,7 +86,8 @@ func (e *env) checkNewDB(keyDir string) (bool, error) {
 	return true, nil
 }
 
-// ServeOptions configures the API server.
+// ServeOptions configures the API server. A zero limit is no limit
+// (serve's flags give the defaults).
 type ServeOptions struct {
 	Listen      string
 	CertFile    string
@@ -95,7 +96,7 @@ type ServeOptions struct {
 	TokenTTL    time.Duration
 	EKCADir     string
 	EKAllowlist string
-	AttestRate  float64 // per second per client; 0 disables the limit
+	AttestRate  float64 // per second per client
 	AttestBurst int
 	MaxWait     time.Duration    // longest hold of a long-polled config request
 	AccessLog   io.Writer        // one line per answered request; nil: none
@@ -103,7 +104,24 @@ type ServeOptions struct {
 	// RequireRelease refuses tokens to nodes whose TPM quote matches no
 	// active release.
 	RequireRelease bool
+
+	MaxPending     int           // pending nodes at most
+	PendingExpiry  time.Duration // pending nodes not enabled within it are forgotten
+	EnrollInterval time.Duration // one new pending node per client address per interval
+	EnrollBurst    int
+	NodeRate       float64 // node endpoint requests per second per node
+	NodeBurst      int
 }
+
+// Defaults of serve's limits.
+const (
+	DefaultMaxPending     = 1000
+	DefaultPendingExpiry  = 7 * 24 * time.Hour
+	DefaultEnrollInterval = 10 * time.Minute
+	DefaultEnrollBurst    = 20
+	DefaultNodeRate       = 1
+	DefaultNodeBurst      = 30
+)
 
 // serveFlags defines serve's flags: one line per option of ServeOptions.
 func serveFlags(fs *flag.FlagSet, o *ServeOptions) (dir *string) {
@@ -114,12 +132,18 @@ func serveFlags(fs *flag.FlagSet, o *ServeOptions) (dir *string) {
 	fs.StringVar(&o.BiscuitKey, "biscuit-key", "", "biscuit root key `FILE`")
 	fs.DurationVar(&o.TokenTTL, "token-ttl", token.DefaultTTL, "lifetime of node tokens (a Go `DURATION`: 30m, 2h)")
 	fs.StringVar(&o.EKCADir, "ek-ca", "", "`DIR` of EK CA certificates; EKs must chain to one (or be allowlisted)")
-	fs.StringVar(&o.EKAllowlist, "ek-allowlist", "", "`FILE` of allowed EK SHA-256 hashes, one per line")
+	fs.StringVar(&o.EKAllowlist, "ek-allowlist", "", "`FILE` of allowed EK identities (as `init tpm ek` prints them), one per line")
 	fs.Float64Var(&o.AttestRate, "attest-rate", 5, "attestation requests per second (`N`) per client address; 0: no limit")
 	fs.IntVar(&o.AttestBurst, "attest-burst", 20, "attestation burst (`N`) per client address")
 	fs.DurationVar(&o.MaxWait, "max-wait", httpapi.DefaultMaxWait, "hold a node's config request at most `DURATION` waiting for a change")
 	fs.BoolVar(&o.RequireRelease, "require-release", false,
 		"refuse tokens (403 unknown_release) to nodes whose TPM quote matches no active release, or that send none")
+	fs.IntVar(&o.MaxPending, "max-pending", DefaultMaxPending, "at most `N` nodes wait for an administrator; new EKs beyond get 429 pending_full; 0: no cap")
+	fs.DurationVar(&o.PendingExpiry, "pending-expiry", DefaultPendingExpiry, "forget pending nodes not enabled within `DURATION`; 0: never")
+	fs.DurationVar(&o.EnrollInterval, "enroll-interval", DefaultEnrollInterval, "one new pending node per client address per `DURATION`, after a burst; 0: no limit")
+	fs.IntVar(&o.EnrollBurst, "enroll-burst", DefaultEnrollBurst, "new pending nodes (`N`) a client address may create at once")
+	fs.Float64Var(&o.NodeRate, "node-rate", DefaultNodeRate, "node endpoint requests per second (`N`) per node; 0: no limit")
+	fs.IntVar(&o.NodeBurst, "node-burst", DefaultNodeBurst, "node endpoint burst (`N`) per node")
 	return dir
 }
 
@@ -163,6 +187,19 @@ func (e *env) serve(fs *flag.FlagSet, args []string) error {
 	}
 	if o.MaxWait < time.Second || o.MaxWait > 24*time.Hour {
 		return fmt.Errorf("--max-wait %s: must be between 1s and 24h", o.MaxWait)
+	}
+	for _, c := range []struct {
+		bad  bool
+		flag string
+	}{
+		{o.MaxPending < 0, "--max-pending"}, {o.PendingExpiry < 0, "--pending-expiry"},
+		{o.EnrollInterval < 0, "--enroll-interval"}, {o.EnrollBurst < 1, "--enroll-burst"},
+		{o.NodeRate < 0, "--node-rate"}, {o.NodeBurst < 1, "--node-burst"},
+		{o.AttestRate < 0, "--attest-rate"}, {o.AttestBurst < 1, "--attest-burst"},
+	} {
+		if c.bad {
+			return cmdline.Usagef("%s: must not be negative (bursts: at least 1)", c.flag)
+		}
 	}
 	st, err := e.open(toWrite)
 	if err != nil {
@@ -238,7 +275,7 @@ func (e *env) serveUntilSignal(srv *Server, ln net.Listener) error {
 }
 
 // NewServer builds the HTTPS server from o over st; the caller serves it
-// with ServeTLS(ln, "", "").
+// with ServeTLS(ln, "", "") and stops it with Shutdown.
 func NewServer(st *store.Store, o ServeOptions, log *slog.Logger) (*Server, error) {
 	cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
 	if err != nil {
@@ -260,9 +297,15 @@ func NewServer(st *store.Store, o ServeOptions, log *slog.Logger) (*Server, erro
 		}
 	}
 	api := &httpapi.Server{Store: st, Tokens: token.New(key, o.TokenTTL), Trust: trust, Log: log, MaxWait: o.MaxWait,
-		RequireRelease: o.RequireRelease}
+		RequireRelease: o.RequireRelease, Pending: store.PendingLimits{Max: o.MaxPending, Expiry: o.PendingExpiry}}
 	if o.AttestRate > 0 {
 		api.Limiter = httpapi.NewLimiter(o.AttestRate, o.AttestBurst)
+	}
+	if o.EnrollInterval > 0 {
+		api.Enroll = httpapi.NewLimiter(1/o.EnrollInterval.Seconds(), o.EnrollBurst)
+	}
+	if o.NodeRate > 0 {
+		api.NodeLimiter = httpapi.NewLimiter(o.NodeRate, o.NodeBurst)
 	}
 	h := api.Handler()
 	if o.Observer != nil {
@@ -282,10 +325,13 @@ type Server struct {
 
 // Shutdown answers the held config requests (304: the nodes ask again),
 // which http.Server.Shutdown would not see (hijacked) or would wait for,
-// then shuts the HTTP server down.
+// then shuts the HTTP server down, then writes the refusals not audited
+// yet (they are audited a minute at a time).
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.api.Close()
-	return s.Server.Shutdown(ctx)
+	err := s.Server.Shutdown(ctx)
+	s.api.CloseAudit()
+	return err
 }
 
 // Waiting is the number of config requests held.

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"net/netip"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	"patela/configsrv/store"
 	"patela/internal/api"
+	"patela/internal/ekid"
 )
 
 // status shows every node, relays under it, with the rates of the last
@@ -27,11 +29,11 @@ func TestStatus(t *testing.T) {
 	}
 	ctx := context.Background()
 	st.AddPool(ctx, netip.MustParsePrefix("192.0.2.0/24"), netip.MustParseAddr("192.0.2.1"), time.Now())
-	a, _, _ := st.NodeByEK(ctx, []byte("ek-a"), time.Now())
-	b, _, _ := st.NodeByEK(ctx, []byte("ek-b"), time.Now())
+	a, _, _ := st.AddPending(ctx, ekid.ID(sha256.Sum256([]byte("ek-a"))), []byte("ek-a"), time.Now(), store.PendingLimits{}, nil)
+	b, _, _ := st.AddPending(ctx, ekid.ID(sha256.Sum256([]byte("ek-b"))), []byte("ek-b"), time.Now(), store.PendingLimits{}, nil)
 	st.SetNodeState(ctx, a.ID, api.NodeEnabled)
-	if _, n, err := st.Allocate(ctx, a.ID, &api.Specs{CPUs: 2, MemoryBytes: 8 << 30}, time.Now()); err != nil || n != 2 {
-		t.Fatalf("allocate: %d %v", n, err)
+	if a, err := st.Allocate(ctx, a.ID, &api.Specs{CPUs: 2, MemoryBytes: 8 << 30}, time.Now()); err != nil || a.After != 2 {
+		t.Fatalf("allocate: %+v %v", a, err)
 	}
 	rs, _ := st.Relays(ctx, a.ID)
 	hb := func(at time.Time, read, written uint64, uptime int64) {

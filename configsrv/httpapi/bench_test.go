@@ -33,6 +33,7 @@ import (
 	"patela/configsrv/testsrv"
 	"patela/configsrv/token"
 	"patela/internal/api"
+	"patela/internal/ekid"
 	"patela/internal/pcr"
 	"patela/internal/release"
 )
@@ -56,6 +57,7 @@ type fleet struct {
 	names  [][]byte        // AK names, computed once as a node knows its own
 	boot   *quotetest.Log  // what every node booted: the registered release
 	ids    []int64
+	ekIDs  []ekid.ID
 	tokens []string
 	dir    string
 	warm   sync.Once
@@ -127,7 +129,8 @@ func newFleet() (*fleet, error) {
 	}
 	auth := token.New(key, time.Hour)
 	for i := 0; i < benchTokenPool; i++ {
-		tok, _, err := auth.Issue(f.ids[(i*7919)%len(f.ids)], time.Now())
+		id := (i * 7919) % len(f.ids)
+		tok, _, err := auth.Issue(token.Claims{Node: f.ids[id], EK: f.ekIDs[id]}, time.Now())
 		if err != nil {
 			return nil, err
 		}
@@ -182,7 +185,11 @@ func (f *fleet) seed(st *store.Store) error {
 		}
 		ak := qak.Public
 		f.qaks = append(f.qaks, qak)
-		res, err := insNode.Exec(store.EKHash(ek.Public), ek.Public, now, now, now, int64(8<<30))
+		parsed, err := attest.NewEK(ek.Public)
+		if err != nil {
+			return err
+		}
+		res, err := insNode.Exec(parsed.ID[:], ek.Public, now, now, now, int64(8<<30))
 		if err != nil {
 			return err
 		}
@@ -192,6 +199,7 @@ func (f *fleet) seed(st *store.Store) error {
 			return err
 		}
 		f.eks, f.aks, f.names, f.ids = append(f.eks, ek), append(f.aks, ak), append(f.names, name), append(f.ids, id)
+		f.ekIDs = append(f.ekIDs, parsed.ID)
 		for r := 0; r < benchRelays; r++ {
 			if _, err := insRelay.Exec(id, r, alloc.Name(nameIdx), a4.String(), v4.String(), a6.String(), v6.String(), alloc.ORPort, now); err != nil {
 				return err

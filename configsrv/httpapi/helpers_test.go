@@ -89,7 +89,11 @@ func (l *local) enroll(t *testing.T) (id int64, ek *softek.EK, ak []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, _, err := l.st.NodeByEK(context.Background(), ek.Public, time.Now())
+	parsed, err := attest.NewEK(ek.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _, err := l.st.AddPending(context.Background(), parsed.ID, ek.Public, time.Now(), store.PendingLimits{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,6 +101,26 @@ func (l *local) enroll(t *testing.T) (id int64, ek *softek.EK, ak []byte) {
 		t.Fatal(err)
 	}
 	return n.ID, ek, ak
+}
+
+// token issues a token for node id naming its EK identity and epoch as
+// they are now, as a completed attestation would.
+func (l *local) token(t *testing.T, id int64) string {
+	t.Helper()
+	return issueAt(t, l.auth, l.st, id, l.clock.Now())
+}
+
+func issueAt(t *testing.T, auth *token.Authority, st *store.Store, id int64, at time.Time) string {
+	t.Helper()
+	au, err := st.NodeAuth(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := auth.Issue(token.Claims{Node: id, EK: au.EK, Epoch: au.Epoch}, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
 }
 
 // raw sends a request and returns the status, the error code (if any) and

@@ -38,10 +38,18 @@ const ChallengeTTL = 60 * time.Second
 type Server struct {
 	Store   *store.Store
 	Tokens  *token.Authority
-	Trust   *attest.Trust // nil: any EK may start (nodes begin pending)
-	Limiter *Limiter      // on /v1/attest*; nil: unlimited
-	Log     *slog.Logger
-	Now     func() time.Time // nil: time.Now
+	Trust   *attest.Trust // nil: any template EK may start (nodes begin pending)
+	Limiter *Limiter      // on /v1/attest*, per client address; nil: unlimited
+	// Enroll limits the pending nodes each client address may create (a
+	// first contact writes a row; other attestations do not); nil:
+	// unlimited. Pending bounds them in all.
+	Enroll  *Limiter
+	Pending store.PendingLimits
+	// NodeLimiter limits the node endpoints per node (all its tokens), so
+	// one node cannot keep the database busy for the fleet; nil: unlimited.
+	NodeLimiter *Limiter
+	Log         *slog.Logger
+	Now         func() time.Time // nil: time.Now
 	// RequireRelease refuses tokens to nodes whose quote matches no
 	// active release (serve --require-release).
 	RequireRelease bool
@@ -61,7 +69,12 @@ type Server struct {
 	lpOnce    sync.Once
 	hub       *longpoll.Hub
 	stopWatch context.CancelFunc
+	refused   refusals
 }
+
+// PendingRetry is the Retry-After of a 429 pending_full: waiting for an
+// administrator takes minutes at least.
+const PendingRetry = 5 * time.Minute
 
 func (s *Server) now() time.Time {
 	if s.Now != nil {
@@ -168,10 +181,9 @@ func (s *Server) limited(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if s.Limiter != nil {
 			if ok, wait := s.Limiter.Allow(limitKey(r), s.now()); !ok {
-				secs := int((wait + time.Second - 1) / time.Second)
-				w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
 				s.log().Debug("rate limited", "client", clientAddr(r), "path", r.URL.Path)
-				writeErr(w, http.StatusTooManyRequests, api.CodeRateLimited, "too many attestation requests; retry later")
+				s.refuseClient(r, "attest.rate_limited", "-", r.URL.Path)
+				tooMany(w, api.CodeRateLimited, wait, "too many attestation requests; retry later")
 				return
 			}
 		}
@@ -179,17 +191,32 @@ func (s *Server) limited(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// refusals are the audited actions that turn a client away: the server
-// log shows them at warn, the rest of the audit trail at info.
-var refusals = map[string]bool{"attest.bad_ek": true, "attest.bad_ak": true, "attest.ek_untrusted": true,
+// refusalActions are the audited actions that turn a client away: the
+// server log shows them at warn, the rest of the audit trail at info.
+// (They are audited in aggregate: refusals.go.)
+var refusalActions = map[string]bool{"attest.bad_ek": true, "attest.bad_ak": true, "attest.ek_untrusted": true,
 	"attest.banned": true, "attest.disabled": true, "attest.unknown_challenge": true, "attest.challenge_expired": true,
 	"attest.bad_secret": true, "attest.refused": true, "attest.bad_quote": true, "attest.unknown_release": true,
+	"attest.rate_limited": true, "attest.enroll_limited": true, "attest.pending_full": true, "node.rate_limited": true,
 	// Not a refusal, an alarm: two relays reported one key.
 	"relay.duplicate_key": true}
 
+// tooMany answers 429 with Retry-After (whole seconds, at least one).
+func tooMany(w http.ResponseWriter, code api.ErrorCode, wait time.Duration, msg string) {
+	secs := int((wait + time.Second - 1) / time.Second)
+	w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
+	writeErr(w, http.StatusTooManyRequests, code, msg)
+}
+
+// refuseClient audits, in aggregate, a refused request on a public
+// endpoint, per client address (IPv6 per /64).
+func (s *Server) refuseClient(r *http.Request, action, target, details string) {
+	s.refuse(limitKey(r), "client:"+clientAddr(r), action, target, details)
+}
+
 func (s *Server) audit(ctx context.Context, actor, action, target, details string) {
 	level := slog.LevelInfo
-	if refusals[action] {
+	if refusalActions[action] {
 		level = slog.LevelWarn
 	}
 	s.log().Log(ctx, level, action, "actor", actor, "target", target, "details", details)
@@ -209,45 +236,51 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 	}
 	ek, err := s.keys.EK(req.EKPublic)
 	if err != nil {
-		s.audit(ctx, "client:"+clientAddr(r), "attest.bad_ek", "-", err.Error())
+		s.refuseClient(r, "attest.bad_ek", "-", err.Error())
 		writeErr(w, http.StatusBadRequest, api.CodeBadEK, err.Error())
 		return
 	}
-	ekHash := hex.EncodeToString(store.EKHash(req.EKPublic))
+	ekTarget := "ek:" + ek.ID.String()
 	akName, err := s.keys.AKName(req.AKPublic)
 	if err != nil {
-		s.audit(ctx, "client:"+clientAddr(r), "attest.bad_ak", "ek:"+ekHash, err.Error())
+		s.refuseClient(r, "attest.bad_ak", ekTarget, err.Error())
 		writeErr(w, http.StatusBadRequest, api.CodeBadAK, err.Error())
 		return
 	}
-	if err := s.Trust.Check(req.EKPublic, ek.Public, req.EKCertificate); err != nil {
-		s.audit(ctx, "client:"+clientAddr(r), "attest.ek_untrusted", "ek:"+ekHash, err.Error())
+	if err := s.Trust.Admit(ek, req.EKCertificate); err != nil {
+		if errors.Is(err, attest.ErrBadEK) {
+			s.refuseClient(r, "attest.bad_ek", ekTarget, err.Error())
+			writeErr(w, http.StatusBadRequest, api.CodeBadEK, err.Error())
+			return
+		}
+		s.refuseClient(r, "attest.ek_untrusted", ekTarget, err.Error())
 		writeErr(w, http.StatusForbidden, api.CodeEKUntrusted, err.Error())
 		return
 	}
 	now := s.now()
-	n, created, err := s.Store.NodeByEK(ctx, req.EKPublic, now)
-	if err != nil {
+	n, err := s.Store.NodeByEK(ctx, ek.ID)
+	if errors.Is(err, store.ErrNotFound) {
+		if n = s.firstContact(w, r, ek, req.EKPublic, now); n == nil {
+			return
+		}
+	} else if err != nil {
 		s.internal(w, r, err)
 		return
 	}
 	target := nodeActor(n.ID)
-	if created {
-		s.audit(ctx, target, "node.first_contact", target, "ek "+ekHash+" from "+clientAddr(r))
-	}
 	switch n.State {
 	case api.NodePending:
-		s.audit(ctx, target, "attest.pending", target, "")
+		s.refuseClient(r, "attest.pending", target, "")
 		writeJSON(w, http.StatusForbidden, &api.Error{Code: api.CodePending, NodeID: n.ID,
 			Message: fmt.Sprintf("node %d is pending; an administrator must run `configsrv node enable %d`", n.ID, n.ID)})
 		return
 	case api.NodeBanned:
-		s.audit(ctx, target, "attest.banned", target, "")
-		writeErr(w, http.StatusForbidden, api.CodeBanned, "node is banned")
+		s.refuseClient(r, "attest.banned", target, "")
+		writeJSON(w, http.StatusForbidden, &api.Error{Code: api.CodeBanned, NodeID: n.ID, Message: fmt.Sprintf("node %d is banned", n.ID)})
 		return
 	case api.NodeDisabled:
-		s.audit(ctx, target, "attest.disabled", target, "")
-		writeErr(w, http.StatusForbidden, api.CodeDisabled, "node is disabled")
+		s.refuseClient(r, "attest.disabled", target, "")
+		writeJSON(w, http.StatusForbidden, &api.Error{Code: api.CodeDisabled, NodeID: n.ID, Message: fmt.Sprintf("node %d is disabled", n.ID)})
 		return
 	}
 	secret := make([]byte, attest.SecretSize)
@@ -272,6 +305,45 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, &api.AttestResponse{NodeID: n.ID, ChallengeID: c.ID, CredentialBlob: blob, EncryptedSecret: enc, Nonce: nonce})
 }
 
+// firstContact creates the pending node of an EK never seen, within the
+// client's creation limit and the pending cap; otherwise it answers 429
+// and writes nothing. It returns nil when it answered.
+func (s *Server) firstContact(w http.ResponseWriter, r *http.Request, ek *attest.EK, ekPublic []byte, now time.Time) *store.Node {
+	// The per-address limit is spent only on a creation the cap allows.
+	var limited time.Duration
+	may := func() error {
+		if s.Enroll != nil {
+			if ok, wait := s.Enroll.Allow(limitKey(r), now); !ok {
+				limited = wait
+				return errEnrollLimited
+			}
+		}
+		return nil
+	}
+	n, created, err := s.Store.AddPending(r.Context(), ek.ID, ekPublic, now, s.Pending, may)
+	switch {
+	case errors.Is(err, errEnrollLimited):
+		s.refuseClient(r, "attest.enroll_limited", "ek:"+ek.ID.String(), "")
+		tooMany(w, api.CodeRateLimited, limited, "too many new nodes from this address; retry later")
+		return nil
+	case errors.Is(err, store.ErrPendingFull):
+		s.refuseClient(r, "attest.pending_full", "ek:"+ek.ID.String(), err.Error())
+		tooMany(w, api.CodePendingFull, PendingRetry, fmt.Sprintf(
+			"%v waiting for an administrator (at most %d; `configsrv serve --max-pending`): retry later", err, s.Pending.Max))
+		return nil
+	case err != nil:
+		s.internal(w, r, err)
+		return nil
+	}
+	if created {
+		target := nodeActor(n.ID)
+		s.audit(r.Context(), target, "node.first_contact", target, "ek "+ek.ID.String()+" ("+ek.Template+") from "+clientAddr(r))
+	}
+	return n
+}
+
+var errEnrollLimited = errors.New("enrollment rate limited")
+
 func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	req, err := decodeComplete(r.Body)
@@ -281,7 +353,7 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 	}
 	c, err := s.Store.TakeChallenge(ctx, req.ChallengeID)
 	if errors.Is(err, store.ErrNotFound) {
-		s.audit(ctx, "client:"+clientAddr(r), "attest.unknown_challenge", "-", "")
+		s.refuseClient(r, "attest.unknown_challenge", "-", "")
 		writeErr(w, http.StatusGone, api.CodeChallengeExpired, "unknown, spent or expired challenge; attest again")
 		return
 	}
@@ -292,24 +364,36 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 	target := nodeActor(c.NodeID)
 	now := s.now()
 	if !now.Before(c.Expires) {
-		s.audit(ctx, target, "attest.challenge_expired", target, "")
+		s.refuseClient(r, "attest.challenge_expired", target, "")
 		writeErr(w, http.StatusGone, api.CodeChallengeExpired, "challenge expired; attest again")
 		return
 	}
 	h := sha256.Sum256(req.Secret)
 	if subtle.ConstantTimeCompare(h[:], c.SecretHash) != 1 {
-		s.audit(ctx, target, "attest.bad_secret", target, "")
+		s.refuseClient(r, "attest.bad_secret", target, "")
 		writeErr(w, http.StatusUnauthorized, api.CodeBadSecret, "wrong secret")
 		return
 	}
-	// The node may have been disabled since the challenge was issued.
-	if st, err := s.Store.NodeState(ctx, c.NodeID); err != nil || st != api.NodeEnabled {
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
+	// The node may have been disabled or removed since the challenge was
+	// issued: checked before the quote's work, and again, with its token
+	// claims, in the transaction that records the attestation.
+	refused := func(st api.NodeState, err error) bool {
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			s.refuseClient(r, "attest.refused", target, "node removed")
+			writeErr(w, http.StatusUnauthorized, api.CodeUnauthorized, "the node was removed; attest again")
+		case err != nil:
 			s.internal(w, r, err)
-			return
+		case st != api.NodeEnabled:
+			s.refuseClient(r, "attest.refused", target, "state "+string(st))
+			writeJSON(w, http.StatusForbidden, &api.Error{Code: st.RefusalCode(), NodeID: c.NodeID,
+				Message: fmt.Sprintf("node %d is %s", c.NodeID, st)})
+		default:
+			return false
 		}
-		s.audit(ctx, target, "attest.refused", target, "state "+string(st))
-		writeErr(w, http.StatusForbidden, st.RefusalCode(), "node is not enabled")
+		return true
+	}
+	if au, err := s.Store.NodeAuth(ctx, c.NodeID); refused(au.State, err) {
 		return
 	}
 	ev, rel, err := s.evidence(ctx, c, req.Quote, now)
@@ -327,25 +411,25 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 	}
 	// The activation and the evidence are one write transaction.
 	fp, write := s.evidenceToWrite(ev)
-	first, before, err := s.Store.CompleteAttestation(ctx, c.NodeID, c.AKName, write, now)
-	if err != nil {
-		s.internal(w, r, err)
+	done, err := s.Store.CompleteAttestation(ctx, c.NodeID, c.AKName, write, now)
+	if refused(done.State, err) {
 		return
 	}
 	if write != nil {
-		s.evidenceStored(ctx, ev, fp, before)
+		s.evidenceStored(ctx, ev, fp, done.Before)
 	}
-	tok, exp, err := s.Tokens.Issue(c.NodeID, now)
+	tok, exp, err := s.Tokens.Issue(token.Claims{Node: c.NodeID, EK: done.Auth.EK, Epoch: done.Auth.Epoch}, now)
 	if err != nil {
 		s.internal(w, r, err)
 		return
 	}
-	s.audit(ctx, target, "attest.ok", target, fmt.Sprintf("first_boot=%v", first))
-	writeJSON(w, http.StatusOK, &api.CompleteResponse{Token: tok, ExpiresAt: exp, FirstBoot: first})
+	s.audit(ctx, target, "attest.ok", target, fmt.Sprintf("first_boot=%v", done.FirstBoot))
+	writeJSON(w, http.StatusOK, &api.CompleteResponse{Token: tok, ExpiresAt: exp, FirstBoot: done.FirstBoot})
 }
 
-// node guards a node endpoint: a valid token first, then the node's
-// current state, before any other work.
+// node guards a node endpoint: a valid token, the node's request rate,
+// then the node's current state and what its tokens must name, before
+// any other work.
 func (s *Server) node(h func(http.ResponseWriter, *http.Request, int64)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -353,37 +437,66 @@ func (s *Server) node(h func(http.ResponseWriter, *http.Request, int64)) http.Ha
 			writeErr(w, http.StatusUnauthorized, api.CodeUnauthorized, "missing bearer token")
 			return
 		}
-		id, a := s.authorize(r.Context(), tok)
-		if a != nil {
+		now := s.now()
+		claims, err := s.Tokens.Verify(tok, now)
+		if err != nil {
+			writeErr(w, http.StatusUnauthorized, api.CodeUnauthorized, err.Error())
+			return
+		}
+		actor := nodeActor(claims.Node)
+		if s.NodeLimiter != nil {
+			if ok, wait := s.NodeLimiter.Allow(actor, now); !ok {
+				s.refuse(actor, actor, "node.rate_limited", actor, r.Method+" "+r.URL.Path)
+				tooMany(w, api.CodeRateLimited, wait, "too many requests from this node; retry later")
+				return
+			}
+		}
+		if a := s.admit(r.Context(), claims); a != nil {
 			if a.status == http.StatusInternalServerError {
 				s.log().Error("request failed", "method", r.Method, "path", r.URL.Path)
 			}
 			a.write(w)
 			return
 		}
-		h(w, r, id)
+		h(w, r, claims.Node)
 	}
 }
 
-// authorize checks a bearer token and its node's state: the node's id,
-// or the refusal to answer.
+// authorize checks a bearer token and its node (admit): the node's id, or
+// the refusal to answer.
 func (s *Server) authorize(ctx context.Context, tok string) (int64, *answer) {
-	id, err := s.Tokens.Verify(tok, s.now())
+	claims, err := s.Tokens.Verify(tok, s.now())
 	if err != nil {
 		return 0, errAnswer(http.StatusUnauthorized, api.CodeUnauthorized, err.Error())
 	}
-	st, err := s.Store.NodeState(ctx, id)
+	if a := s.admit(ctx, claims); a != nil {
+		return 0, a
+	}
+	return claims.Node, nil
+}
+
+// admit checks a verified token's claims against its node's row: the
+// node exists and is enabled, and the token names its EK and its current
+// token epoch (every state change moves it). The state comes first, so a
+// disabled node's agent learns it is disabled.
+func (s *Server) admit(ctx context.Context, c token.Claims) *answer {
+	au, err := s.Store.NodeAuth(ctx, c.Node)
 	if errors.Is(err, store.ErrNotFound) {
-		return 0, errAnswer(http.StatusUnauthorized, api.CodeUnauthorized, "the token's node no longer exists")
+		return errAnswer(http.StatusUnauthorized, api.CodeUnauthorized, "the token's node no longer exists")
 	}
 	if err != nil {
-		s.log().Error("node state", "node", id, "err", err)
-		return 0, errAnswer(http.StatusInternalServerError, api.CodeInternal, "internal error")
+		s.log().Error("node state", "node", c.Node, "err", err)
+		return errAnswer(http.StatusInternalServerError, api.CodeInternal, "internal error")
 	}
-	if st != api.NodeEnabled {
-		return 0, errAnswer(http.StatusForbidden, st.RefusalCode(), "node is "+string(st))
+	if au.State != api.NodeEnabled {
+		b, _ := json.Marshal(&api.Error{Code: au.State.RefusalCode(), NodeID: c.Node,
+			Message: fmt.Sprintf("node %d is %s", c.Node, au.State)})
+		return &answer{status: http.StatusForbidden, body: append(b, '\n')}
 	}
-	return id, nil
+	if au.EK != c.EK || au.Epoch != c.Epoch {
+		return errAnswer(http.StatusUnauthorized, api.CodeUnauthorized, "the token predates a change of the node's state; attest again")
+	}
+	return nil
 }
 
 func (s *Server) specs(w http.ResponseWriter, r *http.Request, id int64) {
@@ -392,20 +505,23 @@ func (s *Server) specs(w http.ResponseWriter, r *http.Request, id int64) {
 		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
 		return
 	}
-	before, after, err := s.Store.Allocate(r.Context(), id, sp, s.now())
-	if errors.Is(err, store.ErrExhausted) {
-		s.audit(r.Context(), nodeActor(id), "relays.exhausted", nodeActor(id), err.Error())
-		writeErr(w, http.StatusConflict, api.CodeExhausted, err.Error())
-		return
-	}
+	a, err := s.Store.Allocate(r.Context(), id, sp, s.now())
 	if err != nil {
 		s.internal(w, r, err)
 		return
 	}
-	if before != after {
-		s.audit(r.Context(), nodeActor(id), "relays.resize", nodeActor(id), fmt.Sprintf("%d -> %d relays", before, after))
+	resp := &api.SpecsResponse{RelayCount: a.After}
+	if a.After < a.Wanted {
+		resp.RelaysWanted, resp.Unplaced, resp.UnplacedReason = a.Wanted, a.Wanted-a.After, a.Short.Error()
 	}
-	writeJSON(w, http.StatusOK, &api.SpecsResponse{RelayCount: after})
+	if a.Before != a.After {
+		d := fmt.Sprintf("%d -> %d relays", a.Before, a.After)
+		if resp.Unplaced > 0 {
+			d += fmt.Sprintf(" (wants %d: %s)", a.Wanted, resp.UnplacedReason)
+		}
+		s.audit(r.Context(), nodeActor(id), "relays.resize", nodeActor(id), d)
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 func (s *Server) getKeys(w http.ResponseWriter, r *http.Request, id int64) {

@@ -215,10 +215,7 @@ func TestLongPollHTTP2(t *testing.T) {
 		t.Fatal(err)
 	}
 	id, _, _ := l.enroll(t)
-	tok, _, err := l.auth.Issue(id, l.clock.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := l.token(t, id)
 	if _, err := l.client.Specs(ctx, tok, &api.Specs{CPUs: 1, MemoryBytes: 4 << 30}); err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +254,7 @@ func TestLongPollAccessLog(t *testing.T) {
 	c := &api.Client{BaseURL: srv.URL, HTTP: srv.Client()}
 	ctx := context.Background()
 	id, _, _ := l.enroll(t)
-	tok, _, _ := l.auth.Issue(id, l.clock.Now())
+	tok := l.token(t, id)
 	r, err := c.ConfigWait(ctx, tok, "", 0)
 	if err != nil {
 		t.Fatal(err)

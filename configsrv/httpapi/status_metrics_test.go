@@ -15,10 +15,7 @@ import (
 func TestStatusMetricsRefused(t *testing.T) {
 	l := newLocal(t, nil)
 	id, _, _ := l.enroll(t)
-	tok, _, err := l.auth.Issue(id, l.clock.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := l.token(t, id)
 	ctx := context.Background()
 	node := func() string {
 		n, err := l.st.Node(ctx, id)

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"crypto/sha256"
 	"io"
 	"maps"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 	"patela/configsrv/httpapi"
 	"patela/configsrv/store"
 	"patela/internal/api"
+	"patela/internal/ekid"
 )
 
 func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
@@ -74,7 +76,7 @@ func TestExport(t *testing.T) {
 	}
 	var ids []int64
 	for i := range 3 {
-		n, _, err := st.NodeByEK(ctx, []byte{byte(i), 1, 2, 3}, time.Now().Add(-time.Hour))
+		n, _, err := st.AddPending(ctx, ekid.ID(sha256.Sum256([]byte{byte(i), 1, 2, 3})), []byte{byte(i), 1, 2, 3}, time.Now().Add(-time.Hour), store.PendingLimits{}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -92,8 +94,8 @@ func TestExport(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, n, err := st.Allocate(ctx, a, &api.Specs{CPUs: 2, MemoryBytes: 8 << 30}, time.Now()); err != nil || n != 2 {
-		t.Fatalf("allocate: %d %v", n, err)
+	if a, err := st.Allocate(ctx, a, &api.Specs{CPUs: 2, MemoryBytes: 8 << 30}, time.Now()); err != nil || a.After != 2 {
+		t.Fatalf("allocate: %+v %v", a, err)
 	}
 	rs, _ := st.Relays(ctx, a)
 	r0, r1 := rs[0].Name, rs[1].Name

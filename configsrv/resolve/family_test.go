@@ -3,6 +3,7 @@ package resolve
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"patela/configsrv/settings"
 	"patela/configsrv/store"
 	"patela/internal/api"
+	"patela/internal/ekid"
 	"patela/internal/torrc"
 )
 
@@ -52,14 +54,14 @@ func (f *fleet) addNode(tb testing.TB, n int) int64 {
 	ctx := context.Background()
 	ek := make([]byte, 32)
 	rand.Read(ek)
-	nd, _, err := f.st.NodeByEK(ctx, ek, time.Now())
+	nd, _, err := f.st.AddPending(ctx, ekid.ID(sha256.Sum256(ek)), ek, time.Now(), store.PendingLimits{}, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	if err := f.st.SetNodeState(ctx, nd.ID, api.NodeEnabled); err != nil {
 		tb.Fatal(err)
 	}
-	if _, _, err := f.st.Allocate(ctx, nd.ID, &api.Specs{CPUs: n, MemoryBytes: 64 << 30, Features: []string{api.FeatureFamilyKeys}}, time.Now()); err != nil {
+	if _, err := f.st.Allocate(ctx, nd.ID, &api.Specs{CPUs: n, MemoryBytes: 64 << 30, Features: []string{api.FeatureFamilyKeys}}, time.Now()); err != nil {
 		tb.Fatal(err)
 	}
 	f.nodes = append(f.nodes, nd.ID)

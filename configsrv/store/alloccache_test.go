@@ -67,9 +67,9 @@ func TestAllocationStateAcrossHandles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, _, err = s.Allocate(ctx, id, &api.Specs{CPUs: rng.IntN(6), MemoryBytes: 8 << 30}, time.Now())
-		if err != nil && !isExhausted(err) {
-			t.Fatalf("step %d: %v", step, err)
+		r, err := s.Allocate(ctx, id, &api.Specs{CPUs: rng.IntN(6), MemoryBytes: 8 << 30}, time.Now())
+		if err != nil || (r.After < r.Wanted) != isExhausted(r.Short) {
+			t.Fatalf("step %d: %+v %v", step, r, err)
 		}
 		after, err := s.Relays(ctx, 0)
 		if err != nil {

@@ -27,7 +27,7 @@ func TestBackupWhileWriting(t *testing.T) {
 	ctx := context.Background()
 	enroll := func(i int) error {
 		ek := sha256.Sum256([]byte(fmt.Sprint("ek", i)))
-		_, _, err := s.NodeByEK(ctx, ek[:], time.Now())
+		_, _, err := s.AddPending(ctx, ek, ek[:], time.Now(), PendingLimits{}, nil)
 		return err
 	}
 	for i := 0; i < 500; i++ {

@@ -54,7 +54,7 @@ func BenchmarkRelays(b *testing.B) {
 		name string
 		f    func(id int64) error
 	}{
-		{"NodeState", func(id int64) error { _, err := s.NodeState(ctx, id); return err }},
+		{"NodeAuth", func(id int64) error { _, err := s.NodeAuth(ctx, id); return err }},
 		{"Relays", func(id int64) error {
 			rs, err := s.Relays(ctx, id)
 			if err == nil && len(rs) != 4 {
@@ -81,11 +81,11 @@ func BenchmarkAllocate(b *testing.B) {
 	grow, shrink := &api.Specs{CPUs: 4, MemoryBytes: 8 << 30}, &api.Specs{CPUs: 1, MemoryBytes: 512 << 20}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, n, err := s.Allocate(ctx, 10001, grow, time.Now()); err != nil || n != 4 {
-			b.Fatal(n, err)
+		if r, err := s.Allocate(ctx, 10001, grow, time.Now()); err != nil || r.After != 4 {
+			b.Fatal(r, err)
 		}
-		if _, n, err := s.Allocate(ctx, 10001, shrink, time.Now()); err != nil || n != 0 {
-			b.Fatal(n, err)
+		if r, err := s.Allocate(ctx, 10001, shrink, time.Now()); err != nil || r.After != 0 {
+			b.Fatal(r, err)
 		}
 	}
 }

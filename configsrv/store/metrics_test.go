@@ -18,10 +18,10 @@ func TestRecordMetrics(t *testing.T) {
 	ctx := context.Background()
 	pool(t, s, "192.0.2.0/24", "192.0.2.1")
 	a, b := node(t, s), node(t, s)
-	if _, n, err := s.Allocate(ctx, a, specs(2), time.Now()); err != nil || n != 2 {
-		t.Fatalf("allocate a: %d %v", n, err)
+	if a, err := s.Allocate(ctx, a, specs(2), time.Now()); err != nil || a.After != 2 {
+		t.Fatalf("allocate a: %+v %v", a, err)
 	}
-	if _, _, err := s.Allocate(ctx, b, specs(1), time.Now()); err != nil {
+	if _, err := s.Allocate(ctx, b, specs(1), time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	ra, _ := s.Relays(ctx, a)
@@ -85,8 +85,8 @@ func TestRecordMetrics(t *testing.T) {
 	// Freed relays and removed nodes take their rows along.
 	hb("boot2", t0.Add(400*time.Second), &api.NodeMetrics{Relays: []api.RelayMetrics{relay(ra[0].Name, 1, 1, 1), relay(ra[1].Name, 1, 1, 1)}})
 	s.SetSetting(ctx, a, "max_relays", "1")
-	if _, n, err := s.Allocate(ctx, a, specs(2), time.Now()); err != nil || n != 1 {
-		t.Fatalf("shrink: %d %v", n, err)
+	if a, err := s.Allocate(ctx, a, specs(2), time.Now()); err != nil || a.After != 1 {
+		t.Fatalf("shrink: %+v %v", a, err)
 	}
 	if _, relays, _ = s.Metrics(ctx); len(relays) != 1 {
 		t.Errorf("a freed relay's figures remain: %v", relays)

@@ -24,7 +24,7 @@ func TestNodeConfigGenStamps(t *testing.T) {
 		if err := s.SetNodeState(ctx, id, api.NodeEnabled); err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := s.Allocate(ctx, id, specs(2), time.Now()); err != nil {
+		if _, err := s.Allocate(ctx, id, specs(2), time.Now()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -46,7 +46,7 @@ func TestNodeConfigGenStamps(t *testing.T) {
 	}
 	rs, _ := s.Relays(ctx, a)
 
-	if _, _, err := s.Allocate(ctx, a, specs(2), time.Now()); err != nil {
+	if _, err := s.Allocate(ctx, a, specs(2), time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	changed("same specs again")
@@ -66,7 +66,7 @@ func TestNodeConfigGenStamps(t *testing.T) {
 	changed("node setting", b)
 	s.UnsetSetting(ctx, b, "dns")
 	changed("node setting removed", b)
-	if _, _, err := s.Allocate(ctx, b, specs(1), time.Now()); err != nil {
+	if _, err := s.Allocate(ctx, b, specs(1), time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	changed("a relay freed", b)
@@ -100,7 +100,7 @@ func TestFamilyGenStamps(t *testing.T) {
 	a, b, c := node(t, s), node(t, s), node(t, s)
 	for _, id := range []int64{a, b, c} {
 		s.SetNodeState(ctx, id, api.NodeEnabled)
-		if _, _, err := s.Allocate(ctx, id, specs(1), time.Now()); err != nil {
+		if _, err := s.Allocate(ctx, id, specs(1), time.Now()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -145,11 +145,11 @@ func TestFamilyGenStamps(t *testing.T) {
 		t.Fatal(err)
 	}
 	changed("family eu's key removed", c)
-	if _, _, err := s.Allocate(ctx, a, &api.Specs{CPUs: 1, MemoryBytes: 64 << 30, Features: []string{api.FeatureFamilyKeys}}, time.Now()); err != nil {
+	if _, err := s.Allocate(ctx, a, &api.Specs{CPUs: 1, MemoryBytes: 64 << 30, Features: []string{api.FeatureFamilyKeys}}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	changed("node a's agent installs family keys", a)
-	if _, _, err := s.Allocate(ctx, a, &api.Specs{CPUs: 1, MemoryBytes: 64 << 30, Features: []string{api.FeatureFamilyKeys}}, time.Now()); err != nil {
+	if _, err := s.Allocate(ctx, a, &api.Specs{CPUs: 1, MemoryBytes: 64 << 30, Features: []string{api.FeatureFamilyKeys}}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	changed("the same specs again")

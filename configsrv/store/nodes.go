@@ -2,33 +2,37 @@ package store
 
 import (
 	"context"
-	"crypto/sha256"
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"patela/internal/api"
+	"patela/internal/ekid"
 )
 
 // Node is one machine, identified by its TPM's endorsement key.
 type Node struct {
-	ID          int64         `json:"id"`
-	EKHash      []byte        `json:"ek_hash"`
-	EKPublic    []byte        `json:"-"`
-	AKName      []byte        `json:"ak_name,omitempty"`
-	State       api.NodeState `json:"state"`
-	FirstSeen   time.Time     `json:"first_seen"`
-	LastSeen    time.Time     `json:"last_seen"`
-	AttestedAt  time.Time     `json:"attested_at"`
-	BootID      string        `json:"boot_id"`
-	UptimeS     int64         `json:"uptime_s"`
-	CPUs        int           `json:"cpus"`
-	MemoryBytes uint64        `json:"memory_bytes"`
-	CPUModel    string        `json:"cpu_model"`
-	Torrc       string        `json:"-"`
-	Relays      int           `json:"relays"`
+	ID           int64         `json:"id"`
+	EKHash       []byte        `json:"ek_hash"` // the EK identity (internal/ekid)
+	EKPublic     []byte        `json:"-"`
+	AKName       []byte        `json:"ak_name,omitempty"`
+	State        api.NodeState `json:"state"`
+	TokenEpoch   int64         `json:"token_epoch"`
+	FirstSeen    time.Time     `json:"first_seen"`
+	LastSeen     time.Time     `json:"last_seen"`
+	AttestedAt   time.Time     `json:"attested_at"`
+	BootID       string        `json:"boot_id"`
+	UptimeS      int64         `json:"uptime_s"`
+	CPUs         int           `json:"cpus"`
+	MemoryBytes  uint64        `json:"memory_bytes"`
+	CPUModel     string        `json:"cpu_model"`
+	Torrc        string        `json:"-"`
+	Relays       int           `json:"relays"`
+	RelaysWanted int           `json:"relays_wanted"` // what its last specs asked for; more than Relays: pools full
 	// Sealing and Release are what the agent last reported: its sealing
 	// mode ("release", "unmeasured"; "" from an older agent) and the
 	// release whose approval it was given.
@@ -40,15 +44,9 @@ type Node struct {
 	attested string // AttestedRelease
 }
 
-// EKHash is the node identity derived from the marshalled EK TPMT_PUBLIC.
-func EKHash(ekPublic []byte) []byte {
-	h := sha256.Sum256(ekPublic)
-	return h[:]
-}
-
-const nodeCols = `n.id, n.ek_hash, n.ek_public, n.ak_name, n.state, n.first_seen, n.last_seen, n.attested_at,
+const nodeCols = `n.id, n.ek_hash, n.ek_public, n.ak_name, n.state, n.token_epoch, n.first_seen, n.last_seen, n.attested_at,
 	n.boot_id, n.uptime_s, n.cpus, n.memory_bytes, n.cpu_model, n.torrc,
-	(SELECT count(*) FROM relays r WHERE r.node_id = n.id), n.sealing, n.booted_release,
+	(SELECT count(*) FROM relays r WHERE r.node_id = n.id), n.relays_wanted, n.sealing, n.booted_release,
 	coalesce((SELECT CASE a.status WHEN 'release' THEN a.release WHEN 'unknown' THEN 'unknown' END
 		FROM attestations a WHERE a.node_id = n.id), '')`
 
@@ -58,8 +56,8 @@ func scanNode(r scanner) (*Node, error) {
 	var n Node
 	var first, last, att sql.NullInt64
 	var mem int64
-	err := r.Scan(&n.ID, &n.EKHash, &n.EKPublic, &n.AKName, &n.State, &first, &last, &att,
-		&n.BootID, &n.UptimeS, &n.CPUs, &mem, &n.CPUModel, &n.Torrc, &n.Relays, &n.Sealing, &n.Release, &n.attested)
+	err := r.Scan(&n.ID, &n.EKHash, &n.EKPublic, &n.AKName, &n.State, &n.TokenEpoch, &first, &last, &att,
+		&n.BootID, &n.UptimeS, &n.CPUs, &mem, &n.CPUModel, &n.Torrc, &n.Relays, &n.RelaysWanted, &n.Sealing, &n.Release, &n.attested)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -80,15 +78,25 @@ func (s *Store) Node(ctx context.Context, id int64) (*Node, error) {
 	return n, err
 }
 
-// NodeState returns only the state of node id: the check every node
-// endpoint makes before any work.
-func (s *Store) NodeState(ctx context.Context, id int64) (api.NodeState, error) {
-	var st api.NodeState
-	err := s.queryRow(ctx, `SELECT state FROM nodes WHERE id = ?`, id).Scan(&st)
+// Auth is what every node request is checked against: the node's state
+// and what its tokens must name.
+type Auth struct {
+	State api.NodeState
+	EK    ekid.ID
+	Epoch int64
+}
+
+// NodeAuth returns node id's Auth; the one query a node endpoint makes
+// before any work.
+func (s *Store) NodeAuth(ctx context.Context, id int64) (Auth, error) {
+	var a Auth
+	var ek []byte
+	err := s.queryRow(ctx, `SELECT state, ek_hash, token_epoch FROM nodes WHERE id = ?`, id).Scan(&a.State, &ek, &a.Epoch)
 	if errors.Is(err, sql.ErrNoRows) {
-		return "", fmt.Errorf("node %d: %w", id, ErrNotFound)
+		return Auth{}, fmt.Errorf("node %d: %w", id, ErrNotFound)
 	}
-	return st, err
+	copy(a.EK[:], ek)
+	return a, err
 }
 
 // Nodes returns every node by id.
@@ -96,48 +104,131 @@ func (s *Store) Nodes(ctx context.Context) ([]Node, error) {
 	return queryAll(ctx, s, scanNode, `SELECT `+nodeCols+` FROM nodes n ORDER BY n.id`)
 }
 
-// NodeByEK finds a node by its EK, creating it pending on first contact.
-// Only the identity fields (ID, EKHash, State, FirstSeen) are filled: it is
-// on the attestation hot path.
-func (s *Store) NodeByEK(ctx context.Context, ekPublic []byte, now time.Time) (n *Node, created bool, err error) {
-	h := EKHash(ekPublic)
-	get := func() (*Node, error) {
-		n := &Node{EKHash: h}
-		var first int64
-		err := s.queryRow(ctx, `SELECT id, state, first_seen FROM nodes WHERE ek_hash = ?`, h).Scan(&n.ID, &n.State, &first)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil, ErrNotFound
+// NodeByEK finds the node of EK identity id. Only the identity fields
+// (ID, EKHash, State, FirstSeen) are filled: it is on the attestation hot
+// path.
+func (s *Store) NodeByEK(ctx context.Context, id ekid.ID) (*Node, error) {
+	n := &Node{EKHash: id[:]}
+	var first int64
+	err := s.queryRow(ctx, `SELECT id, state, first_seen FROM nodes WHERE ek_hash = ?`, id[:]).Scan(&n.ID, &n.State, &first)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("EK %s: %w", id, ErrNotFound)
+	}
+	n.FirstSeen = time.Unix(first, 0).UTC()
+	return n, err
+}
+
+// ErrPendingFull refuses a first contact: the pending nodes are at their cap.
+var ErrPendingFull = errors.New("too many nodes are pending")
+
+// PendingLimits bound what first contacts can write.
+type PendingLimits struct {
+	Max    int           // pending nodes at most; 0: no cap
+	Expiry time.Duration // pending nodes first seen longer ago are forgotten; 0: never
+}
+
+// AddPending creates the pending node of EK identity id on its first
+// contact, or returns the node if it exists by now. It first forgets
+// pending nodes past their expiry (at most once a minute, audited in one
+// row); a new node beyond lim.Max is refused with ErrPendingFull. Then
+// may, if set, has the last word (a per-client limit: it is asked only
+// when a node would be created); its error is returned as it is. On any
+// refusal nothing is written.
+func (s *Store) AddPending(ctx context.Context, id ekid.ID, ekPublic []byte, now time.Time, lim PendingLimits, may func() error) (n *Node, created bool, err error) {
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		if err := s.expirePending(ctx, tx, now, lim.Expiry); err != nil {
+			return err
 		}
-		n.FirstSeen = time.Unix(first, 0).UTC()
-		return n, err
-	}
-	// Known nodes are the common case: look before writing.
-	n, err = get()
-	if !errors.Is(err, ErrNotFound) {
-		return n, false, err
-	}
-	res, err := s.exec(ctx, `INSERT INTO nodes(ek_hash, ek_public, state, first_seen, last_seen)
-		VALUES (?, ?, 'pending', ?, ?) ON CONFLICT(ek_hash) DO NOTHING`, h, ekPublic, unix(now), unix(now))
+		n = &Node{EKHash: id[:]}
+		var first int64
+		err := tx.QueryRowContext(ctx, `SELECT id, state, first_seen FROM nodes WHERE ek_hash = ?`, id[:]).Scan(&n.ID, &n.State, &first)
+		if err == nil {
+			n.FirstSeen = time.Unix(first, 0).UTC()
+			return nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		if lim.Max > 0 {
+			var pending int
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM nodes WHERE state = 'pending'`).Scan(&pending); err != nil {
+				return err
+			}
+			if pending >= lim.Max {
+				return fmt.Errorf("%d nodes: %w", pending, ErrPendingFull)
+			}
+		}
+		if may != nil {
+			if err := may(); err != nil {
+				return err
+			}
+		}
+		if err := tx.QueryRowContext(ctx, `INSERT INTO nodes(ek_hash, ek_public, state, first_seen, last_seen)
+			VALUES (?, ?, 'pending', ?, ?) RETURNING id`, id[:], ekPublic, unix(now), unix(now)).Scan(&n.ID); err != nil {
+			return err
+		}
+		n.State, n.FirstSeen, created = api.NodePending, time.Unix(unix(now), 0).UTC(), true
+		return nil
+	})
 	if err != nil {
 		return nil, false, err
 	}
-	k, _ := res.RowsAffected()
-	n, err = get()
-	return n, k == 1, err
+	return n, created, nil
 }
 
-// SetNodeState changes a node's state.
+// expirePending deletes the pending nodes first seen more than expiry
+// before now, at most once a minute per Store.
+func (s *Store) expirePending(ctx context.Context, tx *sql.Tx, now time.Time, expiry time.Duration) error {
+	if expiry <= 0 || now.Unix()-s.expired.Load() < 60 {
+		return nil
+	}
+	s.expired.Store(now.Unix())
+	rows, err := tx.QueryContext(ctx, `DELETE FROM nodes WHERE state = 'pending' AND first_seen < ? RETURNING id`, unix(now.Add(-expiry)))
+	if err != nil {
+		return err
+	}
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return err
+		}
+		ids = append(ids, id)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil || len(ids) == 0 {
+		return err
+	}
+	slices.Sort(ids)
+	var shown []string
+	for i, id := range ids {
+		if i == 20 {
+			shown = append(shown, "...")
+			break
+		}
+		shown = append(shown, strconv.FormatInt(id, 10))
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO audit(time, actor, action, target, details) VALUES (?, ?, ?, ?, ?)`,
+		now.UnixNano(), "server", "node.pending_expired", "-",
+		fmt.Sprintf("%d pending nodes not enabled within %s forgotten: %s", len(ids), expiry, strings.Join(shown, " ")))
+	return err
+}
+
+// SetNodeState changes a node's state and bumps its token epoch, so no
+// token issued before the change is accepted after it.
 func (s *Store) SetNodeState(ctx context.Context, id int64, state api.NodeState) error {
 	switch state {
 	case api.NodePending, api.NodeEnabled, api.NodeDisabled, api.NodeBanned:
 	default:
 		return fmt.Errorf("invalid node state %q", state)
 	}
-	return s.exec1(ctx, fmt.Sprintf("node %d", id), `UPDATE nodes SET state = ? WHERE id = ?`, state, id)
+	return s.exec1(ctx, fmt.Sprintf("node %d", id), `UPDATE nodes SET state = ?, token_epoch = token_epoch + 1 WHERE id = ?`, state, id)
 }
 
 // RemoveNode deletes a node with its relays (freeing their names and
-// addresses), settings, key bundle and challenges.
+// addresses), settings, key bundle and challenges. Its id is never used
+// again, so its tokens name no node from now on.
 func (s *Store) RemoveNode(ctx context.Context, id int64) error {
 	return s.exec1(ctx, fmt.Sprintf("node %d", id), `DELETE FROM nodes WHERE id = ?`, id)
 }
@@ -200,37 +291,53 @@ func (s *Store) TakeChallenge(ctx context.Context, id string) (*Challenge, error
 	return &c, nil
 }
 
-// CompleteAttestation records a successful activation and, when ev is
-// not nil, the boot evidence it carried (RecordAttestation), in one
-// transaction; it reports whether it was the node's first and the summary
-// of the evidence ev replaces.
-func (s *Store) CompleteAttestation(ctx context.Context, id int64, akName []byte, ev *Attestation, now time.Time) (firstBoot bool, before string, err error) {
-	sel, err := s.stmt(ctx, `SELECT attested_at FROM nodes WHERE id = ?`)
+// Attested is the outcome of CompleteAttestation.
+type Attested struct {
+	State     api.NodeState // the node's state; nothing was recorded unless enabled
+	Auth      Auth          // what the node's token names
+	FirstBoot bool          // its first completed attestation
+	Before    string        // the summary of the evidence ev replaced
+}
+
+// CompleteAttestation records a successful activation by node id if it is
+// enabled and, when ev is not nil, the boot evidence it carried
+// (RecordAttestation), in one transaction; it returns the node's state
+// and what its token must name, read in the same transaction (an admin's
+// change lands before or after, whole).
+func (s *Store) CompleteAttestation(ctx context.Context, id int64, akName []byte, ev *Attestation, now time.Time) (Attested, error) {
+	var a Attested
+	sel, err := s.stmt(ctx, `SELECT state, ek_hash, token_epoch, attested_at FROM nodes WHERE id = ?`)
 	if err != nil {
-		return false, "", err
+		return a, err
 	}
 	upd, err := s.stmt(ctx, `UPDATE nodes SET attested_at = ?, last_seen = ?, ak_name = ? WHERE id = ?`)
 	if err != nil {
-		return false, "", err
+		return a, err
 	}
 	err = s.tx(ctx, func(tx *sql.Tx) error {
 		var att sql.NullInt64
-		if err := tx.StmtContext(ctx, sel).QueryRowContext(ctx, id).Scan(&att); err != nil {
+		var ek []byte
+		if err := tx.StmtContext(ctx, sel).QueryRowContext(ctx, id).Scan(&a.State, &ek, &a.Auth.Epoch, &att); err != nil {
 			if errors.Is(err, sql.ErrNoRows) {
 				return fmt.Errorf("node %d: %w", id, ErrNotFound)
 			}
 			return err
 		}
-		firstBoot = !att.Valid
+		a.Auth.State = a.State
+		copy(a.Auth.EK[:], ek)
+		if a.State != api.NodeEnabled {
+			return nil
+		}
+		a.FirstBoot = !att.Valid
 		if _, err := tx.StmtContext(ctx, upd).ExecContext(ctx, unix(now), unix(now), akName, id); err != nil {
 			return err
 		}
 		if ev != nil {
-			before, err = s.recordAttestation(ctx, tx, ev)
+			a.Before, err = s.recordAttestation(ctx, tx, ev)
 		}
 		return err
 	})
-	return firstBoot, before, err
+	return a, err
 }
 
 // KeyBundle returns the node's key-bundle ciphertext mirror.

@@ -245,22 +245,27 @@ func addrIn(addr, pool, gw string) (netip.Prefix, netip.Addr, error) {
 	return netip.PrefixFrom(a, p.Bits()), g, nil
 }
 
+// Allocation is what Allocate did.
+type Allocation struct {
+	Before, After int // the node's relays before and after
+	Wanted        int // what the allocation rules give the node
+	// Short says why After < Wanted: the address pools ran out.
+	Short error // wraps ErrExhausted; nil when every relay was placed
+}
+
 // Allocate records the node's specs and, in the same transaction, adds or
-// removes relays so the node has the count the allocation rules give. On
-// exhaustion nothing changes and the error wraps ErrExhausted. It returns
-// the relay counts before and after.
-func (s *Store) Allocate(ctx context.Context, nodeID int64, sp *api.Specs, now time.Time) (before, after int, err error) {
+// removes relays so the node has the count the allocation rules give, or
+// as many as the address pools can hold (a relay needs an IPv4 address;
+// it gets an IPv6 one when an IPv6 pool has room, later if not).
+func (s *Store) Allocate(ctx context.Context, nodeID int64, sp *api.Specs, now time.Time) (Allocation, error) {
+	var a Allocation
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	err = s.txLocked(ctx, func(tx *sql.Tx) error {
+	err := s.txLocked(ctx, func(tx *sql.Tx) error {
 		if err := nodeExists(tx, nodeID); err != nil {
 			return err
 		}
-		if err := tx.QueryRow(`SELECT count(*) FROM relays WHERE node_id = ?`, nodeID).Scan(&before); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(`UPDATE nodes SET cpus = ?, memory_bytes = ?, cpu_model = ?, last_seen = ? WHERE id = ?`,
-			sp.CPUs, int64(min(sp.MemoryBytes, 1<<63-1)), sp.CPUModel, unix(now), nodeID); err != nil {
+		if err := tx.QueryRow(`SELECT count(*) FROM relays WHERE node_id = ?`, nodeID).Scan(&a.Before); err != nil {
 			return err
 		}
 		if err := setFeaturesTx(tx, nodeID, sp.Features); err != nil {
@@ -271,8 +276,12 @@ func (s *Store) Allocate(ctx context.Context, nodeID int64, sp *api.Specs, now t
 			return err
 		}
 		eff := settings.Resolve(g, n)
-		after = alloc.RelayCount(sp.CPUs, sp.MemoryBytes, eff.RelayMemoryMB, eff.MaxRelays)
-		if err := s.resize(ctx, tx, nodeID, after, now); err != nil {
+		a.Wanted = alloc.RelayCount(sp.CPUs, sp.MemoryBytes, eff.RelayMemoryMB, eff.MaxRelays)
+		if _, err := tx.Exec(`UPDATE nodes SET cpus = ?, memory_bytes = ?, cpu_model = ?, last_seen = ?, relays_wanted = ? WHERE id = ?`,
+			sp.CPUs, int64(min(sp.MemoryBytes, 1<<63-1)), sp.CPUModel, unix(now), a.Wanted, nodeID); err != nil {
+			return err
+		}
+		if a.After, a.Short, err = s.resize(ctx, tx, nodeID, a.Wanted, now); err != nil {
 			return err
 		}
 		// Our own writes bumped the generation: record where the cached
@@ -281,9 +290,9 @@ func (s *Store) Allocate(ctx context.Context, nodeID int64, sp *api.Specs, now t
 	})
 	if err != nil {
 		s.alloc = nil // partly applied to the cache, rolled back in the database
-		return 0, 0, err
+		return Allocation{}, err
 	}
-	return before, after, nil
+	return a, nil
 }
 
 type relayRow struct {
@@ -296,31 +305,33 @@ type relayRow struct {
 	p6   sql.NullInt64
 }
 
-// resize makes node nodeID own exactly want relays: it drops those of
-// highest index, gives missing IPv6 addresses when a v6 pool exists, and
-// adds relays with the lowest free index, name and addresses.
-func (s *Store) resize(ctx context.Context, tx *sql.Tx, nodeID int64, want int, now time.Time) error {
+// resize makes node nodeID own want relays, or as many as the pools
+// hold: it drops those of highest index, gives missing IPv6 addresses
+// where an IPv6 pool has room, and adds relays with the lowest free index,
+// name and addresses. It returns the count it reached and, when short of
+// want, why.
+func (s *Store) resize(ctx context.Context, tx *sql.Tx, nodeID int64, want int, now time.Time) (placed int, short, err error) {
 	a, err := s.allocState(tx)
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
 	have, err := queryAll(ctx, tx, func(sc scanner) (*relayRow, error) {
 		var r relayRow
 		return &r, sc.Scan(&r.id, &r.idx, &r.name, &r.ipv4, &r.ipv6, &r.p4, &r.p6)
 	}, `SELECT id, idx, name, ipv4, ipv6, ipv4_pool, ipv6_pool FROM relays WHERE node_id = ? ORDER BY idx`, nodeID)
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
 	if len(have) == want && (len(a.v6) == 0 || allHaveV6(have)) {
-		return nil
+		return want, nil, nil
 	}
 	if err := a.load(ctx, tx); err != nil {
-		return err
+		return 0, nil, err
 	}
 	for len(have) > want {
 		last := have[len(have)-1]
 		if _, err := tx.Exec(`DELETE FROM relays WHERE id = ?`, last.id); err != nil {
-			return err
+			return 0, nil, err
 		}
 		a.freeName(last.name)
 		a.freeAddr(last.p4, last.ipv4)
@@ -329,49 +340,52 @@ func (s *Store) resize(ctx context.Context, tx *sql.Tx, nodeID int64, want int, 
 		}
 		have = have[:len(have)-1]
 	}
-	if len(a.v6) > 0 {
-		for _, r := range have {
-			if r.ipv6.Valid {
-				continue
-			}
-			addr, pid, err := a.addr(a.v6, "IPv6")
-			if err != nil {
-				return err
-			}
-			if _, err := tx.Exec(`UPDATE relays SET ipv6 = ?, ipv6_pool = ? WHERE id = ?`, addr.String(), pid, r.id); err != nil {
-				return err
-			}
+	// v6 takes the next IPv6 address: none without an IPv6 pool, or once
+	// they are full (the relay gets one when room appears).
+	var v6full error
+	v6 := func() (sql.NullString, sql.NullInt64) {
+		if len(a.v6) == 0 || v6full != nil {
+			return sql.NullString{}, sql.NullInt64{}
+		}
+		ad, pid, err := a.addr(a.v6, "IPv6")
+		if err != nil {
+			v6full = err
+			return sql.NullString{}, sql.NullInt64{}
+		}
+		return sql.NullString{String: ad.String(), Valid: true}, sql.NullInt64{Int64: pid, Valid: true}
+	}
+	for _, r := range have {
+		if r.ipv6.Valid {
+			continue
+		}
+		addr6, pid6 := v6()
+		if !addr6.Valid {
+			break
+		}
+		if _, err := tx.Exec(`UPDATE relays SET ipv6 = ?, ipv6_pool = ? WHERE id = ?`, addr6, pid6, r.id); err != nil {
+			return 0, nil, err
 		}
 	}
 	usedIdx := map[int]bool{}
 	for _, r := range have {
 		usedIdx[r.idx] = true
 	}
-	for i := len(have); i < want; i++ {
-		idx := alloc.FreeIndex(usedIdx)
-		usedIdx[idx] = true
-		name := a.name()
+	n := len(have)
+	for ; n < want; n++ {
 		addr4, pid4, err := a.addr(a.v4, "IPv4")
 		if err != nil {
-			return err
+			return n, err, nil // the pools hold no more relays
 		}
-		var addr6 sql.NullString
-		var pid6 sql.NullInt64
-		if len(a.v6) > 0 {
-			a6, p6, err := a.addr(a.v6, "IPv6")
-			if err != nil {
-				return err
-			}
-			addr6 = sql.NullString{String: a6.String(), Valid: true}
-			pid6 = sql.NullInt64{Int64: p6, Valid: true}
-		}
+		idx := alloc.FreeIndex(usedIdx)
+		usedIdx[idx] = true
+		addr6, pid6 := v6()
 		if _, err := tx.Exec(`INSERT INTO relays(node_id, idx, name, ipv4, ipv4_pool, ipv6, ipv6_pool, or_port, created)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			nodeID, idx, name, addr4.String(), pid4, addr6, pid6, alloc.ORPort, unix(now)); err != nil {
-			return err
+			nodeID, idx, a.name(), addr4.String(), pid4, addr6, pid6, alloc.ORPort, unix(now)); err != nil {
+			return 0, nil, err
 		}
 	}
-	return nil
+	return n, nil, nil
 }
 
 func allHaveV6(rs []relayRow) bool {
@@ -512,7 +526,7 @@ func (a *allocState) freeAddr(pool int64, addr string) {
 // addr takes the lowest free address of the first pool (by id) that has one.
 func (a *allocState) addr(pools []Pool, family string) (netip.Addr, int64, error) {
 	if len(pools) == 0 {
-		return netip.Addr{}, 0, fmt.Errorf("no %s pool: %w (add one with `configsrv pool add CIDR --gateway IP`)", family, ErrExhausted)
+		return netip.Addr{}, 0, exhausted(fmt.Sprintf("no %s pool (add one with `configsrv pool add CIDR --gateway IP`)", family))
 	}
 	for _, p := range pools {
 		pu := a.pools[p.ID]
@@ -523,5 +537,11 @@ func (a *allocState) addr(pools []Pool, family string) (netip.Addr, int64, error
 		}
 		// Full: the hint stays, as nothing from it on is free either.
 	}
-	return netip.Addr{}, 0, fmt.Errorf("every %s pool is full: %w", family, ErrExhausted)
+	return netip.Addr{}, 0, exhausted("every " + family + " pool is full")
 }
+
+// exhausted says which pools ran out; it matches ErrExhausted.
+type exhausted string
+
+func (e exhausted) Error() string        { return string(e) }
+func (e exhausted) Is(target error) bool { return target == ErrExhausted }

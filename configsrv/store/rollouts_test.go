@@ -45,7 +45,7 @@ func fleetNode(t *testing.T, s *Store) int64 {
 	if err := s.SetNodeState(ctx, id, api.NodeEnabled); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s.Allocate(ctx, id, &api.Specs{CPUs: 1, MemoryBytes: 1 << 30}, time.Now()); err != nil {
+	if _, err := s.Allocate(ctx, id, &api.Specs{CPUs: 1, MemoryBytes: 1 << 30}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	return id

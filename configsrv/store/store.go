@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"io/fs"
 	"net/url"
+	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,9 +35,10 @@ var (
 
 // Store is the database. It is safe for concurrent use.
 type Store struct {
-	db    *sql.DB
-	stmts sync.Map     // query text → *sql.Stmt
-	swept atomic.Int64 // unix second of the last expired-challenge sweep
+	db      *sql.DB
+	stmts   sync.Map     // query text → *sql.Stmt
+	swept   atomic.Int64 // unix second of the last expired-challenge sweep
+	expired atomic.Int64 // unix second of the last expired-pending sweep
 
 	// SQLite has one writer at a time. Queuing this process's writers
 	// here hands the lock over at once; contending inside SQLite means
@@ -46,8 +49,15 @@ type Store struct {
 }
 
 // Open opens (creating if needed) the database at path and applies any
-// migration not yet applied.
+// migration not yet applied. A database it creates is mode 0600, and so
+// are its WAL and shared-memory files (SQLite gives them the database's
+// mode): it holds the fleet's identities and key mirror.
 func Open(path string) (*Store, error) {
+	if f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600); err == nil {
+		f.Close()
+	} else if !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("database %s: %w", path, err)
+	}
 	q := url.Values{}
 	q.Set("_journal_mode", "WAL")
 	q.Set("_foreign_keys", "on")
@@ -72,6 +82,30 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("database %s: %w", path, err)
 	}
 	return s, nil
+}
+
+// CheckMode refuses a database (or its -wal, -shm file) that every user
+// of the machine may read, naming the command that fixes it. A missing
+// file is fine: Open creates it 0600.
+func CheckMode(path string) error {
+	var open []string
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		fi, err := os.Stat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if fi.Mode().Perm()&0o004 != 0 {
+			open = append(open, p)
+		}
+	}
+	if len(open) == 0 {
+		return nil
+	}
+	return fmt.Errorf("database %s is readable by every user of this machine (it holds node identities and key bundles); "+
+		"run `chmod 600 %s` and try again", path, strings.Join(open, " "))
 }
 
 // Close closes the database.
@@ -157,21 +191,7 @@ func (s *Store) migrate() error {
 		if err != nil {
 			return err
 		}
-		err = s.tx(context.Background(), func(tx *sql.Tx) error {
-			var n int
-			if err := tx.QueryRow(`SELECT count(*) FROM schema_migrations WHERE name = ?`, name).Scan(&n); err != nil {
-				return err
-			}
-			if n > 0 {
-				return nil
-			}
-			if _, err := tx.Exec(string(body)); err != nil {
-				return fmt.Errorf("migration %s: %w", name, err)
-			}
-			_, err := tx.Exec(`INSERT INTO schema_migrations(name, applied) VALUES (?, ?)`, name, time.Now().Unix())
-			return err
-		})
-		if err != nil {
+		if err := s.apply(name, string(body)); err != nil {
 			return err
 		}
 	}
@@ -180,6 +200,79 @@ func (s *Store) migrate() error {
 		return fmt.Errorf("foreign keys are not enabled (%d, %v)", fk, err)
 	}
 	return nil
+}
+
+// fkOff, as a migration's first line, runs it with foreign keys off (a
+// table rebuild must not cascade); the foreign keys are checked before
+// it commits.
+const fkOff = "-- patela: foreign_keys=off\n"
+
+// goSteps run inside a migration's transaction, after its SQL, for what
+// SQL cannot compute. Like the SQL, a step is never changed once applied.
+var goSteps = map[string]func(context.Context, *sql.Tx) error{
+	"migrations/0003_enrollment.sql": enrollmentStep,
+}
+
+// apply runs migration name once, in one transaction on one connection.
+func (s *Store) apply(name, body string) error {
+	ctx := context.Background()
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	noFK := strings.HasPrefix(body, fkOff)
+	if noFK {
+		// A no-op inside a transaction: set it on the connection first,
+		// and back before the connection returns to the pool.
+		if _, err := conn.ExecContext(ctx, `PRAGMA foreign_keys = OFF`); err != nil {
+			return err
+		}
+	}
+	err = s.applyOn(ctx, conn, name, body, noFK)
+	if noFK {
+		if _, ferr := conn.ExecContext(ctx, `PRAGMA foreign_keys = ON`); ferr != nil {
+			return errors.Join(err, ferr)
+		}
+	}
+	return err
+}
+
+func (s *Store) applyOn(ctx context.Context, conn *sql.Conn, name, body string, noFK bool) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var n int
+	if err := tx.QueryRow(`SELECT count(*) FROM schema_migrations WHERE name = ?`, name).Scan(&n); err != nil || n > 0 {
+		return err
+	}
+	if _, err := tx.Exec(body); err != nil {
+		return fmt.Errorf("migration %s: %w", name, err)
+	}
+	if step := goSteps[name]; step != nil {
+		if err := step(ctx, tx); err != nil {
+			return fmt.Errorf("migration %s: %w", name, err)
+		}
+	}
+	if noFK {
+		rows, err := tx.Query(`PRAGMA foreign_key_check`)
+		if err != nil {
+			return err
+		}
+		bad := rows.Next()
+		rows.Close()
+		if bad {
+			return fmt.Errorf("migration %s: it would break foreign keys", name)
+		}
+	}
+	if _, err := tx.Exec(`INSERT INTO schema_migrations(name, applied) VALUES (?, ?)`, name, time.Now().Unix()); err != nil {
+		return err
+	}
+	return tx.Commit()
 }
 
 // tx runs f in a write transaction, committing if f returns nil.

@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"patela/configsrv/alloc"
 	"patela/internal/api"
+	"patela/internal/ekid"
 )
 
 func open(t *testing.T) *Store {
@@ -26,9 +28,9 @@ func open(t *testing.T) *Store {
 
 func node(t *testing.T, s *Store) int64 {
 	t.Helper()
-	ek := make([]byte, 64)
-	rand.Read(ek)
-	n, created, err := s.NodeByEK(context.Background(), ek, time.Now())
+	var id ekid.ID
+	rand.Read(id[:])
+	n, created, err := s.AddPending(context.Background(), id, []byte("ek"), time.Now(), PendingLimits{}, nil)
 	if err != nil || !created || n.State != api.NodePending {
 		t.Fatalf("new node: %+v %v %v", n, created, err)
 	}
@@ -88,9 +90,22 @@ func TestMigrationsReapply(t *testing.T) {
 	}
 }
 
+// alloc runs Allocate and checks the counts it reports.
+func allocate(t *testing.T, s *Store, id int64, cpus, after, wanted int) Allocation {
+	t.Helper()
+	a, err := s.Allocate(context.Background(), id, specs(cpus), time.Now())
+	if err != nil || a.After != after || a.Wanted != wanted {
+		t.Fatalf("node %d, %d cpus: %+v %v; want %d of %d relays", id, cpus, a, err, after, wanted)
+	}
+	if (a.After < a.Wanted) != errors.Is(a.Short, ErrExhausted) {
+		t.Fatalf("node %d: %d of %d relays, short %v", id, a.After, a.Wanted, a.Short)
+	}
+	return a
+}
+
 // Relays draw the lowest free address from the first pool with room, then
-// the next; exhaustion changes nothing; shrinking frees names and
-// addresses for the next allocation.
+// the next; when the pools run out a node gets what fits and the rest
+// later; shrinking frees names and addresses for the next allocation.
 func TestAllocateAcrossPoolsExhaustShrink(t *testing.T) {
 	s := open(t)
 	ctx := context.Background()
@@ -99,9 +114,7 @@ func TestAllocateAcrossPoolsExhaustShrink(t *testing.T) {
 	pool(t, s, "2001:db8::/125", "2001:db8::1")   // ::2 .. ::7
 
 	a, b, c := node(t, s), node(t, s), node(t, s)
-	if _, n, err := s.Allocate(ctx, a, specs(4), time.Now()); err != nil || n != 4 {
-		t.Fatalf("a: %d %v", n, err)
-	}
+	allocate(t, s, a, 4, 4, 4)
 	want := []relayKey{
 		{"murazzano", "192.0.2.2/29", "2001:db8::2/125"},
 		{"castelmagno", "192.0.2.3/29", "2001:db8::3/125"},
@@ -111,59 +124,63 @@ func TestAllocateAcrossPoolsExhaustShrink(t *testing.T) {
 	if got := relays(t, s, a); !slices.Equal(got, want) {
 		t.Fatalf("a relays:\n%v\nwant\n%v", got, want)
 	}
-	if _, n, err := s.Allocate(ctx, b, specs(2), time.Now()); err != nil || n != 2 {
-		t.Fatalf("b: %d %v", n, err)
-	}
+	allocate(t, s, b, 2, 2, 2)
 	want = []relayKey{{"toma", "192.0.2.6/29", "2001:db8::6/125"}, {"robiola", "198.51.100.1/30", "2001:db8::7/125"}}
 	if got := relays(t, s, b); !slices.Equal(got, want) {
 		t.Fatalf("b relays: %v, want %v", got, want)
 	}
-	// Every address is taken: c gets nothing, nothing changes.
-	_, _, err := s.Allocate(ctx, c, specs(1), time.Now())
-	if !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "IPv4") {
-		t.Fatalf("c: %v, want IPv4 exhaustion", err)
+	// Every address is taken: c gets nothing and is told why.
+	if r := allocate(t, s, c, 1, 0, 1); !strings.Contains(r.Short.Error(), "IPv4") {
+		t.Fatalf("c: %v, want IPv4 exhaustion", r.Short)
 	}
-	var total int
+	var total, wanted int
 	s.DB().QueryRow(`SELECT count(*) FROM relays`).Scan(&total)
 	if total != 6 {
-		t.Fatalf("%d relays after a failed allocation, want 6", total)
+		t.Fatalf("%d relays after an allocation that placed none, want 6", total)
 	}
-	// b grows beyond what is left: refused, b keeps its two.
-	if _, _, err := s.Allocate(ctx, b, specs(3), time.Now()); !errors.Is(err, ErrExhausted) {
-		t.Fatalf("b grow: %v", err)
+	if n, _ := s.Node(ctx, c); n.RelaysWanted != 1 || n.Relays != 0 {
+		t.Fatalf("node c wants %d, has %d", n.RelaysWanted, n.Relays)
 	}
-	if got := relays(t, s, b); len(got) != 2 {
-		t.Fatalf("b after failed growth: %v", got)
+	// b grows beyond what is left: b keeps its two.
+	allocate(t, s, b, 3, 2, 3)
+	// a shrinks to 1: castelmagno, raschera, bra and their addresses are
+	// free; c asking for 4 gets those 3.
+	if r := allocate(t, s, a, 1, 1, 1); r.Before != 4 {
+		t.Fatalf("a shrank from %d", r.Before)
 	}
-	// a shrinks to 1: castelmagno, raschera, bra and their addresses are free.
-	if before, after, err := s.Allocate(ctx, a, specs(1), time.Now()); err != nil || before != 4 || after != 1 {
-		t.Fatalf("a shrink: %d -> %d %v", before, after, err)
-	}
-	if _, n, err := s.Allocate(ctx, c, specs(2), time.Now()); err != nil || n != 2 {
-		t.Fatalf("c after a shrank: %d %v", n, err)
-	}
-	want = []relayKey{{"castelmagno", "192.0.2.3/29", "2001:db8::3/125"}, {"raschera", "192.0.2.4/29", "2001:db8::4/125"}}
+	allocate(t, s, c, 4, 3, 4)
+	want = []relayKey{{"castelmagno", "192.0.2.3/29", "2001:db8::3/125"}, {"raschera", "192.0.2.4/29", "2001:db8::4/125"},
+		{"bra", "192.0.2.5/29", "2001:db8::5/125"}}
 	if got := relays(t, s, c); !slices.Equal(got, want) {
 		t.Fatalf("c relays: %v, want %v", got, want)
 	}
-	// The IPv6 pool can run out on its own.
+	// A new IPv4 pool places c's fourth relay; the IPv6 pool is full, so
+	// it has no IPv6 address, and gets one once there is room.
 	pool(t, s, "198.51.100.64/26", "198.51.100.65")
-	if _, _, err := s.Allocate(ctx, c, specs(4), time.Now()); !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "IPv6") {
-		t.Fatalf("v6 exhaustion: %v", err)
+	allocate(t, s, c, 4, 4, 4)
+	fourth := relayKey{alloc.Name(6), "198.51.100.66/26", ""}
+	if got := relays(t, s, c); got[3] != fourth {
+		t.Fatalf("c's fourth relay %v, want %v", got[3], fourth)
 	}
-	// In-use pools cannot be removed; empty ones can.
+	s.DB().QueryRow(`SELECT relays_wanted FROM nodes WHERE id = ?`, c).Scan(&wanted)
+	if wanted != 4 {
+		t.Fatalf("relays_wanted %d", wanted)
+	}
+	// In-use pools cannot be removed.
 	if err := s.RemovePool(ctx, netip.MustParsePrefix("192.0.2.0/29")); !errors.Is(err, ErrInUse) {
 		t.Fatalf("remove in-use pool: %v", err)
 	}
-	if err := s.RemovePool(ctx, netip.MustParsePrefix("198.51.100.64/26")); err != nil {
-		t.Fatal(err)
-	}
-	// Removing a node frees everything it held.
+	// Removing a node frees everything it held; the room goes to c.
 	if err := s.RemoveNode(ctx, b); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.RemovePool(ctx, netip.MustParsePrefix("198.51.100.0/30")); err != nil {
 		t.Fatalf("pool freed by node removal: %v", err)
+	}
+	allocate(t, s, c, 4, 4, 4)
+	fourth.v6 = "2001:db8::6/125"
+	if got := relays(t, s, c); got[3] != fourth {
+		t.Fatalf("c's fourth relay %v, want %v", got[3], fourth)
 	}
 }
 
@@ -175,21 +192,15 @@ func TestAllocateSettingsAndLateV6(t *testing.T) {
 	pool(t, s, "192.0.2.0/24", "192.0.2.1")
 	a := node(t, s)
 	s.SetSetting(ctx, 0, "max_relays", "3")
-	if _, n, _ := s.Allocate(ctx, a, specs(8), time.Now()); n != 3 {
-		t.Fatalf("global max_relays 3: %d", n)
-	}
+	allocate(t, s, a, 8, 3, 3) // global max_relays 3
 	s.SetSetting(ctx, a, "relay_memory_mb", "4096")
-	if _, n, _ := s.Allocate(ctx, a, &api.Specs{CPUs: 8, MemoryBytes: 8 << 30}, time.Now()); n != 2 {
-		t.Fatalf("4 GiB per relay on 8 GiB: %d", n)
+	if r, _ := s.Allocate(ctx, a, &api.Specs{CPUs: 8, MemoryBytes: 8 << 30}, time.Now()); r.After != 2 {
+		t.Fatalf("4 GiB per relay on 8 GiB: %+v", r)
 	}
 	s.SetSetting(ctx, a, "max_relays", "0")
-	if _, n, _ := s.Allocate(ctx, a, specs(8), time.Now()); n != 0 {
-		t.Fatalf("node max_relays 0: %d", n)
-	}
+	allocate(t, s, a, 8, 0, 0) // node max_relays 0
 	s.UnsetSetting(ctx, a, "max_relays")
-	if _, n, _ := s.Allocate(ctx, a, specs(2), time.Now()); n != 2 {
-		t.Fatalf("back to the global value: %d", n)
-	}
+	allocate(t, s, a, 2, 2, 2) // back to the global value
 	if got := relays(t, s, a); got[0].v6 != "" {
 		t.Fatalf("v6 without a v6 pool: %v", got)
 	}

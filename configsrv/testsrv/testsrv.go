@@ -93,11 +93,13 @@ func (s *Server) start(t testing.TB, addr string) {
 		KeyFile:    filepath.Join(s.Dir, pki.ServerKey),
 		BiscuitKey: filepath.Join(s.Dir, pki.BiscuitKey),
 		TokenTTL:   token.DefaultTTL,
-		// Generous, so agents under test never meet it; the limiter's
+		// Generous, so agents under test never meet them; the limits'
 		// own tests use tight values.
 		AttestRate:  1000,
 		AttestBurst: 1000,
 		Observer:    exp,
+		MaxPending:  cli.DefaultMaxPending, PendingExpiry: cli.DefaultPendingExpiry,
+		NodeRate: 1000, NodeBurst: 1000,
 	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		st.Close()
@@ -222,15 +224,25 @@ func (s *Server) AdminErr(args ...string) (string, error) {
 	return out.String(), nil
 }
 
-// IssueToken returns a token for nodeID signed with the server's key, as
-// POST /v1/attest/complete would hand out.
+// IssueToken returns a token for nodeID signed with the server's key,
+// naming the node's EK identity and token epoch as they are now, as POST
+// /v1/attest/complete would hand out.
 func (s *Server) IssueToken(t testing.TB, nodeID int64) string {
 	t.Helper()
 	key, err := token.LoadKey(filepath.Join(s.Dir, pki.BiscuitKey))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, _, err := token.New(key, token.DefaultTTL).Issue(nodeID, time.Now())
+	st, err := store.Open(s.DBPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	au, err := st.NodeAuth(context.Background(), nodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := token.New(key, token.DefaultTTL).Issue(token.Claims{Node: nodeID, EK: au.EK, Epoch: au.Epoch}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

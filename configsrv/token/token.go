@@ -1,6 +1,10 @@
 // Package token issues and verifies the nodes' bearer tokens: Biscuits
 // signed with the server's Ed25519 root key, whose authority block names
-// the node and bounds the token's lifetime with a time check.
+// the node (its id, its EK identity and its token epoch) and bounds the
+// token's lifetime with a time check. The server compares the three with
+// the node's row on every request, so a token dies with any state change
+// (the epoch moves) and can never name another machine (ids are never
+// reused, and the EK identity must match).
 package token
 
 import (
@@ -17,6 +21,8 @@ import (
 
 	"github.com/biscuit-auth/biscuit-go/v2"
 	"github.com/biscuit-auth/biscuit-go/v2/datalog"
+
+	"patela/internal/ekid"
 )
 
 // DefaultTTL is how long a token lives unless configured otherwise.
@@ -73,8 +79,15 @@ type Authority struct {
 	cache map[[32]byte]cached
 }
 
+// Claims is what a token says of its node.
+type Claims struct {
+	Node  int64   // node id
+	EK    ekid.ID // the node's EK identity
+	Epoch int64   // the node's token epoch when the token was issued
+}
+
 type cached struct {
-	node    int64
+	claims  Claims
 	expires time.Time
 }
 
@@ -88,15 +101,20 @@ func New(key ed25519.PrivateKey, ttl time.Duration) *Authority {
 	return &Authority{key: key, pub: key.Public().(ed25519.PublicKey), TTL: ttl, cache: map[[32]byte]cached{}}
 }
 
-// Issue returns a token for node valid until now+TTL (whole seconds:
+// Issue returns a token with claims c valid until now+TTL (whole seconds:
 // Biscuit dates have second precision).
-func (a *Authority) Issue(node int64, now time.Time) (string, time.Time, error) {
+func (a *Authority) Issue(c Claims, now time.Time) (string, time.Time, error) {
 	exp := now.Add(a.TTL).Truncate(time.Second)
 	// Built as terms rather than parsed from Datalog text: the parser
-	// dominates the cost of a handshake otherwise. The block reads:
-	//   node(<node>); expires(<exp>); check if time($t), $t < <exp>;
+	// dominates the cost of a handshake otherwise; the claims are one
+	// fact, as each fact costs. The block reads:
+	//   node(<id>, hex:<EK identity>, <epoch>); expires(<exp>);
+	//   check if time($t), $t < <exp>;
 	b := biscuit.NewBuilder(a.key)
-	for _, f := range []biscuit.Fact{fact("node", biscuit.Integer(node)), fact("expires", biscuit.Date(exp))} {
+	for _, f := range []biscuit.Fact{
+		fact("node", biscuit.Integer(c.Node), biscuit.Bytes(c.EK[:]), biscuit.Integer(c.Epoch)),
+		fact("expires", biscuit.Date(exp)),
+	} {
 		if err := b.AddAuthorityFact(f); err != nil {
 			return "", time.Time{}, err
 		}
@@ -122,21 +140,22 @@ func (a *Authority) Issue(node int64, now time.Time) (string, time.Time, error) 
 }
 
 // Verify checks the token's signature and its checks at time now and
-// returns the node it names.
-func (a *Authority) Verify(tok string, now time.Time) (int64, error) {
+// returns its claims. A token without all three claims (issued by an
+// older server) is invalid: its node attests again.
+func (a *Authority) Verify(tok string, now time.Time) (Claims, error) {
 	h := sha256.Sum256([]byte(tok))
 	a.mu.Lock()
 	c, ok := a.cache[h]
 	a.mu.Unlock()
 	if ok {
 		if now.Before(c.expires) {
-			return c.node, nil
+			return c.claims, nil
 		}
-		return 0, fmt.Errorf("%w: expired", ErrInvalid)
+		return Claims{}, fmt.Errorf("%w: expired", ErrInvalid)
 	}
-	node, exp, err := a.verify(tok, now)
+	claims, exp, err := a.verify(tok, now)
 	if err != nil {
-		return 0, err
+		return Claims{}, err
 	}
 	a.mu.Lock()
 	if len(a.cache) >= maxCache {
@@ -146,77 +165,87 @@ func (a *Authority) Verify(tok string, now time.Time) (int64, error) {
 			}
 		}
 	}
-	a.cache[h] = cached{node: node, expires: exp}
+	a.cache[h] = cached{claims: claims, expires: exp}
 	a.mu.Unlock()
-	return node, nil
+	return claims, nil
 }
 
-func (a *Authority) verify(tok string, now time.Time) (int64, time.Time, error) {
+func (a *Authority) verify(tok string, now time.Time) (Claims, time.Time, error) {
+	var none Claims
 	raw, err := base64.StdEncoding.DecodeString(tok)
 	if err != nil {
-		return 0, time.Time{}, fmt.Errorf("%w: not base64", ErrInvalid)
+		return none, time.Time{}, fmt.Errorf("%w: not base64", ErrInvalid)
 	}
 	b, err := biscuit.Unmarshal(raw)
 	if err != nil {
-		return 0, time.Time{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return none, time.Time{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	// Our tokens are never attenuated; refusing extra blocks keeps the
 	// authorizer's view to what the server signed.
 	if b.BlockCount() != 0 {
-		return 0, time.Time{}, fmt.Errorf("%w: unexpected attenuation blocks", ErrInvalid)
+		return none, time.Time{}, fmt.Errorf("%w: unexpected attenuation blocks", ErrInvalid)
 	}
 	// Only tokens we signed get this far and their Datalog is a few facts,
 	// so a long wall-clock limit costs nothing; the library's 2 ms default
 	// spuriously fails under CPU contention.
 	az, err := b.Authorizer(a.pub, biscuit.WithWorldOptions(datalog.WithMaxDuration(time.Second)))
 	if err != nil {
-		return 0, time.Time{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return none, time.Time{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	// time(<now>); allow if node($n);
+	// time(<now>); allow if node($n, $e, $p);
 	az.AddFact(fact("time", biscuit.Date(now)))
 	az.AddPolicy(biscuit.Policy{Kind: biscuit.PolicyKindAllow, Queries: []biscuit.Rule{{
 		Head: biscuit.Predicate{Name: "allow"},
-		Body: []biscuit.Predicate{{Name: "node", IDs: []biscuit.Term{biscuit.Variable("n")}}},
+		Body: []biscuit.Predicate{{Name: "node", IDs: []biscuit.Term{biscuit.Variable("n"), biscuit.Variable("e"), biscuit.Variable("p")}}},
 	}}})
 	if err := az.Authorize(); err != nil {
-		return 0, time.Time{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return none, time.Time{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	nt, err := queryOne(az, "node")
+	var c Claims
+	claims, err := queryOne(az, "node", 3)
 	if err != nil {
-		return 0, time.Time{}, err
+		return none, time.Time{}, err
 	}
-	node, ok := nt.(biscuit.Integer)
-	if !ok {
-		return 0, time.Time{}, fmt.Errorf("%w: node id is not an integer", ErrInvalid)
+	node, ok1 := claims[0].(biscuit.Integer)
+	ek, ok2 := claims[1].(biscuit.Bytes)
+	epoch, ok3 := claims[2].(biscuit.Integer)
+	if !ok1 || !ok2 || !ok3 || len(ek) != len(c.EK) {
+		return none, time.Time{}, fmt.Errorf("%w: the node fact is not (id, %d-byte EK identity, epoch)", ErrInvalid, len(c.EK))
 	}
+	c.Node, c.EK, c.Epoch = int64(node), ekid.ID(ek), int64(epoch)
 	// The expiry check passed; the signed expires fact (same value) bounds
 	// how long the cache may vouch for this token.
-	et, err := queryOne(az, "expires")
+	xt, err := queryOne(az, "expires", 1)
 	if err != nil {
-		return 0, time.Time{}, err
+		return none, time.Time{}, err
 	}
-	exp, ok := et.(biscuit.Date)
+	exp, ok := xt[0].(biscuit.Date)
 	if !ok {
-		return 0, time.Time{}, fmt.Errorf("%w: expiry is not a date", ErrInvalid)
+		return none, time.Time{}, fmt.Errorf("%w: expiry is not a date", ErrInvalid)
 	}
-	return int64(node), time.Time(exp), nil
+	return c, time.Time(exp), nil
 }
 
-// queryOne returns the single term of the one fact called name.
-func queryOne(az biscuit.Authorizer, name string) (biscuit.Term, error) {
+// queryOne returns the terms of the one fact called name with arity
+// terms.
+func queryOne(az biscuit.Authorizer, name string, arity int) ([]biscuit.Term, error) {
+	vars := make([]biscuit.Term, arity)
+	for i := range vars {
+		vars[i] = biscuit.Variable(fmt.Sprint("x", i))
+	}
 	facts, err := az.Query(biscuit.Rule{
-		Head: biscuit.Predicate{Name: "data", IDs: []biscuit.Term{biscuit.Variable("x")}},
-		Body: []biscuit.Predicate{{Name: name, IDs: []biscuit.Term{biscuit.Variable("x")}}},
+		Head: biscuit.Predicate{Name: "data", IDs: vars},
+		Body: []biscuit.Predicate{{Name: name, IDs: vars}},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	if len(facts) != 1 || len(facts[0].IDs) != 1 {
-		return nil, fmt.Errorf("%w: want exactly one %s fact", ErrInvalid, name)
+	if len(facts) != 1 || len(facts[0].IDs) != arity {
+		return nil, fmt.Errorf("%w: want exactly one %s fact of %d terms", ErrInvalid, name, arity)
 	}
-	return facts[0].IDs[0], nil
+	return facts[0].IDs, nil
 }
 
-func fact(name string, t biscuit.Term) biscuit.Fact {
-	return biscuit.Fact{Predicate: biscuit.Predicate{Name: name, IDs: []biscuit.Term{t}}}
+func fact(name string, t ...biscuit.Term) biscuit.Fact {
+	return biscuit.Fact{Predicate: biscuit.Predicate{Name: name, IDs: t}}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,7 +19,9 @@ func TestIssueVerify(t *testing.T) {
 	_, key, _ := ed25519.GenerateKey(rand.Reader)
 	a := New(key, time.Hour)
 	now := time.Now()
-	tok, exp, err := a.Issue(42, now)
+	want := Claims{Node: 42, Epoch: 3}
+	rand.Read(want.EK[:])
+	tok, exp, err := a.Issue(want, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,8 +29,8 @@ func TestIssueVerify(t *testing.T) {
 		t.Fatalf("expiry in %s", d)
 	}
 	for i := 0; i < 2; i++ { // the second goes through the cache
-		if id, err := a.Verify(tok, now); err != nil || id != 42 {
-			t.Fatalf("verify %d: %d %v", i, id, err)
+		if c, err := a.Verify(tok, now); err != nil || c != want {
+			t.Fatalf("verify %d: %+v %v", i, c, err)
 		}
 	}
 	// Expiry holds for fresh and cached tokens alike.
@@ -48,7 +51,7 @@ func TestIssueVerify(t *testing.T) {
 func TestAttenuatedRefused(t *testing.T) {
 	_, key, _ := ed25519.GenerateKey(rand.Reader)
 	a := New(key, time.Hour)
-	tok, _, _ := a.Issue(1, time.Now())
+	tok, _, _ := a.Issue(Claims{Node: 1}, time.Now())
 	raw, _ := base64.StdEncoding.DecodeString(tok)
 	b, err := biscuit.Unmarshal(raw)
 	if err != nil {
@@ -67,6 +70,41 @@ func TestAttenuatedRefused(t *testing.T) {
 	raw2, _ := b2.Serialize()
 	if _, err := a.Verify(base64.StdEncoding.EncodeToString(raw2), time.Now()); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("attenuated token: %v", err)
+	}
+}
+
+// A token as servers before the token epoch issued it (node and expiry
+// only) is refused, so every node attests again after the upgrade; so is
+// one whose EK claim has the wrong size.
+func TestOlderTokensRefused(t *testing.T) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	exp := time.Now().Add(time.Hour).Truncate(time.Second)
+	ek := `hex:` + strings.Repeat("ab", 32)
+	for name, facts := range map[string]string{
+		"node only":       `node(7);`,
+		"no epoch":        `node(7, ` + ek + `);`,
+		"short EK":        `node(7, hex:abcd, 0);`,
+		"EK as a string":  `node(7, "x", 0);`,
+		"two node facts":  `node(7, ` + ek + `, 0); node(8, ` + ek + `, 0);`,
+		"epoch as string": `node(7, ` + ek + `, "0");`,
+		"claims apart":    `node(7); ek(` + ek + `); epoch(0);`,
+	} {
+		b := biscuit.NewBuilder(key)
+		blk, err := parser.FromStringBlock(facts + ` expires(` + exp.Format(time.RFC3339) + `);`)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if err := b.AddBlock(blk); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := b.Build()
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := tok.Serialize()
+		if c, err := New(key, time.Hour).Verify(base64.StdEncoding.EncodeToString(raw), time.Now()); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: %+v %v, want ErrInvalid", name, c, err)
+		}
 	}
 }
 

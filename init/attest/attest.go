@@ -7,7 +7,6 @@ package attest
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +21,7 @@ import (
 
 	"patela/init/tpmkeys"
 	"patela/internal/api"
+	"patela/internal/ekid"
 )
 
 // Token is a bearer token issued by the server.
@@ -32,15 +32,6 @@ type Token struct {
 	FirstBoot bool
 }
 
-// ErrBanned is returned when the server refuses this node for good.
-var ErrBanned = errors.New("the config server has banned this node (its EK); an administrator must lift the ban")
-
-// PermanentError is an answer that retrying will not change.
-type PermanentError struct{ Err error }
-
-func (e *PermanentError) Error() string { return "attestation refused: " + e.Err.Error() }
-func (e *PermanentError) Unwrap() error { return e.Err }
-
 // Session holds the node's EK and AK and a cached token, re-attesting when
 // the token nears its expiry. It is safe for concurrent use.
 type Session struct {
@@ -50,6 +41,7 @@ type Session struct {
 	o   options
 
 	ekPub   tpm2.TPMTPublic
+	ekID    ekid.ID
 	ekName  tpm2.TPM2BName
 	ekCert  []byte
 	ak      *tpmkeys.Key
@@ -78,8 +70,9 @@ func WithRSAEK() Option { return func(o *options) { o.alg = tpm2.TPMAlgRSA } }
 // WithECCEK uses the ECC P-256 EK.
 func WithECCEK() Option { return func(o *options) { o.alg = tpm2.TPMAlgECC } }
 
-// WithBackoff sets the first and the largest delay between attempts while
-// the server is unreachable or the node is pending.
+// WithBackoff sets Wait's first and largest delay between attempts while
+// the server is unreachable or the node is pending or disabled (banned
+// nodes wait ten times the largest).
 func WithBackoff(first, max time.Duration) Option {
 	return func(o *options) { o.minBackoff, o.maxBackoff = first, max }
 }
@@ -128,13 +121,15 @@ func NewSession(tpm transport.TPM, c *api.Client, log *slog.Logger, opts ...Opti
 		return nil, fmt.Errorf("loading AK: %w", err)
 	}
 	s.ak = ak
+	if s.ekID, err = tpmkeys.Identity(s.ekPub); err != nil {
+		return nil, fmt.Errorf("EK: %w", err)
+	}
 	if s.bootLog, err = ReadEventLog(o.eventLog); err != nil {
 		// The log only explains the quote, which is the evidence.
 		log.Warn("cannot read the firmware event log; quoting without it", "err", err)
 	}
-	h := tpmkeys.PublicHash(s.ekPub)
 	log.Info("TPM identity", "ek", map[tpm2.TPMAlgID]string{tpm2.TPMAlgECC: "ECC P-256", tpm2.TPMAlgRSA: "RSA-2048"}[o.alg],
-		"ek_sha256", hex.EncodeToString(h[:]), "ek_cert", len(s.ekCert) > 0,
+		"ek_id", s.ekID, "ek_cert", len(s.ekCert) > 0,
 		"ak_handle", fmt.Sprintf("0x%08x", uint32(ak.Handle)), "ak_created", created, "event_log_bytes", len(s.bootLog))
 	return s, nil
 }
@@ -148,10 +143,11 @@ func (s *Session) EKName() []byte { return append([]byte(nil), s.ekName.Buffer..
 // EKPublic is the marshalled TPMT_PUBLIC of the EK, as sent to the server.
 func (s *Session) EKPublic() []byte { return tpm2.Marshal(s.ekPub) }
 
-// Token returns a valid bearer token, attesting first when there is none
-// or the cached one is about to expire. While the node is pending it keeps
-// polling (and logging which `configsrv node enable N` it waits for) until
-// ctx ends.
+// Token returns a valid bearer token: the cached one, or what one
+// attestation earns when there is none or it is about to expire. It does
+// not wait: a refusal (an *api.Error: pending, disabled, banned, ...) or
+// an unreachable server is returned, for callers with a retry of their
+// own (the reconcile loop, the key mirror). Wait is the boot's.
 func (s *Session) Token(ctx context.Context) (string, error) {
 	t, err := s.Current(ctx)
 	return t.Value, err
@@ -164,10 +160,11 @@ func (s *Session) Current(ctx context.Context) (Token, error) {
 	if s.tok.Value != "" && time.Now().Before(s.refreshAt) {
 		return s.tok, nil
 	}
-	tok, err := s.attest(ctx)
+	tok, err := s.attestOnce(ctx)
 	if err != nil {
 		return Token{}, err
 	}
+	s.log.Info("attested", "node_id", tok.NodeID, "first_boot", tok.FirstBoot, "expires_at", tok.ExpiresAt)
 	s.tok = tok
 	life := time.Until(tok.ExpiresAt)
 	margin := s.o.margin
@@ -184,57 +181,64 @@ func (s *Session) Current(ctx context.Context) (Token, error) {
 	return tok, nil
 }
 
-// Invalidate drops token if it is the cached one, so the next Token call
-// attests again (for a token the server refused before its expiry).
-func (s *Session) Invalidate(token string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.tok.Value == token {
-		s.tok = Token{}
-	}
-}
-
-// attest runs the flow until it succeeds, fails for good or ctx ends.
-func (s *Session) attest(ctx context.Context) (Token, error) {
+// Wait returns a token once the server hands one out, however long that
+// takes, or ctx's error when it ends first. Every refusal is waited out
+// with a console line saying what an administrator can do; none is fatal,
+// as rebooting changes none of them: pending and disabled nodes ask again
+// with backoff up to the largest delay, banned nodes and machines whose
+// keys the server refuses ten times less often, and a 429 after the
+// server's Retry-After.
+func (s *Session) Wait(ctx context.Context) (Token, error) {
 	delay := s.o.minBackoff
 	for attempt := 1; ; attempt++ {
-		tok, err := s.attestOnce(ctx)
+		tok, err := s.Current(ctx)
 		if err == nil {
-			s.log.Info("attested", "node_id", tok.NodeID, "first_boot", tok.FirstBoot, "expires_at", tok.ExpiresAt)
 			return tok, nil
 		}
-		var perm *PermanentError
-		if errors.As(err, &perm) || ctx.Err() != nil {
-			return Token{}, err
+		if ctx.Err() != nil {
+			return Token{}, fmt.Errorf("attestation: %w (last error: %v)", ctx.Err(), err)
 		}
 		wait := jitter(delay)
 		delay = min(delay*2, s.o.maxBackoff)
-		var ae *api.Error
+		id := s.NodeID()
+		ae, _ := api.AsError(err)
 		switch {
-		case api.IsCode(err, api.CodePending):
-			errors.As(err, &ae)
-			h := tpmkeys.PublicHash(s.ekPub)
-			msg := fmt.Sprintf("waiting for an administrator: configsrv node enable %d", ae.NodeID)
-			if ae.NodeID == 0 {
+		case ae == nil:
+			s.log.Warn("attestation failed, retrying", "attempt", attempt, "err", err, "retry_in", wait.Round(time.Millisecond))
+		case ae.Code == api.CodePending:
+			msg := fmt.Sprintf("waiting for an administrator: configsrv node enable %d", id)
+			if id == 0 {
 				msg = "waiting for an administrator to enable this node"
 			}
-			s.log.Warn(msg, "node_id", ae.NodeID, "ek_sha256", hex.EncodeToString(h[:]),
-				"retry_in", wait.Round(time.Millisecond))
-		case api.IsCode(err, api.CodeEKUntrusted):
-			h := tpmkeys.PublicHash(s.ekPub)
-			s.log.Warn("the config server does not trust this EK: add its certificate's CA or allowlist its hash",
-				"ek_sha256", hex.EncodeToString(h[:]), "retry_in", wait.Round(time.Millisecond))
-		case api.IsCode(err, api.CodeUnknownRelease):
-			errors.As(err, &ae)
+			s.log.Warn(msg, "node_id", id, "ek_id", s.ekID, "retry_in", wait.Round(time.Millisecond))
+		case ae.Code == api.CodeDisabled:
+			s.log.Warn(fmt.Sprintf("this node is disabled by the config server: no relays run until an administrator runs `configsrv node enable %d`", id),
+				"node_id", id, "retry_in", wait.Round(time.Millisecond))
+		case ae.Code == api.CodeBanned:
+			wait = jitter(10 * s.o.maxBackoff)
+			s.log.Error(fmt.Sprintf("this node is BANNED by the config server: it runs no relays and does not reboot; `configsrv node enable %d` lifts the ban", id),
+				"node_id", id, "ek_id", s.ekID, "retry_in", wait.Round(time.Millisecond))
+		case ae.Permanent():
+			wait = jitter(10 * s.o.maxBackoff)
+			s.log.Error("the config server refuses this machine's keys; a reboot would not change that", "err", err,
+				"ek_id", s.ekID, "retry_in", wait.Round(time.Millisecond))
+		case ae.Code == api.CodeEKUntrusted:
+			s.log.Warn("the config server does not trust this EK: add its certificate's CA or allowlist its identity",
+				"ek_id", s.ekID, "retry_in", wait.Round(time.Millisecond))
+		case ae.Code == api.CodeUnknownRelease:
 			s.log.Warn("the config server gives tokens only to nodes that booted an active release; this boot is none",
 				"server", ae.Message, "retry_in", wait.Round(time.Millisecond))
-		case errors.As(err, &ae) && ae.Status == http.StatusTooManyRequests:
+		case ae.Status == http.StatusTooManyRequests:
 			if ae.RetryAfter > 0 {
 				wait = ae.RetryAfter
 			}
-			s.log.Warn("rate limited by the config server", "retry_in", wait)
+			msg := "rate limited by the config server"
+			if ae.Code == api.CodePendingFull {
+				msg = "the config server has as many nodes waiting for an administrator as it takes; asking again later"
+			}
+			s.log.Warn(msg, "retry_in", wait)
 		default:
-			s.log.Warn("attestation failed, retrying", "attempt", attempt, "err", err, "retry_in", wait.Round(time.Millisecond))
+			s.log.Warn("attestation refused, retrying", "attempt", attempt, "err", err, "retry_in", wait.Round(time.Millisecond))
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -243,6 +247,16 @@ func (s *Session) attest(ctx context.Context) (Token, error) {
 			return Token{}, fmt.Errorf("attestation: %w (last error: %v)", ctx.Err(), err)
 		case <-t.C:
 		}
+	}
+}
+
+// Invalidate drops token if it is the cached one, so the next Token call
+// attests again (for a token the server refused before its expiry).
+func (s *Session) Invalidate(token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tok.Value == token {
+		s.tok = Token{}
 	}
 }
 
@@ -266,7 +280,7 @@ func (s *Session) attestOnce(ctx context.Context) (Token, error) {
 		s.setNodeID(ae.NodeID)
 	}
 	if err != nil {
-		return Token{}, classify(err)
+		return Token{}, err
 	}
 	s.setNodeID(ch.NodeID)
 	secret, err := s.activate(ch.CredentialBlob, ch.EncryptedSecret)
@@ -285,7 +299,7 @@ func (s *Session) attestOnce(ctx context.Context) (Token, error) {
 	done, err := s.c.Complete(ctx, req)
 	clear(secret)
 	if err != nil {
-		return Token{}, classify(err)
+		return Token{}, err
 	}
 	if done.Token == "" {
 		return Token{}, errors.New("server answered without a token")
@@ -297,20 +311,6 @@ func (s *Session) setNodeID(id int64) {
 	if id != 0 {
 		s.nodeID.Store(id)
 	}
-}
-
-// classify marks the answers that retrying cannot change.
-func classify(err error) error {
-	ae, ok := api.AsError(err)
-	switch {
-	case !ok:
-		return err // transport error: the server may still be booting
-	case ae.Code == api.CodeBanned:
-		return &PermanentError{fmt.Errorf("%w (%v)", ErrBanned, err)}
-	case ae.Permanent():
-		return &PermanentError{err}
-	}
-	return err
 }
 
 // activate recovers the server's secret: only this TPM's EK can decrypt it,

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -50,7 +51,7 @@ func enrollSession(t *testing.T, s *Session, srv *testsrv.Server, log *testutil.
 			time.Sleep(10 * time.Millisecond)
 		}
 	}()
-	tok, err := s.Current(ctx)
+	tok, err := s.Wait(ctx)
 	if err != nil {
 		t.Fatalf("attesting: %v\n%s", err, log)
 	}
@@ -94,7 +95,7 @@ func TestRebootSameNodeNoNewAK(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok2, err := s.Current(context.Background())
+	tok2, err := s.Wait(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,26 +164,54 @@ func TestServerDownAtBoot(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if _, err := s.Token(ctx); err != nil {
+	if _, err := s.Wait(ctx); err != nil {
 		t.Fatalf("%v\n%s", err, log2.String())
 	}
 }
 
-func TestBannedIsPermanent(t *testing.T) {
+// A banned node waits with a clear console line, asking again rarely,
+// and Wait never gives up on its own (the boot would reboot otherwise);
+// Token, for the reconcile loop, answers the refusal at once.
+func TestBannedWaitsWithoutReboot(t *testing.T) {
 	srv := testsrv.Start(t)
 	m := tpmdevtest.New(t)
 	var log testutil.SyncBuffer
 	_, tok := enroll(t, m, srv, &log)
 	srv.Admin(t, "node", "ban", strconv.FormatInt(tok.NodeID, 10))
-	s, err := NewSession(m.Cnt, srv.Client(t), nil, fast)
+	var attempts atomic.Int32
+	c, _ := srv.Proxy(t, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == api.PathAttest {
+			attempts.Add(1)
+		}
+		return false
+	})
+	var log2 testutil.SyncBuffer
+	s, err := NewSession(m.Cnt, c, slog.New(slog.NewTextHandler(&log2, nil)), fast)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if _, err := s.Token(context.Background()); !api.IsCode(err, api.CodeBanned) {
+		t.Fatalf("Token of a banned node: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 	defer cancel()
-	_, err = s.Token(ctx)
-	if !errors.Is(err, ErrBanned) || ctx.Err() != nil {
-		t.Fatalf("banned node: %v", err)
+	attempts.Store(0)
+	if _, err := s.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Wait of a banned node: %v", err)
+	}
+	// Banned: ten times the largest delay (100 ms here) between attempts.
+	want := "this node is BANNED by the config server: it runs no relays and does not reboot; `configsrv node enable " +
+		strconv.FormatInt(tok.NodeID, 10) + "` lifts the ban"
+	if n := attempts.Load(); !strings.Contains(log2.String(), want) || n < 1 || n > 3 {
+		t.Fatalf("%d attempts in 1.5 s; console:\n%s", n, log2.String())
+	}
+	// Disabled: the same wait, at the ordinary pace, and the message says so.
+	srv.Admin(t, "node", "disable", strconv.FormatInt(tok.NodeID, 10))
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel2()
+	if _, err := s.Wait(ctx2); !errors.Is(err, context.DeadlineExceeded) ||
+		!strings.Contains(log2.String(), "this node is disabled by the config server") {
+		t.Fatalf("Wait of a disabled node: %v\n%s", err, log2.String())
 	}
 }
 
@@ -196,7 +225,7 @@ func TestPendingUntilContextEnds(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	if _, err := s.Token(ctx); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := s.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("pending node: %v", err)
 	}
 	want := "waiting for an administrator: configsrv node enable " + strconv.FormatInt(s.NodeID(), 10)
@@ -227,7 +256,7 @@ func TestRateLimitedHonoursRetryAfter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Token(context.Background()); err != nil {
+	if _, err := s.Wait(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	// The backoff would have been 10-20 ms; the server asked for 1 s.

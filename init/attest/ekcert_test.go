@@ -1,14 +1,12 @@
 package attest
 
 import (
-	"bytes"
 	"encoding/json"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
 
 	srvattest "patela/configsrv/attest"
-	"patela/configsrv/store"
 	"patela/configsrv/testsrv"
 	"patela/init/tpmdev/tpmdevtest"
 	"patela/init/tpmkeys"
@@ -55,12 +53,15 @@ func TestEKCertificateSent(t *testing.T) {
 	if err := trust.LoadCADir(caDir); err != nil {
 		t.Fatal(err)
 	}
-	if err := trust.Check(req.EKPublic, ek, req.EKCertificate); err != nil {
+	parsed, err := srvattest.NewEK(req.EKPublic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := trust.Admit(parsed, req.EKCertificate); err != nil {
 		t.Fatalf("the server would refuse this EK: %v", err)
 	}
-	// And `tpm ek`'s hash is the server's node identity.
-	h := tpmkeys.PublicHash(*ek)
-	if !bytes.Equal(h[:], store.EKHash(req.EKPublic)) {
-		t.Fatal("EK hash differs from the server's")
+	// And `tpm ek`'s identity is the server's node identity.
+	if id, err := tpmkeys.Identity(*ek); err != nil || id != parsed.ID {
+		t.Fatalf("EK identity %v %v differs from the server's %v", id, err, parsed.ID)
 	}
 }

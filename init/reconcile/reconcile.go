@@ -6,12 +6,16 @@
 // every round). A config that asks this boot to end (a rollout's turn)
 // is handed to Config.Reboot. Between rounds, a change the supervisor
 // reports (a relay ready, exited, restarted) is sent as a heartbeat of
-// its own within seconds, without a config round.
-// A server that cannot be reached, or that refuses the node (disabled,
-// banned, sent back to pending: 403), changes nothing: the relays keep
-// running and the loop retries with backoff. (After a reboot a disabled
-// or pending node waits in the agent's attest phase; a banned one fails
-// it.)
+// its own within seconds, without a config round. A server that cannot
+// be reached changes nothing: the relays keep running and the loop
+// retries with backoff.
+//
+// A server that withdraws the node's right to run relays (disabled,
+// banned, or removed, so that attesting again makes it a new pending
+// node) is obeyed at the next round: every relay is stopped, its keys
+// kept sealed in the vault, and the loop keeps asking, with backoff up to
+// RetryMax, until the node is enabled again; then the relays start again
+// with the same keys. Nothing here reboots the machine on a refusal.
 package reconcile
 
 import (
@@ -54,6 +58,8 @@ type Network interface {
 type Relays interface {
 	Apply(ctx context.Context, spec tor.Spec) error
 	Remove(ctx context.Context, name string) error
+	// Stop stops a relay and keeps its keys (the node was disabled).
+	Stop(ctx context.Context, name string) error
 	Status() []tor.Status
 	// Changes signals after what Status reports changed.
 	Changes() <-chan struct{}
@@ -107,6 +113,8 @@ type Loop struct {
 	reported []api.RelayStatus    // the relays of the last heartbeat the server took
 	changeHB time.Time            // when the last change heartbeat was sent
 	leaving  bool                 // Reboot was called
+	revoked  *api.Error           // why the relays are stopped; nil while they may run
+	placed   api.SpecsResponse    // the last specs answer
 }
 
 // New checks cfg and prepares the loop.
@@ -146,7 +154,11 @@ func (l *Loop) Run(ctx context.Context) error {
 				return ctx.Err()
 			}
 			wait = min(retry, interval)
-			l.log.Warn("reconcile failed; relays keep running", "err", err, "retry_in", wait)
+			if l.revoked != nil {
+				l.log.Debug("relays stopped by the config server; asking again", "err", err, "retry_in", wait)
+			} else {
+				l.log.Warn("reconcile failed; relays keep running", "err", err, "retry_in", wait)
+			}
 			retry = min(2*retry, l.cfg.RetryMax)
 		} else {
 			retry = l.cfg.RetryMin
@@ -191,12 +203,15 @@ func (l *Loop) between(ctx context.Context, wait time.Duration, sent bool, retry
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
+				l.obey(ctx, err)
 				sent = false
 				if w := *retry; w < time.Until(due) {
 					next.Reset(w)
 					due = time.Now().Add(w)
 				}
-				l.log.Warn("heartbeat failed; relays keep running", "err", err, "next_round_in", time.Until(due).Round(time.Millisecond))
+				if l.revoked == nil {
+					l.log.Warn("heartbeat failed; relays keep running", "err", err, "next_round_in", time.Until(due).Round(time.Millisecond))
+				}
 				*retry = min(*retry*2, l.cfg.RetryMax)
 				continue
 			}
@@ -218,8 +233,8 @@ func (l *Loop) round(ctx context.Context) (time.Duration, bool, error) {
 	var cfg *api.NodeConfig
 	err := l.call(ctx, func(tok string) error {
 		if l.cfg.Specs != nil {
-			if _, err := l.cfg.Client.Specs(ctx, tok, l.cfg.Specs); err != nil {
-				return fmt.Errorf("posting specs: %w", err)
+			if err := l.specs(ctx, tok); err != nil {
+				return err
 			}
 		}
 		var err error
@@ -230,7 +245,12 @@ func (l *Loop) round(ctx context.Context) (time.Duration, bool, error) {
 		return nil
 	})
 	if err != nil {
+		l.obey(ctx, err)
 		return interval, false, err
+	}
+	if l.revoked != nil {
+		l.log.Warn("the config server lets this node run relays again: starting them", "was", l.revoked.Code)
+		l.revoked = nil
 	}
 	interval = l.interval(cfg.PollIntervalS)
 	if l.leaving {
@@ -247,7 +267,67 @@ func (l *Loop) round(ctx context.Context) (time.Duration, bool, error) {
 	st := l.status()
 	st.Metrics = l.metrics(ctx)
 	hbErr := l.heartbeat(ctx, st)
+	l.obey(ctx, hbErr)
 	return interval, hbErr == nil, errors.Join(applyErr, hbErr)
+}
+
+// specs posts the node's specs. Only a refusal of the node or its token
+// and an unreachable server end the round; any other answer (an older
+// server's 409 when its pools are full) is logged and the round goes on
+// to the config, so the relays the node has keep running and reporting.
+func (l *Loop) specs(ctx context.Context, tok string) error {
+	r, err := l.cfg.Client.Specs(ctx, tok, l.cfg.Specs)
+	if err != nil {
+		ae, ok := api.AsError(err)
+		if !ok || ae.Revoked() || ae.TokenRefused() {
+			return fmt.Errorf("posting specs: %w", err)
+		}
+		l.log.Warn("the config server did not take the specs; running the relays it gives", "err", err)
+		return nil
+	}
+	if *r != l.placed && r.Unplaced > 0 {
+		l.log.Warn("the config server could not place all this node's relays; running those it placed",
+			"placed", r.RelayCount, "wanted", r.RelaysWanted, "reason", r.UnplacedReason)
+	}
+	l.placed = *r
+	return nil
+}
+
+// obey stops every relay, keeping its keys, when err says the server
+// withdrew the node's right to run them, and says so on the console
+// once per refusal.
+func (l *Loop) obey(ctx context.Context, err error) {
+	ae, ok := api.AsError(err)
+	if !ok || !ae.Revoked() {
+		return
+	}
+	stopped := 0
+	for _, st := range l.relays.Status() {
+		if err := l.relays.Stop(ctx, st.Name); err != nil {
+			l.log.Error("stopping relay", "relay", st.Name, "err", err)
+			continue
+		}
+		stopped++
+	}
+	clear(l.applied)
+	clear(l.refused)
+	l.reported = nil
+	if l.revoked != nil && l.revoked.Code == ae.Code && l.revoked.NodeID == ae.NodeID && stopped == 0 {
+		return
+	}
+	l.revoked = ae
+	id := ae.NodeID
+	switch ae.Code {
+	case api.CodeBanned:
+		l.log.Error(fmt.Sprintf("this node is BANNED by the config server: relays stopped, keys kept sealed; no reboot; `configsrv node enable %d` lifts the ban", id),
+			"relays_stopped", stopped)
+	case api.CodePending:
+		l.log.Warn(fmt.Sprintf("this node is pending at the config server (as node %d: removed and enrolled anew?): relays stopped, keys kept sealed; waiting for `configsrv node enable %d`", id, id),
+			"relays_stopped", stopped)
+	default:
+		l.log.Warn(fmt.Sprintf("this node is disabled by the config server: relays stopped, keys kept sealed; waiting for `configsrv node enable %d`", id),
+			"relays_stopped", stopped)
+	}
 }
 
 // heartbeat posts st and remembers its relays once the server took it.

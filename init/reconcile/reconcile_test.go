@@ -373,23 +373,7 @@ func TestReconcileAgainstConfigsrv(t *testing.T) {
 		t.Errorf("first relay disturbed by the removal: %+v", st)
 	}
 
-	// The administrator disables the node: its rounds are refused (403
-	// disabled), a failed round like any other, and the relay runs on.
-	// Enabled again, its heartbeats resume.
-	s.Admin(t, "node", "disable", ids)
-	waitFor(t, "a round refused as disabled", func() bool {
-		return strings.Contains(w.logs.String(), "403 disabled")
-	})
-	time.Sleep(2 * poll)
-	if st, _ := statusOf(sup, first.Name); st.PID != first.PID || st.State != api.RelayRunning {
-		t.Errorf("relay disturbed while the node was disabled: %+v", st)
-	}
-	enabled := time.Now()
-	s.Admin(t, "node", "enable", ids)
-	waitFor(t, "heartbeat after the node was enabled", func() bool {
-		return serverRelays(t, s, id)[first.Name].ReportedAt.After(enabled.Add(-time.Second))
-	})
-	t.Logf("node enabled to heartbeat: %v", time.Since(enabled))
+	// (A disabled, banned or removed node stops its relays: TestRevocation.)
 
 	// The server goes away: relays keep running through several rounds.
 	s.Stop()

@@ -136,6 +136,29 @@ func TestKeysSurviveReboot(t *testing.T) {
 		t.Error("the restored onion key is not the rotated one")
 	}
 
+	// Stopping the relay (the node was disabled) wipes the key files from
+	// tmpfs and keeps the keys in the vault: the relay comes back as itself.
+	if err := h2.sup.Stop(ctx, "golf"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(h2.root, "state", "golf")); !os.IsNotExist(err) || len(h2.sup.Status()) != 0 {
+		t.Fatalf("after Stop: data directory %v, status %v", err, h2.sup.Status())
+	}
+	if !slices.Contains(v2.Relays(), "golf") || slices.Contains(v2.Retired(), "golf") {
+		t.Fatalf("after Stop: active %v, retired %v; want golf active", v2.Relays(), v2.Retired())
+	}
+	if err := h2.sup.Apply(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	h2.waitRunning(t, "golf")
+	waitFor(t, "fingerprints after a stop", func() bool {
+		again = h2.status(t, "golf")
+		return again.Fingerprint != ""
+	})
+	if again.Fingerprint != first.Fingerprint || again.Ed25519ID != first.Ed25519ID {
+		t.Fatalf("identity changed across a stop: %s → %s", first.Fingerprint, again.Fingerprint)
+	}
+
 	// A relay that leaves the config is retired, not forgotten: its keys
 	// stay in the vault, saved, and come back with it.
 	if err := h2.sup.Remove(ctx, "golf"); err != nil {

@@ -177,6 +177,19 @@ func (s *Supervisor) signal() {
 // the node's retention period, and restores them should the relay come
 // back. Removing an unknown relay is not an error.
 func (s *Supervisor) Remove(ctx context.Context, name string) error {
+	return s.drop(ctx, name, true)
+}
+
+// Stop stops relay name and wipes its directories (the key files on
+// tmpfs with them) and account, but keeps its keys in the vault, sealed
+// and not retired (however long the node stays disabled): a later Apply
+// restores them, so the relay comes back with the same identity.
+// Stopping an unknown relay is not an error.
+func (s *Supervisor) Stop(ctx context.Context, name string) error {
+	return s.drop(ctx, name, false)
+}
+
+func (s *Supervisor) drop(ctx context.Context, name string, retire bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r := s.relays[name]
@@ -185,13 +198,19 @@ func (s *Supervisor) Remove(ctx context.Context, name string) error {
 	}
 	s.stopLocked(r)
 	errs := []error{s.tearDown(name)}
-	if err := s.o.Keys.Retire(name); err != nil {
-		errs = append(errs, err)
+	if retire {
+		if err := s.o.Keys.Retire(name); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	s.saver.request()
 	// Gone from Status only once nothing of it is left.
 	s.setRelay(name, nil)
-	s.o.Log.Info("relay removed", "relay", name)
+	if retire {
+		s.o.Log.Info("relay removed", "relay", name)
+	} else {
+		s.o.Log.Info("relay stopped; its keys stay in the vault", "relay", name)
+	}
 	return errors.Join(errs...)
 }
 

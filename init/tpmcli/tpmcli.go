@@ -4,7 +4,6 @@ package tpmcli
 
 import (
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -33,7 +32,7 @@ var program = &cmdline.Program[*env]{
 	Globals: func(e *env, fs *flag.FlagSet) { deviceFlag(e, fs) },
 	Commands: []cmdline.Command[*env]{
 		{Words: "info", Help: "manufacturer, firmware, EK, AK, vault and NV state", Run: (*env).info},
-		{Words: "ek", Help: "print the EK's SHA-256 (the value configsrv's --ek-allowlist takes)", Run: (*env).ek},
+		{Words: "ek", Help: "print the EK's identity (the node's key at the config server; what --ek-allowlist takes)", Run: (*env).ek},
 		{Words: "clear-vault", Args: "--yes", Help: "delete the vault (sealed key and key bundle) from the TPM: every relay gets a new identity on the next boot", Run: (*env).clearVault},
 	},
 	Footer: `Without --rsa or --ecc the EK is the one the agent uses: ECC P-256 unless
@@ -103,8 +102,11 @@ func (e *env) ek(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	k.Close(t)
-	h := tpmkeys.PublicHash(k.Public)
-	_, err = fmt.Fprintln(e.stdout, hex.EncodeToString(h[:]))
+	id, err := tpmkeys.Identity(k.Public)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(e.stdout, id)
 	return err
 }
 
@@ -161,13 +163,16 @@ func infoEK(t transport.TPM, p printer, alg tpm2.TPMAlgID) error {
 		return fmt.Errorf("EK: %w", err)
 	}
 	k.Close(t)
-	h := tpmkeys.PublicHash(k.Public)
+	id, err := tpmkeys.Identity(k.Public)
+	if err != nil {
+		return fmt.Errorf("EK: %w", err)
+	}
 	where := "derived from the TCG template"
 	if !k.Transient {
 		where = fmt.Sprintf("persisted at 0x%08x", uint32(k.Handle))
 	}
 	p("EK", "%s, %s", map[tpm2.TPMAlgID]string{tpm2.TPMAlgECC: "ECC P-256", tpm2.TPMAlgRSA: "RSA-2048"}[alg], where)
-	p("EK sha256", "%x", h)
+	p("EK identity", "%s", id)
 	p("EK name", "%x", k.Name.Buffer)
 	cert, err := tpmkeys.EKCertificate(t, alg)
 	switch {

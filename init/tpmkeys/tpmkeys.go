@@ -7,7 +7,6 @@ package tpmkeys
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"patela/init/tpmdev"
+	"patela/internal/ekid"
 )
 
 // Fixed handles. The 0x81008Fxx persistent handles and the 0x01008Fxx NV
@@ -183,10 +183,10 @@ func Matches(pub, tmpl tpm2.TPMTPublic) bool {
 	return bytes.Equal(tpm2.Marshal(pub), tpm2.Marshal(tmpl))
 }
 
-// PublicHash is what operators allowlist a node by: SHA-256 of the
-// marshalled TPMT_PUBLIC, exactly the ek_public bytes sent to the server.
-func PublicHash(pub tpm2.TPMTPublic) [32]byte {
-	return sha256.Sum256(tpm2.Marshal(pub))
+// Identity is the EK's identity (internal/ekid): the config server's
+// node key, and what operators allowlist a node by.
+func Identity(pub tpm2.TPMTPublic) (ekid.ID, error) {
+	return ekid.Of(&pub)
 }
 
 // EKPolicy satisfies the TCG EK's authPolicy, PolicySecret(TPM_RH_ENDORSEMENT),

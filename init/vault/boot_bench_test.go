@@ -49,7 +49,7 @@ func bootTPM(b *testing.B, tp *swtpmtest.TPM, srv *testsrv.Server, c *api.Client
 			time.Sleep(time.Millisecond)
 		}
 	}()
-	if _, err := sess.Token(ctx); err != nil {
+	if _, err := sess.Wait(ctx); err != nil {
 		b.Fatal(err)
 	}
 	v, err := Open(ctx, cnt, Options{EKName: sess.EKName(), PCRs: []int{7}, Mirror: ServerMirror{c, sess}})

@@ -59,7 +59,7 @@ func attested(t *testing.T, m *machine, srv *testsrv.Server, c *api.Client) *att
 			time.Sleep(10 * time.Millisecond)
 		}
 	}()
-	if _, err := s.Token(ctx); err != nil {
+	if _, err := s.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
 	return s

@@ -72,9 +72,15 @@ type Specs struct {
 	Features []string `json:"features,omitempty"`
 }
 
-// SpecsResponse says how many relays the node now has.
+// SpecsResponse says how many relays the node now has. When the address
+// pools could not hold all it should have, RelaysWanted says how many
+// that is and Unplaced how many are missing, with the reason; the node
+// runs the RelayCount it got.
 type SpecsResponse struct {
-	RelayCount int `json:"relay_count"`
+	RelayCount     int    `json:"relay_count"`
+	RelaysWanted   int    `json:"relays_wanted,omitempty"`
+	Unplaced       int    `json:"unplaced,omitempty"`
+	UnplacedReason string `json:"unplaced_reason,omitempty"`
 }
 
 // NodeConfig is the node's whole desired state (GET /v1/node/config).
@@ -152,7 +158,8 @@ func (r RelayStatus) Equal(o RelayStatus) bool {
 		slices.Equal(r.RefusedOptions, o.RefusedOptions)
 }
 
-// Error is every non-2xx body. NodeID is set with CodePending.
+// Error is every non-2xx body. NodeID is set with the node-state codes
+// (pending, disabled, banned).
 type Error struct {
 	Message string    `json:"error"`
 	Code    ErrorCode `json:"code"`
@@ -201,57 +208,88 @@ func DecodeLimit(r io.Reader, v any, limit int) error {
 	if _, err := dec.Token(); err != io.EOF {
 		return errors.New("malformed JSON: data after the value")
 	}
-	// encoding/json matches field names case-insensitively; the protocol
-	// names fields exactly, so "EK_PUBLIC" is an unknown field here.
-	var raw any
-	if err := json.Unmarshal(data, &raw); err != nil {
-		return fmt.Errorf("malformed JSON: %w", err)
-	}
-	return exactFields(raw, reflect.TypeOf(v))
+	// encoding/json matches field names case-insensitively and lets the
+	// last of two equal keys win; the protocol names each field exactly
+	// once, so "EK_PUBLIC" is an unknown field and a repeated key is
+	// refused (two parsers could read different values from one body).
+	return exactKeys(json.NewDecoder(bytes.NewReader(data)), reflect.TypeOf(v))
 }
 
-// exactFields checks that every object key in raw is spelled exactly as a
-// json tag of the struct type t describes, recursing into slices and
-// nested structs.
-func exactFields(raw any, t reflect.Type) error {
-	for t.Kind() == reflect.Pointer {
+// exactKeys reads one JSON value from dec and checks that no object in it
+// repeats a key and, where t describes a struct, that every key is
+// spelled exactly as one of its json tags, recursing into arrays, maps
+// and nested structs.
+func exactKeys(dec *json.Decoder, t reflect.Type) error {
+	for t != nil && t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	switch r := raw.(type) {
-	case map[string]any:
-		if t.Kind() != reflect.Struct {
-			return nil
+	tok, err := dec.Token()
+	if err != nil {
+		return fmt.Errorf("malformed JSON: %w", err)
+	}
+	switch tok {
+	case json.Delim('{'):
+		var fields map[string]reflect.Type
+		if t != nil && t.Kind() == reflect.Struct {
+			fields = jsonFields(t)
 		}
-		fields := map[string]reflect.Type{}
-		for i := 0; i < t.NumField(); i++ {
-			f := t.Field(i)
-			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-			if name == "-" || !f.IsExported() {
-				continue
+		seen := map[string]bool{}
+		for dec.More() {
+			kt, err := dec.Token()
+			if err != nil {
+				return fmt.Errorf("malformed JSON: %w", err)
 			}
-			if name == "" {
-				name = f.Name
+			k, _ := kt.(string)
+			if seen[k] {
+				return fmt.Errorf("malformed JSON: duplicate key %q", k)
 			}
-			fields[name] = f.Type
-		}
-		for k, v := range r {
-			ft, ok := fields[k]
-			if !ok {
-				return fmt.Errorf("malformed JSON: unknown field %q", k)
+			seen[k] = true
+			var ft reflect.Type
+			switch {
+			case fields != nil:
+				var ok bool
+				if ft, ok = fields[k]; !ok {
+					return fmt.Errorf("malformed JSON: unknown field %q", k)
+				}
+			case t != nil && t.Kind() == reflect.Map:
+				ft = t.Elem()
 			}
-			if err := exactFields(v, ft); err != nil {
+			if err := exactKeys(dec, ft); err != nil {
 				return err
 			}
 		}
-	case []any:
-		if t.Kind() != reflect.Slice && t.Kind() != reflect.Array {
-			return nil
+		_, err = dec.Token() // '}'
+	case json.Delim('['):
+		var et reflect.Type
+		if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
+			et = t.Elem()
 		}
-		for _, e := range r {
-			if err := exactFields(e, t.Elem()); err != nil {
+		for dec.More() {
+			if err := exactKeys(dec, et); err != nil {
 				return err
 			}
 		}
+		_, err = dec.Token() // ']'
+	}
+	if err != nil {
+		return fmt.Errorf("malformed JSON: %w", err)
 	}
 	return nil
+}
+
+// jsonFields maps the json names of struct t's fields to their types.
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	fields := map[string]reflect.Type{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" || !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		fields[name] = f.Type
+	}
+	return fields
 }

@@ -25,6 +25,10 @@ func TestDecode(t *testing.T) {
 		"not JSON":           `boot_id=b`,
 		"empty":              ``,
 		"oversized":          `{"boot_id":"` + strings.Repeat("a", MaxBody) + `"}`,
+		"duplicate key":      `{"boot_id":"b","uptime_s":1,"boot_id":"c"}`,
+		"duplicate nested":   `{"relays":[{"name":"bra","name":"toma"}]}`,
+		"duplicate, 2nd":     `{"relays":[{"name":"bra"},{"state":"running","state":"failed"}]}`,
+		"duplicate escaped":  `{"boot_id":"b","boot\u005fid":"c"}`,
 	}
 	for name, body := range bad {
 		var s Status

@@ -18,6 +18,7 @@ const (
 	CodeBadEK            ErrorCode = "bad_ek"
 	CodeEKUntrusted      ErrorCode = "ek_untrusted"
 	CodeRateLimited      ErrorCode = "rate_limited"
+	CodePendingFull      ErrorCode = "pending_full" // 429: too many nodes wait for an administrator
 	CodeBadSecret        ErrorCode = "bad_secret"
 	CodeChallengeExpired ErrorCode = "challenge_expired"
 	CodeUnauthorized     ErrorCode = "unauthorized"

@@ -23,6 +23,7 @@ func TestErrorClasses(t *testing.T) {
 		{CodeUnauthorized, http.StatusUnauthorized, false, false, true},
 		{CodeBadSecret, http.StatusUnauthorized, false, false, true},
 		{CodeRateLimited, http.StatusTooManyRequests, false, false, false},
+		{CodePendingFull, http.StatusTooManyRequests, false, false, false},
 		{CodeInternal, http.StatusInternalServerError, false, false, false},
 		{CodeExhausted, http.StatusConflict, false, false, false},
 	} {

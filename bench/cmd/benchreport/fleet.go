@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"patela/bench/dbcheck"
@@ -42,7 +43,9 @@ func runFleet(ctx context.Context, bin, work string, n int) (*FleetRun, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := srv.Start(); err != nil {
+	// A whole fleet enrolls at once here: more pending nodes than the
+	// default cap, as when an administrator racks a new fleet.
+	if err := srv.Start("--max-pending", strconv.Itoa(n+1)); err != nil {
 		return nil, err
 	}
 	defer srv.Kill()

@@ -31,6 +31,7 @@ type Report struct {
 	GoBench  *GoBenchRun   `json:"go_benchmarks,omitempty"`
 	Fleet    *FleetRun     `json:"fleet,omitempty"`
 	Server   *ServerRun    `json:"configsrv_10k,omitempty"`
+	Flood    []*FloodRun   `json:"enroll_flood,omitempty"`
 	Boot     *BootRun      `json:"qemu_boot,omitempty"`
 	Skipped  []string      `json:"not_measured,omitempty"` // sections not run, with why
 }
@@ -48,7 +49,9 @@ func main() {
 	fleetN := flag.Int("fleet", 2000, "simulated nodes booting at once")
 	nodes := flag.Int("nodes", 10000, "nodes seeded for the configsrv throughput and memory run")
 	relays := flag.Int("relays", 4, "relays per seeded node")
-	skip := flag.String("skip", "", "comma-separated sections not to run: gobench, fleet, server, qemu")
+	skip := flag.String("skip", "", "comma-separated sections not to run: gobench, fleet, server, flood, qemu")
+	floodFor := flag.Duration("flood", time.Minute, "how long the enrollment flood lasts")
+	floodBin := flag.String("flood-configsrv", "", "also flood this configsrv binary (say, one built from an older tree), for comparison")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 	skipped := map[string]bool{}
@@ -106,6 +109,20 @@ func main() {
 		r.Server, err = runServer(ctx, bin, work, *nodes, *relays)
 		return err
 	})
+	section("flood", fmt.Sprintf("a %v flood of first contacts (a new EK each) from %d addresses at the default limits", *floodFor, floodAddrs), func() error {
+		bins := [][2]string{{bin, "this tree"}}
+		if *floodBin != "" {
+			bins = append(bins, [2]string{*floodBin, *floodBin})
+		}
+		for _, b := range bins {
+			f, err := runFlood(ctx, b[0], b[1], work, *floodFor, floodAddrs, floodWorkers)
+			if err != nil {
+				return fmt.Errorf("%s: %w", b[1], err)
+			}
+			r.Flood = append(r.Flood, f)
+		}
+		return nil
+	})
 	section("qemu", "the agent's boot in QEMU (first boot, reboot) and image sizes", func() (err error) {
 		r.Boot, err = runBoot(ctx, work)
 		return err
@@ -135,6 +152,13 @@ func main() {
 	}
 }
 
+// The enrollment flood's shape: more addresses than the pending cap
+// divided by the per-address burst, so the cap is what must hold.
+const (
+	floodAddrs   = 256
+	floodWorkers = 32
+)
+
 // failures are the correctness checks the run makes on the way: a
 // benchmark that failed, a node that did not boot, a 5xx, a duplicate
 // address, a damaged database, a request that failed in a burst.
@@ -150,6 +174,11 @@ func (r *Report) failures() []string {
 		}
 		if f.Abuser[429] == 0 {
 			bad = append(bad, "fleet: the abuser was never rate limited")
+		}
+	}
+	for _, f := range r.Flood {
+		if f.Binary == "this tree" && f.PendingRows > 1000 {
+			bad = append(bad, fmt.Sprintf("flood: %d pending rows written, over the default cap of 1000", f.PendingRows))
 		}
 	}
 	if s := r.Server; s != nil {

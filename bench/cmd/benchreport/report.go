@@ -115,6 +115,15 @@ func headline(r *Report) []Figure {
 		add("configsrv binary at 10,000 nodes: fetches/s, handshakes/s, RSS", "not measured: "+r.why("server"), "benchreport")
 	}
 
+	for _, fl := range r.Flood {
+		add(fmt.Sprintf("first-contact flood (%s): %v, a new EK per request, %d addresses, %d in flight, default limits", fl.Binary, fl.Duration, fl.Addresses, fl.Workers),
+			fmt.Sprintf("%d pending rows written (cap 1,000), %d audit rows, database %s; %d requests: %s",
+				fl.PendingRows, fl.AuditRows, mib(fl.DBBytes), fl.Sent, fl.answers()),
+			"benchreport flood.go: the configsrv binary")
+	}
+	if len(r.Flood) == 0 {
+		add("first-contact flood at the default limits", "not measured: "+r.why("flood"), "benchreport")
+	}
 	add("torrc merge, 500-line cascade (global 300 + node 120 + relay 80)",
 		r.metric(pkgTorrc, "BenchmarkMerge500", "ns/op", func(v float64) string { return num(v/1000) + " µs" }), pkgTorrc+" BenchmarkMerge500")
 

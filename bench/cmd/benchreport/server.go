@@ -25,6 +25,7 @@ import (
 	"patela/configsrv/store"
 	"patela/configsrv/token"
 	"patela/internal/api"
+	"patela/internal/ekid"
 )
 
 // ServerRun is the configsrv binary serving a seeded fleet: its memory
@@ -70,6 +71,7 @@ type Burst struct {
 
 type seeded struct {
 	ids    []int64
+	ekIDs  []ekid.ID
 	eks    []*softek.EK
 	aks    [][]byte
 	qaks   []*quotetest.AK // the same AKs, quoting in software
@@ -119,7 +121,8 @@ func runServer(ctx context.Context, bin, work string, nodes, relays int) (*Serve
 	auth := token.New(key, token.DefaultTTL)
 	tokens := make([]string, nodes)
 	for i, id := range fl.ids {
-		if tokens[i], _, err = auth.Issue(id, time.Now()); err != nil {
+		// Seeded nodes are at token epoch 0.
+		if tokens[i], _, err = auth.Issue(token.Claims{Node: id, EK: fl.ekIDs[i]}, time.Now()); err != nil {
 			return nil, err
 		}
 	}
@@ -346,7 +349,11 @@ func seed(ctx context.Context, db string, n, k int) (*seeded, error) {
 		}
 		ak := qak.Public
 		// k cpus and 1 GiB per relay: the allocation rules give k relays.
-		res, err := insNode.ExecContext(ctx, store.EKHash(ek.Public), ek.Public, now, now, now, k, int64(k)<<30)
+		parsed, err := attest.NewEK(ek.Public)
+		if err != nil {
+			return nil, err
+		}
+		res, err := insNode.ExecContext(ctx, parsed.ID[:], ek.Public, now, now, now, k, int64(k)<<30)
 		if err != nil {
 			return nil, err
 		}
@@ -369,6 +376,7 @@ func seed(ctx context.Context, db string, n, k int) (*seeded, error) {
 		}
 		s.ids, s.eks, s.aks, s.qaks = append(s.ids, id), append(s.eks, ek), append(s.aks, ak), append(s.qaks, qak)
 		s.relays = append(s.relays, names)
+		s.ekIDs = append(s.ekIDs, parsed.ID)
 	}
 	if err := tx.Commit(); err != nil {
 		return nil, err
