@@ -14,14 +14,11 @@ import (
 	"patela/internal/ekid"
 )
 
-// enrollmentStep is the Go step of migration 0003: nodes rebuilt with
-// AUTOINCREMENT ids, ek_hash rekeyed, removed ids kept unused.
-func enrollmentStep(ctx context.Context, tx *sql.Tx) error {
+// nodeIDsStep is the Go step of migration 0017: nodes rebuilt with
+// AUTOINCREMENT ids, removed ids kept unused.
+func nodeIDsStep(ctx context.Context, tx *sql.Tx) error {
 	if err := autoincrementNodes(ctx, tx); err != nil {
 		return fmt.Errorf("rebuilding nodes: %w", err)
-	}
-	if err := rekeyNodes(ctx, tx); err != nil {
-		return fmt.Errorf("rekeying nodes: %w", err)
 	}
 	// Ids removed before this migration are named in the audit log
 	// (node:N): they are never handed out again either.
@@ -119,7 +116,7 @@ func autoincrementNodes(ctx context.Context, tx *sql.Tx) error {
 	return nil
 }
 
-// rekeyNodes, part of migration 0003: ek_hash was the SHA-256 of
+// rekeyNodes is the Go step of migration 0016: ek_hash was the SHA-256 of
 // the EK public area the client sent; it becomes the EK identity. Rows
 // that were one EK sent in several encodings (the attack the identity
 // stops) collapse into one: the row of the strictest state wins (banned,
@@ -128,8 +125,9 @@ func autoincrementNodes(ctx context.Context, tx *sql.Tx) error {
 // removal audited. A row whose public area does not parse keeps its hash:
 // that EK cannot attest anyway.
 //
-// It runs with foreign keys off (the table rebuild), so it deletes the
-// dependent rows itself; the runner checks the foreign keys afterwards.
+// It runs with foreign keys on, so a removal cascades into every table
+// that references nodes (whichever migrations made them) and fires the
+// triggers a removal by the CLI would.
 func rekeyNodes(ctx context.Context, tx *sql.Tx) error {
 	type row struct {
 		id    int64
@@ -178,17 +176,11 @@ func rekeyNodes(ctx context.Context, tx *sql.Tx) error {
 		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM relays WHERE node_id = ?`, r.id).Scan(&relays); err != nil {
 			return err
 		}
-		for _, q := range []string{
-			`DELETE FROM relays WHERE node_id = ?`, `DELETE FROM node_settings WHERE node_id = ?`,
-			`DELETE FROM key_bundles WHERE node_id = ?`, `DELETE FROM challenges WHERE node_id = ?`,
-			`DELETE FROM nodes WHERE id = ?`,
-		} {
-			if _, err := tx.ExecContext(ctx, q, r.id); err != nil {
-				return err
-			}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE id = ?`, r.id); err != nil {
+			return err
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO audit(time, actor, action, target, details) VALUES (?, ?, ?, ?, ?)`,
-			now, "migration:0003", "node.merge", fmt.Sprintf("node:%d", r.id),
+			now, "migration:0016", "node.merge", fmt.Sprintf("node:%d", r.id),
 			fmt.Sprintf("same EK as node %d (%s); this %s node and its %d relays removed", w.id, w.state, r.state, relays)); err != nil {
 			return err
 		}

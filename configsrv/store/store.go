@@ -210,7 +210,8 @@ const fkOff = "-- patela: foreign_keys=off\n"
 // goSteps run inside a migration's transaction, after its SQL, for what
 // SQL cannot compute. Like the SQL, a step is never changed once applied.
 var goSteps = map[string]func(context.Context, *sql.Tx) error{
-	"migrations/0003_enrollment.sql": enrollmentStep,
+	"migrations/0016_enrollment.sql": rekeyNodes,
+	"migrations/0017_node_ids.sql":   nodeIDsStep,
 }
 
 // apply runs migration name once, in one transaction on one connection.

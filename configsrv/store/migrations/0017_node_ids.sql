@@ -1,0 +1,12 @@
+-- patela: foreign_keys=off
+-- Enrollment that holds (issue 12), part 2: node ids are never reused.
+-- Never edit this file once applied.
+--
+-- SQLite cannot add AUTOINCREMENT to a table: the Go step
+-- (store.autoincrementNodes) rebuilds nodes the way SQLite documents
+-- (its 12-step procedure), from the schema as it stands, so the columns,
+-- indexes and triggers other migrations gave nodes stay, and every table
+-- that references nodes(id) keeps its rows. The first line makes the
+-- runner turn foreign keys off for this file (dropping the old table
+-- must not cascade) and run PRAGMA foreign_key_check before it commits.
+-- The ids the audit log names (removed before this migration) stay unused.
