@@ -251,6 +251,9 @@ func upgradeFrom(t *testing.T, applied []string) {
 		"releases":     `INSERT INTO releases(id, name, kind, record, added) VALUES (1, 'patela-1', 'uki', x'7b7d', 10)`,
 		"node_agent":   `INSERT INTO node_agent(node_id, features) VALUES (1, 'family-key'), (5, 'family-key')`,
 		"family_keys":  `INSERT INTO family_keys(family, family_id, secret, created, origin) VALUES ('fleet', 'fid', zeroblob(64), 1, 'created')`,
+		"attestations": `INSERT INTO attestations(node_id, status, release, pcrs, at) VALUES (1, 'release', 'patela-1', '{}', 5), (5, 'unknown', '', '{}', 5)`,
+		"rollout_nodes": `INSERT INTO rollouts(id, release, max_unavailable, state, started) VALUES (1, 'patela-1', 1, 'running', 1);
+			INSERT INTO rollout_nodes(rollout_id, node_id, seq) VALUES (1, 1, 0), (1, 5, 1), (1, 3, 2)`,
 		"node_metrics": `INSERT INTO node_metrics VALUES (1, 300, 1, 2, 3), (5, 300, 4, 5, 6)`,
 		"relay_metrics": `INSERT INTO relay_metrics VALUES (1, 300, '', 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 'Exit', 0, 0, 60, 11, 1.5, 2.5),
 			(3, 300, '', 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 'Exit', 0, 0, 60, 11, NULL, NULL)`,
