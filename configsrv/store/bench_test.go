@@ -15,7 +15,10 @@ import (
 // pool and 10,000 enabled nodes (ids 1-10000) of 4 relays each, named and
 // addressed in order as allocation lays them out, then extra enabled
 // nodes without relays (ids 10001-).
-func benchFleet(b *testing.B, extra int) *Store {
+func benchFleet(b *testing.B, extra int) *Store { return benchFleetOf(b, 10000, extra) }
+
+// benchFleetOf is benchFleet with n nodes of 4 relays.
+func benchFleetOf(b *testing.B, n, extra int) *Store {
 	s, err := Open(b.TempDir() + "/p.db")
 	if err != nil {
 		b.Fatal(err)
@@ -26,9 +29,9 @@ func benchFleet(b *testing.B, extra int) *Store {
 	s.AddPool(ctx, netip.MustParsePrefix("2001:db8::/64"), netip.MustParseAddr("2001:db8::1"), time.Now())
 	tx, _ := s.db.Begin()
 	a4, a6 := netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("2001:db8::2")
-	for i := 1; i <= 10000+extra; i++ {
+	for i := 1; i <= n+extra; i++ {
 		tx.Exec(`INSERT INTO nodes(id, ek_hash, ek_public, state, first_seen, last_seen) VALUES (?, ?, x'00', 'enabled', 0, 0)`, i, fmt.Sprint(i))
-		if i > 10000 {
+		if i > n {
 			continue
 		}
 		for r := 0; r < 4; r++ {
@@ -87,5 +90,35 @@ func BenchmarkAllocate(b *testing.B) {
 		if r, err := s.Allocate(ctx, 10001, shrink, time.Now()); err != nil || r.After != 0 {
 			b.Fatal(r, err)
 		}
+	}
+}
+
+// BenchmarkFingerprintFanout is a fleet's first heartbeats: each op is one
+// node's heartbeat bringing its 4 relays' first (or new) fingerprints,
+// which change the MyFamily of every relay of the family (the default
+// family: the whole fleet), so every node's config generation moves.
+func BenchmarkFingerprintFanout(b *testing.B) {
+	for _, n := range []int{2000, 10000} {
+		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
+			s := benchFleetOf(b, n, 0)
+			ctx := context.Background()
+			st := &api.Status{BootID: "bench", Relays: make([]api.RelayStatus, 4)}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				node := i%n + 1
+				for r := range st.Relays {
+					k := i*4 + r + 1
+					st.Relays[r] = api.RelayStatus{Name: alloc.Name((node-1)*4 + r), State: api.RelayRunning,
+						Fingerprint: fmt.Sprintf("%040X", k), Ed25519ID: fmt.Sprintf("%043d", k)}
+				}
+				if _, err := s.RecordStatus(ctx, int64(node), st, nil, time.Now()); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			if g, _ := s.NodeConfigGen(ctx, int64(n)); g == 0 {
+				b.Fatal("the last node's generation never moved")
+			}
+		})
 	}
 }
