@@ -189,12 +189,14 @@ func (s *Store) Duplicates(ctx context.Context) (map[int64][]Duplicate, error) {
 }
 
 // dupSelect pairs each relay with every other relay that reported its
-// RSA fingerprint or its ed25519 identity.
+// RSA fingerprint or its ed25519 identity. The conditions name b's
+// columns so each side of the OR is a search of 0007's partial indexes,
+// not a scan of every relay (one per new fingerprint in a heartbeat).
 const dupSelect = `SELECT a.id, a.name, a.node_id, b.name, b.node_id,
 		CASE WHEN a.fingerprint != '' AND a.fingerprint = b.fingerprint THEN 'RSA fingerprint' ELSE 'ed25519 identity' END,
 		CASE WHEN a.fingerprint != '' AND a.fingerprint = b.fingerprint THEN a.fingerprint ELSE a.ed25519_id END
 		FROM relays a JOIN relays b ON b.id != a.id AND
-			(a.fingerprint != '' AND b.fingerprint = a.fingerprint OR a.ed25519_id != '' AND b.ed25519_id = a.ed25519_id)`
+			(b.fingerprint != '' AND b.fingerprint = a.fingerprint OR b.ed25519_id != '' AND b.ed25519_id = a.ed25519_id)`
 
 type dupRow struct {
 	id int64

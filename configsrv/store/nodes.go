@@ -580,32 +580,52 @@ func recordDefences(tx *sql.Tx, nodeID int64, r api.RelayStatus) error {
 
 // NodeConfigGen returns node id's config generation (migration 0010): it
 // changes whenever anything the node's resolved configuration or its right
-// to fetch it depends on changes, and only then. 0 for a node never stamped.
+// to fetch it depends on changes, and only then. It is the greater of the
+// node's own stamp and its family's (0018), whose changes reach every
+// member. 0 for a node never stamped.
 func (s *Store) NodeConfigGen(ctx context.Context, id int64) (int64, error) {
 	var g int64
-	err := s.queryRow(ctx, `SELECT coalesce((SELECT gen FROM node_config_gen WHERE node_id = ?), 0)`, id).Scan(&g)
+	err := s.queryRow(ctx, `SELECT max(
+		coalesce((SELECT gen FROM node_config_gen WHERE node_id = ?1), 0),
+		coalesce((SELECT f.gen FROM nodes n JOIN family_config_gen f ON f.family = coalesce(
+			(SELECT value FROM node_settings WHERE node_id = n.id AND key = 'family'),
+			(SELECT value FROM global_settings WHERE key = 'family'), 'fleet')
+			WHERE n.id = ?1), 0))`, id).Scan(&g)
 	return g, err
 }
 
 // ConfigChangesSince returns the nodes whose config generation is above
-// after, and the highest generation among them (after when none). Stamps
-// only grow in commit order, so a caller that passes back the returned
-// generation sees every later change exactly once.
+// after, and the highest generation stamped above it (after when none).
+// Stamps only grow in commit order, so a caller that passes back the
+// returned generation sees every later change exactly once. A family
+// stamped (0018) reaches its members as they are now: one statement, one
+// snapshot, so no stamp is counted in top without its nodes.
 func (s *Store) ConfigChangesSince(ctx context.Context, after int64) ([]int64, int64, error) {
-	rows, err := s.QueryContext(ctx, `SELECT node_id, gen FROM node_config_gen WHERE gen > ?`, after)
+	rows, err := s.QueryContext(ctx, `WITH fam AS (SELECT family, gen FROM family_config_gen WHERE gen > ?1)
+		SELECT node_id, gen FROM node_config_gen WHERE gen > ?1
+		UNION ALL SELECT NULL, gen FROM fam
+		UNION ALL SELECT s.node_id, f.gen FROM fam f JOIN node_settings s ON s.key = 'family' AND s.value = f.family
+		UNION ALL SELECT n.id, f.gen FROM fam f CROSS JOIN nodes n -- fam first: nodes only for the default family
+			WHERE f.family = coalesce((SELECT value FROM global_settings WHERE key = 'family'), 'fleet')
+			AND NOT EXISTS (SELECT 1 FROM node_settings s WHERE s.node_id = n.id AND s.key = 'family')`, after)
 	if err != nil {
 		return nil, after, err
 	}
 	defer rows.Close()
 	var nodes []int64
+	seen := map[int64]bool{}
 	top := after
 	for rows.Next() {
-		var id, g int64
+		var id sql.NullInt64
+		var g int64
 		if err := rows.Scan(&id, &g); err != nil {
 			return nil, after, err
 		}
-		nodes = append(nodes, id)
 		top = max(top, g)
+		if id.Valid && !seen[id.Int64] {
+			seen[id.Int64] = true
+			nodes = append(nodes, id.Int64)
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, after, err
