@@ -2,10 +2,12 @@ package httpapi_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -297,4 +299,85 @@ func (s *syncBuf) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// What reaches a whole relay family (a relay's new fingerprint in its
+// MyFamily lines, the family's key) wakes the long polls of exactly that
+// family's members (migration 0018's family generations), whatever
+// family the others are in.
+func TestFamilyChangeWakesLongPoll(t *testing.T) {
+	s := testsrv.Start(t)
+	c := s.Client(t)
+	ctx := context.Background()
+	ns := familyNodes(t, s, c, 3) // 0 and 1 in the default family, 2 in eu
+	s.Admin(t, "node", "set", strconv.FormatInt(ns[2].id, 10), "family", "eu")
+	etags := make([]string, len(ns))
+	for i, n := range ns {
+		r, err := c.ConfigWait(ctx, n.tok, "", 0)
+		if err != nil || r.Config == nil {
+			t.Fatalf("node %d: %+v, %v", n.id, r, err)
+		}
+		etags[i] = r.ETag
+	}
+	// change is made while every node's poll is held; want are the nodes
+	// it must wake (their configs returned), the others must stay held.
+	stillHeld := map[int]<-chan polled{} // the last round's
+	round := func(what string, change func(), want ...int) map[int]*api.ConfigResult {
+		t.Helper()
+		chs := make([]<-chan polled, len(ns))
+		for i, n := range ns {
+			chs[i] = poll(c, n.tok, etags[i], time.Minute)
+		}
+		// A node's new poll replaces its held one (answered 304): then
+		// all the held polls are this round's.
+		for i, ch := range stillHeld {
+			if p := answered(t, ch, what+": the replaced poll"); p.err != nil || p.r.Config != nil {
+				t.Fatalf("%s: node %d's replaced poll: %+v, %v", what, ns[i].id, p.r, p.err)
+			}
+		}
+		clear(stillHeld)
+		waitHeld(t, s, len(ns))
+		change()
+		got := map[int]*api.ConfigResult{}
+		for _, i := range want {
+			p := answered(t, chs[i], fmt.Sprintf("%s: node %d", what, ns[i].id))
+			if p.err != nil || p.r.Config == nil || p.r.ETag == etags[i] {
+				t.Fatalf("%s: node %d answered %+v, %v", what, ns[i].id, p.r, p.err)
+			}
+			got[i], etags[i] = p.r, p.r.ETag
+		}
+		for i := range ns {
+			if !slices.Contains(want, i) {
+				held(t, chs[i], fmt.Sprintf("%s: node %d", what, ns[i].id))
+				stillHeld[i] = chs[i]
+			}
+		}
+		// The held ones' configs did not move.
+		for i, n := range ns {
+			if !slices.Contains(want, i) {
+				if r, err := c.ConfigWait(ctx, n.tok, etags[i], 0); err != nil || r.Config != nil {
+					t.Fatalf("%s: node %d's config moved: %+v, %v", what, n.id, r, err)
+				}
+			}
+		}
+		return got
+	}
+	beat := func(n familyNode, fp, ed string) func() {
+		return func() {
+			hb := &api.Status{BootID: "b", Relays: []api.RelayStatus{{Name: n.cfg.Relays[0].Name, State: api.RelayRunning,
+				Fingerprint: fp, Ed25519ID: ed}}}
+			if err := c.Status(ctx, n.tok, hb); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	const fp0, fp2 = "0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A", "2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B"
+	got := round("a relay's first fingerprint", beat(ns[0], fp0, strings.Repeat("A", 43)), 0, 1)
+	if !strings.Contains(got[1].Config.Relays[0].Torrc, "MyFamily $"+fp0+"\n") {
+		t.Fatalf("the other member's torrc lacks the new relay:\n%s", got[1].Config.Relays[0].Torrc)
+	}
+	round("the same heartbeat again", beat(ns[0], fp0, strings.Repeat("A", 43)))
+	round("a fingerprint in family eu", beat(ns[2], fp2, strings.Repeat("B", 43)), 2)
+	round("family eu's key", func() { s.Admin(t, "family", "create", "--family", "eu") }, 2)
+	round("the default family's key", func() { s.Admin(t, "family", "create") }, 0, 1)
 }
