@@ -1,6 +1,9 @@
 package main
 
-import "testing"
+import (
+	"regexp"
+	"testing"
+)
 
 func TestParseBench(t *testing.T) {
 	out := []byte("goos: linux\npkg: patela/init/reconcile\n" +
@@ -22,5 +25,23 @@ func TestParseBench(t *testing.T) {
 	}
 	if res[2].Name != "BenchmarkBoot/later" || res[2].N != 30 || res[2].Metrics["tpm-cmds/boot"] != 29 {
 		t.Errorf("a result pushed to the next line by a log line: %+v", res[2])
+	}
+}
+
+// The heartbeat burst sends what tor writes and the server takes (it
+// once sent ed25519_id "bench", refused, and measured the refusals):
+// keys in tor's encodings, none shared between relays.
+func TestBenchHeartbeatKeys(t *testing.T) {
+	fp, ed := regexp.MustCompile(`^[0-9A-F]{40}$`), regexp.MustCompile(`^[A-Za-z0-9+/]{43}$`)
+	seen := map[string]bool{}
+	st := benchHeartbeat([]string{"r0", "r1", "r2"}, map[string]string{"r1": "x"})
+	for _, r := range st.Relays {
+		if !fp.MatchString(r.Fingerprint) || !ed.MatchString(r.Ed25519ID) || seen[r.Fingerprint] || seen[r.Ed25519ID] {
+			t.Fatalf("relay %s: fingerprint %q, ed25519 id %q", r.Name, r.Fingerprint, r.Ed25519ID)
+		}
+		seen[r.Fingerprint], seen[r.Ed25519ID] = true, true
+	}
+	if st.Relays[1].TorrcSHA256 != "x" || st.Relays[0].TorrcSHA256 != "" {
+		t.Fatalf("torrc_sha256 not by name: %+v", st.Relays)
 	}
 }

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha1"
+	"crypto/sha256"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
@@ -42,7 +45,11 @@ type ServerRun struct {
 	Fetch         []Burst       `json:"fetch"`
 	Handshake     Burst         `json:"handshake"`
 	Heartbeat     Burst         `json:"heartbeat"` // with a metrics summary of every relay
-	Metrics       *MetricsRun   `json:"metrics"`
+	// Relays with a fingerprint in the database after the heartbeats, and
+	// how many distinct: every relay's, none shared.
+	Fingerprints         int         `json:"fingerprints"`
+	DistinctFingerprints int         `json:"distinct_fingerprints"`
+	Metrics              *MetricsRun `json:"metrics"`
 }
 
 // MetricsRun is /metrics (serve --metrics-listen) once every node has
@@ -60,13 +67,15 @@ type MetricsRun struct {
 
 // Burst is one timed run of many requests.
 type Burst struct {
-	Name     string        `json:"name"`
-	Requests int           `json:"requests"`
-	Errors   int           `json:"errors"`
-	Took     time.Duration `json:"took_ns"`
-	PerSec   float64       `json:"per_s"`
-	P50      time.Duration `json:"p50_ns"`
-	P99      time.Duration `json:"p99_ns"`
+	Name     string `json:"name"`
+	Requests int    `json:"requests"`
+	Errors   int    `json:"errors"`
+	// FirstError is the first failed request's error, if any failed.
+	FirstError string        `json:"first_error,omitempty"`
+	Took       time.Duration `json:"took_ns"`
+	PerSec     float64       `json:"per_s"`
+	P50        time.Duration `json:"p50_ns"`
+	P99        time.Duration `json:"p99_ns"`
 }
 
 type seeded struct {
@@ -139,10 +148,17 @@ func runServer(ctx context.Context, bin, work string, nodes, relays int) (*Serve
 			c.HTTP.CloseIdleConnections()
 		}
 	}()
+	applied := make([]map[string]string, nodes) // each relay's torrc_sha256 by name, as the agent reports it
 	fetch := func(c *api.Client, i int) error {
 		cfg, err := c.Config(ctx, tokens[i])
 		if err == nil && (cfg.NodeID != fl.ids[i] || len(cfg.Relays) != relays) {
 			err = fmt.Errorf("node %d: config of node %d with %d relays", fl.ids[i], cfg.NodeID, len(cfg.Relays))
+		}
+		if err == nil {
+			applied[i] = map[string]string{}
+			for _, r := range cfg.Relays {
+				applied[i][r.Name] = r.TorrcSHA256
+			}
 		}
 		return err
 	}
@@ -171,8 +187,24 @@ func runServer(ctx context.Context, bin, work string, nodes, relays int) (*Serve
 			_, err = c.Complete(ctx, &api.CompleteRequest{ChallengeID: ch.ChallengeID, Secret: secret, Quote: q})
 			return err
 		})
-	r.Heartbeat = burst(fmt.Sprintf("heartbeat with a metrics summary of %d relays, every node", relays), clients, nodes,
-		func(c *api.Client, i int) error { return c.Status(ctx, tokens[i], benchHeartbeat(fl.relays[i])) })
+	r.Heartbeat = burst(fmt.Sprintf("heartbeat with a metrics summary of %d relays and their first fingerprints, every node", relays), clients, nodes,
+		func(c *api.Client, i int) error {
+			return c.Status(ctx, tokens[i], benchHeartbeat(fl.relays[i], applied[i]))
+		})
+	// A burst with errors measures refusals (as the heartbeat's did when
+	// the server began to check ed25519 ids): the section fails, with the
+	// figures and the first error in the report.
+	for _, b := range append(slices.Clone(r.Fetch), r.Handshake, r.Heartbeat) {
+		if b.Errors > 0 {
+			return r, fmt.Errorf("%s: %d of %d requests failed, first: %s", b.Name, b.Errors, b.Requests, b.FirstError)
+		}
+	}
+	if r.Fingerprints, r.DistinctFingerprints, err = fingerprints(ctx, srv.DB); err != nil {
+		return r, err
+	}
+	if want := nodes * relays; r.Fingerprints != want || r.DistinctFingerprints != want {
+		return r, fmt.Errorf("after the heartbeats the database holds %d fingerprints (%d distinct), want %d", r.Fingerprints, r.DistinctFingerprints, want)
+	}
 	if r.RSSAfter, r.RSSPeak, err = srv.RSS(); err != nil {
 		return nil, err
 	}
@@ -180,6 +212,18 @@ func runServer(ctx context.Context, bin, work string, nodes, relays int) (*Serve
 		return nil, fmt.Errorf("/metrics: %w", err)
 	}
 	return r, nil
+}
+
+// fingerprints counts the relays with a fingerprint in the database at
+// path, and the distinct fingerprints among them.
+func fingerprints(ctx context.Context, path string) (n, distinct int, err error) {
+	st, err := store.Open(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer st.Close()
+	err = st.DB().QueryRowContext(ctx, `SELECT count(*), count(DISTINCT fingerprint) FROM relays WHERE fingerprint != ''`).Scan(&n, &distinct)
+	return n, distinct, err
 }
 
 // freePort is a loopback address with a port free a moment ago.
@@ -193,19 +237,28 @@ func freePort() (string, error) {
 }
 
 // benchHeartbeat is a node's heartbeat with every relay running and a
-// full summary (five flags), as the agent sends it each round.
-func benchHeartbeat(names []string) *api.Status {
+// full summary (five flags), as the agent sends it each round: each
+// relay's own keys as tor writes them (40 upper-case hex digits, 43
+// characters of unpadded base64), derived from its name so no two relays
+// share one, and the sha256 of the torrc it applied (applied, by relay
+// name: what the node's last config fetch served).
+func benchHeartbeat(names []string, applied map[string]string) *api.Status {
 	st := &api.Status{BootID: "bench", UptimeS: 86400, Metrics: &api.NodeMetrics{AgentRSSBytes: 30 << 20,
 		MemAvailableBytes: 6 << 30, MemTotalBytes: 8 << 30}}
-	for i, n := range names {
+	for _, n := range names {
 		st.Relays = append(st.Relays, api.RelayStatus{Name: n, State: api.RelayRunning,
-			Fingerprint: fmt.Sprintf("%040X", i+1), Ed25519ID: "bench"})
+			Fingerprint: fmt.Sprintf("%X", sha1.Sum([]byte(n))), Ed25519ID: ed25519ID(n), TorrcSHA256: applied[n]})
 		st.Metrics.Relays = append(st.Metrics.Relays, api.RelayMetrics{Name: n, BytesRead: 1 << 40, BytesWritten: 1 << 40,
 			ORConns: 900, ExitConns: 3000, Circuits: 5000, OnionskinsProcessed: 1 << 30, OnionskinsDropped: 12,
 			DNSQueries: 1 << 26, DNSErrors: 900, DNSTimeouts: 40, Flags: []string{"Exit", "Fast", "Running", "Stable", "V2Dir"},
 			SigningCertExpires: time.Now().Add(20 * 24 * time.Hour).Unix(), UptimeS: 86000, TorRSSBytes: 150 << 20})
 	}
 	return st
+}
+
+func ed25519ID(name string) string {
+	id := sha256.Sum256([]byte(name))
+	return base64.RawStdEncoding.EncodeToString(id[:])
 }
 
 // scrapeMetrics fetches url n times as Prometheus does (gzip), then once
@@ -264,6 +317,8 @@ func scrapeMetrics(srv *srvproc.Server, url string, n int) (*MetricsRun, error) 
 // burst runs n operations over the clients, each client one at a time.
 func burst(name string, clients []*api.Client, n int, op func(*api.Client, int) error) Burst {
 	var next, errs atomic.Int64
+	var first sync.Once
+	var firstErr string
 	lat := make([][]time.Duration, len(clients))
 	var wg sync.WaitGroup
 	t0 := time.Now()
@@ -277,8 +332,9 @@ func burst(name string, clients []*api.Client, n int, op func(*api.Client, int) 
 					return
 				}
 				s := time.Now()
-				if op(c, i) != nil {
+				if err := op(c, i); err != nil {
 					errs.Add(1)
+					first.Do(func() { firstErr = err.Error() })
 					continue
 				}
 				lat[ci] = append(lat[ci], time.Since(s))
@@ -289,7 +345,7 @@ func burst(name string, clients []*api.Client, n int, op func(*api.Client, int) 
 	took := time.Since(t0)
 	all := slices.Concat(lat...)
 	slices.Sort(all)
-	return Burst{Name: name, Requests: n, Errors: int(errs.Load()), Took: took, PerSec: float64(n) / took.Seconds(),
+	return Burst{Name: name, Requests: n, Errors: int(errs.Load()), FirstError: firstErr, Took: took, PerSec: float64(n) / took.Seconds(),
 		P50: loadgen.Percentile(all, 50), P99: loadgen.Percentile(all, 99)}
 }
 
