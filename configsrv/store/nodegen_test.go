@@ -163,3 +163,59 @@ func TestFamilyGenStamps(t *testing.T) {
 		t.Fatalf("settings.DefaultFamily %q: migration 0015's node_family view says 'fleet'", settings.DefaultFamily)
 	}
 }
+
+// Family generations (migration 0018) under a global family setting: a
+// fingerprint moves every member's generation to the family's stamp and
+// no other node's; a key of a family with no members stamps no node but
+// still moves the mark (the watcher must not read it again).
+func TestFamilyGenGlobalFamily(t *testing.T) {
+	ctx := context.Background()
+	s := open(t)
+	pool(t, s, "192.0.2.0/24", "192.0.2.1")
+	a, b, c := node(t, s), node(t, s), node(t, s)
+	for _, id := range []int64{a, b, c} {
+		s.SetNodeState(ctx, id, api.NodeEnabled)
+		if _, err := s.Allocate(ctx, id, specs(1), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.SetSetting(ctx, 0, settings.Family, "na")
+	s.SetSetting(ctx, c, settings.Family, "eu")
+	_, mark, _ := s.ConfigChangesSince(ctx, 0)
+	gens := func() []int64 {
+		var g []int64
+		for _, id := range []int64{a, b, c} {
+			n, err := s.NodeConfigGen(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			g = append(g, n)
+		}
+		return g
+	}
+	before := gens()
+	rs, _ := s.Relays(ctx, b)
+	if _, err := s.RecordStatus(ctx, b, &api.Status{Relays: []api.RelayStatus{{Name: rs[0].Name, Fingerprint: fpA}}}, nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	got, top, err := s.ConfigChangesSince(ctx, mark)
+	slices.Sort(got)
+	if err != nil || !slices.Equal(got, []int64{a, b}) || top <= mark {
+		t.Fatalf("a fingerprint in the global family na: nodes %v, top %d (mark %d), %v", got, top, mark, err)
+	}
+	if after := gens(); after[0] != top || after[1] != top || after[2] != before[2] {
+		t.Fatalf("generations %v, then %v; want a's and b's at %d, c's unchanged", before, after, top)
+	}
+	mark = top
+	k := &FamilyKey{Family: "nobody", ID: "id-nobody", Secret: make([]byte, 64), Created: time.Now(), Origin: OriginCreated}
+	if _, err := s.PutFamilyKey(ctx, k, false); err != nil {
+		t.Fatal(err)
+	}
+	got, top, _ = s.ConfigChangesSince(ctx, mark)
+	if len(got) != 0 || top <= mark {
+		t.Fatalf("a memberless family's key: nodes %v, top %d (mark %d)", got, top, mark)
+	}
+	if again, top2, _ := s.ConfigChangesSince(ctx, top); len(again) != 0 || top2 != top {
+		t.Fatalf("read again from %d: %v, %d", top, again, top2)
+	}
+}
