@@ -73,7 +73,10 @@ func TestHeartbeatOnChange(t *testing.T) {
 	})
 	lag := time.Since(first.Since) // Since: when READY=1 came
 	t.Logf("READY=1 to the server seeing running + fingerprint: %v (poll interval 1h)", lag.Round(10*time.Millisecond))
-	if lag > 4*time.Second {
+	// The poll is an hour and no round ran (the fetch count below): the
+	// change heartbeat carried it. The bound catches only a lost one, not
+	// a slow machine.
+	if lag > 30*time.Second {
 		t.Errorf("READY=1 reached the server after %v", lag)
 	}
 	if n := rec.Count(configKey); n != 1 {
@@ -91,7 +94,7 @@ func TestHeartbeatOnChange(t *testing.T) {
 	})
 	lag = time.Since(t0)
 	t.Logf("SIGKILL to the server seeing running restarts=1: %v, %d heartbeats", lag.Round(10*time.Millisecond), rec.Count(statusKey)-hb0)
-	if lag > 2*time.Second+gap+3*time.Second {
+	if lag > 30*time.Second+gap {
 		t.Errorf("restart reached the server after %v", lag)
 	}
 	if n := rec.Count(statusKey) - hb0; n > 3 {
