@@ -496,7 +496,10 @@ func (a *agent) openVault(ctx context.Context) (err error) {
 
 // What main wires into the reconcile loop and the supervisor.
 var (
-	_ reconcile.Tokens  = (*attest.Session)(nil)
+	_ reconcile.Tokens = (*attest.Session)(nil)
+	_ interface {
+		RefreshAt() time.Time // reconcile caps its long polls by it
+	} = (*attest.Session)(nil)
 	_ reconcile.Network = relayNetwork{}
 	_ reconcile.Relays  = (*tor.Supervisor)(nil)
 	_ tor.Keys          = (*vault.Vault)(nil)

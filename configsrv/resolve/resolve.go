@@ -156,8 +156,9 @@ func NodeConfig(ctx context.Context, st *store.Store, nodeID int64, fleet *Fleet
 			IPv6Gateway:    eff.IPv6Gateway,
 			DNS:            eff.DNS,
 		},
-		PollIntervalS: eff.PollIntervalS,
-		Relays:        []api.Relay{},
+		PollIntervalS:      eff.PollIntervalS,
+		HeartbeatIntervalS: eff.HeartbeatIntervalS,
+		Relays:             []api.Relay{},
 	}
 	// Without an explicit gateway, the gateway of the pool the node's
 	// first relay draws from is the natural one.

@@ -22,6 +22,9 @@ const (
 	MaxRelays      = "max_relays"
 	PollIntervalS  = "poll_interval_s"
 	Family         = "family"
+	// HeartbeatIntervalS is how often a node that long-polls its config
+	// sends a heartbeat when nothing changes (issue 18).
+	HeartbeatIntervalS = "heartbeat_interval_s"
 )
 
 // Defaults applied when neither the node nor the global level sets a key.
@@ -36,6 +39,9 @@ const (
 	// DefaultFamily is the family of every node no family setting
 	// names: by default the whole fleet is one family.
 	DefaultFamily = "fleet"
+	// DefaultHeartbeatIntervalS: 6 heartbeats an hour, with the long polls
+	// and the hourly token well within 12 requests an hour while idle.
+	DefaultHeartbeatIntervalS = 600
 )
 
 // Linux interface names: at most 15 bytes, no slash, whitespace or colon.
@@ -47,7 +53,7 @@ var familyRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
 
 // Keys lists every valid key, sorted.
 func Keys() []string {
-	k := []string{RelayInterface, IPv4Gateway, IPv6Gateway, DNS, RelayMemoryMB, MaxRelays, PollIntervalS, Family}
+	k := []string{RelayInterface, IPv4Gateway, IPv6Gateway, DNS, RelayMemoryMB, MaxRelays, PollIntervalS, Family, HeartbeatIntervalS}
 	sort.Strings(k)
 	return k
 }
@@ -92,7 +98,7 @@ func Normalize(key, value string) (string, error) {
 		return intIn(key, value, 1, 1<<30)
 	case MaxRelays:
 		return intIn(key, value, 0, 64)
-	case PollIntervalS:
+	case PollIntervalS, HeartbeatIntervalS:
 		return intIn(key, value, 10, 86400)
 	}
 	return "", fmt.Errorf("unknown setting %q (valid: %s)", key, strings.Join(Keys(), ", "))
@@ -116,14 +122,15 @@ func intIn(key, value string, lo, hi int) (string, error) {
 
 // Effective is the resolved value of every setting for one node.
 type Effective struct {
-	RelayInterface string
-	IPv4Gateway    string
-	IPv6Gateway    string
-	DNS            []string
-	RelayMemoryMB  int
-	MaxRelays      int
-	PollIntervalS  int
-	Family         string // the relay family the node's relays belong to
+	RelayInterface     string
+	IPv4Gateway        string
+	IPv6Gateway        string
+	DNS                []string
+	RelayMemoryMB      int
+	MaxRelays          int
+	PollIntervalS      int
+	HeartbeatIntervalS int
+	Family             string // the relay family the node's relays belong to
 }
 
 // Resolve layers node over global over the defaults. Values are assumed
@@ -146,14 +153,15 @@ func Resolve(global, node map[string]string) Effective {
 		return def
 	}
 	e := Effective{
-		RelayInterface: DefaultRelayInterface,
-		IPv4Gateway:    get(IPv4Gateway),
-		IPv6Gateway:    get(IPv6Gateway),
-		DNS:            []string{},
-		RelayMemoryMB:  num(RelayMemoryMB, DefaultRelayMemoryMB),
-		MaxRelays:      num(MaxRelays, DefaultMaxRelays),
-		PollIntervalS:  num(PollIntervalS, DefaultPollIntervalS),
-		Family:         DefaultFamily,
+		RelayInterface:     DefaultRelayInterface,
+		IPv4Gateway:        get(IPv4Gateway),
+		IPv6Gateway:        get(IPv6Gateway),
+		DNS:                []string{},
+		RelayMemoryMB:      num(RelayMemoryMB, DefaultRelayMemoryMB),
+		MaxRelays:          num(MaxRelays, DefaultMaxRelays),
+		PollIntervalS:      num(PollIntervalS, DefaultPollIntervalS),
+		HeartbeatIntervalS: num(HeartbeatIntervalS, DefaultHeartbeatIntervalS),
+		Family:             DefaultFamily,
 	}
 	if v := get(Family); CheckFamily(v) == nil {
 		e.Family = v

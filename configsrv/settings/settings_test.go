@@ -14,6 +14,7 @@ func TestNormalize(t *testing.T) {
 		{PollIntervalS, "10"}:             "10",
 		{PollIntervalS, "86400"}:          "86400",
 		{Family, " eu-1 "}:                "eu-1",
+		{HeartbeatIntervalS, " 600 "}:     "600",
 	}
 	for in, want := range good {
 		if got, err := Normalize(in[0], in[1]); err != nil || got != want {
@@ -25,7 +26,7 @@ func TestNormalize(t *testing.T) {
 		{IPv4Gateway, "2001:db8::1"}, {IPv4Gateway, "nope"}, {IPv6Gateway, "192.0.2.1"}, {IPv6Gateway, "::ffff:192.0.2.1"},
 		{DNS, ""}, {DNS, "192.0.2.53,"}, {DNS, "dns.example"},
 		{RelayMemoryMB, "0"}, {RelayMemoryMB, "-5"}, {RelayMemoryMB, "1k"},
-		{MaxRelays, "65"}, {MaxRelays, "-1"}, {PollIntervalS, "9"}, {PollIntervalS, "86401"},
+		{MaxRelays, "65"}, {MaxRelays, "-1"}, {PollIntervalS, "9"}, {PollIntervalS, "86401"}, {HeartbeatIntervalS, "9"},
 		{Family, ""}, {Family, "EU"}, {Family, "-eu"}, {Family, "e/u"}, {Family, "a23456789012345678901234567890123"},
 		{"colour", "blue"},
 	} {
@@ -38,7 +39,7 @@ func TestNormalize(t *testing.T) {
 func TestResolve(t *testing.T) {
 	e := Resolve(map[string]string{MaxRelays: "4", DNS: "192.0.2.53", RelayInterface: "eth1"},
 		map[string]string{MaxRelays: "2", RelayInterface: "eth2"})
-	if e.MaxRelays != 2 || e.RelayInterface != "eth2" || len(e.DNS) != 1 || e.RelayMemoryMB != DefaultRelayMemoryMB || e.PollIntervalS != DefaultPollIntervalS {
+	if e.MaxRelays != 2 || e.RelayInterface != "eth2" || len(e.DNS) != 1 || e.RelayMemoryMB != DefaultRelayMemoryMB || e.PollIntervalS != DefaultPollIntervalS || e.HeartbeatIntervalS != DefaultHeartbeatIntervalS {
 		t.Fatalf("%+v", e)
 	}
 }

@@ -56,7 +56,8 @@ type RelayInfo struct {
 // StartServer creates key material for the guest's view of the server
 // (10.0.2.100) and loopback, a fresh database with the documentation
 // address pools, a global torrc with DisableNetwork 1 and defaults that let
-// two relays fit a 1 GiB machine and report every 10 s, then serves.
+// two relays fit a 1 GiB machine and report every 10 s (heartbeats; configs
+// are long-polled), then serves.
 func StartServer(ctx context.Context, t *Tools, dir string, log io.Writer) (*Server, error) {
 	s := &Server{Dir: dir, DB: filepath.Join(dir, "patela.db"), CA: filepath.Join(dir, "ca.pem"), bin: t.Configsrv, log: log}
 	if _, err := s.Admin(ctx, "init", "--dir", dir, "--name", ServerIP+",127.0.0.1,localhost"); err != nil {
@@ -74,6 +75,7 @@ func StartServer(ctx context.Context, t *Tools, dir string, log io.Writer) (*Ser
 		{"node", "set", "--default", "max_relays", "2"},
 		{"node", "set", "--default", "relay_interface", "eth1"},
 		{"node", "set", "--default", "poll_interval_s", "10"},
+		{"node", "set", "--default", "heartbeat_interval_s", "10"},
 	} {
 		if _, err := s.Admin(ctx, args...); err != nil {
 			return nil, err

@@ -153,6 +153,15 @@ func (s *Session) Token(ctx context.Context) (string, error) {
 	return t.Value, err
 }
 
+// RefreshAt is when Token attests again rather than hand out the cached
+// token (zero before the first token): a long-polled request asks to be
+// held no longer, so a change is not answered to an expired token.
+func (s *Session) RefreshAt() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refreshAt
+}
+
 // Current is Token with the token's details.
 func (s *Session) Current(ctx context.Context) (Token, error) {
 	s.mu.Lock()

@@ -19,11 +19,11 @@ const (
 	configKey = "GET " + api.PathConfig
 )
 
-// With an hour between polls, what the supervisor reports reaches the
-// server within seconds as heartbeats of their own, without config
-// rounds: a new relay's READY=1, a SIGKILL and its restart, a relay that
-// fails in a crash loop. A burst of changes gives a bounded number of
-// heartbeats, and a failing heartbeat falls back to the rounds' backoff.
+// While the config long-poll is held, what the supervisor reports
+// reaches the server within seconds as heartbeats of their own, without
+// config fetches: a new relay's READY=1, a SIGKILL and its restart, a
+// relay that fails in a crash loop. A burst of changes gives a bounded
+// number of heartbeats, and a failing heartbeat is retried with backoff.
 func TestHeartbeatOnChange(t *testing.T) {
 	w := newWorld(t, 1, time.Hour)
 	var outage atomic.Bool
@@ -79,8 +79,11 @@ func TestHeartbeatOnChange(t *testing.T) {
 	if lag > 30*time.Second {
 		t.Errorf("READY=1 reached the server after %v", lag)
 	}
-	if n := rec.Count(configKey); n != 1 {
-		t.Errorf("%d config fetches: the change heartbeat ran a round", n)
+	// The first fetch, then the long poll held.
+	waitFor(t, "the long poll held", func() bool { return w.s.Waiting() == 1 })
+	cfgBase := rec.Count(configKey)
+	if cfgBase != 2 {
+		t.Errorf("%d config fetches to start: want the first and the held one", cfgBase)
 	}
 
 	// SIGKILL: the restart reaches the server within seconds (the exit
@@ -100,39 +103,44 @@ func TestHeartbeatOnChange(t *testing.T) {
 	if n := rec.Count(statusKey) - hb0; n > 3 {
 		t.Errorf("%d heartbeats for one exit and restart", n)
 	}
-	if n := rec.Count(configKey); n != 1 {
-		t.Errorf("%d config fetches: change heartbeats ran rounds", n)
+	if n := rec.Count(configKey); n != cfgBase {
+		t.Errorf("%d config fetches: change heartbeats ran rounds", n-cfgBase)
 	}
 
-	// The server fails heartbeats: the change heartbeat fails, and the
-	// loop falls back to rounds with the usual backoff (no heartbeats
-	// beside theirs); once the server takes them again, the poll interval
-	// is back to an hour.
+	// The server fails heartbeats: the change heartbeat fails and is
+	// retried with backoff (RetryMin doubling to RetryMax), the long poll
+	// held all along; once the server takes them again, the retries stop.
 	time.Sleep(gap) // let the rate bound lapse: the next change is sent at once
 	outage.Store(true)
-	hb0, cfg0 := rec.Count(statusKey), rec.Count(configKey)
+	hb0 = rec.Count(statusKey)
+	t0 = time.Now()
 	second := local()
 	unix.Kill(second.PID, unix.SIGKILL)
 	waitFor(t, "relay restarted", func() bool {
 		st := local()
 		return st.State == api.RelayRunning && st.Restarts == 2
 	})
-	waitFor(t, "rounds retrying", func() bool { return rec.Count(configKey) >= cfg0+3 })
+	waitFor(t, "heartbeats retried", func() bool { return rec.Count(statusKey) >= hb0+4 })
 	outage.Store(false)
 	waitFor(t, "server sees restarts=2", func() bool {
 		r := onServer(first.Name)
 		return r.State == api.RelayRunning && r.Restarts == 2
 	})
-	hbs, rounds := rec.Count(statusKey)-hb0, rec.Count(configKey)-cfg0
-	t.Logf("outage: %d heartbeats, %d rounds", hbs, rounds)
-	if hbs > rounds+1 {
-		t.Errorf("%d heartbeats for %d rounds during the outage: change heartbeats went on", hbs, rounds)
+	outageFor := time.Since(t0)
+	hbs := rec.Count(statusKey) - hb0
+	t.Logf("outage: %d heartbeats in %v", hbs, outageFor.Round(10*time.Millisecond))
+	if limit := 4 + int(outageFor/w.l.cfg.RetryMax); hbs > limit {
+		t.Errorf("%d heartbeats in %v of outage: more than %d, the backoff does not hold", hbs, outageFor, limit)
+	}
+	if n := rec.Count(configKey); n != cfgBase {
+		t.Errorf("%d config fetches during the heartbeat outage", n-cfgBase)
+	}
+	hb1 := rec.Count(statusKey)
+	time.Sleep(3 * time.Second)
+	if n := rec.Count(statusKey); n != hb1 {
+		t.Errorf("%d heartbeats after the server recovered, with nothing changing", n-hb1)
 	}
 	cfg1 := rec.Count(configKey)
-	time.Sleep(3 * time.Second)
-	if n := rec.Count(configKey); n != cfg1 {
-		t.Errorf("%d rounds after the server recovered: the poll interval is not back to an hour", n-cfg1)
-	}
 
 	// A crash loop: tor killed as soon as it starts, until the supervisor
 	// gives up. Heartbeats stay within the rate bound, and the last one

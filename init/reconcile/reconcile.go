@@ -1,21 +1,22 @@
-// Package reconcile is the agent's steady state: every poll interval it
-// fetches the node's desired state from the config server, converges the
-// relay network and the supervised relays to it without disturbing
-// relays that did not change, and sends a heartbeat with a metrics
-// summary of the node and its relays (each tor's MetricsPort, scraped
-// every round). A config that asks this boot to end (a rollout's turn)
-// is handed to Config.Reboot. Between rounds, a change the supervisor
-// reports (a relay ready, exited, restarted) is sent as a heartbeat of
-// its own within seconds, without a config round. A server that cannot
-// be reached changes nothing: the relays keep running and the loop
-// retries with backoff.
+// Package reconcile is the agent's steady state: it long-polls the
+// node's desired state from the config server (or, from a server that
+// does not long-poll, fetches it every poll interval), converges the
+// relay network and the supervised relays to each new one without
+// disturbing relays that did not change, and sends heartbeats: after
+// each change and on their own timer, with a metrics summary of the node
+// and its relays (each tor's MetricsPort, scraped then), and within
+// seconds of a change the supervisor reports (a relay ready, exited,
+// restarted), without one. A config that asks this boot to end (a
+// rollout's turn) is handed to Config.Reboot. A server that cannot be
+// reached changes nothing: the relays keep running and the loop retries
+// with backoff.
 //
 // A server that withdraws the node's right to run relays (disabled,
 // banned, or removed, so that attesting again makes it a new pending
-// node) is obeyed at the next round: every relay is stopped, its keys
-// kept sealed in the vault, and the loop keeps asking, with backoff up to
-// RetryMax, until the node is enabled again; then the relays start again
-// with the same keys. Nothing here reboots the machine on a refusal.
+// node) is obeyed at once: every relay is stopped, its keys kept sealed
+// in the vault, and the loop keeps asking, with backoff up to RetryMax,
+// until the node is enabled again; then the relays start again with the
+// same keys. Nothing here reboots the machine on a refusal.
 package reconcile
 
 import (
@@ -75,14 +76,21 @@ type Config struct {
 	Relays  Relays
 	Log     *slog.Logger
 
-	// Specs, if set, is posted before each config fetch, so relays the
-	// administrator allows (max_relays, relay_memory_mb) are allocated
-	// or freed without a reboot.
+	// Specs, if set, is posted before the first config fetch and after
+	// each change, so relays the administrator allows (max_relays,
+	// relay_memory_mb) are allocated or freed without a reboot.
 	Specs *api.Specs
 
-	// PollInterval overrides the server's poll_interval_s when > 0 (the
-	// server's minimum is 10 s; tests poll faster).
+	// LongPollWait is how long a config fetch asks the server to hold it
+	// waiting for a change; default 30 min (the server may hold it less).
+	LongPollWait time.Duration
+	// PollInterval overrides the server's poll_interval_s when > 0: the
+	// round interval with a server that does not long-poll (the server's
+	// minimum is 10 s; tests poll faster).
 	PollInterval time.Duration
+	// HeartbeatInterval overrides the server's heartbeat_interval_s
+	// when > 0.
+	HeartbeatInterval time.Duration
 	// RetryMin and RetryMax bound the backoff after a failed round;
 	// defaults 2 s and 60 s, never more than the poll interval.
 	RetryMin, RetryMax time.Duration
@@ -111,10 +119,15 @@ type Loop struct {
 	applied  map[string]api.Relay // relays as last applied successfully
 	refused  map[string]error     // relays whose desired state was refused
 	reported []api.RelayStatus    // the relays of the last heartbeat the server took
-	changeHB time.Time            // when the last change heartbeat was sent
+	hb       heartbeatState       // Run's
 	leaving  bool                 // Reboot was called
 	revoked  *api.Error           // why the relays are stopped; nil while they may run
 	placed   api.SpecsResponse    // the last specs answer
+}
+
+// refresher is implemented by *attest.Session: when its token is renewed.
+type refresher interface {
+	RefreshAt() time.Time
 }
 
 // New checks cfg and prepares the loop.
@@ -140,135 +153,252 @@ func New(cfg Config) (*Loop, error) {
 	if cfg.HeartbeatGap <= 0 {
 		cfg.HeartbeatGap = 5 * time.Second
 	}
+	if cfg.LongPollWait <= 0 {
+		cfg.LongPollWait = 30 * time.Minute
+	}
 	return &Loop{cfg: cfg, log: cfg.Log, relays: cfg.Relays, applied: map[string]api.Relay{}, refused: map[string]error{}}, nil
 }
 
 // Run reconciles until ctx ends, and returns ctx's error.
+//
+// The config is long-polled: each fetch sends the ETag of the config
+// applied last and asks the server to hold it (LongPollWait, no longer
+// than the token lives), so a change arrives within about a second and
+// an idle node costs a request per wait. After a change (and at the
+// start) the specs are posted again before the next fetch, so an
+// allocation the administrator changed takes effect. Heartbeats have
+// their own timer (the server's heartbeat_interval_s) and follow every
+// applied change and every relay change the supervisor reports. A server
+// that answers without an ETag does not long-poll (an older one): the
+// loop then fetches every poll interval, each round with its heartbeat,
+// as before. A failed fetch is retried with backoff, first without a
+// wait (a probe), which is followed by a heartbeat once it succeeds.
 func (l *Loop) Run(ctx context.Context) error {
-	retry := l.cfg.RetryMin
-	for {
-		interval, sent, err := l.round(ctx)
-		wait := interval
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			wait = min(retry, interval)
-			if l.revoked != nil {
-				l.log.Debug("relays stopped by the config server; asking again", "err", err, "retry_in", wait)
-			} else {
-				l.log.Warn("reconcile failed; relays keep running", "err", err, "retry_in", wait)
-			}
-			retry = min(2*retry, l.cfg.RetryMax)
-		} else {
-			retry = l.cfg.RetryMin
-		}
-		if err := l.between(ctx, wait, sent, &retry); err != nil {
-			return err
-		}
+	var (
+		etag      string // of the config applied last; "" fetches at once
+		needSpecs = true
+		probe     = true // the next fetch asks for no wait
+		retry     = l.cfg.RetryMin
+		interval  = l.interval(0)
+		hbEvery   = l.heartbeatEvery(nil)
+		longPoll  bool // the server tags configs, so it long-polls
+	)
+	results := make(chan fetched, 1)
+	fetching := false
+	startFetch := func() {
+		fetching = true
+		e, specs, wait := etag, needSpecs, !probe
+		go func() { results <- l.fetch(ctx, e, specs, wait) }()
 	}
-}
-
-// between waits wait for the next round, sending the supervisor's
-// changes meanwhile: HeartbeatDelay after a change (and HeartbeatGap
-// after the previous change heartbeat at the earliest) it posts a
-// heartbeat alone, unless its relays equal those the server last took.
-// It does so only while the server takes heartbeats (sent: it took the
-// round's); otherwise the next round, due with backoff, reports the
-// change. A failed change heartbeat is a failed round: the next round
-// comes after the backoff (*retry, then doubled) if that is sooner.
-func (l *Loop) between(ctx context.Context, wait time.Duration, sent bool, retry *time.Duration) error {
-	due := time.Now().Add(wait)
-	next := time.NewTimer(wait)
-	defer next.Stop()
-	var hb <-chan time.Time // a change heartbeat is pending
+	nextFetch := time.NewTimer(0)
+	defer nextFetch.Stop()
+	l.hb = heartbeatState{retry: l.cfg.RetryMin, timer: time.NewTimer(time.Hour)}
+	l.hb.timer.Stop()
+	defer l.hb.timer.Stop()
+	var changeHB <-chan time.Time // a change heartbeat is pending
 	for {
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
-		case <-next.C:
-			return nil // the round sends a heartbeat; a pending one is dropped
-		case <-l.relays.Changes():
-			if sent && hb == nil { // else the pending heartbeat or the next round reads the newest state
-				hb = time.After(max(l.cfg.HeartbeatDelay, time.Until(l.changeHB.Add(l.cfg.HeartbeatGap))))
+			if fetching {
+				<-results
 			}
-		case <-hb:
-			hb = nil
+			return ctx.Err()
+
+		case <-nextFetch.C:
+			startFetch()
+
+		case f := <-results:
+			fetching = false
+			if f.err != nil {
+				if ctx.Err() != nil {
+					continue
+				}
+				probe = true
+				wait := min(retry, interval)
+				if l.obey(ctx, f.err); l.revoked != nil {
+					// Every relay stopped: the config is applied anew
+					// once the node may run them again.
+					etag = ""
+					l.log.Debug("relays stopped by the config server; asking again", "err", f.err, "retry_in", wait)
+				} else {
+					l.log.Warn("reconcile failed; relays keep running", "err", f.err, "retry_in", wait)
+				}
+				retry = min(2*retry, l.cfg.RetryMax)
+				nextFetch.Reset(wait)
+				continue
+			}
+			l.allowed()
+			needSpecs = needSpecs && !f.specsSent
+			recovered := probe
+			probe = false
+			longPoll = f.res.ETag != ""
+			if cfg := f.res.Config; cfg != nil {
+				interval, hbEvery = l.interval(cfg.PollIntervalS), l.heartbeatEvery(cfg)
+				if l.leave(cfg) {
+					continue // no more fetches: the machine is going down
+				}
+				needSpecs = true
+				if err := l.apply(ctx, cfg); err != nil {
+					// Fetched again after the backoff, and applied anew.
+					etag, probe = "", true
+					wait := min(retry, interval)
+					l.log.Warn("reconcile failed; relays keep running", "err", err, "retry_in", wait)
+					retry = min(2*retry, l.cfg.RetryMax)
+					l.beat(ctx, hbEvery, longPoll)
+					nextFetch.Reset(wait)
+					continue
+				}
+				etag = f.res.ETag
+				l.beat(ctx, hbEvery, longPoll)
+			} else if recovered {
+				l.beat(ctx, hbEvery, longPoll)
+			}
+			retry = l.cfg.RetryMin
+			if longPoll {
+				startFetch()
+			} else {
+				nextFetch.Reset(interval)
+			}
+
+		case <-l.hb.timer.C:
+			l.beat(ctx, hbEvery, longPoll)
+
+		case <-l.relays.Changes():
+			// Only while the server takes heartbeats: otherwise the retry
+			// of the failed one reads the newest state.
+			if l.hb.sent && changeHB == nil {
+				changeHB = time.After(max(l.cfg.HeartbeatDelay, time.Until(l.hb.changeAt.Add(l.cfg.HeartbeatGap))))
+			}
+
+		case <-changeHB:
+			changeHB = nil
 			st := l.status()
 			if slices.EqualFunc(st.Relays, l.reported, api.RelayStatus.Equal) {
 				continue
 			}
-			l.changeHB = time.Now()
-			if err := l.heartbeat(ctx, st); err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				l.obey(ctx, err)
-				sent = false
-				if w := *retry; w < time.Until(due) {
-					next.Reset(w)
-					due = time.Now().Add(w)
-				}
-				if l.revoked == nil {
-					l.log.Warn("heartbeat failed; relays keep running", "err", err, "next_round_in", time.Until(due).Round(time.Millisecond))
-				}
-				*retry = min(*retry*2, l.cfg.RetryMax)
-				continue
+			l.hb.changeAt = time.Now()
+			if l.beatStatus(ctx, st, hbEvery, longPoll) {
+				l.log.Debug("heartbeat sent after a relay change", "relays", len(st.Relays))
 			}
-			l.log.Debug("heartbeat sent after a relay change", "relays", len(st.Relays))
 		}
 	}
 }
 
-// Once runs one round: specs, config, network, relays, heartbeat. It
-// returns the poll interval to wait before the next round.
-func (l *Loop) Once(ctx context.Context) (time.Duration, error) {
-	interval, _, err := l.round(ctx)
-	return interval, err
+// fetched is one fetch's outcome.
+type fetched struct {
+	res       *api.ConfigResult
+	specsSent bool
+	err       error
 }
 
-// round is Once, and whether the server took its heartbeat.
-func (l *Loop) round(ctx context.Context) (time.Duration, bool, error) {
-	interval := l.interval(0)
-	var cfg *api.NodeConfig
-	err := l.call(ctx, func(tok string) error {
-		if l.cfg.Specs != nil {
+// fetch posts the specs (when specs) and fetches the config unless it is
+// still the one etag names, long-polled when wait.
+func (l *Loop) fetch(ctx context.Context, etag string, specs, wait bool) fetched {
+	var f fetched
+	f.err = l.call(ctx, func(tok string) error {
+		if specs && l.cfg.Specs != nil && !f.specsSent {
 			if err := l.specs(ctx, tok); err != nil {
 				return err
 			}
+			f.specsSent = true
+		}
+		var d time.Duration
+		if wait && etag != "" {
+			d = l.cfg.LongPollWait
+			if r, ok := l.cfg.Tokens.(refresher); ok {
+				if left := time.Until(r.RefreshAt()); left > time.Second {
+					d = min(d, left)
+				}
+			}
 		}
 		var err error
-		cfg, err = l.cfg.Client.Config(ctx, tok)
-		if err != nil {
+		if f.res, err = l.cfg.Client.ConfigWait(ctx, tok, etag, d); err != nil {
 			return fmt.Errorf("fetching config: %w", err)
 		}
 		return nil
 	})
+	return f
+}
+
+// heartbeatState is the heartbeat timer's: when the next periodic
+// heartbeat is due, and whether the server took the last one.
+type heartbeatState struct {
+	timer    *time.Timer
+	retry    time.Duration // after a failed heartbeat
+	sent     bool
+	changeAt time.Time // when the last change heartbeat was sent
+}
+
+// beat sends a heartbeat now, with the metrics summary.
+func (l *Loop) beat(ctx context.Context, every time.Duration, periodic bool) {
+	st := l.status()
+	st.Metrics = l.metrics(ctx)
+	l.beatStatus(ctx, st, every, periodic)
+}
+
+// beatStatus sends st and sets the heartbeat timer: the next periodic
+// heartbeat after every (only when periodic: a server that does not
+// long-poll gets one with each round), or a retry with backoff after a
+// failure. It reports whether the server took it.
+func (l *Loop) beatStatus(ctx context.Context, st *api.Status, every time.Duration, periodic bool) bool {
+	err := l.heartbeat(ctx, st)
+	l.hb.timer.Stop()
 	if err != nil {
-		l.obey(ctx, err)
-		return interval, false, err
+		if ctx.Err() != nil {
+			return false
+		}
+		l.hb.sent = false
+		if l.obey(ctx, err); l.revoked == nil {
+			l.log.Warn("heartbeat failed; relays keep running", "err", err, "retry_in", l.hb.retry)
+		}
+		l.hb.timer.Reset(l.hb.retry)
+		l.hb.retry = min(2*l.hb.retry, l.cfg.RetryMax)
+		return false
 	}
-	if l.revoked != nil {
-		l.log.Warn("the config server lets this node run relays again: starting them", "was", l.revoked.Code)
-		l.revoked = nil
+	l.hb.sent, l.hb.retry = true, l.cfg.RetryMin
+	if periodic {
+		l.hb.timer.Reset(every)
 	}
-	interval = l.interval(cfg.PollIntervalS)
-	if l.leaving {
-		return interval, false, nil
+	return true
+}
+
+// Once runs one round: specs, config (at once), network, relays,
+// heartbeat. It returns the poll interval a server that does not
+// long-poll asks for.
+func (l *Loop) Once(ctx context.Context) (time.Duration, error) {
+	f := l.fetch(ctx, "", true, false)
+	if f.err != nil {
+		l.obey(ctx, f.err)
+		return l.interval(0), f.err
 	}
-	if r := cfg.Reboot; r != nil && l.cfg.Reboot != nil && r.BootID != "" && r.BootID == l.bootID() {
-		// Nothing more is applied: the relays are drained on the way down.
-		l.log.Info("rollout: the config server asks this machine to reboot to update it", "release", r.Release, "boot_id", r.BootID)
-		l.leaving = true
-		l.cfg.Reboot(r)
-		return interval, false, nil
+	l.allowed()
+	cfg := f.res.Config
+	if l.leave(cfg) {
+		return l.interval(cfg.PollIntervalS), nil
 	}
 	applyErr := l.apply(ctx, cfg)
 	st := l.status()
 	st.Metrics = l.metrics(ctx)
 	hbErr := l.heartbeat(ctx, st)
 	l.obey(ctx, hbErr)
-	return interval, hbErr == nil, errors.Join(applyErr, hbErr)
+	return l.interval(cfg.PollIntervalS), errors.Join(applyErr, hbErr)
+}
+
+// leave reports whether the machine is going down: cfg asks this boot to
+// end (a rollout's turn), which is handed to Config.Reboot once, or it
+// did already. Nothing more is applied: the relays are drained on the way
+// down.
+func (l *Loop) leave(cfg *api.NodeConfig) bool {
+	if l.leaving {
+		return true
+	}
+	if r := cfg.Reboot; r != nil && l.cfg.Reboot != nil && r.BootID != "" && r.BootID == l.bootID() {
+		l.log.Info("rollout: the config server asks this machine to reboot to update it", "release", r.Release, "boot_id", r.BootID)
+		l.leaving = true
+		l.cfg.Reboot(r)
+		return true
+	}
+	return false
 }
 
 // specs posts the node's specs. Only a refusal of the node or its token
@@ -291,6 +421,14 @@ func (l *Loop) specs(ctx context.Context, tok string) error {
 	}
 	l.placed = *r
 	return nil
+}
+
+// allowed notes a config answer: the node may run relays (again).
+func (l *Loop) allowed() {
+	if l.revoked != nil {
+		l.log.Warn("the config server lets this node run relays again: starting them", "was", l.revoked.Code)
+		l.revoked = nil
+	}
 }
 
 // obey stops every relay, keeping its keys, when err says the server
@@ -342,6 +480,20 @@ func (l *Loop) heartbeat(ctx context.Context, st *api.Status) error {
 		l.reported = st.Relays
 	}
 	return err
+}
+
+// heartbeatEvery is the periodic heartbeat's interval: the override, the
+// server's heartbeat_interval_s, else the poll interval.
+func (l *Loop) heartbeatEvery(cfg *api.NodeConfig) time.Duration {
+	switch {
+	case l.cfg.HeartbeatInterval > 0:
+		return l.cfg.HeartbeatInterval
+	case cfg != nil && cfg.HeartbeatIntervalS >= 10:
+		return time.Duration(cfg.HeartbeatIntervalS) * time.Second
+	case cfg != nil:
+		return l.interval(cfg.PollIntervalS)
+	}
+	return l.interval(0)
 }
 
 func (l *Loop) interval(serverS int) time.Duration {
@@ -478,9 +630,9 @@ func (l *Loop) status() *api.Status {
 	return s
 }
 
-// metrics is the round heartbeat's metrics summary: the relays' scrapes
-// and the node's own figures. Change heartbeats carry none, so the
-// server keeps the figures of the last round.
+// metrics is the metrics summary of the heartbeats after a change and on
+// the timer: the relays' scrapes and the node's own figures. Change
+// heartbeats carry none, so the server keeps the figures of the last.
 func (l *Loop) metrics(ctx context.Context) *api.NodeMetrics {
 	m := &api.NodeMetrics{Relays: l.relays.Metrics(ctx)}
 	var err error

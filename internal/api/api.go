@@ -88,7 +88,11 @@ type NodeConfig struct {
 	NodeID        int64   `json:"node_id"`
 	Network       Network `json:"network"`
 	PollIntervalS int     `json:"poll_interval_s"`
-	Relays        []Relay `json:"relays"`
+	// HeartbeatIntervalS is how often a node that long-polls sends a
+	// heartbeat when nothing changes (issue 18; absent from older servers,
+	// whose nodes send one every poll_interval_s round).
+	HeartbeatIntervalS int     `json:"heartbeat_interval_s,omitempty"`
+	Relays             []Relay `json:"relays"`
 	// FamilyKeys are the Happy Families keys the relays' FamilyId lines
 	// name (family.go); only for agents with FeatureFamilyKeys.
 	FamilyKeys []FamilyKey `json:"family_keys,omitempty"`
