@@ -26,11 +26,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"patela/init/netcfg"
@@ -91,6 +94,9 @@ type Config struct {
 	// HeartbeatInterval overrides the server's heartbeat_interval_s
 	// when > 0.
 	HeartbeatInterval time.Duration
+	// Parallel is how many relays are verified and started at once;
+	// default the number of CPUs.
+	Parallel int
 	// RetryMin and RetryMax bound the backoff after a failed round;
 	// defaults 2 s and 60 s, never more than the poll interval.
 	RetryMin, RetryMax time.Duration
@@ -152,6 +158,9 @@ func New(cfg Config) (*Loop, error) {
 	}
 	if cfg.HeartbeatGap <= 0 {
 		cfg.HeartbeatGap = 5 * time.Second
+	}
+	if cfg.Parallel <= 0 {
+		cfg.Parallel = runtime.NumCPU()
 	}
 	if cfg.LongPollWait <= 0 {
 		cfg.LongPollWait = 30 * time.Minute
@@ -550,48 +559,70 @@ func (l *Loop) apply(ctx context.Context, cfg *api.NodeConfig) error {
 		return fmt.Errorf("network: %w (relays left as they are)", err)
 	}
 	changed := 0
+	// Removals wait for tor to stop (ShutdownWaitLength): all at once.
+	var gone []string
 	for _, st := range l.relays.Status() {
-		if _, ok := want[st.Name]; ok {
-			continue
+		if _, ok := want[st.Name]; !ok {
+			gone = append(gone, st.Name)
 		}
-		if err := l.relays.Remove(ctx, st.Name); err != nil {
-			errs = append(errs, fmt.Errorf("removing %s: %w", st.Name, err))
+	}
+	for i, err := range parallel(len(gone), len(gone), func(i int) error { return l.relays.Remove(ctx, gone[i]) }) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("removing %s: %w", gone[i], err))
 		}
-		delete(l.applied, st.Name)
+		delete(l.applied, gone[i])
 		changed++
-		l.log.Info("relay removed", "relay", st.Name)
+		l.log.Info("relay removed", "relay", gone[i])
 	}
 	for name := range l.refused {
 		if _, ok := want[name]; !ok {
 			delete(l.refused, name)
 		}
 	}
-	names := make([]string, 0, len(want))
-	for n := range want {
-		names = append(names, n)
+	var todo []api.Relay
+	for _, n := range slices.Sorted(maps.Keys(want)) {
+		if prev, ok := l.applied[n]; !ok || !same(prev, want[n]) {
+			todo = append(todo, want[n])
+		}
 	}
-	sort.Strings(names)
-	for _, n := range names {
-		r := want[n]
-		if prev, ok := l.applied[n]; ok && same(prev, r) {
-			continue
-		}
-		if err := l.applyRelay(ctx, r, cfg.FamilyKeys); err != nil {
-			l.refused[n] = err
+	// Each relay's tor --verify-config is CPU work: as many at once as
+	// the node has CPUs.
+	for i, err := range parallel(len(todo), l.cfg.Parallel, func(i int) error { return l.applyRelay(ctx, todo[i], cfg.FamilyKeys) }) {
+		r := todo[i]
+		if err != nil {
+			l.refused[r.Name] = err
 			errs = append(errs, err)
-			l.log.Error("relay refused", "relay", n, "err", err)
+			l.log.Error("relay refused", "relay", r.Name, "err", err)
 			continue
 		}
-		_, existed := l.applied[n]
-		l.applied[n] = r
-		delete(l.refused, n)
+		_, existed := l.applied[r.Name]
+		l.applied[r.Name] = r
+		delete(l.refused, r.Name)
 		changed++
-		l.log.Info("relay applied", "relay", n, "new", !existed, "uid", r.UID, "torrc_sha256", r.TorrcSHA256)
+		l.log.Info("relay applied", "relay", r.Name, "new", !existed, "uid", r.UID, "torrc_sha256", r.TorrcSHA256)
 	}
 	if changed > 0 {
 		l.log.Info("config applied", "changes", changed, "took", time.Since(start))
 	}
 	return errors.Join(errs...)
+}
+
+// parallel runs f(0..n-1), at most limit at a time, and returns their
+// errors by index.
+func parallel(n, limit int, f func(i int) error) []error {
+	errs := make([]error, n)
+	sem := make(chan struct{}, max(limit, 1))
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs[i] = f(i)
+		}()
+	}
+	wg.Wait()
+	return errs
 }
 
 func (l *Loop) applyRelay(ctx context.Context, r api.Relay, family []api.FamilyKey) error {

@@ -87,19 +87,23 @@ func (p relayPaths) candidate() string { return p.torrc + ".new" }
 //
 // A new relay that fails a step leaves nothing behind. Apply returns once
 // the change is accepted; readiness follows asynchronously (see Status).
+// Applies of different relays run in parallel.
 func (s *Supervisor) Apply(ctx context.Context, spec Spec) (err error) {
 	if err := spec.check(); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	if s.closed {
 		return errors.New("supervisor is shut down")
 	}
-	if err := s.metricsAddrFree(spec); err != nil {
+	defer s.names.lock(spec.Name)()
+	release, err := s.metricsAddrFree(spec)
+	if err != nil {
 		return err
 	}
-	r := s.relays[spec.Name]
+	defer release()
+	r := s.relay(spec.Name)
 	if r != nil && r.uid != spec.UID {
 		s.o.Log.Info("relay uid changed; restarting it", "relay", spec.Name, "from", r.uid, "to", spec.UID)
 		s.stopLocked(r)
@@ -109,8 +113,11 @@ func (s *Supervisor) Apply(ctx context.Context, spec Spec) (err error) {
 	p := s.paths(spec.Name)
 	var certExpires time.Time
 	if r == nil {
-		if err := s.o.Accounts.Ensure(account(spec.Name), spec.UID, spec.UID); err != nil {
-			return fmt.Errorf("relay %s: account: %w", spec.Name, err)
+		s.accMu.Lock()
+		accErr := s.o.Accounts.Ensure(account(spec.Name), spec.UID, spec.UID)
+		s.accMu.Unlock()
+		if accErr != nil {
+			return fmt.Errorf("relay %s: account: %w", spec.Name, accErr)
 		}
 		defer func() {
 			if err != nil {
@@ -152,18 +159,34 @@ func (s *Supervisor) Apply(ctx context.Context, spec Spec) (err error) {
 }
 
 // metricsAddrFree refuses a spec whose metrics address another relay's
-// tor listens on (uids 65536 apart: layout.MetricsAddr).
-func (s *Supervisor) metricsAddrFree(spec Spec) error {
+// tor listens on (uids 65536 apart: layout.MetricsAddr), or that a relay
+// being applied at the same time will; release ends this Apply's claim.
+func (s *Supervisor) metricsAddrFree(spec Spec) (release func(), err error) {
 	want := layout.MetricsAddr(spec.UID)
-	s.mapMu.RLock()
-	defer s.mapMu.RUnlock()
+	s.mapMu.Lock()
+	defer s.mapMu.Unlock()
+	// Relays being applied count too: Applies run in parallel.
+	for name, uid := range s.applying {
+		if name != spec.Name && layout.MetricsAddr(uid) == want {
+			return nil, fmt.Errorf("relay %s: uid %d would share its metrics address %s with relay %s (uid %d)",
+				spec.Name, spec.UID, want, name, uid)
+		}
+	}
 	for name, r := range s.relays {
 		if name != spec.Name && layout.MetricsAddr(r.uid) == want {
-			return fmt.Errorf("relay %s: uid %d would share its metrics address %s with relay %s (uid %d)",
+			return nil, fmt.Errorf("relay %s: uid %d would share its metrics address %s with relay %s (uid %d)",
 				spec.Name, spec.UID, want, name, r.uid)
 		}
 	}
-	return nil
+	if s.applying == nil {
+		s.applying = map[string]int{}
+	}
+	s.applying[spec.Name] = spec.UID
+	return func() {
+		s.mapMu.Lock()
+		delete(s.applying, spec.Name)
+		s.mapMu.Unlock()
+	}, nil
 }
 
 // makeDirs makes a relay's directories, owned by its uid: DataDirectory

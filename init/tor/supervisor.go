@@ -119,14 +119,20 @@ func (o *Options) defaults() error {
 }
 
 // Supervisor runs a set of relays. Its methods may be called from any
-// goroutine; changes are applied one at a time.
+// goroutine: changes to different relays run in parallel (tor
+// --verify-config is most of an Apply's time), changes to one relay one
+// at a time.
 type Supervisor struct {
 	o      Options
-	mu     sync.Mutex   // serialises Apply, Remove and Shutdown
+	mu     sync.RWMutex // Apply and Remove share it, Shutdown takes it alone
 	mapMu  sync.RWMutex // guards relays, so Status never waits for a stop
 	relays map[string]*relay
-	closed bool // after Shutdown: Apply refuses
-	saver  *saver
+	// applying holds the relays whose Apply runs (name → uid), under mapMu.
+	applying map[string]int
+	names    keyedMutex // serialises the changes of each relay
+	accMu    sync.Mutex // Accounts rewrites one passwd file for all relays
+	closed   bool       // after Shutdown: Apply refuses
+	saver    *saver
 
 	changes chan struct{} // one pending signal at most; see Changes
 	scraper *http.Client  // of Metrics
@@ -190,9 +196,10 @@ func (s *Supervisor) Stop(ctx context.Context, name string) error {
 }
 
 func (s *Supervisor) drop(ctx context.Context, name string, retire bool) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r := s.relays[name]
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	defer s.names.lock(name)()
+	r := s.relay(name)
 	if r == nil {
 		return nil
 	}
@@ -229,8 +236,11 @@ func (s *Supervisor) stopLocked(r *relay) {
 // files, and its account.
 func (s *Supervisor) tearDown(name string) error {
 	p := s.paths(name)
+	s.accMu.Lock()
+	acc := s.o.Accounts.Remove(account(name))
+	s.accMu.Unlock()
 	return errors.Join(os.RemoveAll(p.data), os.RemoveAll(p.run), os.RemoveAll(p.torrc),
-		os.RemoveAll(p.candidate()), s.o.Accounts.Remove(account(name)))
+		os.RemoveAll(p.candidate()), acc)
 }
 
 // Shutdown stops every relay in parallel (SIGINT, SIGKILL after
@@ -281,11 +291,16 @@ func (s *Supervisor) Status() []Status {
 	return out
 }
 
+// relay returns relay name, nil if none.
+func (s *Supervisor) relay(name string) *relay {
+	s.mapMu.RLock()
+	defer s.mapMu.RUnlock()
+	return s.relays[name]
+}
+
 // Logs returns the last lines tor wrote for relay name.
 func (s *Supervisor) Logs(name string) []string {
-	s.mapMu.RLock()
-	r := s.relays[name]
-	s.mapMu.RUnlock()
+	r := s.relay(name)
 	if r == nil {
 		return nil
 	}
@@ -311,4 +326,40 @@ func chownTree(path string, uid, gid int) error {
 		}
 		return os.Lchown(p, uid, gid)
 	})
+}
+
+// keyedMutex is a mutex per name, made on first use and dropped when
+// nobody holds or waits for it.
+type keyedMutex struct {
+	mu sync.Mutex
+	m  map[string]*keyedEntry
+}
+
+type keyedEntry struct {
+	sync.Mutex
+	users int
+}
+
+// lock locks name and returns its unlock.
+func (k *keyedMutex) lock(name string) (unlock func()) {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[string]*keyedEntry{}
+	}
+	e := k.m[name]
+	if e == nil {
+		e = &keyedEntry{}
+		k.m[name] = e
+	}
+	e.users++
+	k.mu.Unlock()
+	e.Lock()
+	return func() {
+		e.Unlock()
+		k.mu.Lock()
+		if e.users--; e.users == 0 {
+			delete(k.m, name)
+		}
+		k.mu.Unlock()
+	}
 }
