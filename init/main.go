@@ -51,6 +51,7 @@ import (
 
 	"patela/init/agentcfg"
 	"patela/init/attest"
+	"patela/init/cgroup"
 	"patela/init/debugshell"
 	"patela/init/dhcp"
 	"patela/init/netcfg"
@@ -515,6 +516,7 @@ func (a *agent) startReconcile(ctx context.Context) error {
 		return err
 	}
 	sup, err := tor.New(tor.Options{
+		Cgroups:  a.relayCgroups(),
 		Tor:      layout.Tor,
 		StateDir: a.path(layout.StateDir),
 		RunDir:   a.path(layout.RunDir),
@@ -548,6 +550,22 @@ func (a *agent) startReconcile(ctx context.Context) error {
 		loop.Run(ctx) // until ctx ends at shutdown
 	}()
 	return nil
+}
+
+// relayCgroups is where the relays' cgroups live (init/cgroup), below the
+// cgroup2 root PID 1 mounted. Without it (not PID 1, or a kernel without
+// the memory controller) the relays share the machine's memory, which
+// the console says.
+func (a *agent) relayCgroups() *cgroup.Tree {
+	if !pid1.IsPID1() {
+		return nil
+	}
+	t, err := cgroup.Open(layout.RelayCgroups)
+	if err != nil {
+		a.log.Error("relays run without memory limits", "err", err)
+		return nil
+	}
+	return t
 }
 
 // relayNetwork applies the node's network: the relay side through netcfg,

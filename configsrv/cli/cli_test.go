@@ -185,15 +185,25 @@ func TestAdminRoundTrip(t *testing.T) {
 		State     string            `json:"state"`
 		Effective map[string]string `json:"effective"`
 		RelayList []store.Relay     `json:"relay_list"`
+		Memory    struct {
+			PerRelay uint64 `json:"per_relay_bytes"`
+			Queues   uint64 `json:"max_mem_in_queues_bytes"`
+		} `json:"memory_budget"`
 	}
 	if err := json.Unmarshal([]byte(ok(t, db, "node", "show", "1", "--json")), &show); err != nil {
 		t.Fatal(err)
 	}
 	if show.State != "enabled" || show.Effective["max_relays"] != "2" || show.Effective["dns"] != "192.0.2.53,2001:db8::53" ||
-		show.Effective["relay_interface"] != "eth1" || len(show.RelayList) != 2 {
+		show.Effective["relay_interface"] != "eth1" || len(show.RelayList) != 2 ||
+		show.Effective["heartbeat_interval_s"] != "600" {
 		t.Fatalf("node show: %+v", show)
 	}
-	if out := ok(t, db, "node", "show", "1"); !strings.Contains(out, "max_relays") || !strings.Contains(out, "murazzano") {
+	// 8 GiB: 512 MiB reserved, the rest halved; tor's queues 3/4 of that.
+	if show.Memory.PerRelay != 3840<<20 || show.Memory.Queues != 2880<<20 {
+		t.Fatalf("node show: memory budget %+v", show.Memory)
+	}
+	if out := ok(t, db, "node", "show", "1"); !strings.Contains(out, "max_relays") || !strings.Contains(out, "murazzano") ||
+		!strings.Contains(out, "3840 MiB per relay (cgroup memory.max): 8192 MiB - 512 MiB reserved") || !strings.Contains(out, "MaxMemInQueues 2880 MB") {
 		t.Fatalf("node show:\n%s", out)
 	}
 
@@ -240,8 +250,13 @@ func TestAdminRoundTrip(t *testing.T) {
 			t.Errorf("explain lacks %q:\n%s", lv, exp)
 		}
 	}
+	// An administrator's MaxMemInQueues replaces the managed one.
+	if !strings.Contains(res, "MaxMemInQueues 2880 MB\n") {
+		t.Errorf("resolved murazzano lacks the managed MaxMemInQueues:\n%s", res)
+	}
 	diff := ok(t, db, "torrc", "diff", "--relay", "murazzano", write("d", "MaxMemInQueues 512 MB\n"))
-	if !strings.Contains(diff, "+ MaxMemInQueues 512 MB\n") || strings.Contains(diff, "\n- ") {
+	if !strings.Contains(diff, "+ MaxMemInQueues 512 MB\n") || !strings.Contains(diff, "- MaxMemInQueues 2880 MB") ||
+		strings.Count(diff, "\n- ") != 1 {
 		t.Errorf("diff:\n%s", diff)
 	}
 	diff = ok(t, db, "torrc", "diff", "--relay", "murazzano", write("d2", "ExitPolicy reject *:*\n"))

@@ -16,6 +16,7 @@ import (
 	"patela/configsrv/store"
 	"patela/internal/api"
 	"patela/internal/cmdline"
+	"patela/internal/membudget"
 	"patela/internal/termsafe"
 )
 
@@ -188,6 +189,10 @@ type nodeView struct {
 	// Attestation is the boot evidence of its last attestation (nil:
 	// unattested since remote attestation came in).
 	Attestation *store.Attestation `json:"attestation,omitempty"`
+	// Memory is how the node's memory is shared among its relays
+	// (internal/membudget), as the agent sets each relay's cgroup and the
+	// server tor's MaxMemInQueues.
+	Memory membudget.Budget `json:"memory_budget"`
 }
 
 // defaultView is `node show --default --json`.
@@ -253,7 +258,7 @@ func (e *env) showNode(st *store.Store, id int64, asJSON bool) error {
 		return err
 	}
 	v := nodeView{Node: n, EKHashHex: hex.EncodeToString(n.EKHash), Settings: nd, RelayList: relays,
-		Effective: effective(g, nd), Attestation: att}
+		Effective: effective(g, nd), Attestation: att, Memory: resolve.Budget(n)}
 	if v.RelayList == nil {
 		v.RelayList = []store.Relay{}
 	}
@@ -274,6 +279,7 @@ func effective(global, node map[string]string) map[string]string {
 		settings.IPv6Gateway: eff.IPv6Gateway, settings.DNS: strings.Join(eff.DNS, ","),
 		settings.RelayMemoryMB: strconv.Itoa(eff.RelayMemoryMB), settings.MaxRelays: strconv.Itoa(eff.MaxRelays),
 		settings.PollIntervalS: strconv.Itoa(eff.PollIntervalS), settings.Family: eff.Family,
+		settings.HeartbeatIntervalS: strconv.Itoa(eff.HeartbeatIntervalS),
 	}
 }
 
@@ -288,6 +294,17 @@ func (e *env) printNode(v *nodeView, pools []store.Pool) {
 		termsafe.String(n.BootID), n.UptimeS, n.CPUs, n.MemoryBytes>>20, termsafe.String(n.CPUModel))
 	if n.RelaysWanted > n.Relays {
 		fmt.Fprintf(w, "  allocation   wants %d, has %d: %s\n", n.RelaysWanted, n.Relays, shortfall(pools))
+	}
+	m := v.Memory
+	switch {
+	case m.Total == 0:
+		fmt.Fprintf(w, "  memory       no budget: the node has not reported its memory\n")
+	case m.PerRelay == 0:
+		fmt.Fprintf(w, "  memory       no budget: %d MiB, %d MiB reserved, %d relays\n", m.Total>>20, m.Reserve>>20, m.Relays)
+	default:
+		fmt.Fprintf(w, "  memory       %d MiB per relay (cgroup memory.max): %d MiB - %d MiB reserved for kernel, agent and tmpfs, / %d relays\n",
+			m.PerRelay>>20, m.Total>>20, m.Reserve>>20, m.Relays)
+		fmt.Fprintf(w, "  tor queues   MaxMemInQueues %d MB per relay, unless a torrc level sets it\n", m.Queues>>20)
 	}
 	a := v.Attestation
 	fmt.Fprintf(w, "  boot         %s\n", attestedView(a))
@@ -323,7 +340,7 @@ func (e *env) printSettings(header string, global, node map[string]string) {
 		} else if _, ok := global[k]; ok {
 			src = "global"
 		}
-		fmt.Fprintf(e.stdout, "  %-16s %-24s (%s)\n", k, eff[k], src)
+		fmt.Fprintf(e.stdout, "  %-20s %-24s (%s)\n", k, eff[k], src)
 	}
 }
 

@@ -292,7 +292,7 @@ func (e *env) resolveWith(st *store.Store, r *store.Relay, relayText string) (*t
 	if err != nil {
 		return nil, err
 	}
-	return resolve.Torrc(g, n.Torrc, relayText, r, fleet)
+	return resolve.Torrc(g, n.Torrc, relayText, r, fleet, resolve.Budget(n))
 }
 
 // diffLines is a line diff (longest common subsequence): kept lines get

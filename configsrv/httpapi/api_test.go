@@ -613,7 +613,9 @@ func TestConfigFollowsAdminChanges(t *testing.T) {
 	os.WriteFile(f, []byte("MaxMemInQueues 256 MB\n"), 0o644)
 	s.Admin(t, "torrc", "import", f, "--relay", first.Relays[1].Name)
 	cfg := fetch()
-	if strings.Contains(cfg.Relays[0].Torrc, "MaxMemInQueues") || !strings.Contains(cfg.Relays[1].Torrc, "MaxMemInQueues 256 MB\n") {
+	// The other relay keeps the managed value (4 GiB: 256 MiB reserved, 1920 MiB each, 3/4).
+	if !strings.Contains(cfg.Relays[0].Torrc, "MaxMemInQueues 1440 MB\n") || !strings.Contains(cfg.Relays[1].Torrc, "MaxMemInQueues 256 MB\n") ||
+		strings.Count(cfg.Relays[1].Torrc, "MaxMemInQueues") != 1 {
 		t.Fatalf("relay torrc import not reflected:\n%s", cfg.Relays[1].Torrc)
 	}
 	verifyTorrc(t, cfg.Relays[1].Torrc)

@@ -16,6 +16,7 @@ import (
 	"patela/configsrv/store"
 	"patela/internal/api"
 	"patela/internal/layout"
+	"patela/internal/membudget"
 	"patela/internal/torrc"
 )
 
@@ -57,8 +58,23 @@ func Managed(r *store.Relay) []torrc.Line {
 	return out
 }
 
-// OnNode is what tor on the node runs for relay r, given the torrc the
-// server serves: the lines the agent keeps, then its own (level
+// Memory returns the managed MaxMemInQueues line for a relay of a node
+// with budget b (internal/membudget: the share its cgroup's memory.max
+// gets on the node), unless c, the relay's merged torrc, sets the option
+// itself: the administrator's value wins.
+func Memory(c *torrc.Config, b membudget.Budget) []torrc.Line {
+	if b.Queues == 0 || len(c.Values("MaxMemInQueues")) > 0 {
+		return nil
+	}
+	return []torrc.Line{{Op: torrc.OpSet, Key: "MaxMemInQueues",
+		Value: strconv.FormatUint(b.Queues/membudget.MiB, 10) + " MB", Level: LevelManaged}}
+}
+
+// Budget is the memory budget of node n (its reported memory, its relays).
+func Budget(n *store.Node) membudget.Budget { return membudget.For(n.MemoryBytes, n.Relays) }
+
+// OnNode is what tor on the node runs for relay r, given the torrc
+// the server serves: the lines the agent keeps, then its own (level
 // "agent"), as the agent builds it (torrc.ForNode).
 func OnNode(served *torrc.Config, r *store.Relay) *torrc.Config {
 	run, _ := torrc.ForNode(served, torrc.AgentLines(DataDir(r.Name), ControlSocket(r.Name), layout.MetricsAddr(r.UID)))
@@ -83,23 +99,25 @@ func Levels(global, node, relay string) ([]torrc.Level, error) {
 }
 
 // Torrc resolves relay r's torrc from the three level texts: the levels
-// merged, the server's lines for the relay, its family lines.
-func Torrc(global, node, relay string, r *store.Relay, fleet *Fleet) (*torrc.Config, error) {
+// merged, the server's lines for the relay, its family lines, on a node
+// with memory budget mem.
+func Torrc(global, node, relay string, r *store.Relay, fleet *Fleet, mem membudget.Budget) (*torrc.Config, error) {
 	levels, err := Levels(global, node, relay)
 	if err != nil {
 		return nil, err
 	}
-	return relayTorrc(levels, r, fleet), nil
+	return relayTorrc(levels, r, fleet, mem), nil
 }
 
 // relayTorrc is the one road from parsed levels to a relay's served
 // torrc.
-func relayTorrc(levels []torrc.Level, r *store.Relay, fleet *Fleet) *torrc.Config {
+func relayTorrc(levels []torrc.Level, r *store.Relay, fleet *Fleet, mem membudget.Budget) *torrc.Config {
 	c := torrc.Merge(levels...)
 	fam := fleet.Lines(c, r)
-	c.Lines = slices.Grow(c.Lines, 8+len(fam))
+	c.Lines = slices.Grow(c.Lines, 9+len(fam))
 	c.Lines = append(c.Lines, Managed(r)...)
 	c.Lines = append(c.Lines, fam...)
+	c.Lines = append(c.Lines, Memory(c, mem)...)
 	return c
 }
 
@@ -121,7 +139,7 @@ func Relay(ctx context.Context, st *store.Store, name string) (*torrc.Config, *s
 	if err != nil {
 		return nil, nil, err
 	}
-	c, err := Torrc(g, n.Torrc, r.Torrc, r, fleet)
+	c, err := Torrc(g, n.Torrc, r.Torrc, r, fleet, Budget(n))
 	return c, r, err
 }
 
@@ -176,6 +194,7 @@ func NodeConfig(ctx context.Context, st *store.Store, nodeID int64, fleet *Fleet
 		return nil, err
 	}
 	dns := dnsOf(g, nd, nodeID)
+	mem := membudget.For(n.MemoryBytes, len(relays))
 	for i := range relays {
 		r := &relays[i]
 		lv := levels
@@ -186,7 +205,7 @@ func NodeConfig(ctx context.Context, st *store.Store, nodeID int64, fleet *Fleet
 			}
 			lv = append(levels[:2:2], torrc.Level{Name: LevelRelay, Config: c})
 		}
-		c := relayTorrc(lv, r, fleet)
+		c := relayTorrc(lv, r, fleet, mem)
 		if err := check(lv, c, r, dns); err != nil {
 			return nil, err
 		}

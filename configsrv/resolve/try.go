@@ -6,6 +6,7 @@ import (
 
 	"patela/configsrv/alloc"
 	"patela/configsrv/store"
+	"patela/internal/membudget"
 	"patela/internal/torrc"
 )
 
@@ -84,6 +85,7 @@ func Try(ctx context.Context, st *store.Store, e Edit) ([]Tried, error) {
 	type nodeView struct {
 		torrc string
 		dns   dnsSource
+		mem   membudget.Budget
 	}
 	nodes := map[int64]*nodeView{}
 	seen := map[string]bool{}
@@ -103,6 +105,7 @@ func Try(ctx context.Context, st *store.Store, e Edit) ([]Tried, error) {
 					return nil, err
 				}
 				nv.torrc = n.Torrc
+				nv.mem = Budget(n)
 			}
 			if e.Level == LevelNode && r.NodeID == e.Node {
 				nv.torrc = e.Text
@@ -125,7 +128,7 @@ func Try(ctx context.Context, st *store.Store, e Edit) ([]Tried, error) {
 		if err != nil {
 			return nil, err
 		}
-		c := relayTorrc(levels, r, fleet)
+		c := relayTorrc(levels, r, fleet, nv.mem)
 		if e.Setting != "" {
 			err = checkDNS(c, r, nv.dns)
 		} else {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,9 +17,10 @@ import (
 // VMOptions describe one boot of the test machine.
 type VMOptions struct {
 	Kernel, Initramfs, Cmdline string
-	TPM                        *SWTPM
+	TPM                        *SWTPM        // nil: none
 	Relay                      string        // stdiorelay binary
-	ServerAddr                 string        // 127.0.0.1:PORT the guest's 10.0.2.100:443 reaches
+	ServerAddr                 string        // 127.0.0.1:PORT the guest's 10.0.2.100:443 reaches; "": nothing
+	CPUs                       int           // vCPUs; default 2
 	Timeout                    time.Duration // hard limit on QEMU's life (default 5 min)
 	Console                    io.Writer     // every console line, as it arrives (may be nil)
 	// UEFI boots under OVMF (uefi.go); Kernel is then a UKI (or empty with
@@ -53,7 +55,7 @@ type VM struct {
 }
 
 // Boot starts QEMU: q35, TCG with -cpu max (RDRAND seeds the guest's RNG),
-// 1 GiB, 2 CPUs, no reboot (a reboot or power-off ends QEMU), the serial
+// 1 GiB, 2 CPUs (VMOptions.CPUs), no reboot (a reboot or power-off ends QEMU), the serial
 // console on a pipe, the TPM, a management NIC on restricted user
 // networking whose only way out is 10.0.2.100:443 → the config server,
 // and a relay NIC on an otherwise empty hub.
@@ -64,10 +66,17 @@ func Boot(ctx context.Context, o VMOptions) (*VM, error) {
 	if o.NIC == "" {
 		o.NIC = "virtio-net-pci"
 	}
+	if o.CPUs == 0 {
+		o.CPUs = 2
+	}
+	mgmt := "user,id=mgmt,restrict=on"
+	if o.ServerAddr != "" {
+		mgmt += fmt.Sprintf(",guestfwd=tcp:%s:443-cmd:%s %s", ServerIP, o.Relay, o.ServerAddr)
+	}
 	args := []string{
-		"-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2",
+		"-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", strconv.Itoa(o.CPUs),
 		"-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
-		"-netdev", fmt.Sprintf("user,id=mgmt,restrict=on,guestfwd=tcp:%s:443-cmd:%s %s", ServerIP, o.Relay, o.ServerAddr),
+		"-netdev", mgmt,
 		"-device", o.NIC + ",netdev=mgmt,mac=" + MgmtMAC + ",addr=0x3",
 		"-netdev", "hubport,id=relay,hubid=1",
 		"-device", o.NIC + ",netdev=relay,mac=" + RelayMAC + ",addr=0x4",
@@ -88,7 +97,9 @@ func Boot(ctx context.Context, o VMOptions) (*VM, error) {
 		}
 		args = append(args, ua...)
 	}
-	args = append(args, o.TPM.QEMUArgs()...)
+	if o.TPM != nil {
+		args = append(args, o.TPM.QEMUArgs()...)
+	}
 	if o.UEFI != nil {
 		// No option ROMs: OVMF would try PXE on the NICs before the ESP.
 		for i, a := range args {

@@ -42,6 +42,8 @@ var mounts = []mount{
 	{"proc", "/proc", "proc", nsd | unix.MS_NOEXEC, "", 0o555},
 	{"sysfs", "/sys", "sysfs", nsd | unix.MS_NOEXEC, "", 0o555},
 	{"securityfs", "/sys/kernel/security", "securityfs", nsd | unix.MS_NOEXEC, "", 0o755},
+	// cgroup v2: each relay's tor in a cgroup of its own (init/cgroup).
+	{"cgroup2", "/sys/fs/cgroup", "cgroup2", nsd | unix.MS_NOEXEC, "", 0o755},
 	{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620", 0o755},
 	{"tmpfs", "/dev/shm", "tmpfs", nsd, "mode=1777", 0o1777},
 	{"tmpfs", "/run", "tmpfs", nsd, "mode=0755", 0o755},

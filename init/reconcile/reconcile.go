@@ -36,10 +36,12 @@ import (
 	"sync"
 	"time"
 
+	"patela/init/cgroup"
 	"patela/init/netcfg"
 	"patela/init/procfs"
 	"patela/init/tor"
 	"patela/internal/api"
+	"patela/internal/membudget"
 )
 
 // Tokens hands out bearer tokens (*attest.Session).
@@ -122,13 +124,14 @@ type Loop struct {
 	log    *slog.Logger
 	relays Relays
 
-	applied  map[string]api.Relay // relays as last applied successfully
-	refused  map[string]error     // relays whose desired state was refused
-	reported []api.RelayStatus    // the relays of the last heartbeat the server took
-	hb       heartbeatState       // Run's
-	leaving  bool                 // Reboot was called
-	revoked  *api.Error           // why the relays are stopped; nil while they may run
-	placed   api.SpecsResponse    // the last specs answer
+	applied  map[string]api.Relay     // relays as last applied successfully
+	limited  map[string]cgroup.Limits // their cgroup limits as last applied
+	refused  map[string]error         // relays whose desired state was refused
+	reported []api.RelayStatus        // the relays of the last heartbeat the server took
+	hb       heartbeatState           // Run's
+	leaving  bool                     // Reboot was called
+	revoked  *api.Error               // why the relays are stopped; nil while they may run
+	placed   api.SpecsResponse        // the last specs answer
 }
 
 // refresher is implemented by *attest.Session: when its token is renewed.
@@ -165,7 +168,7 @@ func New(cfg Config) (*Loop, error) {
 	if cfg.LongPollWait <= 0 {
 		cfg.LongPollWait = 30 * time.Minute
 	}
-	return &Loop{cfg: cfg, log: cfg.Log, relays: cfg.Relays, applied: map[string]api.Relay{}, refused: map[string]error{}}, nil
+	return &Loop{cfg: cfg, log: cfg.Log, relays: cfg.Relays, applied: map[string]api.Relay{}, limited: map[string]cgroup.Limits{}, refused: map[string]error{}}, nil
 }
 
 // Run reconciles until ctx ends, and returns ctx's error.
@@ -457,6 +460,7 @@ func (l *Loop) obey(ctx context.Context, err error) {
 		stopped++
 	}
 	clear(l.applied)
+	clear(l.limited)
 	clear(l.refused)
 	l.reported = nil
 	if l.revoked != nil && l.revoked.Code == ae.Code && l.revoked.NodeID == ae.NodeID && stopped == 0 {
@@ -571,6 +575,7 @@ func (l *Loop) apply(ctx context.Context, cfg *api.NodeConfig) error {
 			errs = append(errs, fmt.Errorf("removing %s: %w", gone[i], err))
 		}
 		delete(l.applied, gone[i])
+		delete(l.limited, gone[i])
 		changed++
 		l.log.Info("relay removed", "relay", gone[i])
 	}
@@ -579,15 +584,18 @@ func (l *Loop) apply(ctx context.Context, cfg *api.NodeConfig) error {
 			delete(l.refused, name)
 		}
 	}
+	limits := l.limits(cfg.Relays)
 	var todo []api.Relay
 	for _, n := range slices.Sorted(maps.Keys(want)) {
-		if prev, ok := l.applied[n]; !ok || !same(prev, want[n]) {
+		if prev, ok := l.applied[n]; !ok || !same(prev, want[n]) || l.limited[n] != limits[n] {
 			todo = append(todo, want[n])
 		}
 	}
 	// Each relay's tor --verify-config is CPU work: as many at once as
 	// the node has CPUs.
-	for i, err := range parallel(len(todo), l.cfg.Parallel, func(i int) error { return l.applyRelay(ctx, todo[i], cfg.FamilyKeys) }) {
+	for i, err := range parallel(len(todo), l.cfg.Parallel, func(i int) error {
+		return l.applyRelay(ctx, todo[i], cfg.FamilyKeys, limits[todo[i].Name])
+	}) {
 		r := todo[i]
 		if err != nil {
 			l.refused[r.Name] = err
@@ -596,7 +604,7 @@ func (l *Loop) apply(ctx context.Context, cfg *api.NodeConfig) error {
 			continue
 		}
 		_, existed := l.applied[r.Name]
-		l.applied[r.Name] = r
+		l.applied[r.Name], l.limited[r.Name] = r, limits[r.Name]
 		delete(l.refused, r.Name)
 		changed++
 		l.log.Info("relay applied", "relay", r.Name, "new", !existed, "uid", r.UID, "torrc_sha256", r.TorrcSHA256)
@@ -625,12 +633,37 @@ func parallel(n, limit int, f func(i int) error) []error {
 	return errs
 }
 
-func (l *Loop) applyRelay(ctx context.Context, r api.Relay, family []api.FamilyKey) error {
+func (l *Loop) applyRelay(ctx context.Context, r api.Relay, family []api.FamilyKey, lim cgroup.Limits) error {
 	sum := sha256.Sum256([]byte(r.Torrc))
 	if !strings.EqualFold(hex.EncodeToString(sum[:]), r.TorrcSHA256) {
 		return fmt.Errorf("relay %s: torrc_sha256 does not match its torrc", r.Name)
 	}
-	return l.relays.Apply(ctx, tor.Spec{Name: r.Name, UID: r.UID, Torrc: []byte(r.Torrc), Family: family})
+	return l.relays.Apply(ctx, tor.Spec{Name: r.Name, UID: r.UID, Torrc: []byte(r.Torrc), Family: family, Limits: lim})
+}
+
+// limits are the relays' cgroup limits: each its share of the node's
+// memory (internal/membudget, the rule the server's MaxMemInQueues
+// follows too), and, when there are no more relays than cores, a core of
+// its own, by uid order. The node's own specs are the inputs, not
+// anything the server says.
+func (l *Loop) limits(relays []api.Relay) map[string]cgroup.Limits {
+	out := map[string]cgroup.Limits{}
+	if l.cfg.Specs == nil {
+		for _, r := range relays {
+			out[r.Name] = cgroup.Limits{CPU: -1}
+		}
+		return out
+	}
+	b := membudget.For(l.cfg.Specs.MemoryBytes, len(relays))
+	byUID := slices.SortedFunc(slices.Values(relays), func(a, b api.Relay) int { return a.UID - b.UID })
+	for i, r := range byUID {
+		cpu := -1
+		if len(relays) <= l.cfg.Specs.CPUs {
+			cpu = i
+		}
+		out[r.Name] = cgroup.Limits{MemoryMax: b.PerRelay, CPU: cpu}
+	}
+	return out
 }
 
 // status is the heartbeat: every supervised relay, plus those whose

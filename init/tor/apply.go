@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"time"
 
+	"patela/init/cgroup"
 	"patela/internal/api"
 	"patela/internal/atomicfile"
 	"patela/internal/layout"
@@ -27,6 +28,9 @@ type Spec struct {
 	// (api.NodeConfig.FamilyKeys), installed in the relay's key directory
 	// before tor sees the torrc.
 	Family []api.FamilyKey
+	// Limits are the relay's cgroup's (with Options.Cgroups); changing
+	// them never restarts tor.
+	Limits cgroup.Limits
 }
 
 var nickname = regexp.MustCompile(`^[a-zA-Z0-9]{1,19}$`)
@@ -71,8 +75,9 @@ func (p relayPaths) candidate() string { return p.torrc + ".new" }
 //  2. a relay whose uid changed is stopped and set up anew below (its
 //     DataDirectory must change owner, which a running tor would not
 //     survive; its keys stay there and in the vault);
-//  3. a new relay gets its account, its private directories and its keys
-//     from the vault;
+//  3. a new relay gets its account, its private directories, its keys
+//     from the vault and its cgroup (Options.Cgroups) with spec.Limits; a
+//     running relay's limits are updated in place;
 //  4. the torrc is built (buildTorrc), and the family keys its FamilyId
 //     lines name go into the key directory, every one checked (a
 //     FamilyId without its key is a *FamilyError: tor would exit on it);
@@ -112,6 +117,7 @@ func (s *Supervisor) Apply(ctx context.Context, spec Spec) (err error) {
 	}
 	p := s.paths(spec.Name)
 	var certExpires time.Time
+	var cg *cgroup.Group
 	if r == nil {
 		s.accMu.Lock()
 		accErr := s.o.Accounts.Ensure(account(spec.Name), spec.UID, spec.UID)
@@ -130,6 +136,16 @@ func (s *Supervisor) Apply(ctx context.Context, spec Spec) (err error) {
 		if certExpires, err = s.restoreKeys(spec, p); err != nil {
 			return err
 		}
+		if cg, err = s.cgroup(spec); err != nil {
+			return err
+		}
+		defer func() {
+			if err != nil {
+				cg.Close()
+			}
+		}()
+	} else if err := r.setLimits(spec.Limits); err != nil {
+		return fmt.Errorf("relay %s: %w", spec.Name, err)
 	}
 	d, err := s.torrc(spec, p)
 	if err != nil {
@@ -144,7 +160,7 @@ func (s *Supervisor) Apply(ctx context.Context, spec Spec) (err error) {
 			return err
 		}
 		if r == nil {
-			err = s.supervise(spec, p, d, certExpires)
+			err = s.supervise(spec, p, d, certExpires, cg)
 		} else {
 			err = r.reload(d)
 		}
@@ -187,6 +203,23 @@ func (s *Supervisor) metricsAddrFree(spec Spec) (release func(), err error) {
 		delete(s.applying, spec.Name)
 		s.mapMu.Unlock()
 	}, nil
+}
+
+// cgroup makes the cgroup a new relay's tor is started in, with its
+// limits (nil without Options.Cgroups).
+func (s *Supervisor) cgroup(spec Spec) (*cgroup.Group, error) {
+	if s.o.Cgroups == nil {
+		return nil, nil
+	}
+	g, err := s.o.Cgroups.Relay(spec.Name)
+	if err != nil {
+		return nil, fmt.Errorf("relay %s: %w", spec.Name, err)
+	}
+	if err := g.Set(spec.Limits); err != nil {
+		g.Close()
+		return nil, fmt.Errorf("relay %s: %w", spec.Name, err)
+	}
+	return g, nil
 }
 
 // makeDirs makes a relay's directories, owned by its uid: DataDirectory
@@ -264,12 +297,12 @@ func (s *Supervisor) verifyTorrc(ctx context.Context, spec Spec, d *desired) err
 
 // supervise starts a new relay: its notify socket, its goroutine, its
 // tor running d.
-func (s *Supervisor) supervise(spec Spec, p relayPaths, d *desired, certExpires time.Time) error {
+func (s *Supervisor) supervise(spec Spec, p relayPaths, d *desired, certExpires time.Time, cg *cgroup.Group) error {
 	n, err := listenNotify(p.notify(), spec.UID, spec.UID)
 	if err != nil {
 		return fmt.Errorf("relay %s: notify socket: %w", spec.Name, err)
 	}
-	r := newRelay(&s.o, spec, p, n, s.signal, s.saver.request)
+	r := newRelay(&s.o, spec, p, n, cg, s.signal, s.saver.request)
 	r.certExpires = certExpires
 	if err := r.install(d); err != nil {
 		n.close()

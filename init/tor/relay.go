@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"patela/init/cgroup"
 	"patela/init/reaper"
 	"patela/init/tor/logring"
 	"patela/internal/api"
@@ -61,11 +62,12 @@ type command struct {
 }
 
 type proc struct {
-	cmd     *exec.Cmd
-	pid     int
-	started time.Time
-	exited  chan struct{}
-	err     error // valid once exited is closed
+	oomKills int // of its cgroup when it started
+	cmd      *exec.Cmd
+	pid      int
+	started  time.Time
+	exited   chan struct{}
+	err      error // valid once exited is closed
 }
 
 // relay owns one tor process: its goroutine run is the only code that
@@ -89,6 +91,8 @@ type relay struct {
 	st      Status // changed only through update
 	cur     *desired
 	running *proc
+	cg      *cgroup.Group // nil: tor runs in the agent's cgroup
+	limits  cgroup.Limits // as last set on cg
 	// verified is the torrc Apply verified before install made it live:
 	// the start that follows needs no second tor --verify-config (each
 	// costs 0.5-0.9 s on a slow machine). Later starts verify again.
@@ -101,10 +105,10 @@ type relay struct {
 }
 
 // newRelay is a relay about to start; Supervisor.supervise starts it.
-func newRelay(o *Options, spec Spec, p relayPaths, n *notifySocket, changed, save func()) *relay {
+func newRelay(o *Options, spec Spec, p relayPaths, n *notifySocket, cg *cgroup.Group, changed, save func()) *relay {
 	log := o.Log.With("relay", spec.Name)
 	return &relay{
-		o: o, name: spec.Name, uid: spec.UID, gid: spec.UID,
+		o: o, name: spec.Name, uid: spec.UID, gid: spec.UID, cg: cg, limits: spec.Limits,
 		dataDir: p.data, torrcPath: p.torrc,
 		notify: n, ring: logring.New(o.LogLines, log), log: log, changed: changed, save: save,
 		cmds: make(chan command), done: make(chan struct{}), ready: make(chan struct{}, 1),
@@ -217,6 +221,9 @@ const (
 func (r *relay) run() {
 	defer close(r.done)
 	defer r.notify.close()
+	if r.cg != nil {
+		defer r.cg.Close()
+	}
 	pol := restartPolicy{o: r.o}
 	for {
 		started := time.Now()
@@ -244,7 +251,7 @@ func (r *relay) runOnce() (outcome, error) {
 		select {
 		case <-p.exited:
 			r.exited(p)
-			return died, exitReason(p.err)
+			return died, r.exitReason(p)
 		case c := <-r.cmds:
 			if o := r.handle(c, p); o != carryOn {
 				return o, nil
@@ -383,6 +390,10 @@ func (r *relay) start() (*proc, error) {
 	cmd.Dir = r.dataDir
 	cmd.Stdout, cmd.Stderr = r.ring, r.ring
 	asRelay(cmd, r.uid, r.gid, d.bind)
+	if r.cg != nil {
+		// Born in its cgroup: no allocation of tor's escapes the limit.
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, r.cg.FD()
+	}
 	// Hold mu until the pid is recorded so no READY=1 is dropped.
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -390,6 +401,9 @@ func (r *relay) start() (*proc, error) {
 		return nil, err
 	}
 	p := &proc{cmd: cmd, pid: cmd.Process.Pid, started: time.Now(), exited: make(chan struct{})}
+	if r.cg != nil {
+		p.oomKills = r.cg.OOMKills()
+	}
 	go func() {
 		p.err = reaper.Wait(cmd)
 		close(p.exited)
@@ -526,6 +540,35 @@ func (r *relay) renewCert(p *proc) {
 func (r *relay) readFingerprints() {
 	fp, ed := fingerprints(r.dataDir)
 	r.update(func(st *Status) { st.Fingerprint, st.Ed25519ID = fp, ed })
+}
+
+// exitReason is why p exited: the wait status, and whether the kernel
+// killed it for memory (the relay outgrew its cgroup's memory.max).
+func (r *relay) exitReason(p *proc) error {
+	why := exitReason(p.err)
+	if r.cg != nil && r.cg.OOMKills() > p.oomKills {
+		why = fmt.Errorf("%w: killed for memory (cgroup memory.max %d MiB)", why, r.limits.MemoryMax>>20)
+		r.log.Error("tor killed by the OOM killer in its cgroup; the other relays are untouched", "memory_max", r.limits.MemoryMax)
+	}
+	return why
+}
+
+// setLimits applies l to r's cgroup if they changed (no restart needed).
+func (r *relay) setLimits(l cgroup.Limits) error {
+	if r.cg == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if l == r.limits {
+		return nil
+	}
+	if err := r.cg.Set(l); err != nil {
+		return err
+	}
+	r.log.Info("cgroup limits", "memory_max", l.MemoryMax, "cpu", l.CPU)
+	r.limits = l
+	return nil
 }
 
 // exitReason words a wait error.

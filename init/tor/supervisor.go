@@ -25,6 +25,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"patela/init/cgroup"
 )
 
 // Options configure a Supervisor. Zero durations take the defaults.
@@ -57,6 +59,9 @@ type Options struct {
 	LogLines      int           // lines kept per relay; default 1000
 	Owner         int           // tor's __OwningControllerProcess; default this process
 	ScrapeTimeout time.Duration // one MetricsPort scrape (Metrics); default 5 s
+	// Cgroups, if set, is where each relay's tor runs in a cgroup of its
+	// own with its Spec.Limits (init/cgroup); nil: in the agent's.
+	Cgroups *cgroup.Tree
 
 	// NetNS is the network namespace (an open fd) tor runs in, and the
 	// agent reaches its MetricsPort in; 0: the agent's. Tests give tor a
@@ -239,8 +244,12 @@ func (s *Supervisor) tearDown(name string) error {
 	s.accMu.Lock()
 	acc := s.o.Accounts.Remove(account(name))
 	s.accMu.Unlock()
+	var cg error
+	if s.o.Cgroups != nil {
+		cg = s.o.Cgroups.Remove(name)
+	}
 	return errors.Join(os.RemoveAll(p.data), os.RemoveAll(p.run), os.RemoveAll(p.torrc),
-		os.RemoveAll(p.candidate()), acc)
+		os.RemoveAll(p.candidate()), acc, cg)
 }
 
 // Shutdown stops every relay in parallel (SIGINT, SIGKILL after

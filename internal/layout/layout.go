@@ -28,6 +28,9 @@ const (
 const (
 	StateDir = "/var/lib/tor-instances" // relay N's DataDirectory is StateDir/N
 	RunDir   = "/run/tor-instances"     // RunDir/N.torrc, RunDir/N/{control,notify}
+	// RelayCgroups holds relay N's cgroup, RelayCgroups/N (cgroup2 is
+	// mounted on /sys/fs/cgroup; the agent stays in the root cgroup).
+	RelayCgroups = "/sys/fs/cgroup/relays"
 )
 
 // InImage is p as the image archive names it: relative to its root.
