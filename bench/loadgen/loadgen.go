@@ -40,9 +40,10 @@ type Node struct {
 	Addr   netip.Addr // source address of its connections
 	Client *api.Client
 
-	ID     int64
-	Token  string
-	Config *api.NodeConfig
+	ID      int64
+	Token   string
+	Expires time.Time // of Token
+	Config  *api.NodeConfig
 }
 
 // NewNodes makes n nodes whose connections come from consecutive
@@ -122,7 +123,7 @@ func (n *Node) Attest(ctx context.Context, rec *Recorder) error {
 	if err != nil {
 		return fmt.Errorf("complete: %w", err)
 	}
-	n.Token = done.Token
+	n.Token, n.Expires = done.Token, done.ExpiresAt
 	return nil
 }
 

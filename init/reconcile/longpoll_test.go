@@ -46,6 +46,10 @@ func TestLongPollAndOlderServers(t *testing.T) {
 	w.l.cfg.Tokens = tokens
 	runLoop(t, w)
 	waitFor(t, "the long poll held", func() bool { return w.s.Waiting() == 1 })
+	// The console line boots are timed by.
+	waitFor(t, "all relays running logged", func() bool {
+		return strings.Contains(w.logs.String(), `msg="all relays running" relays=1 since_boot=`)
+	})
 	specs0, cfg0 := rec.Count("POST "+api.PathSpecs), rec.Count(configKey)
 	mu.Lock()
 	if len(waits) != 2 || waits[0] != "" {

@@ -132,6 +132,7 @@ type Loop struct {
 	leaving  bool                     // Reboot was called
 	revoked  *api.Error               // why the relays are stopped; nil while they may run
 	placed   api.SpecsResponse        // the last specs answer
+	running  bool                     // every applied relay was running at the last look
 }
 
 // refresher is implemented by *attest.Session: when its token is renewed.
@@ -261,6 +262,7 @@ func (l *Loop) Run(ctx context.Context) error {
 					continue
 				}
 				etag = f.res.ETag
+				l.noteRunning()
 				l.beat(ctx, hbEvery, longPoll)
 			} else if recovered {
 				l.beat(ctx, hbEvery, longPoll)
@@ -276,6 +278,7 @@ func (l *Loop) Run(ctx context.Context) error {
 			l.beat(ctx, hbEvery, longPoll)
 
 		case <-l.relays.Changes():
+			l.noteRunning()
 			// Only while the server takes heartbeats: otherwise the retry
 			// of the failed one reads the newest state.
 			if l.hb.sent && changeHB == nil {
@@ -707,6 +710,37 @@ func (l *Loop) metrics(ctx context.Context) *api.NodeMetrics {
 		l.log.Debug("node memory", "err", err)
 	}
 	return m
+}
+
+// noteRunning logs, on the console the boot is timed from, the moment
+// every relay the node should run is running (READY=1): at boot, and
+// after any relay stopped running.
+func (l *Loop) noteRunning() {
+	n := 0
+	for _, st := range l.relays.Status() {
+		if _, ok := l.applied[st.Name]; ok && st.State == api.RelayRunning {
+			n++
+		}
+	}
+	all := n > 0 && n == len(l.applied)
+	if all && !l.running {
+		l.log.Info("all relays running", "relays", n, "since_boot", l.sinceBoot())
+	}
+	l.running = all
+}
+
+// sinceBoot is the machine's uptime.
+func (l *Loop) sinceBoot() time.Duration {
+	b, err := os.ReadFile(l.cfg.ProcRoot + "/uptime")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	s, _ := strconv.ParseFloat(f[0], 64)
+	return time.Duration(s * float64(time.Second)).Round(10 * time.Millisecond)
 }
 
 func (l *Loop) bootID() string {

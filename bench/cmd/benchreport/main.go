@@ -32,6 +32,7 @@ type Report struct {
 	Fleet    *FleetRun     `json:"fleet,omitempty"`
 	Server   *ServerRun    `json:"configsrv_10k,omitempty"`
 	Flood    []*FloodRun   `json:"enroll_flood,omitempty"`
+	LongPoll *LongPollRun  `json:"long_poll,omitempty"`
 	Boot     *BootRun      `json:"qemu_boot,omitempty"`
 	Skipped  []string      `json:"not_measured,omitempty"` // sections not run, with why
 }
@@ -49,9 +50,10 @@ func main() {
 	fleetN := flag.Int("fleet", 2000, "simulated nodes booting at once")
 	nodes := flag.Int("nodes", 10000, "nodes seeded for the configsrv throughput and memory run")
 	relays := flag.Int("relays", 4, "relays per seeded node")
-	skip := flag.String("skip", "", "comma-separated sections not to run: gobench, fleet, server, flood, qemu")
+	skip := flag.String("skip", "", "comma-separated sections not to run: gobench, fleet, server, flood, longpoll, qemu")
 	floodFor := flag.Duration("flood", time.Minute, "how long the enrollment flood lasts")
 	floodBin := flag.String("flood-configsrv", "", "also flood this configsrv binary (say, one built from an older tree), for comparison")
+	pollers := flag.Int("pollers", 1000, "long-polling nodes a global change is timed on (then every seeded node waits)")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 	skipped := map[string]bool{}
@@ -123,6 +125,10 @@ func main() {
 		}
 		return nil
 	})
+	section("longpoll", fmt.Sprintf("%d long-polling nodes, a global change; %d waits held; idle request rate", *pollers, *nodes), func() (err error) {
+		r.LongPoll, err = runLongPoll(ctx, bin, work, *nodes, *relays, *pollers)
+		return err
+	})
 	section("qemu", "the agent's boot in QEMU (first boot, reboot) and image sizes", func() (err error) {
 		r.Boot, err = runBoot(ctx, work)
 		return err
@@ -179,6 +185,13 @@ func (r *Report) failures() []string {
 	for _, f := range r.Flood {
 		if f.Binary == "this tree" && f.PendingRows > 1000 {
 			bad = append(bad, fmt.Sprintf("flood: %d pending rows written, over the default cap of 1000", f.PendingRows))
+		}
+	}
+	if lp := r.LongPoll; lp != nil {
+		for _, c := range lp.Changes {
+			if c.Wrong > 0 {
+				bad = append(bad, fmt.Sprintf("long poll: %d answers without the change", c.Wrong))
+			}
 		}
 	}
 	if s := r.Server; s != nil {

@@ -124,15 +124,48 @@ func headline(r *Report) []Figure {
 	if len(r.Flood) == 0 {
 		add("first-contact flood at the default limits", "not measured: "+r.why("flood"), "benchreport")
 	}
+	if lp := r.LongPoll; lp != nil {
+		for i, c := range lp.Changes {
+			add(fmt.Sprintf("config change → fetched by all %d long-polling nodes (global torrc change %d, from the start of `configsrv torrc import`)", c.Nodes, i+1),
+				fmt.Sprintf("p50 %s, p99 %s, max %s (the import command itself %s)", ms(c.P50), ms(c.P99), ms(c.Max), ms(c.Admin)),
+				fmt.Sprintf("benchreport: configsrv binary, %d nodes × %d relays seeded; each node its own connection and loopback address", lp.Nodes, lp.Relays))
+		}
+		add(fmt.Sprintf("configsrv RSS with %d long polls held", lp.Waiting),
+			fmt.Sprintf("%s (%s before any; peak %s)", mib(lp.RSSHeld), mib(lp.RSSBefore), mib(lp.RSSHeldPeak)), "benchreport: VmRSS/VmHWM of the configsrv process")
+		if id := lp.Idle; id != nil {
+			add("requests per node per hour while idle (the agent's reconcile loop)",
+				fmt.Sprintf("%s (%d nodes over %s at 1/%d time scale: %v)", num(id.PerHour), id.Nodes, id.Window.Round(time.Second), id.Scale, id.ByRequest),
+				"benchreport: init/reconcile against the configsrv binary, token, hold and heartbeat timers scaled; counted in the access log")
+		}
+	} else {
+		add("config change → all long-polling nodes; RSS with 10,000 waits; idle requests per node per hour", "not measured: "+r.why("longpoll"), "benchreport")
+	}
+
 	add("torrc merge, 500-line cascade (global 300 + node 120 + relay 80)",
 		r.metric(pkgTorrc, "BenchmarkMerge500", "ns/op", func(v float64) string { return num(v/1000) + " µs" }), pkgTorrc+" BenchmarkMerge500")
 
 	if b := r.Boot; b != nil {
 		for _, bt := range b.Boots {
-			add("agent boot in QEMU (TCG), "+bt.Name,
-				fmt.Sprintf("boot complete %s after QEMU start (guest uptime %s); %d relays running (seen by the server) at %s",
-					ms(bt.BootComplete), bt.GuestUptime, bt.Relays, ms(bt.RelaysRunning)),
+			add(fmt.Sprintf("agent boot in QEMU (TCG, %d vCPUs), %s", b.CPUs, bt.Name),
+				fmt.Sprintf("boot complete %s after QEMU start (guest uptime %s); all %d relays running (every READY=1, agent's console) at %s (guest %s), seen by the server at %s",
+					ms(bt.BootComplete), bt.GuestUptime, bt.Relays, ms(bt.AllRunning), bt.GuestAllRunning, ms(bt.RelaysRunning)),
 				"e2e/harness; per-phase timeline below")
+		}
+		for _, f := range b.Floors {
+			add(fmt.Sprintf("boot floor in QEMU (same VM), %d relays", f.Relays),
+				fmt.Sprintf("all %d tors READY %s after QEMU start (guest %s)", f.Relays, ms(f.Ready), f.GuestUptime),
+				"e2e/cmd/floorinit via harness.FloorImage: mounts, starts tor from a fixed torrc with its keys present")
+		}
+		one, eight := b.boot(1), b.boot(8)
+		if one != nil && eight != nil {
+			add("QEMU reboot → all relays running: 8 relays / 1 relay (goal ≤ 1.3)",
+				fmt.Sprintf("%.2f (%s / %s)", eight.AllRunning.Seconds()/one.AllRunning.Seconds(), ms(eight.AllRunning), ms(one.AllRunning)), "the two reboots above")
+		}
+		for _, n := range []int{1, 8} {
+			if ours, fl := b.boot(n), b.floor(n); ours != nil && fl != nil {
+				add(fmt.Sprintf("QEMU reboot → all relays running, ours / floor, %d relays (goal ≤ 1.3)", n),
+					fmt.Sprintf("%.2f (%s / %s)", ours.AllRunning.Seconds()/fl.Ready.Seconds(), ms(ours.AllRunning), ms(fl.Ready)), "the reboot and the floor above")
+			}
 		}
 		add("compressed initramfs", fmt.Sprintf("%s %s (%s cpio)", mib(b.InitramfsGzip), b.Compression, mib(b.InitramfsCPIO)), "initramfs/ramfs via e2e/harness.BuildImage")
 		add("OS package", fmt.Sprintf("%s zip + %d B descriptor (kernel %s inside)", mib(b.PackageZip), b.PackageJSON, mib(b.Kernel)), "stimage ospkg create via e2e/harness")
@@ -188,7 +221,7 @@ func markdown(r *Report) string {
 	w("\n")
 
 	if bt := r.Boot; bt != nil && len(bt.Boots) > 0 {
-		w("## Agent boot timeline in QEMU (TCG, `-cpu max`, 2 vCPUs, swtpm, real configsrv)\n\n")
+		w("## Agent boot timeline in QEMU (TCG, `-cpu max`, %d vCPUs, swtpm, real configsrv)\n\n", bt.CPUs)
 		w("Phases as the agent prints them (`timeline phase=… start=… took=…`, guest uptime).\n\n| phase |")
 		for _, x := range bt.Boots {
 			w(" %s start | took |", x.Name)
@@ -256,6 +289,20 @@ func markdown(r *Report) string {
 		if m := s.Metrics; m != nil {
 			w("`/metrics` (`serve --metrics-listen`) after every node's heartbeat with a summary of its relays: %s gzip as Prometheus fetches it, %s as text, %d samples; %d scrapes, p50 %s, max %s (request to last byte); server RSS then %s (peak %s).\n\n",
 				mib(m.GzipBytes), mib(m.TextBytes), m.Samples, m.Scrapes, ms(m.P50), ms(m.Max), mib(m.RSSAfter), mib(m.RSSPeak))
+		}
+	}
+
+	if lp := r.LongPoll; lp != nil {
+		w("## Long-polled config: %d nodes × %d relays seeded, the configsrv binary\n\n", lp.Nodes, lp.Relays)
+		w("Each node its own HTTPS connection (HTTP/1.1, as the agent) and loopback address; it fetches its config, then waits with `If-None-Match` and `wait=1800`. A global torrc change (`configsrv torrc import --default`, another process) is timed from the command's start until every waiting node has the new config.\n\n")
+		w("| change | nodes waiting | import command | p50 | p99 | max |\n|---|---|---|---|---|---|\n")
+		for i, c := range lp.Changes {
+			w("| %d | %d | %s | %s | %s | %s |\n", i+1, c.Nodes, ms(c.Admin), ms(c.P50), ms(c.P99), ms(c.Max))
+		}
+		w("\nServer RSS: %s before any long poll, %s with %d held (peak %s).\n\n", mib(lp.RSSBefore), mib(lp.RSSHeld), lp.Waiting, mib(lp.RSSHeldPeak))
+		if id := lp.Idle; id != nil {
+			w("Idle request rate: %d nodes run the agent's reconcile loop (tor and network faked) against the binary with the timers that set the rate scaled down %d times (token 1 min, hold ≤ 30 s, heartbeat 10 s); after a warm-up, the access log counts over %s (%s hours at scale): **%s requests per node per hour**, by request: %v.\n\n",
+				id.Nodes, id.Scale, id.Window.Round(time.Second), num(id.Window.Hours()*float64(id.Scale)), num(id.PerHour), id.ByRequest)
 		}
 	}
 

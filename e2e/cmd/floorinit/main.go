@@ -1,0 +1,186 @@
+// Command floorinit is PID 1 of the boot floor (bench): the least a
+// machine must do to have tor relays running, so that the agent's boot
+// can be measured against it on the same VM. It mounts the kernel's
+// filesystems, then starts every relay of /floor at once (/floor/NAME:
+// torrc, and data, a DataDirectory with the relay's identity and onion
+// keys already there), each as its own uid with its own notify socket
+// (lo up for their MetricsPorts),
+// waits for every tor's READY=1, prints
+//
+//	floor: all N relays READY since_boot=1.234s
+//
+// and powers the machine off. Nothing else: no modules, no network, no
+// TPM, no config server, no verification.
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	floorDir = "/floor"
+	runDir   = "/run/tor-instances"
+	firstUID = 10001
+)
+
+func main() {
+	for _, m := range []struct{ src, dst, fs string }{
+		{"devtmpfs", "/dev", "devtmpfs"}, {"proc", "/proc", "proc"}, {"sysfs", "/sys", "sysfs"}, {"tmpfs", "/run", "tmpfs"},
+	} {
+		os.MkdirAll(m.dst, 0o755)
+		if err := unix.Mount(m.src, m.dst, m.fs, unix.MS_NOSUID, ""); err != nil && err != unix.EBUSY {
+			fmt.Printf("floor: mount %s: %v\n", m.dst, err)
+		}
+	}
+	if err := loopbackUp(); err != nil {
+		fmt.Println("floor: lo:", err) // each tor's MetricsPort is on 127.66.X.Y
+	}
+	go reap()
+	if err := run(); err != nil {
+		fmt.Println("floor: failed:", err)
+	}
+	unix.Sync()
+	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	select {}
+}
+
+// reap collects every child's exit (tor never forks; a tor that dies is
+// reported by its READY never coming).
+func reap() {
+	for {
+		var ws syscall.WaitStatus
+		if _, err := syscall.Wait4(-1, &ws, 0, nil); err != nil && err != syscall.EINTR {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+func run() error {
+	ents, err := os.ReadDir(floorDir)
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, e := range ents {
+		if e.IsDir() {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	ready := make(chan string, len(names))
+	for i, name := range names {
+		if err := start(name, firstUID+i, ready); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	timeout := time.After(5 * time.Minute)
+	for range names {
+		select {
+		case <-ready:
+		case <-timeout:
+			return fmt.Errorf("not every tor READY within 5 minutes")
+		}
+	}
+	fmt.Printf("floor: all %d relays READY since_boot=%s\n", len(names), uptime())
+	return nil
+}
+
+// start starts relay name's tor as uid and sends name to ready on its
+// READY=1.
+func start(name string, uid int, ready chan<- string) error {
+	data := filepath.Join(floorDir, name, "data")
+	run := filepath.Join(runDir, name)
+	if err := os.MkdirAll(run, 0o700); err != nil {
+		return err
+	}
+	for _, d := range []string{data, run} {
+		// The image's directories are root's, 0755: tor wants its own, 0700.
+		if err := filepath.Walk(d, func(p string, fi os.FileInfo, err error) error {
+			if err != nil {
+				return err
+			}
+			if fi.IsDir() {
+				if err := os.Chmod(p, 0o700); err != nil {
+					return err
+				}
+			}
+			return os.Lchown(p, uid, uid)
+		}); err != nil {
+			return err
+		}
+	}
+	sock := filepath.Join(runDir, name+".notify")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	os.Chown(sock, uid, uid)
+	cmd := exec.Command("/usr/bin/tor", "--defaults-torrc", "/dev/null", "-f", filepath.Join(floorDir, name, "torrc"))
+	cmd.Env = []string{"NOTIFY_SOCKET=" + sock}
+	cmd.Dir = data
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid), Groups: []uint32{}}}
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			for _, l := range bytes.Split(buf[:n], []byte("\n")) {
+				if string(l) == "READY=1" {
+					fmt.Printf("floor: %s READY since_boot=%s\n", name, uptime())
+					ready <- name
+					return
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+// loopbackUp sets lo up, as the agent's network has it.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+func uptime() string {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	s, _ := strconv.ParseFloat(f[0], 64)
+	return (time.Duration(s * float64(time.Second))).Round(10 * time.Millisecond).String()
+}
