@@ -41,18 +41,28 @@ type parker interface {
 	park() func(status int, n int64)
 }
 
-// parkLog tells the access log, if w has one, that its request will be
-// answered later; it returns what writes the line then (nil: no log).
+// parkLog tells the wrappers of w that record answers (the access log,
+// the metrics) that its request will be answered later; it returns what
+// tells them the answer then (nil: none records).
 func parkLog(w http.ResponseWriter) func(status int, n int64) {
+	var all []func(int, int64)
 	for {
 		if p, ok := w.(parker); ok {
-			return p.park()
+			all = append(all, p.park())
 		}
 		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
 		if !ok {
-			return nil
+			break
 		}
 		w = u.Unwrap()
+	}
+	if len(all) == 0 {
+		return nil
+	}
+	return func(status int, n int64) {
+		for _, f := range all {
+			f(status, n)
+		}
 	}
 }
 
@@ -133,6 +143,10 @@ func Instrument(h http.Handler, o Observer) http.Handler {
 		start := time.Now()
 		rec := &statusWriter{ResponseWriter: rw, status: http.StatusOK}
 		h.ServeHTTP(rec, r)
+		if rec.parked != nil { // a held long poll: observed once answered
+			rec.parked.ready(func(status int, _ int64) { o.Observe(r.Pattern, status, time.Since(start)) })
+			return
+		}
 		o.Observe(r.Pattern, rec.status, time.Since(start))
 	})
 }

@@ -245,12 +245,14 @@ func TestLongPollHTTP2(t *testing.T) {
 	}
 }
 
-// A parked request's access log line is written when it is answered,
-// with its status and the time it was held.
+// A parked request's access log line, and its observation for the
+// metrics, are written when it is answered, with its status and the time
+// it was held.
 func TestLongPollAccessLog(t *testing.T) {
 	var logged syncBuf
+	var obs observed
 	l := newLocal(t, nil)
-	srv := httptest.NewUnstartedServer(httpapi.AccessLog(l.api.Handler(), &logged))
+	srv := httptest.NewUnstartedServer(httpapi.AccessLog(httpapi.Instrument(l.api.Handler(), &obs), &logged))
 	srv.StartTLS() // HTTP/1.1: the request is hijacked and parked
 	t.Cleanup(srv.Close)
 	c := &api.Client{BaseURL: srv.URL, HTTP: srv.Client()}
@@ -282,6 +284,22 @@ func TestLongPollAccessLog(t *testing.T) {
 		strings.HasSuffix(lines[2], " 0 ") {
 		t.Fatalf("access log:\n%s", logged.String())
 	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if want := []string{api.PathConfig + " 200 false", api.PathConfig + " 304 true", api.PathConfig + " 200 false"}; !slices.Equal(obs.got, want) {
+		t.Fatalf("observed %q, want %q", obs.got, want)
+	}
+}
+
+type observed struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (o *observed) Observe(pattern string, status int, took time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.got = append(o.got, fmt.Sprintf("%s %d %v", pattern, status, took > 1500*time.Millisecond))
 }
 
 type syncBuf struct {
