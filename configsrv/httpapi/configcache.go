@@ -35,7 +35,9 @@ type rendered struct {
 
 const (
 	maxCachedNodes = 1 << 17
-	maxCachedBytes = 32 << 20
+	// Bodies matter for repeated plain GETs (older agents) only: a long
+	// poll needs a node's body once per change.
+	maxCachedBytes = 8 << 20
 )
 
 // etagOf is the entity tag of body at gen: the generation says when to

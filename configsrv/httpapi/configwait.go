@@ -142,7 +142,8 @@ func matches(inm, etag string) bool {
 }
 
 // current returns node's config at its current generation: the ETag, and
-// the body when withBody (rendered unless cached).
+// the body when withBody (rendered unless cached) or when it had to be
+// rendered anyway.
 func (s *Server) current(ctx context.Context, id int64, withBody bool) (etag string, body []byte, err error) {
 	gen, err := s.Store.NodeConfigGen(ctx, id)
 	if err != nil {
@@ -206,7 +207,7 @@ func (s *Server) unsafeAnswer(id int64, err error) *answer {
 // look is what a config request with If-None-Match inm gets now; nil
 // means nothing changed.
 func (s *Server) look(ctx context.Context, id int64, inm string) (*answer, error) {
-	etag, _, err := s.current(ctx, id, false)
+	etag, body, err := s.current(ctx, id, false)
 	if a := s.unsafeAnswer(id, err); a != nil {
 		return a, nil
 	}
@@ -216,12 +217,14 @@ func (s *Server) look(ctx context.Context, id int64, inm string) (*answer, error
 	if matches(inm, etag) {
 		return nil, nil
 	}
-	etag, body, err := s.current(ctx, id, true)
-	if a := s.unsafeAnswer(id, err); a != nil {
-		return a, nil
-	}
-	if err != nil {
-		return nil, err
+	if body == nil { // cached as a tag only
+		etag, body, err = s.current(ctx, id, true)
+		if a := s.unsafeAnswer(id, err); a != nil {
+			return a, nil
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
 	return &answer{status: http.StatusOK, etag: etag, body: body}, nil
 }
