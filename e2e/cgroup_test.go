@@ -18,7 +18,8 @@ import (
 // inside the Debian kernel under QEMU, where cgroup v2 has its memory
 // controller whatever the host's cgroup setup: test binary as a child of
 // a minimal PID 1 (e2e/cmd/testinit) that mounts cgroup2, with the
-// image's tor.
+// image's tor, and the relays' keys in the real vault on the machine's
+// TPM (a swtpm attached to QEMU).
 func TestCgroupsInVM(t *testing.T) {
 	missing := harness.Missing()
 	need(t, strings.Join(missing, ", "), len(missing) == 0)
@@ -47,7 +48,8 @@ func TestCgroupsInVM(t *testing.T) {
 	img, _, err := harness.InitImage(ctx, harness.InitImageOptions{Kernel: kernel, Dir: filepath.Join(dir, "image"),
 		InitPkg: "patela/e2e/cmd/testinit", Files: []harness.File{
 			{Name: "test", Data: bin, Mode: 0o755},
-			{Name: "test.args", Data: []byte("-test.run=^TestCgroupOOM$\n-test.v\n-test.count=1\n"), Mode: 0o644},
+			// The relays' keys go to the real vault on the machine's TPM.
+			{Name: "test.args", Data: []byte("-test.run=^TestCgroupOOM$\n-test.v\n-test.count=1\n-tpm-device=/dev/tpmrm0\n"), Mode: 0o644},
 		}})
 	if err != nil {
 		t.Fatal(err)
@@ -57,8 +59,13 @@ func TestCgroupsInVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer console.Close()
+	tpm, err := harness.StartSWTPM(ctx, filepath.Join(dir, "tpm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Stop()
 	vm, err := harness.Boot(ctx, harness.VMOptions{Kernel: kernel.Vmlinuz, Initramfs: img, Cmdline: "console=ttyS0 panic=-1 quiet",
-		Timeout: 7 * time.Minute, Console: console})
+		TPM: tpm, Timeout: 7 * time.Minute, Console: console})
 	if err != nil {
 		t.Fatal(err)
 	}

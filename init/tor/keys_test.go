@@ -3,6 +3,7 @@ package tor
 import (
 	"bytes"
 	"context"
+	"flag"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -22,11 +23,22 @@ import (
 	"patela/internal/swtpmtest"
 )
 
+// tpmDevice is a TPM device the tests' vault uses instead of a swtpm of
+// their own: the TPM of the test machine e2e's TestCgroupsInVM boots,
+// which has no swtpm.
+var tpmDevice = flag.String("tpm-device", "", "TPM device for the tests' key vault (default: a swtpm per test)")
+
 // bootVault powers the swtpm in stateDir up (PCRs reset, NV kept) and
-// opens the real key vault on it, as the agent does at boot.
+// opens the real key vault on it, as the agent does at boot; with
+// -tpm-device, the vault is on that TPM.
 func bootVault(t testing.TB, stateDir string) (*vault.Vault, func()) {
-	tp := swtpmtest.StartState(t, stateDir)
-	dev, err := tpmdev.Open("unix:" + tp.Socket)
+	stop := func() {}
+	spec := *tpmDevice
+	if spec == "" {
+		tp := swtpmtest.StartState(t, stateDir)
+		spec, stop = "unix:"+tp.Socket, tp.Stop
+	}
+	dev, err := tpmdev.Open(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +51,7 @@ func bootVault(t testing.TB, stateDir string) (*vault.Vault, func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return v, func() { dev.Close(); tp.Stop() }
+	return v, func() { dev.Close(); stop() }
 }
 
 // A new relay's keys, written by tor at its first start, are captured into
