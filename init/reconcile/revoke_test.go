@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"bytes"
 	"context"
 	"net/http"
 	"os"
@@ -153,7 +154,7 @@ func TestRevocation(t *testing.T) {
 
 // When the pools cannot hold all the node's relays it runs those it got
 // and keeps reporting them; an older server's 409 at specs does not stop
-// the rounds either.
+// the loop either.
 func TestPartialAllocation(t *testing.T) {
 	w := newWorld(t, 2, time.Second)
 	// A pool with one address: 1 of the 2 relays fits.
@@ -188,10 +189,22 @@ func TestPartialAllocation(t *testing.T) {
 	if out := w.s.Admin(t, "node", "show", w.ids); !strings.Contains(out, "wants 2, has 1: pool full") {
 		t.Errorf("node show:\n%s", out)
 	}
-	// An older server answers 409 exhausted: the rounds go on.
+	// An older server answers 409 exhausted: a change still comes
+	// through. The loop posts its specs after applying the change (409),
+	// then long-polls again.
 	old.Store(true)
-	configs, beats := rec.Count(configKey), rec.Count(statusKey)
-	waitFor(t, "two more rounds", func() bool { return rec.Count(configKey) >= configs+2 && rec.Count(statusKey) >= beats+2 })
+	specsKey := "POST " + api.PathSpecs
+	specs, configs, beats := rec.Count(specsKey), rec.Count(configKey), rec.Count(statusKey)
+	f := filepath.Join(t.TempDir(), "node.torrc")
+	os.WriteFile(f, []byte("ContactInfo changed <ops@example.org>\n"), 0o644)
+	w.s.Admin(t, "torrc", "import", f, "--node", w.ids)
+	waitFor(t, "the change applied, specs refused 409, the config asked again", func() bool {
+		live, _ := os.ReadFile(filepath.Join(w.root, "run", name+".torrc"))
+		return bytes.Contains(live, []byte("ContactInfo changed")) &&
+			rec.Count(specsKey) > specs && rec.Count(configKey) > configs && rec.Count(statusKey) > beats
+	})
+	t.Logf("after the change: %d specs posts, %d config requests, %d heartbeats",
+		rec.Count(specsKey)-specs, rec.Count(configKey)-configs, rec.Count(statusKey)-beats)
 	if st, ok := statusOf(w.sup, name); !ok || st.PID != one[name].PID {
 		t.Errorf("the relay did not keep running through 409s: %+v", st)
 	}
