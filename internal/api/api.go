@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -216,38 +217,114 @@ func DecodeLimit(r io.Reader, v any, limit int) error {
 	// last of two equal keys win; the protocol names each field exactly
 	// once, so "EK_PUBLIC" is an unknown field and a repeated key is
 	// refused (two parsers could read different values from one body).
-	return exactKeys(json.NewDecoder(bytes.NewReader(data)), reflect.TypeOf(v))
+	return exactKeys(data, reflect.TypeOf(v))
 }
 
-// exactKeys reads one JSON value from dec and checks that no object in it
-// repeats a key and, where t describes a struct, that every key is
-// spelled exactly as one of its json tags, recursing into arrays, maps
-// and nested structs.
-func exactKeys(dec *json.Decoder, t reflect.Type) error {
+// exactKeys checks, in data (one JSON value that encoding/json has just
+// decoded, so well formed), that no object repeats a key and, where t
+// describes a struct, that every key is spelled exactly as one of its
+// json tags, recursing into arrays, maps and nested structs. A byte scan:
+// json.Decoder.Token allocates for every token, which made this check as
+// dear as the decoding itself.
+func exactKeys(data []byte, t reflect.Type) error {
+	ks := keyScan{data: data}
+	return ks.value(t)
+}
+
+type keyScan struct {
+	data []byte
+	i    int
+}
+
+func (s *keyScan) ws() {
+	for s.i < len(s.data) {
+		switch s.data[s.i] {
+		case ' ', '\t', '\r', '\n':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+// str reads the string at s.i (its opening quote) and returns its raw
+// bytes and whether they need unescaping to be the string's value.
+func (s *keyScan) str() (raw []byte, plain bool) {
+	s.i++ // '"'
+	start, plain := s.i, true
+	for s.i < len(s.data) {
+		switch c := s.data[s.i]; {
+		case c == '"':
+			raw = s.data[start:s.i]
+			s.i++
+			return raw, plain
+		case c == '\\':
+			plain = false
+			s.i += 2
+		case c >= 0x80:
+			// encoding/json replaces invalid UTF-8 with U+FFFD: let it
+			// say what the key is.
+			plain = false
+			s.i++
+		default:
+			s.i++
+		}
+	}
+	return s.data[start:], plain
+}
+
+func (s *keyScan) value(t reflect.Type) error {
 	for t != nil && t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	tok, err := dec.Token()
-	if err != nil {
-		return fmt.Errorf("malformed JSON: %w", err)
+	s.ws()
+	if s.i >= len(s.data) {
+		return errors.New("malformed JSON: unexpected end")
 	}
-	switch tok {
-	case json.Delim('{'):
+	switch s.data[s.i] {
+	case '{':
+		s.i++
 		var fields map[string]reflect.Type
 		if t != nil && t.Kind() == reflect.Struct {
 			fields = jsonFields(t)
 		}
-		seen := map[string]bool{}
-		for dec.More() {
-			kt, err := dec.Token()
-			if err != nil {
-				return fmt.Errorf("malformed JSON: %w", err)
+		var seen []string
+		var seenSet map[string]bool // past a few keys, so a huge object stays linear
+		for {
+			s.ws()
+			if s.i >= len(s.data) {
+				return errors.New("malformed JSON: unexpected end")
 			}
-			k, _ := kt.(string)
-			if seen[k] {
+			if s.data[s.i] == '}' {
+				s.i++
+				return nil
+			}
+			if s.data[s.i] == ',' {
+				s.i++
+				s.ws()
+			}
+			raw, plain := s.str()
+			k := string(raw)
+			if !plain {
+				if err := json.Unmarshal(append(append([]byte{'"'}, raw...), '"'), &k); err != nil {
+					return fmt.Errorf("malformed JSON: %w", err)
+				}
+			}
+			dup := seenSet[k]
+			if seenSet == nil {
+				dup = slices.Contains(seen, k)
+				if seen = append(seen, k); len(seen) > 16 {
+					seenSet = map[string]bool{}
+					for _, k := range seen {
+						seenSet[k] = true
+					}
+				}
+			} else {
+				seenSet[k] = true
+			}
+			if dup {
 				return fmt.Errorf("malformed JSON: duplicate key %q", k)
 			}
-			seen[k] = true
 			var ft reflect.Type
 			switch {
 			case fields != nil:
@@ -258,31 +335,56 @@ func exactKeys(dec *json.Decoder, t reflect.Type) error {
 			case t != nil && t.Kind() == reflect.Map:
 				ft = t.Elem()
 			}
-			if err := exactKeys(dec, ft); err != nil {
+			s.ws()
+			s.i++ // ':'
+			if err := s.value(ft); err != nil {
 				return err
 			}
 		}
-		_, err = dec.Token() // '}'
-	case json.Delim('['):
+	case '[':
+		s.i++
 		var et reflect.Type
 		if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
 			et = t.Elem()
 		}
-		for dec.More() {
-			if err := exactKeys(dec, et); err != nil {
+		for {
+			s.ws()
+			if s.i >= len(s.data) {
+				return errors.New("malformed JSON: unexpected end")
+			}
+			switch s.data[s.i] {
+			case ']':
+				s.i++
+				return nil
+			case ',':
+				s.i++
+			}
+			if err := s.value(et); err != nil {
 				return err
 			}
 		}
-		_, err = dec.Token() // ']'
-	}
-	if err != nil {
-		return fmt.Errorf("malformed JSON: %w", err)
+	case '"':
+		s.str()
+	default: // a number, true, false or null
+		for s.i < len(s.data) {
+			switch s.data[s.i] {
+			case ',', '}', ']', ' ', '\t', '\r', '\n':
+				return nil
+			}
+			s.i++
+		}
 	}
 	return nil
 }
 
+// fieldsOf caches jsonFields by type: every request would build it again.
+var fieldsOf sync.Map // reflect.Type -> map[string]reflect.Type
+
 // jsonFields maps the json names of struct t's fields to their types.
 func jsonFields(t reflect.Type) map[string]reflect.Type {
+	if f, ok := fieldsOf.Load(t); ok {
+		return f.(map[string]reflect.Type)
+	}
 	fields := map[string]reflect.Type{}
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
@@ -295,5 +397,6 @@ func jsonFields(t reflect.Type) map[string]reflect.Type {
 		}
 		fields[name] = f.Type
 	}
+	fieldsOf.Store(t, fields)
 	return fields
 }
