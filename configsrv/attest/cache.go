@@ -54,7 +54,12 @@ func (e *EK) MakeCredential(akName, secret []byte) (blob, encSecret []byte, err 
 type Cache struct {
 	mu  sync.Mutex
 	eks map[[32]byte]*EK
-	aks map[[32]byte][]byte
+	aks map[[32]byte]ak
+}
+
+type ak struct {
+	name []byte
+	pub  *tpm2.TPMTPublic
 }
 
 // EK parses (or recalls) an EK public area.
@@ -81,22 +86,29 @@ func (c *Cache) EK(b []byte) (*EK, error) {
 
 // AKName checks (or recalls) an AK public area and returns its Name.
 func (c *Cache) AKName(b []byte) ([]byte, error) {
+	n, _, err := c.AK(b)
+	return n, err
+}
+
+// AK is AKName that also returns the parsed public area (not to be
+// modified: it is shared).
+func (c *Cache) AK(b []byte) ([]byte, *tpm2.TPMTPublic, error) {
 	h := sha256.Sum256(b)
 	c.mu.Lock()
-	n, ok := c.aks[h]
+	a, ok := c.aks[h]
 	c.mu.Unlock()
 	if ok {
-		return n, nil
+		return a.name, a.pub, nil
 	}
-	_, n, err := ParseAK(b)
+	pub, n, err := ParseAK(b)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	c.mu.Lock()
 	if c.aks == nil || len(c.aks) >= maxCached {
-		c.aks = map[[32]byte][]byte{}
+		c.aks = map[[32]byte]ak{}
 	}
-	c.aks[h] = n
+	c.aks[h] = ak{name: n, pub: pub}
 	c.mu.Unlock()
-	return n, nil
+	return n, pub, nil
 }

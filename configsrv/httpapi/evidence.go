@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
+
 	"patela/configsrv/quote"
 	"patela/configsrv/store"
 	"patela/internal/api"
@@ -175,6 +177,28 @@ func (c *evidenceCache) set(id int64, fp string) {
 type akKeyCache struct {
 	mu sync.Mutex
 	m  map[string]*quote.Key
+}
+
+// prime keeps the quote key of an AK this handshake has just parsed (the
+// challenge names it), so the completion need not parse it again. A key
+// quote cannot use is not kept: get then refuses it as before.
+func (c *akKeyCache) prime(name []byte, pub *tpm2.TPMTPublic) {
+	c.mu.Lock()
+	_, ok := c.m[string(name)]
+	c.mu.Unlock()
+	if ok {
+		return
+	}
+	k, err := quote.KeyOf(pub)
+	if err != nil {
+		return
+	}
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= 1<<16 {
+		c.m = map[string]*quote.Key{}
+	}
+	c.m[string(name)] = k
+	c.mu.Unlock()
 }
 
 func (c *akKeyCache) get(name, public []byte) (*quote.Key, error) {

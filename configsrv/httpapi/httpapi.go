@@ -241,7 +241,7 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ekTarget := "ek:" + ek.ID.String()
-	akName, err := s.keys.AKName(req.AKPublic)
+	akName, akPub, err := s.keys.AK(req.AKPublic)
 	if err != nil {
 		s.refuseClient(r, "attest.bad_ak", ekTarget, err.Error())
 		writeErr(w, http.StatusBadRequest, api.CodeBadAK, err.Error())
@@ -301,6 +301,7 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, r, err)
 		return
 	}
+	s.akKeys.prime(akName, akPub)
 	s.audit(ctx, target, "attest.challenge", target, "ak "+hex.EncodeToString(akName))
 	writeJSON(w, http.StatusOK, &api.AttestResponse{NodeID: n.ID, ChallengeID: c.ID, CredentialBlob: blob, EncryptedSecret: enc, Nonce: nonce})
 }

@@ -74,6 +74,12 @@ func NewKey(akPublic []byte) (*Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("AK public area: %w", err)
 	}
+	return KeyOf(pub)
+}
+
+// KeyOf is NewKey for an AK public area already unmarshalled (by
+// configsrv/attest.ParseAK, during the same handshake).
+func KeyOf(pub *tpm2.TPMTPublic) (*Key, error) {
 	k := &Key{}
 	var scheme tpm2.TPMAlgID
 	var hashAlg tpm2.TPMIAlgHash
