@@ -215,14 +215,20 @@ func (s *Server) refuseClient(r *http.Request, action, target, details string) {
 }
 
 func (s *Server) audit(ctx context.Context, actor, action, target, details string) {
-	level := slog.LevelInfo
-	if refusalActions[action] {
-		level = slog.LevelWarn
-	}
-	s.log().Log(ctx, level, action, "actor", actor, "target", target, "details", details)
+	s.logAudit(ctx, store.AuditRow{Actor: actor, Action: action, Target: target, Details: details})
 	if err := s.Store.Audit(ctx, actor, action, target, details); err != nil {
 		s.log().Error("audit", "action", action, "target", target, "err", err)
 	}
+}
+
+// logAudit puts an audit row in the server log (audit writes it too; a
+// row written with the change it records is logged with this alone).
+func (s *Server) logAudit(ctx context.Context, a store.AuditRow) {
+	level := slog.LevelInfo
+	if refusalActions[a.Action] {
+		level = slog.LevelWarn
+	}
+	s.log().Log(ctx, level, a.Action, "actor", a.Actor, "target", a.Target, "details", a.Details)
 }
 
 func nodeActor(id int64) string { return "node:" + strconv.FormatInt(id, 10) }
@@ -297,12 +303,14 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 	h := sha256.Sum256(secret)
 	c := store.Challenge{ID: hex.EncodeToString(id), NodeID: n.ID, SecretHash: h[:], AKName: akName, Expires: now.Add(ChallengeTTL),
 		Nonce: nonce, AKPublic: req.AKPublic}
-	if err := s.Store.AddChallenge(ctx, c, now); err != nil {
+	// The challenge and its audit row: one transaction.
+	row := store.AuditRow{Actor: target, Action: "attest.challenge", Target: target, Details: "ak " + hex.EncodeToString(akName)}
+	if err := s.Store.AddChallenge(ctx, c, now, row); err != nil {
 		s.internal(w, r, err)
 		return
 	}
+	s.logAudit(ctx, row)
 	s.akKeys.prime(akName, akPub)
-	s.audit(ctx, target, "attest.challenge", target, "ak "+hex.EncodeToString(akName))
 	writeJSON(w, http.StatusOK, &api.AttestResponse{NodeID: n.ID, ChallengeID: c.ID, CredentialBlob: blob, EncryptedSecret: enc, Nonce: nonce})
 }
 
@@ -410,9 +418,14 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 	if !s.requireRelease(w, r, ev, rel) {
 		return
 	}
-	// The activation and the evidence are one write transaction.
+	// The activation, the evidence and the audit row are one write
+	// transaction.
 	fp, write := s.evidenceToWrite(ev)
-	done, err := s.Store.CompleteAttestation(ctx, c.NodeID, c.AKName, write, now)
+	var okRow store.AuditRow
+	done, err := s.Store.CompleteAttestation(ctx, c.NodeID, c.AKName, write, now, func(a store.Attested) store.AuditRow {
+		okRow = store.AuditRow{Actor: target, Action: "attest.ok", Target: target, Details: fmt.Sprintf("first_boot=%v", a.FirstBoot)}
+		return okRow
+	})
 	if refused(done.State, err) {
 		return
 	}
@@ -424,7 +437,7 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, r, err)
 		return
 	}
-	s.audit(ctx, target, "attest.ok", target, fmt.Sprintf("first_boot=%v", done.FirstBoot))
+	s.logAudit(ctx, okRow)
 	writeJSON(w, http.StatusOK, &api.CompleteResponse{Token: tok, ExpiresAt: exp, FirstBoot: done.FirstBoot})
 }
 

@@ -261,15 +261,32 @@ type Challenge struct {
 
 // AddChallenge stores c and, at most once a second, drops expired
 // challenges (TakeChallenge refuses them anyway; this only bounds the table).
-func (s *Store) AddChallenge(ctx context.Context, c Challenge, now time.Time) error {
+// The audit rows given are written in the same transaction.
+func (s *Store) AddChallenge(ctx context.Context, c Challenge, now time.Time, audit ...AuditRow) error {
+	ins, err := s.stmt(ctx, `INSERT INTO challenges(id, node_id, secret_hash, ak_name, expires, nonce, ak_public) VALUES (?, ?, ?, ?, ?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	aud, err := s.stmt(ctx, auditInsert)
+	if err != nil {
+		return err
+	}
 	if last := s.swept.Load(); now.Unix() != last && s.swept.CompareAndSwap(last, now.Unix()) {
 		if _, err := s.exec(ctx, `DELETE FROM challenges WHERE expires < ?`, now.UnixNano()); err != nil {
 			return err
 		}
 	}
-	_, err := s.exec(ctx, `INSERT INTO challenges(id, node_id, secret_hash, ak_name, expires, nonce, ak_public) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		c.ID, c.NodeID, c.SecretHash, c.AKName, c.Expires.UnixNano(), c.Nonce, c.AKPublic)
-	return err
+	if len(audit) == 0 {
+		_, err := s.exec(ctx, `INSERT INTO challenges(id, node_id, secret_hash, ak_name, expires, nonce, ak_public) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			c.ID, c.NodeID, c.SecretHash, c.AKName, c.Expires.UnixNano(), c.Nonce, c.AKPublic)
+		return err
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.StmtContext(ctx, ins).ExecContext(ctx, c.ID, c.NodeID, c.SecretHash, c.AKName, c.Expires.UnixNano(), c.Nonce, c.AKPublic); err != nil {
+			return err
+		}
+		return writeAudit(ctx, tx.StmtContext(ctx, aud), audit...)
+	})
 }
 
 // TakeChallenge removes and returns challenge id: a challenge is spent by
@@ -303,9 +320,15 @@ type Attested struct {
 // enabled and, when ev is not nil, the boot evidence it carried
 // (RecordAttestation), in one transaction; it returns the node's state
 // and what its token must name, read in the same transaction (an admin's
-// change lands before or after, whole).
-func (s *Store) CompleteAttestation(ctx context.Context, id int64, akName []byte, ev *Attestation, now time.Time) (Attested, error) {
+// change lands before or after, whole). When audit is not nil, the row it
+// makes of the outcome is written in that transaction too (only when the
+// activation is recorded).
+func (s *Store) CompleteAttestation(ctx context.Context, id int64, akName []byte, ev *Attestation, now time.Time, audit func(Attested) AuditRow) (Attested, error) {
 	var a Attested
+	aud, err := s.stmt(ctx, auditInsert)
+	if err != nil {
+		return a, err
+	}
 	sel, err := s.stmt(ctx, `SELECT state, ek_hash, token_epoch, attested_at FROM nodes WHERE id = ?`)
 	if err != nil {
 		return a, err
@@ -333,9 +356,14 @@ func (s *Store) CompleteAttestation(ctx context.Context, id int64, akName []byte
 			return err
 		}
 		if ev != nil {
-			a.Before, err = s.recordAttestation(ctx, tx, ev)
+			if a.Before, err = s.recordAttestation(ctx, tx, ev); err != nil {
+				return err
+			}
 		}
-		return err
+		if audit != nil {
+			return writeAudit(ctx, tx.StmtContext(ctx, aud), audit(a))
+		}
+		return nil
 	})
 	return a, err
 }

@@ -315,11 +315,25 @@ type AuditEntry struct {
 	Details string    `json:"details,omitempty"`
 }
 
+const auditInsert = `INSERT INTO audit(time, actor, action, target, details) VALUES (?, ?, ?, ?, ?)`
+
 // Audit appends a row to the audit log.
 func (s *Store) Audit(ctx context.Context, actor, action, target, details string) error {
-	_, err := s.exec(ctx, `INSERT INTO audit(time, actor, action, target, details) VALUES (?, ?, ?, ?, ?)`,
-		time.Now().UnixNano(), actor, action, target, details)
+	_, err := s.exec(ctx, auditInsert, time.Now().UnixNano(), actor, action, target, details)
 	return err
+}
+
+// AuditRow is an audit row a change writes in its own transaction (one
+// commit rather than two on the attestation path).
+type AuditRow struct{ Actor, Action, Target, Details string }
+
+func writeAudit(ctx context.Context, st *sql.Stmt, rows ...AuditRow) error {
+	for _, r := range rows {
+		if _, err := st.ExecContext(ctx, time.Now().UnixNano(), r.Actor, r.Action, r.Target, r.Details); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // AuditLog returns the newest limit rows, newest first.
