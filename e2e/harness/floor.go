@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -75,8 +76,14 @@ func floorRelay(ctx context.Context, dir, name string, i int) ([]File, error) {
 			return nil, err
 		}
 	}
+	// The keys are made by tor itself on this host, master key included:
+	// without the agent's OfflineMasterKey 1, which the guest's torrc keeps
+	// (the image holds the signing key and certificate, not the master
+	// secret, as the agent's relays do).
+	keygen, _ := torrc.ForNode(server, torrc.AgentLines(data, filepath.Join(run, "control"), metrics))
+	keygen.Lines = slices.DeleteFunc(keygen.Lines, func(l torrc.Line) bool { return l.Key == "OfflineMasterKey" })
 	hostTorrc := filepath.Join(dir, "torrc")
-	if err := os.WriteFile(hostTorrc, render(data, filepath.Join(run, "control")), 0o644); err != nil {
+	if err := os.WriteFile(hostTorrc, keygen.Render(), 0o644); err != nil {
 		return nil, err
 	}
 	tctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -119,7 +126,7 @@ func floorRelay(ctx context.Context, dir, name string, i int) ([]File, error) {
 		return nil, err
 	}
 	for _, e := range ents {
-		if !e.Type().IsRegular() {
+		if !e.Type().IsRegular() || e.Name() == "ed25519_master_id_secret_key" {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(keys, e.Name()))
