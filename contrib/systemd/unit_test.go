@@ -136,10 +136,14 @@ func TestCommandLine(t *testing.T) {
 	d := t.TempDir()
 	move := strings.NewReplacer("/usr/local/bin/configsrv", bin, "/etc/patela-configsrv", filepath.Join(d, "etc"),
 		"/var/lib/patela-configsrv", filepath.Join(d, "state"), ":8443", "127.0.0.1:0")
-	if out, err := exec.Command(bin, "init", "--dir", filepath.Join(d, "etc"), "--name", "127.0.0.1").CombinedOutput(); err != nil {
+	// init with the unit's environment: the database goes to the state
+	// directory, never into the working directory.
+	os.Mkdir(filepath.Join(d, "state"), 0o700)
+	initCmd := exec.Command(bin, "init", "--dir", filepath.Join(d, "etc"), "--name", "127.0.0.1")
+	initCmd.Env = append(os.Environ(), move.Replace(u["Environment"][0]))
+	if out, err := initCmd.CombinedOutput(); err != nil {
 		t.Fatalf("configsrv init: %v\n%s", err, out)
 	}
-	os.Mkdir(filepath.Join(d, "state"), 0o700)
 	args := strings.Fields(move.Replace(u["ExecStart"][0]))
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), move.Replace(u["Environment"][0]))
