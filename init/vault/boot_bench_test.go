@@ -3,8 +3,8 @@ package vault
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -15,6 +15,7 @@ import (
 	"patela/init/tpmdev"
 	"patela/internal/api"
 	"patela/internal/swtpmtest"
+	"patela/internal/testutil"
 )
 
 // bootTPM runs the agent's TPM side of one boot against swtpm and the real
@@ -29,26 +30,14 @@ func bootTPM(b *testing.B, tp *swtpmtest.TPM, srv *testsrv.Server, c *api.Client
 	defer dev.Close()
 	cnt := tpmdev.NewCounter(dev)
 	ctx := context.Background()
-	sess, err := attest.NewSession(cnt, c, nil, append(opts, attest.WithBackoff(time.Millisecond, 10*time.Millisecond))...)
+	var log testutil.SyncBuffer
+	sess, err := attest.NewSession(cnt, c, slog.New(slog.NewTextHandler(&log, nil)), append(opts, attest.WithBackoff(time.Millisecond, 10*time.Millisecond))...)
 	if err != nil {
 		b.Fatal(err)
 	}
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		for {
-			select {
-			case <-done:
-				return
-			default:
-			}
-			if id := sess.NodeID(); id != 0 {
-				srv.AdminErr("node", "enable", strconv.FormatInt(id, 10))
-				return
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}()
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go enableWhenPending(wctx, sess, srv, &log, time.Millisecond)
 	if _, err := sess.Wait(ctx); err != nil {
 		b.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,6 +21,7 @@ import (
 	"patela/init/attest"
 	"patela/init/tpmkeys"
 	"patela/internal/api"
+	"patela/internal/testutil"
 )
 
 // attested enrolls the machine's TPM with the server (enabling it when it
@@ -44,25 +46,31 @@ func (m *machine) savedInMirror(opts Options, name, dir string) *Vault {
 }
 
 func attested(t *testing.T, m *machine, srv *testsrv.Server, c *api.Client) *attest.Session {
-	s, err := attest.NewSession(m.Cnt, c, nil, attest.WithBackoff(20*time.Millisecond, 100*time.Millisecond))
+	var log testutil.SyncBuffer
+	s, err := attest.NewSession(m.Cnt, c, slog.New(slog.NewTextHandler(&log, nil)), attest.WithBackoff(20*time.Millisecond, 100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	go func() {
-		for ctx.Err() == nil {
-			if id := s.NodeID(); id != 0 {
-				srv.AdminErr("node", "enable", strconv.FormatInt(id, 10))
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
+	go enableWhenPending(ctx, s, srv, &log, 10*time.Millisecond)
 	if _, err := s.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// enableWhenPending enables s's node as an administrator would, once the
+// console names it pending: never a node already enabled, since every
+// state change, enabled to enabled too, retires the tokens issued before.
+func enableWhenPending(ctx context.Context, s *attest.Session, srv *testsrv.Server, log *testutil.SyncBuffer, every time.Duration) {
+	for ctx.Err() == nil {
+		if id := s.NodeID(); id != 0 && strings.Contains(log.String(), "configsrv node enable "+strconv.FormatInt(id, 10)) {
+			srv.AdminErr("node", "enable", strconv.FormatInt(id, 10))
+			return
+		}
+		time.Sleep(every)
+	}
 }
 
 // leaks reports which secrets appear in a body, raw or inside any base64
