@@ -2,7 +2,8 @@
 // directory below the root of a cgroup v2 hierarchy that has the memory
 // controller, removed at the end of the test. Where the kernel offers no
 // such hierarchy (a host whose memory controller is bound to cgroup v1)
-// the test is skipped, never under CI.
+// the test is skipped, also under CI, where e2e TestCgroupsInVM runs it in
+// QEMU.
 package cgrouptest
 
 import (
@@ -29,7 +30,11 @@ func Tree(t testing.TB) *cgroup.Tree {
 	}
 	root, why := memoryRoot()
 	if root == "" {
-		testutil.SkipOrFail(t, "no cgroup v2 hierarchy with the memory controller here: "+why)
+		// Not SkipOrFail: a host whose memory controller is bound to v1
+		// cannot give one, and CI covers the case anyway: e2e
+		// TestCgroupsInVM runs these tests in QEMU, under a kernel of our
+		// own where memory is v2, and never skips.
+		t.Skip("no cgroup v2 hierarchy with the memory controller here: " + why + "; e2e TestCgroupsInVM runs this test in QEMU")
 	}
 	b := make([]byte, 4)
 	rand.Read(b)
