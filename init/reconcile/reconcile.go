@@ -731,6 +731,11 @@ func (l *Loop) noteRunning() {
 
 // sinceBoot is the machine's uptime.
 func (l *Loop) sinceBoot() time.Duration {
+	return time.Duration(l.uptimeSeconds() * float64(time.Second)).Round(10 * time.Millisecond)
+}
+
+// uptimeSeconds reads /proc/uptime; 0 when it cannot.
+func (l *Loop) uptimeSeconds() float64 {
 	b, err := os.ReadFile(l.cfg.ProcRoot + "/uptime")
 	if err != nil {
 		return 0
@@ -740,7 +745,7 @@ func (l *Loop) sinceBoot() time.Duration {
 		return 0
 	}
 	s, _ := strconv.ParseFloat(f[0], 64)
-	return time.Duration(s * float64(time.Second)).Round(10 * time.Millisecond)
+	return s
 }
 
 func (l *Loop) bootID() string {
@@ -751,15 +756,4 @@ func (l *Loop) bootID() string {
 	return strings.TrimSpace(string(b))
 }
 
-func (l *Loop) uptime() int64 {
-	b, err := os.ReadFile(l.cfg.ProcRoot + "/uptime")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return 0
-	}
-	s, _ := strconv.ParseFloat(f[0], 64)
-	return int64(s)
-}
+func (l *Loop) uptime() int64 { return int64(l.uptimeSeconds()) }
