@@ -97,15 +97,7 @@ func TestMeasuredBoot(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 14*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	key := filepath.Join(dir, "policy.key")
-	out, err := exec.CommandContext(ctx, m.tools.Stimage, "keygen", "policy-key", "--key-out", key, "--pub-out", filepath.Join(dir, "policy.pub")).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyField := regexp.MustCompile(`"policy_key": "([^"]+)"`).FindSubmatch(out)
-	if keyField == nil {
-		t.Fatalf("keygen printed %s", out)
-	}
+	key, keyField := policyKey(ctx, t, m, dir)
 	log := harness.SyncWriter(m.log)
 	im, err := harness.BuildImage(ctx, harness.ImageOptions{Tools: m.tools, Kernel: m.kernel, Dir: filepath.Join(dir, "image"),
 		ServerCA: m.server.CA, PolicyKey: string(keyField[1]), Log: log})
@@ -285,4 +277,21 @@ func TestMeasuredBoot(t *testing.T) {
 	if got := sealing(); got != "release/" {
 		t.Errorf("node list after the retired release's boot: sealing %q, want release/ (no approval given)", got)
 	}
+}
+
+// policyKey makes a release policy key in dir with stimage, as an operator
+// would, and returns its file and the agent.json value keygen printed
+// (keyField[1]).
+func policyKey(ctx context.Context, t *testing.T, m *machine, dir string) (string, [][]byte) {
+	t.Helper()
+	key := filepath.Join(dir, "policy.key")
+	out, err := exec.CommandContext(ctx, m.tools.Stimage, "keygen", "policy-key", "--key-out", key, "--pub-out", filepath.Join(dir, "policy.pub")).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyField := regexp.MustCompile(`"policy_key": "([^"]+)"`).FindSubmatch(out)
+	if keyField == nil {
+		t.Fatalf("keygen printed %s", out)
+	}
+	return key, keyField
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -46,15 +45,7 @@ func TestRollout(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 16*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	key := filepath.Join(dir, "policy.key")
-	out, err := exec.CommandContext(ctx, m.tools.Stimage, "keygen", "policy-key", "--key-out", key, "--pub-out", filepath.Join(dir, "policy.pub")).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyField := regexp.MustCompile(`"policy_key": "([^"]+)"`).FindSubmatch(out)
-	if keyField == nil {
-		t.Fatalf("keygen printed %s", out)
-	}
+	key, keyField := policyKey(ctx, t, m, dir)
 	// A server of this test's own: it restarts with --require-release.
 	var srvLog testutil.SyncBuffer
 	log := harness.SyncWriter(m.log)
