@@ -2,7 +2,10 @@ package resolve
 
 import (
 	"context"
+	"fmt"
+	"maps"
 	"net/netip"
+	"strings"
 
 	"patela/configsrv/alloc"
 	"patela/configsrv/store"
@@ -82,47 +85,26 @@ func Try(ctx context.Context, st *store.Store, e Edit) ([]Tried, error) {
 	if len(relays) == 0 {
 		relays = []store.Relay{representative(e.Node)}
 	}
-	type nodeView struct {
-		torrc string
-		dns   dnsSource
-		mem   membudget.Budget
+	nodes, err := nodeViews(ctx, st, e, relays)
+	if err != nil {
+		return nil, err
 	}
-	nodes := map[int64]*nodeView{}
+	// The safety rules read only what the levels merge to (ContactInfo,
+	// the exit options) and the node's DNS: the server's own lines name
+	// none of those options (TestServerLinesOutsideChecks). Relays with
+	// the same three levels and DNS therefore pass or fail together, and
+	// once one has passed the others need not be resolved again: a
+	// fleet-wide edit resolves a few cascades, not every relay.
+	type cascade struct{ node, relay, dns string }
+	passed := map[cascade]bool{}
 	seen := map[string]bool{}
 	var out []Tried
 	for i := range relays {
 		r := &relays[i]
 		nv := nodes[r.NodeID]
-		if nv == nil {
-			nv = &nodeView{}
-			g, nd, err := st.Settings(ctx, r.NodeID)
-			if err != nil {
-				return nil, err
-			}
-			if r.NodeID != 0 {
-				n, err := st.Node(ctx, r.NodeID)
-				if err != nil {
-					return nil, err
-				}
-				nv.torrc = n.Torrc
-				nv.mem = Budget(n)
-			}
-			if e.Level == LevelNode && r.NodeID == e.Node {
-				nv.torrc = e.Text
-			}
-			if e.Setting != "" {
-				m := g
-				if e.Node != 0 {
-					m = nd
-				}
-				if e.Value == "" {
-					delete(m, e.Setting)
-				} else {
-					m[e.Setting] = e.Value
-				}
-			}
-			nv.dns = dnsOf(g, nd, r.NodeID)
-			nodes[r.NodeID] = nv
+		key := cascade{nv.torrc, r.Torrc, nv.dnsKey}
+		if passed[key] {
+			continue
 		}
 		levels, err := Levels(global, nv.torrc, r.Torrc)
 		if err != nil {
@@ -137,10 +119,95 @@ func Try(ctx context.Context, st *store.Store, e Edit) ([]Tried, error) {
 		if err != nil {
 			return nil, err
 		}
+		passed[key] = true
 		if key := string(torrc.Merge(levels...).Render()); !seen[key] {
 			seen[key] = true
 			out = append(out, Tried{Relay: r.Name, UID: r.UID, Served: c})
 		}
+	}
+	return out, nil
+}
+
+// nodeView is what Try needs of a node: its torrc as the edit leaves it,
+// its DNS and memory budget.
+type nodeView struct {
+	torrc  string
+	dns    dnsSource
+	dnsKey string // dns, as a map key
+	mem    membudget.Budget
+}
+
+// nodeViews reads the nodes of relays as the edit leaves them: node by
+// node when they are few, else every node and every node's settings in
+// three queries (a fleet-wide edit would otherwise make two per node).
+func nodeViews(ctx context.Context, st *store.Store, e Edit, relays []store.Relay) (map[int64]*nodeView, error) {
+	ids := map[int64]bool{}
+	for _, r := range relays {
+		ids[r.NodeID] = true
+	}
+	var all map[int64]*store.Node
+	var global map[string]string
+	var allSettings map[int64]map[string]string
+	if len(ids) > 8 {
+		ns, err := st.Nodes(ctx)
+		if err != nil {
+			return nil, err
+		}
+		all = make(map[int64]*store.Node, len(ns))
+		for i := range ns {
+			all[ns[i].ID] = &ns[i]
+		}
+		if global, _, err = st.Settings(ctx, 0); err != nil {
+			return nil, err
+		}
+		if allSettings, err = st.NodeSettings(ctx); err != nil {
+			return nil, err
+		}
+	}
+	out := make(map[int64]*nodeView, len(ids))
+	for id := range ids {
+		var g, nd map[string]string
+		var err error
+		if all == nil {
+			if g, nd, err = st.Settings(ctx, id); err != nil {
+				return nil, err
+			}
+		} else { // copies: the edit below changes them
+			g, nd = maps.Clone(global), maps.Clone(allSettings[id])
+			if nd == nil {
+				nd = map[string]string{}
+			}
+		}
+		nv := &nodeView{}
+		if id != 0 {
+			n := all[id]
+			if all == nil {
+				if n, err = st.Node(ctx, id); err != nil {
+					return nil, err
+				}
+			} else if n == nil {
+				return nil, fmt.Errorf("node %d: %w", id, store.ErrNotFound)
+			}
+			nv.torrc = n.Torrc
+			nv.mem = Budget(n)
+		}
+		if e.Level == LevelNode && id == e.Node {
+			nv.torrc = e.Text
+		}
+		if e.Setting != "" {
+			m := g
+			if e.Node != 0 {
+				m = nd
+			}
+			if e.Value == "" {
+				delete(m, e.Setting)
+			} else {
+				m[e.Setting] = e.Value
+			}
+		}
+		nv.dns = dnsOf(g, nd, id)
+		nv.dnsKey = strings.Join(nv.dns.dns, " ") + "\x00" + nv.dns.from
+		out[id] = nv
 	}
 	return out, nil
 }

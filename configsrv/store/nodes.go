@@ -525,6 +525,30 @@ func settingsQ(ctx context.Context, q querier, nodeID int64) (global, node map[s
 	return global, node, nil
 }
 
+// NodeSettings returns every node's own settings, by node id (nodes
+// without any are absent): one query for what Settings reads node by
+// node.
+func (s *Store) NodeSettings(ctx context.Context) (map[int64]map[string]string, error) {
+	rows, err := s.QueryContext(ctx, `SELECT node_id, key, value FROM node_settings`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[int64]map[string]string{}
+	for rows.Next() {
+		var id int64
+		var k, v string
+		if err := rows.Scan(&id, &k, &v); err != nil {
+			return nil, err
+		}
+		if out[id] == nil {
+			out[id] = map[string]string{}
+		}
+		out[id][k] = v
+	}
+	return out, rows.Err()
+}
+
 // SetSetting sets key for node nodeID, or globally when nodeID is 0. The
 // caller validates the value.
 func (s *Store) SetSetting(ctx context.Context, nodeID int64, key, value string) error {
