@@ -19,14 +19,19 @@ func AccessLog(h http.Handler, w io.Writer) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusWriter{ResponseWriter: rw, status: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		// Only what the line needs is kept: a parked request's line is
+		// written when it is answered, and holding the *http.Request
+		// until then (its headers, TLS state, context) costs ~1 KiB per
+		// held long poll.
+		client, method, path := clientAddr(r), r.Method, r.URL.Path
 		logLine := func(status int, n int64) {
-			line := fmt.Sprintf("%s %s %s %s %d %d %s\n", start.UTC().Format(time.RFC3339Nano), clientAddr(r), r.Method,
-				strconv.Quote(r.URL.Path), status, n, time.Since(start).Round(time.Microsecond))
+			line := fmt.Sprintf("%s %s %s %s %d %d %s\n", start.UTC().Format(time.RFC3339Nano), client, method,
+				strconv.Quote(path), status, n, time.Since(start).Round(time.Microsecond))
 			mu.Lock()
 			io.WriteString(w, line)
 			mu.Unlock()
 		}
-		h.ServeHTTP(rec, r)
 		if rec.parked != nil {
 			rec.parked.ready(logLine)
 			return
@@ -143,8 +148,9 @@ func Instrument(h http.Handler, o Observer) http.Handler {
 		start := time.Now()
 		rec := &statusWriter{ResponseWriter: rw, status: http.StatusOK}
 		h.ServeHTTP(rec, r)
-		if rec.parked != nil { // a held long poll: observed once answered
-			rec.parked.ready(func(status int, _ int64) { o.Observe(r.Pattern, status, time.Since(start)) })
+		if rec.parked != nil { // a held long poll: observed once answered, without holding r
+			pattern := r.Pattern
+			rec.parked.ready(func(status int, _ int64) { o.Observe(pattern, status, time.Since(start)) })
 			return
 		}
 		o.Observe(r.Pattern, rec.status, time.Since(start))

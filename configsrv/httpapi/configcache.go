@@ -98,6 +98,18 @@ func (c *configCache) put(node, gen int64, etag string, body []byte, served map[
 	}
 }
 
+// dropBody forgets node's body, keeping its ETag and served digests: a
+// node whose long poll is held has that body and will need the next one,
+// so ten thousand waiting nodes need not keep ten thousand bodies.
+func (c *configCache) dropBody(node int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.m[node]; e != nil && e.body != nil {
+		c.bytes -= len(e.body)
+		e.body = nil
+	}
+}
+
 // fleetCache keeps the fleet every relay's family lines come from
 // (resolve.Fleet) for one global config generation
 // (store.ConfigGeneration): it reads every relay's fingerprint, so it is

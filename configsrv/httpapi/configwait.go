@@ -4,9 +4,13 @@ package httpapi
 // "Long poll"): answered at once when the node's config differs from the
 // ETag it sends, else held until its config generation moves or the wait
 // is over. A held HTTP/1.1 request is hijacked and parked in the hub: it
-// then costs a connection and a map entry, no goroutine and none of
-// net/http's buffers, and is answered (Connection: close) by a hub
-// worker. HTTP/2 requests cannot be hijacked and wait in their handler.
+// then costs its connection, no goroutine and none of net/http's buffers,
+// and is answered (Connection: close) by a hub worker. HTTP/2 requests
+// cannot be hijacked and wait in their handler. A parked request's heap
+// is ~9 KiB, ~6.5 KiB of it the connection's crypto/tls state (its read
+// and handshake buffers, sized by the ClientHello, are never shrunk); the
+// poll keeps only its token and ETag, and its node's cached body is
+// dropped (the node has it).
 
 import (
 	"bytes"
@@ -264,6 +268,7 @@ func (s *Server) config(w http.ResponseWriter, r *http.Request, id int64) {
 		a.write(w)
 		return
 	}
+	s.configs.dropBody(id)
 	p := &poll{s: s, node: id, inm: inm, deadline: s.now().Add(s.hold(wait))}
 	p.tok, _ = strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if r.ProtoMajor == 1 {
