@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"patela/configsrv/attest"
+	"patela/configsrv/gctune"
 	"patela/configsrv/httpapi"
 	"patela/configsrv/pki"
 	"patela/configsrv/store"
@@ -229,6 +230,9 @@ func (e *env) serve(fs *flag.FlagSet, args []string) error {
 	ctx, stop := context.WithCancel(e.ctx)
 	defer stop()
 	go RunRollouts(ctx, st, time.Second, srvLog)
+	if os.Getenv("GOGC") == "" { // else the operator's setting stands
+		go gctune.Run(ctx, time.Second)
+	}
 	return e.serveUntilSignal(srv, ln)
 }
 
