@@ -5,7 +5,6 @@
 package attest
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -25,22 +24,6 @@ var (
 	ErrBadEK = errors.New("bad endorsement key")
 	ErrBadAK = errors.New("bad attestation key")
 )
-
-// parsePublic unmarshals a TPMT_PUBLIC and insists on its canonical
-// encoding, so one key has one byte string (the node identity is its hash).
-func parsePublic(b []byte) (*tpm2.TPMTPublic, error) {
-	if len(b) == 0 {
-		return nil, errors.New("empty public area")
-	}
-	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](b)
-	if err != nil {
-		return nil, err
-	}
-	if !bytes.Equal(tpm2.Marshal(pub), b) {
-		return nil, errors.New("public area is not canonically encoded (trailing bytes?)")
-	}
-	return pub, nil
-}
 
 // ParseEK parses an EK public area: an RSA or ECC restricted decryption key
 // that MakeCredential can encrypt to.
