@@ -213,31 +213,54 @@ func (a *AK) Quote(nonce []byte, pcrs map[int]pcr.Value, log []byte) (*api.Quote
 		v := pcrs[n]
 		h.Write(v[:])
 	}
-	att := tpm2.TPMSAttest{
-		Magic:           tpm2.TPMGeneratedValue,
-		Type:            tpm2.TPMSTAttestQuote,
-		QualifiedSigner: tpm2.TPM2BName{Buffer: a.name},
-		ExtraData:       tpm2.TPM2BData{Buffer: nonce},
-		ClockInfo:       tpm2.TPMSClockInfo{Clock: 1000, ResetCount: 1, Safe: true},
-		Attested: tpm2.NewTPMUAttest(tpm2.TPMSTAttestQuote, &tpm2.TPMSQuoteInfo{
-			PCRSelect: tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{
-				Hash: tpm2.TPMAlgSHA256, PCRSelect: tpm2.PCClientCompatible.PCRs(u...)}}},
-			PCRDigest: tpm2.TPM2BDigest{Buffer: h.Sum(nil)},
-		}),
-	}
-	quoted := tpm2.Marshal(att)
+	quoted := quoteInfo(a.name, nonce, tpm2.PCClientCompatible.PCRs(u...), h.Sum(nil))
 	d := sha256.Sum256(quoted)
 	r, s, err := ecdsa.Sign(rand.Reader, a.key, d[:])
 	if err != nil {
 		return nil, err
 	}
-	sig := tpm2.TPMTSignature{
-		SigAlg: tpm2.TPMAlgECDSA,
-		Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgECDSA, &tpm2.TPMSSignatureECC{
-			Hash:       tpm2.TPMAlgSHA256,
-			SignatureR: tpm2.TPM2BECCParameter{Buffer: r.FillBytes(make([]byte, 32))},
-			SignatureS: tpm2.TPM2BECCParameter{Buffer: s.FillBytes(make([]byte, 32))},
-		}),
-	}
-	return &api.Quote{Quoted: quoted, Signature: tpm2.Marshal(sig), PCRs: pcrs, EventLog: log}, nil
+	return &api.Quote{Quoted: quoted, Signature: ecdsaSignature(r.FillBytes(make([]byte, 32)), s.FillBytes(make([]byte, 32))),
+		PCRs: pcrs, EventLog: log}, nil
+}
+
+// The quote's structures are written by hand, as a TPM writes them: go-tpm's
+// reflective Marshal cost a load generator as much as the signature.
+// TestEncodingAgrees holds them to tpm2.Marshal.
+
+// quoteInfo is the TPMS_ATTEST of TPM2_Quote by the AK named name, with
+// nonce, over the SHA-256 PCRs in sel whose values hash to digest.
+func quoteInfo(name, nonce, sel, digest []byte) []byte {
+	b := make([]byte, 0, 64+len(name)+len(nonce)+len(sel)+len(digest))
+	b = binary.BigEndian.AppendUint32(b, uint32(tpm2.TPMGeneratedValue))
+	b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMSTAttestQuote))
+	b = tpm2b(b, name)                          // qualifiedSigner
+	b = tpm2b(b, nonce)                         // extraData
+	b = binary.BigEndian.AppendUint64(b, clock) // clockInfo: clock,
+	b = binary.BigEndian.AppendUint32(b, resetCount)
+	b = binary.BigEndian.AppendUint32(b, 0) // restartCount,
+	b = append(b, 1)                        // safe
+	b = binary.BigEndian.AppendUint64(b, 0) // firmwareVersion
+	b = binary.BigEndian.AppendUint32(b, 1) // one TPMS_PCR_SELECTION
+	b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMAlgSHA256))
+	b = append(b, byte(len(sel)))
+	b = append(b, sel...)
+	return tpm2b(b, digest) // pcrDigest
+}
+
+// The software AK's clock: a TPM that has just booted once.
+const (
+	clock      = 1000
+	resetCount = 1
+)
+
+// ecdsaSignature is the TPMT_SIGNATURE of an ECDSA-SHA256 signature (r, s).
+func ecdsaSignature(r, s []byte) []byte {
+	b := make([]byte, 0, 8+len(r)+len(s))
+	b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMAlgECDSA))
+	b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMAlgSHA256))
+	return tpm2b(tpm2b(b, r), s)
+}
+
+func tpm2b(b, v []byte) []byte {
+	return append(binary.BigEndian.AppendUint16(b, uint16(len(v))), v...)
 }
