@@ -23,6 +23,7 @@ type EK struct {
 	Template    string
 	TemplateErr error
 	key         tpm2.LabeledEncapsulationKey
+	ecc         *eccCredential // nil: go-tpm makes the credential
 }
 
 // NewEK parses an EK public area (ParseEK) and derives what the server
@@ -36,7 +37,7 @@ func NewEK(b []byte) (*EK, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadEK, err)
 	}
-	e := &EK{Public: pub, ID: id, Raw: sha256.Sum256(b), key: key}
+	e := &EK{Public: pub, ID: id, Raw: sha256.Sum256(b), key: key, ecc: newECCCredential(pub)}
 	e.Template, e.TemplateErr = CheckTemplate(b, pub)
 	return e, nil
 }
@@ -44,6 +45,9 @@ func NewEK(b []byte) (*EK, error) {
 // MakeCredential encrypts secret to the EK, bound to akName (see the
 // package-level MakeCredential).
 func (e *EK) MakeCredential(akName, secret []byte) (blob, encSecret []byte, err error) {
+	if e.ecc != nil {
+		return e.ecc.make(akName, secret)
+	}
 	return tpm2.CreateCredential(randReader, e.key, akName, secret)
 }
 
