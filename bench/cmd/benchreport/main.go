@@ -73,7 +73,6 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer os.RemoveAll(work)
 	ctx := context.Background()
 
 	r := &Report{Started: time.Now().UTC()}
@@ -85,6 +84,7 @@ func main() {
 		log.Fatal(err)
 	}
 
+	keep := false // a failed section's logs (QEMU consoles among them) stay in work
 	section := func(name, why string, run func() error) {
 		if skipped[name] {
 			r.Skipped = append(r.Skipped, name+": skipped with -skip")
@@ -95,6 +95,7 @@ func main() {
 		if err := run(); err != nil {
 			log.Printf("%s failed: %v", name, err)
 			r.Skipped = append(r.Skipped, fmt.Sprintf("%s: failed: %v", name, err))
+			keep = true
 			return
 		}
 		log.Printf("%s: done in %v", name, time.Since(t0).Round(time.Second))
@@ -150,6 +151,11 @@ func main() {
 		log.Fatal(err)
 	}
 	log.Printf("wrote %s and %s (%v)", filepath.Join(*out, "REPORT.md"), filepath.Join(*out, "report.json"), r.Took.Round(time.Second))
+	if bad := r.failures(); keep || len(bad) > 0 {
+		log.Printf("kept %s: the logs of what failed", work)
+	} else {
+		os.RemoveAll(work)
+	}
 	if bad := r.failures(); len(bad) > 0 {
 		for _, b := range bad {
 			log.Printf("FAILED: %s", b)

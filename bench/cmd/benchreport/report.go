@@ -161,12 +161,20 @@ func headline(r *Report) []Figure {
 			add("QEMU reboot → all relays running: 8 relays / 1 relay (goal ≤ 1.3)",
 				fmt.Sprintf("%.2f (%s / %s)", eight.AllRunning.Seconds()/one.AllRunning.Seconds(), ms(eight.AllRunning), ms(one.AllRunning)), "the two reboots above")
 		}
+		if one, eight := b.floor(1), b.floor(8); one != nil && eight != nil {
+			add(fmt.Sprintf("the floor's own 8 relays / 1 relay (what %d vCPUs on this host allow)", b.CPUs),
+				fmt.Sprintf("%.2f (%s / %s)", eight.Ready.Seconds()/one.Ready.Seconds(), ms(eight.Ready), ms(one.Ready)), "the two floor boots above")
+		}
 		for _, n := range []int{1, 8} {
 			if ours, fl := b.boot(n), b.floor(n); ours != nil && fl != nil {
 				add(fmt.Sprintf("QEMU reboot → all relays running, ours / floor, %d relays (goal ≤ 1.3)", n),
 					fmt.Sprintf("%.2f (%s / %s)", ours.AllRunning.Seconds()/fl.Ready.Seconds(), ms(ours.AllRunning), ms(fl.Ready)), "the reboot and the floor above")
 			}
 		}
+		for _, f := range b.Failed {
+			add("QEMU boot that failed", "not measured: "+firstLine(f), "benchreport qemu.go; its console is kept")
+		}
+		add("load average during the QEMU boots", fmt.Sprintf("%s at the first, %s after the last", b.LoadAvg, b.LoadAvgEnd), "/proc/loadavg")
 		add("compressed initramfs", fmt.Sprintf("%s %s (%s cpio)", mib(b.InitramfsGzip), b.Compression, mib(b.InitramfsCPIO)), "initramfs/ramfs via e2e/harness.BuildImage")
 		add("OS package", fmt.Sprintf("%s zip + %d B descriptor (kernel %s inside)", mib(b.PackageZip), b.PackageJSON, mib(b.Kernel)), "stimage ospkg create via e2e/harness")
 	} else {
@@ -222,6 +230,7 @@ func markdown(r *Report) string {
 
 	if bt := r.Boot; bt != nil && len(bt.Boots) > 0 {
 		w("## Agent boot timeline in QEMU (TCG, `-cpu max`, %d vCPUs, swtpm, real configsrv)\n\n", bt.CPUs)
+		w("Clock points: every figure \"after QEMU start\" runs from the start of the QEMU process (firmware, kernel and initramfs load included) to the host's reading of a console line: for the agent, `all relays running` (logged once every relay's tor has sent READY=1), for the floor `floor: all N relays READY` (the same, from e2e/cmd/floorinit); the guest's own uptime at that line is given beside it. A reboot boots the same swtpm state again: keys in the TPM vault, node enabled. The floor boots the same kernel on the same VM (%d vCPUs, 1 GiB, the TPM and both NICs attached, unused).\n\n", bt.CPUs)
 		w("Phases as the agent prints them (`timeline phase=… start=… took=…`, guest uptime).\n\n| phase |")
 		for _, x := range bt.Boots {
 			w(" %s start | took |", x.Name)

@@ -47,24 +47,12 @@ func main() {
 	if err := loopbackUp(); err != nil {
 		fmt.Println("floor: lo:", err) // each tor's MetricsPort is on 127.66.X.Y
 	}
-	go reap()
 	if err := run(); err != nil {
 		fmt.Println("floor: failed:", err)
 	}
 	unix.Sync()
 	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	select {}
-}
-
-// reap collects every child's exit (tor never forks; a tor that dies is
-// reported by its READY never coming).
-func reap() {
-	for {
-		var ws syscall.WaitStatus
-		if _, err := syscall.Wait4(-1, &ws, 0, nil); err != nil && err != syscall.EINTR {
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
 }
 
 func run() error {
@@ -79,9 +67,15 @@ func run() error {
 		}
 	}
 	sort.Strings(names)
+	// The agent's PID 1 makes RunDir 0755 too: each relay's own directory
+	// below it is what tor checks.
+	if err := os.MkdirAll(runDir, 0o755); err != nil {
+		return err
+	}
 	ready := make(chan string, len(names))
+	exited := make(chan error, len(names))
 	for i, name := range names {
-		if err := start(name, firstUID+i, ready); err != nil {
+		if err := start(name, firstUID+i, ready, exited); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 	}
@@ -89,6 +83,8 @@ func run() error {
 	for range names {
 		select {
 		case <-ready:
+		case err := <-exited:
+			return err // its log is on the console above
 		case <-timeout:
 			return fmt.Errorf("not every tor READY within 5 minutes")
 		}
@@ -98,8 +94,9 @@ func run() error {
 }
 
 // start starts relay name's tor as uid and sends name to ready on its
-// READY=1.
-func start(name string, uid int, ready chan<- string) error {
+// READY=1, or its exit to exited. tor never forks (RunAsDaemon 0), so
+// waiting for each tor is all the reaping PID 1 has to do.
+func start(name string, uid int, ready chan<- string, exited chan<- error) error {
 	data := filepath.Join(floorDir, name, "data")
 	run := filepath.Join(runDir, name)
 	if err := os.MkdirAll(run, 0o700); err != nil {
@@ -135,6 +132,7 @@ func start(name string, uid int, ready chan<- string) error {
 	if err := cmd.Start(); err != nil {
 		return err
 	}
+	go func() { exited <- fmt.Errorf("%s: tor exited: %v", name, cmd.Wait()) }()
 	go func() {
 		buf := make([]byte, 4096)
 		for {
