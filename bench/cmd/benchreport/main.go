@@ -16,6 +16,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -54,7 +55,17 @@ func main() {
 	floodFor := flag.Duration("flood", time.Minute, "how long the enrollment flood lasts")
 	floodBin := flag.String("flood-configsrv", "", "also flood this configsrv binary (say, one built from an older tree), for comparison")
 	pollers := flag.Int("pollers", 1000, "long-polling nodes a global change is timed on (then every seeded node waits)")
+	qemuRelays := flag.String("qemu-relays", "1,8", "relay counts the QEMU section boots the agent and the floor with, in order")
+	keepWork := flag.Bool("keep", false, "keep the work directory (QEMU consoles, server logs) also when nothing failed")
 	flag.Parse()
+	var counts []int
+	for _, f := range strings.Split(*qemuRelays, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			log.Fatalf("-qemu-relays: %q is not a relay count", f)
+		}
+		counts = append(counts, n)
+	}
 	log.SetFlags(log.Ltime)
 	skipped := map[string]bool{}
 	for _, s := range strings.Split(*skip, ",") {
@@ -84,7 +95,7 @@ func main() {
 		log.Fatal(err)
 	}
 
-	keep := false // a failed section's logs (QEMU consoles among them) stay in work
+	keep := *keepWork // a failed section's logs (QEMU consoles among them) stay in work
 	section := func(name, why string, run func() error) {
 		if skipped[name] {
 			r.Skipped = append(r.Skipped, name+": skipped with -skip")
@@ -131,7 +142,7 @@ func main() {
 		return err
 	})
 	section("qemu", "the agent's boot in QEMU (first boot, reboot) and image sizes", func() (err error) {
-		r.Boot, err = runBoot(ctx, work)
+		r.Boot, err = runBoot(ctx, work, counts)
 		return err
 	})
 	r.Took = time.Since(r.Started)

@@ -101,7 +101,10 @@ var (
 	runningRE  = regexp.MustCompile(`msg="all relays running" relays=(\d+) since_boot=(\S+)`)
 )
 
-func runBoot(ctx context.Context, work string) (*BootRun, error) {
+// runBoot boots, for each relay count of counts in order, the agent
+// (first boot or boot with the new count, then the measured reboot) and
+// the floor with as many relays.
+func runBoot(ctx context.Context, work string, counts []int) (*BootRun, error) {
 	if missing := harness.Missing(); len(missing) > 0 {
 		return nil, fmt.Errorf("missing host programs: %v", missing)
 	}
@@ -155,12 +158,20 @@ func runBoot(ctx context.Context, work string) (*BootRun, error) {
 	// The agent's boots depend on each other (the node's TPM state and
 	// enable); a floor depends on nothing, so each floor boots right after
 	// the agent's reboot it is compared with, and also when the agent failed.
-	for _, step := range []struct {
+	type step struct {
 		name     string
 		relays   int
 		measured bool
-	}{{"first boot, 1 relay", 1, false}, {"reboot, 1 relay", 1, true}, {"floor", 1, false},
-		{"boot, 8 relays (7 new)", 8, false}, {"reboot, 8 relays", 8, true}, {"floor", 8, false}} {
+	}
+	var steps []step
+	for i, n := range counts {
+		first := fmt.Sprintf("boot, %d relays (new)", n)
+		if i == 0 {
+			first = fmt.Sprintf("first boot, %d relays", n)
+		}
+		steps = append(steps, step{first, n, false}, step{fmt.Sprintf("reboot, %d relays", n), n, true}, step{"floor", n, false})
+	}
+	for _, step := range steps {
 		if step.name == "floor" {
 			name := fmt.Sprintf("floor, %d relays", step.relays)
 			log.Printf("  QEMU: boot %s", name)
@@ -199,7 +210,7 @@ func runBoot(ctx context.Context, work string) (*BootRun, error) {
 		}
 	}
 	if len(r.Failed) > 0 {
-		return r, fmt.Errorf("%d of 6 boots failed; the first: %s", len(r.Failed), r.Failed[0])
+		return r, fmt.Errorf("%d of %d boots failed; the first: %s", len(r.Failed), len(steps), r.Failed[0])
 	}
 	return r, nil
 }
