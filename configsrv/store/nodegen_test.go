@@ -55,6 +55,15 @@ func TestNodeConfigGenStamps(t *testing.T) {
 	changed("a relay's first fingerprint (every MyFamily of its family)", a, b)
 	s.RecordStatus(ctx, a, hb, nil, time.Now())
 	changed("a heartbeat repeating it")
+	// After a reboot the relay's tor is starting on a new DataDirectory:
+	// no fingerprint yet, the same identity from the vault.
+	s.RecordStatus(ctx, a, &api.Status{BootID: "y", Relays: []api.RelayStatus{{Name: rs[0].Name, State: "starting"}}}, nil, time.Now())
+	changed("a reboot's heartbeat before tor wrote its fingerprint")
+	if got, _ := s.Relays(ctx, a); got[0].Fingerprint != fpA {
+		t.Errorf("fingerprint after a heartbeat without one: %q, want %q kept", got[0].Fingerprint, fpA)
+	}
+	s.RecordStatus(ctx, a, hb, nil, time.Now())
+	changed("the same fingerprint once tor is up")
 
 	s.SetNodeTorrc(ctx, a, "ContactInfo a\n")
 	changed("node torrc", a)

@@ -463,9 +463,22 @@ func (s *Store) RecordStatus(ctx context.Context, nodeID int64, st *api.Status, 
 				continue
 			}
 			differs := r.TorrcSHA256 != "" && r.TorrcSHA256 != served[r.Name]
+			// No fingerprint is "not known yet" (a tor still starting after a
+			// reboot, its DataDirectory new), not "no key": the relay keeps
+			// its identity from the vault. Erasing the known one would drop
+			// it from its family's MyFamily lines and stamp every node of the
+			// family twice per relay per boot (0018), each stamp a new config
+			// and a reload of every relay of the family.
+			fp, ed := r.Fingerprint, r.Ed25519ID
+			if fp == "" {
+				fp = k.fp
+			}
+			if ed == "" {
+				ed = k.ed
+			}
 			if _, err := tx.Exec(`UPDATE relays SET fingerprint = ?, ed25519_id = ?, run_state = ?, restarts = ?, reported_at = ?,
 				torrc_applied = ?, torrc_differs = ? WHERE id = ?`,
-				r.Fingerprint, r.Ed25519ID, r.State, r.Restarts, unix(now), r.TorrcSHA256, differs, k.id); err != nil {
+				fp, ed, r.State, r.Restarts, unix(now), r.TorrcSHA256, differs, k.id); err != nil {
 				return err
 			}
 			if err := recordDefences(tx, nodeID, r); err != nil {
