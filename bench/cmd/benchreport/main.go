@@ -163,7 +163,7 @@ func main() {
 	}
 	log.Printf("wrote %s and %s (%v)", filepath.Join(*out, "REPORT.md"), filepath.Join(*out, "report.json"), r.Took.Round(time.Second))
 	if bad := r.failures(); keep || len(bad) > 0 {
-		log.Printf("kept %s: the logs of what failed", work)
+		log.Printf("kept %s (the QEMU consoles are in qemu/)", work)
 	} else {
 		os.RemoveAll(work)
 	}

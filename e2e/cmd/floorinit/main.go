@@ -4,8 +4,8 @@
 // filesystems, then starts every relay of /floor at once (/floor/NAME:
 // torrc, and data, a DataDirectory with the relay's identity and onion
 // keys already there), each as its own uid with its own notify socket
-// (lo up for their MetricsPorts),
-// waits for every tor's READY=1, prints
+// and, while there are no more relays than cores, on a core of its own
+// (lo up for their MetricsPorts), waits for every tor's READY=1, prints
 //
 //	floor: all N relays READY since_boot=1.234s
 //
@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -44,6 +45,8 @@ func main() {
 			fmt.Printf("floor: mount %s: %v\n", m.dst, err)
 		}
 	}
+	fmt.Printf("floor: init since_boot=%s\n", uptime())
+	go noteRNG()
 	if err := loopbackUp(); err != nil {
 		fmt.Println("floor: lo:", err) // each tor's MetricsPort is on 127.66.X.Y
 	}
@@ -75,7 +78,13 @@ func run() error {
 	ready := make(chan string, len(names))
 	exited := make(chan error, len(names))
 	for i, name := range names {
-		if err := start(name, firstUID+i, ready, exited); err != nil {
+		// A core of its own when there are no more relays than cores, as
+		// the agent's cpuset runs them: the floor runs tor as we do.
+		cpu := -1
+		if len(names) <= runtime.NumCPU() {
+			cpu = i
+		}
+		if err := start(name, firstUID+i, cpu, ready, exited); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 	}
@@ -93,10 +102,11 @@ func run() error {
 	return nil
 }
 
-// start starts relay name's tor as uid and sends name to ready on its
-// READY=1, or its exit to exited. tor never forks (RunAsDaemon 0), so
-// waiting for each tor is all the reaping PID 1 has to do.
-func start(name string, uid int, ready chan<- string, exited chan<- error) error {
+// start starts relay name's tor as uid, on core cpu unless it is -1, and
+// sends name to ready on its READY=1, or its exit to exited. tor never
+// forks (RunAsDaemon 0), so waiting for each tor is all the reaping PID 1
+// has to do.
+func start(name string, uid, cpu int, ready chan<- string, exited chan<- error) error {
 	data := filepath.Join(floorDir, name, "data")
 	run := filepath.Join(runDir, name)
 	if err := os.MkdirAll(run, 0o700); err != nil {
@@ -129,7 +139,7 @@ func start(name string, uid int, ready chan<- string, exited chan<- error) error
 	cmd.Dir = data
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid), Groups: []uint32{}}}
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
-	if err := cmd.Start(); err != nil {
+	if err := startOn(cmd, cpu); err != nil {
 		return err
 	}
 	go func() { exited <- fmt.Errorf("%s: tor exited: %v", name, cmd.Wait()) }()
@@ -150,6 +160,41 @@ func start(name string, uid int, ready chan<- string, exited chan<- error) error
 		}
 	}()
 	return nil
+}
+
+// startOn starts cmd with its affinity set to cpu (all its threads
+// inherit it), from a thread of its own that dies with the goroutine, so
+// no other goroutine runs with that affinity.
+func startOn(cmd *exec.Cmd, cpu int) error {
+	if cpu < 0 {
+		return cmd.Start()
+	}
+	errc := make(chan error)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		var set unix.CPUSet
+		set.Set(cpu)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			errc <- fmt.Errorf("affinity: %w", err)
+			return
+		}
+		errc <- cmd.Start()
+	}()
+	return <-errc
+}
+
+// noteRNG prints when the kernel RNG is initialized (getrandom(2) would
+// not block), which tor waits for: on the console beside the agent's
+// entropy phase.
+func noteRNG() {
+	var b [1]byte
+	for {
+		if _, err := unix.Getrandom(b[:], unix.GRND_NONBLOCK); err == nil {
+			fmt.Printf("floor: kernel RNG ready since_boot=%s\n", uptime())
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // loopbackUp sets lo up, as the agent's network has it.
