@@ -253,6 +253,33 @@ func (s *Server) RSS() (rss, peak int64, err error) {
 	return rss, peak, err
 }
 
+// CPU returns the CPU time (user + system) the serving process has used.
+func (s *Server) CPU() (time.Duration, error) {
+	pid := s.PID()
+	if pid == 0 {
+		return 0, errors.New("configsrv is not running")
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// After "pid (comm) ": state is field 3, utime and stime 14 and 15.
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0, fmt.Errorf("odd /proc/%d/stat", pid)
+	}
+	var ticks int64
+	for _, v := range f[11:13] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / 100, nil // USER_HZ is 100 on Linux
+}
+
 // ProcStatus reads a size field (VmRSS, VmHWM, ...) of a process from
 // /proc/PID/status, in bytes.
 func ProcStatus(pid int, field string) (int64, error) {

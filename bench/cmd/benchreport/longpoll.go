@@ -33,12 +33,20 @@ import (
 type LongPollRun struct {
 	Nodes, Relays int
 	Changes       []Propagation `json:"changes"`
-	// RSS of the server with Waiting requests held, and before any.
-	Waiting     int       `json:"waiting"`
-	RSSBefore   int64     `json:"rss_before_bytes"`
-	RSSHeld     int64     `json:"rss_held_bytes"`
-	RSSHeldPeak int64     `json:"rss_peak_bytes"`
-	Idle        *IdleRate `json:"idle,omitempty"`
+	// RSS of the server with Waiting requests held (3 s after the last
+	// was parked, and again after RSSIdleAfter with nothing else to
+	// do), and before any.
+	Waiting      int           `json:"waiting"`
+	RSSBefore    int64         `json:"rss_before_bytes"`
+	RSSHeld      int64         `json:"rss_held_bytes"`
+	RSSHeldPeak  int64         `json:"rss_peak_bytes"`
+	RSSIdle      int64         `json:"rss_idle_bytes"`
+	RSSIdleAfter time.Duration `json:"rss_idle_after_ns"`
+	// ParkCPU is the server's CPU time (user + system) from the first
+	// of the nodes beyond the pollers connecting until all are held:
+	// their TLS handshakes, first fetches and parked waits, GC included.
+	ParkCPU time.Duration `json:"park_cpu_ns"`
+	Idle    *IdleRate     `json:"idle,omitempty"`
 }
 
 // Propagation is one global torrc change and when each long-polling node
@@ -49,7 +57,11 @@ type Propagation struct {
 	P50   time.Duration `json:"p50_ns"`
 	P99   time.Duration `json:"p99_ns"`
 	Max   time.Duration `json:"max_ns"`
-	Wrong int           `json:"wrong"` // answers without the change
+	// The same counted from the command's exit, which follows its
+	// commit by a few milliseconds (an audit row).
+	P50Commit time.Duration `json:"p50_from_commit_ns"`
+	P99Commit time.Duration `json:"p99_from_commit_ns"`
+	Wrong     int           `json:"wrong"` // answers without the change
 }
 
 // IdleRate is the real agent loop (init/reconcile, tor and network
@@ -145,10 +157,14 @@ func runLongPoll(ctx context.Context, bin, work string, nodes, relays, pollers i
 		if err != nil {
 			return nil, err
 		}
-		log.Printf("  global change %d: %d nodes, p50 %v, p99 %v, max %v (admin command %v)", i+1, p.Nodes, p.P50, p.P99, p.Max, p.Admin)
+		log.Printf("  global change %d: %d nodes, p50 %v, p99 %v, max %v (admin command %v; from its exit p50 %v, p99 %v)", i+1, p.Nodes, p.P50, p.P99, p.Max, p.Admin, p.P50Commit, p.P99Commit)
 		r.Changes = append(r.Changes, *p)
 	}
 	// Every seeded node long-polling: what holding them costs.
+	cpu0, err := srv.CPU()
+	if err != nil {
+		return nil, err
+	}
 	if err := start(n0, nodes); err != nil {
 		return nil, err
 	}
@@ -158,7 +174,20 @@ func runLongPoll(ctx context.Context, bin, work string, nodes, relays, pollers i
 	if r.RSSHeld, r.RSSHeldPeak, err = srv.RSS(); err != nil {
 		return nil, err
 	}
-	log.Printf("  %d held: server RSS %s (peak %s)", nodes, mib(r.RSSHeld), mib(r.RSSHeldPeak))
+	cpu1, err := srv.CPU()
+	if err != nil {
+		return nil, err
+	}
+	r.ParkCPU = cpu1 - cpu0
+	// And once the Go runtime's background scavenger has had time to
+	// return what the heap no longer needs.
+	r.RSSIdleAfter = 30 * time.Second
+	time.Sleep(r.RSSIdleAfter)
+	if r.RSSIdle, _, err = srv.RSS(); err != nil {
+		return nil, err
+	}
+	log.Printf("  %d held: server RSS %s 3 s after (peak %s), %s %v later; CPU to park them %v", nodes, mib(r.RSSHeld), mib(r.RSSHeldPeak),
+		mib(r.RSSIdle), r.RSSIdleAfter, r.ParkCPU)
 	if nodes > n0 {
 		p, err := f.change(srv, dir, 3, nodes)
 		if err != nil {
@@ -260,8 +289,12 @@ func (f *fleetPoll) change(srv *srvproc.Server, dir string, i, n int) (*Propagat
 	if len(got) < n {
 		return nil, fmt.Errorf("global change %d: %d of %d nodes had it after 2 minutes (%d wrong answers)", i+1, len(got), n, f.wrong)
 	}
+	after := make([]time.Duration, len(got))
+	for i, d := range got {
+		after[i] = max(0, d-admin)
+	}
 	return &Propagation{Nodes: n, Admin: admin, P50: loadgen.Percentile(got, 50), P99: loadgen.Percentile(got, 99),
-		Max: got[len(got)-1], Wrong: f.wrong}, nil
+		Max: got[len(got)-1], P50Commit: loadgen.Percentile(after, 50), P99Commit: loadgen.Percentile(after, 99), Wrong: f.wrong}, nil
 }
 
 // idleRate runs the real reconcile loop on n of the seeded nodes against

@@ -127,11 +127,12 @@ func headline(r *Report) []Figure {
 	if lp := r.LongPoll; lp != nil {
 		for i, c := range lp.Changes {
 			add(fmt.Sprintf("config change → fetched by all %d long-polling nodes (global torrc change %d, from the start of `configsrv torrc import`)", c.Nodes, i+1),
-				fmt.Sprintf("p50 %s, p99 %s, max %s (the import command itself %s)", ms(c.P50), ms(c.P99), ms(c.Max), ms(c.Admin)),
+				fmt.Sprintf("p50 %s, p99 %s, max %s (the import command itself %s; from its exit p50 %s, p99 %s)", ms(c.P50), ms(c.P99), ms(c.Max), ms(c.Admin), ms(c.P50Commit), ms(c.P99Commit)),
 				fmt.Sprintf("benchreport: configsrv binary, %d nodes × %d relays seeded; each node its own connection and loopback address", lp.Nodes, lp.Relays))
 		}
 		add(fmt.Sprintf("configsrv RSS with %d long polls held", lp.Waiting),
-			fmt.Sprintf("%s (%s before any; peak %s)", mib(lp.RSSHeld), mib(lp.RSSBefore), mib(lp.RSSHeldPeak)), "benchreport: VmRSS/VmHWM of the configsrv process")
+			fmt.Sprintf("%s 3 s after the last was parked, %s after %s idle (%s before any; peak %s; %s of CPU to park them)", mib(lp.RSSHeld), mib(lp.RSSIdle), lp.RSSIdleAfter, mib(lp.RSSBefore), mib(lp.RSSHeldPeak), ms(lp.ParkCPU)),
+			"benchreport: VmRSS/VmHWM and utime+stime of the configsrv process")
 		if id := lp.Idle; id != nil {
 			add("requests per node per hour while idle (the agent's reconcile loop)",
 				fmt.Sprintf("%s (%d nodes over %s at 1/%d time scale: %v)", num(id.PerHour), id.Nodes, id.Window.Round(time.Second), id.Scale, id.ByRequest),
@@ -304,11 +305,12 @@ func markdown(r *Report) string {
 	if lp := r.LongPoll; lp != nil {
 		w("## Long-polled config: %d nodes × %d relays seeded, the configsrv binary\n\n", lp.Nodes, lp.Relays)
 		w("Each node its own HTTPS connection (HTTP/1.1, as the agent) and loopback address; it fetches its config, then waits with `If-None-Match` and `wait=1800`. A global torrc change (`configsrv torrc import --default`, another process) is timed from the command's start until every waiting node has the new config.\n\n")
-		w("| change | nodes waiting | import command | p50 | p99 | max |\n|---|---|---|---|---|---|\n")
+		w("| change | nodes waiting | import command | p50 | p99 | max | p50 from its exit | p99 from its exit |\n|---|---|---|---|---|---|---|---|\n")
 		for i, c := range lp.Changes {
-			w("| %d | %d | %s | %s | %s | %s |\n", i+1, c.Nodes, ms(c.Admin), ms(c.P50), ms(c.P99), ms(c.Max))
+			w("| %d | %d | %s | %s | %s | %s | %s | %s |\n", i+1, c.Nodes, ms(c.Admin), ms(c.P50), ms(c.P99), ms(c.Max), ms(c.P50Commit), ms(c.P99Commit))
 		}
-		w("\nServer RSS: %s before any long poll, %s with %d held (peak %s).\n\n", mib(lp.RSSBefore), mib(lp.RSSHeld), lp.Waiting, mib(lp.RSSHeldPeak))
+		w("\nServer RSS: %s before any long poll, %s with %d held 3 s after the last was parked (peak %s), %s after %s more with nothing to do; parking them took %s of the server's CPU.\n\n",
+			mib(lp.RSSBefore), mib(lp.RSSHeld), lp.Waiting, mib(lp.RSSHeldPeak), mib(lp.RSSIdle), lp.RSSIdleAfter, ms(lp.ParkCPU))
 		if id := lp.Idle; id != nil {
 			w("Idle request rate: %d nodes run the agent's reconcile loop (tor and network faked) against the binary with the timers that set the rate scaled down %d times (token 1 min, hold ≤ 30 s, heartbeat 10 s); after a warm-up, the access log counts over %s (%s hours at scale): **%s requests per node per hour**, by request: %v.\n\n",
 				id.Nodes, id.Scale, id.Window.Round(time.Second), num(id.Window.Hours()*float64(id.Scale)), num(id.PerHour), id.ByRequest)
