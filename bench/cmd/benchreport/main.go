@@ -56,6 +56,7 @@ func main() {
 	floodBin := flag.String("flood-configsrv", "", "also flood this configsrv binary (say, one built from an older tree), for comparison")
 	pollers := flag.Int("pollers", 1000, "long-polling nodes a global change is timed on (then every seeded node waits)")
 	qemuRelays := flag.String("qemu-relays", "1,8", "relay counts the QEMU section boots the agent and the floor with, in order")
+	qemuRepeat := flag.Int("qemu-repeat", 3, "measured reboots and floor boots per relay count (the medians are compared)")
 	keepWork := flag.Bool("keep", false, "keep the work directory (QEMU consoles, server logs) also when nothing failed")
 	flag.Parse()
 	var counts []int
@@ -142,7 +143,7 @@ func main() {
 		return err
 	})
 	section("qemu", "the agent's boot in QEMU (first boot, reboot) and image sizes", func() (err error) {
-		r.Boot, err = runBoot(ctx, work, counts)
+		r.Boot, err = runBoot(ctx, work, counts, max(*qemuRepeat, 1))
 		return err
 	})
 	r.Took = time.Since(r.Started)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"time"
 
@@ -27,6 +29,7 @@ type BootRun struct {
 	InitramfsParts []harnessPart  `json:"initramfs_parts"`
 	Build          time.Duration  `json:"build_ns"` // tools, initramfs, signed package
 	CPUs           int            `json:"vcpus"`
+	Repeat         int            `json:"repeat"` // measured reboots and floor boots per relay count
 	Boots          []BootTimeline `json:"boots"`
 	Floors         []FloorBoot    `json:"floors"`
 	Failed         []string       `json:"failed,omitempty"` // boots that did not finish, with why and their console
@@ -37,6 +40,7 @@ type BootRun struct {
 // FloorBoot is the boot floor on the same VM: e2e/cmd/floorinit starting
 // Relays tors with their keys in place, to every READY=1.
 type FloorBoot struct {
+	Name        string        `json:"name"`
 	Relays      int           `json:"relays"`
 	Ready       time.Duration `json:"ready_ns"` // QEMU start → "floor: all N relays READY"
 	GuestUptime string        `json:"guest_uptime"`
@@ -45,24 +49,57 @@ type FloorBoot struct {
 // floorRE is floorinit's last line.
 var floorRE = regexp.MustCompile(`floor: all (\d+) relays READY since_boot=(\S+)`)
 
-// boot returns the measured boot (a reboot) of our agent with n relays.
+// boot returns the measured boot (a reboot) of our agent with n relays
+// whose time to all relays running is the median of its repeats.
 func (b *BootRun) boot(n int) *BootTimeline {
+	var all []*BootTimeline
 	for i := range b.Boots {
 		if bt := &b.Boots[i]; bt.Relays == n && bt.Measured {
-			return bt
+			all = append(all, bt)
 		}
 	}
-	return nil
+	return median(all, func(bt *BootTimeline) time.Duration { return bt.AllRunning })
 }
 
-// floor returns the floor boot with n relays.
+// floor returns the floor boot with n relays whose time is the median.
 func (b *BootRun) floor(n int) *FloorBoot {
+	var all []*FloorBoot
 	for i := range b.Floors {
 		if b.Floors[i].Relays == n {
-			return &b.Floors[i]
+			all = append(all, &b.Floors[i])
 		}
 	}
-	return nil
+	return median(all, func(f *FloorBoot) time.Duration { return f.Ready })
+}
+
+// samples lists the times of the measured boots with n relays, ours or
+// the floor's, in the order they ran.
+func (b *BootRun) samples(n int, floor bool) []string {
+	var out []string
+	if floor {
+		for _, f := range b.Floors {
+			if f.Relays == n {
+				out = append(out, ms(f.Ready))
+			}
+		}
+		return out
+	}
+	for _, bt := range b.Boots {
+		if bt.Relays == n && bt.Measured {
+			out = append(out, ms(bt.AllRunning))
+		}
+	}
+	return out
+}
+
+// median is the middle element by d (the lower middle of an even count).
+func median[T any](xs []*T, d func(*T) time.Duration) *T {
+	if len(xs) == 0 {
+		return nil
+	}
+	s := slices.Clone(xs)
+	slices.SortFunc(s, func(a, b *T) int { return cmp.Compare(d(a), d(b)) })
+	return s[(len(s)-1)/2]
 }
 
 type harnessPart struct {
@@ -102,9 +139,9 @@ var (
 )
 
 // runBoot boots, for each relay count of counts in order, the agent
-// (first boot or boot with the new count, then the measured reboot) and
-// the floor with as many relays.
-func runBoot(ctx context.Context, work string, counts []int) (*BootRun, error) {
+// (first boot or boot with the new count), then repeat times the agent's
+// measured reboot and the floor with as many relays, alternately.
+func runBoot(ctx context.Context, work string, counts []int, repeat int) (*BootRun, error) {
 	if missing := harness.Missing(); len(missing) > 0 {
 		return nil, fmt.Errorf("missing host programs: %v", missing)
 	}
@@ -149,7 +186,7 @@ func runBoot(ctx context.Context, work string, counts []int) (*BootRun, error) {
 	// 1- and 8-relay boots (and the floor) must run on the same VM. This
 	// host has 2 cores, so under TCG the 8 vCPUs share them: what 8 tors
 	// cost at start is paid on 2 cores, by ours and the floor alike.
-	r.CPUs = 8
+	r.CPUs, r.Repeat = 8, repeat
 	r.LoadAvg = loadAvg()
 	defer func() { r.LoadAvgEnd = loadAvg() }()
 	state := filepath.Join(dir, "tpm")
@@ -157,11 +194,14 @@ func runBoot(ctx context.Context, work string, counts []int) (*BootRun, error) {
 	agentOK := true
 	// The agent's boots depend on each other (the node's TPM state and
 	// enable); a floor depends on nothing, so each floor boots right after
-	// the agent's reboot it is compared with, and also when the agent failed.
+	// the agent's reboot it is compared with (the two see the same load),
+	// and also when the agent failed. Tor's own start varies by seconds
+	// under TCG (its RSA link key), hence the repeats and medians.
 	type step struct {
 		name     string
 		relays   int
 		measured bool
+		floor    bool
 	}
 	var steps []step
 	for i, n := range counts {
@@ -169,15 +209,29 @@ func runBoot(ctx context.Context, work string, counts []int) (*BootRun, error) {
 		if i == 0 {
 			first = fmt.Sprintf("first boot, %d relays", n)
 		}
-		steps = append(steps, step{first, n, false}, step{fmt.Sprintf("reboot, %d relays", n), n, true}, step{"floor", n, false})
+		steps = append(steps, step{first, n, false, false})
+		for k := range repeat {
+			steps = append(steps, step{fmt.Sprintf("reboot %d, %d relays", k+1, n), n, true, false},
+				step{fmt.Sprintf("floor %d, %d relays", k+1, n), n, false, true})
+		}
 	}
+	floors := map[int]string{} // relay count → floor image
 	for _, step := range steps {
-		if step.name == "floor" {
-			name := fmt.Sprintf("floor, %d relays", step.relays)
-			log.Printf("  QEMU: boot %s", name)
-			f, err := bootFloor(ctx, kernel, tools, filepath.Join(dir, fmt.Sprintf("floor%d", step.relays)), step.relays, r.CPUs)
+		if step.floor {
+			log.Printf("  QEMU: boot %s", step.name)
+			fdir := filepath.Join(dir, fmt.Sprintf("floor%d", step.relays))
+			f, err := func() (*FloorBoot, error) {
+				if floors[step.relays] == "" {
+					img, err := harness.FloorImage(ctx, kernel, fdir, step.relays)
+					if err != nil {
+						return nil, err
+					}
+					floors[step.relays] = img
+				}
+				return bootFloor(ctx, floors[step.relays], kernel, tools, fdir, step.name, step.relays, r.CPUs)
+			}()
 			if err != nil {
-				r.Failed = append(r.Failed, fmt.Sprintf("%s: %v", name, err))
+				r.Failed = append(r.Failed, fmt.Sprintf("%s: %v", step.name, err))
 				continue
 			}
 			r.Floors = append(r.Floors, *f)
@@ -215,19 +269,15 @@ func runBoot(ctx context.Context, work string, counts []int) (*BootRun, error) {
 	return r, nil
 }
 
-// bootFloor builds and boots the floor image for n relays on the same
-// VM as the agent's (its TPM and NICs attached, unused).
-func bootFloor(ctx context.Context, kernel *harness.Kernel, tools *harness.Tools, dir string, n, cpus int) (*FloorBoot, error) {
-	img, err := harness.FloorImage(ctx, kernel, dir, n)
-	if err != nil {
-		return nil, err
-	}
+// bootFloor boots the floor image img for n relays on the same VM as the
+// agent's (its TPM and NICs attached, unused).
+func bootFloor(ctx context.Context, img string, kernel *harness.Kernel, tools *harness.Tools, dir, name string, n, cpus int) (*FloorBoot, error) {
 	tpm, err := harness.StartSWTPM(ctx, filepath.Join(dir, "tpm"))
 	if err != nil {
 		return nil, err
 	}
 	defer tpm.Stop()
-	path := filepath.Join(dir, "console")
+	path := filepath.Join(dir, name+".console")
 	console, err := os.Create(path)
 	if err != nil {
 		return nil, err
@@ -247,7 +297,7 @@ func bootFloor(ctx context.Context, kernel *harness.Kernel, tools *harness.Tools
 	if m == nil || m[1] != strconv.Itoa(n) {
 		return nil, fmt.Errorf("floor console: %q", line.Text)
 	}
-	return &FloorBoot{Relays: n, Ready: line.At, GuestUptime: m[2]}, nil
+	return &FloorBoot{Name: name, Relays: n, Ready: line.At, GuestUptime: m[2]}, nil
 }
 
 // bootOnce boots the machine on TPM state dir; on the first boot (node 0)

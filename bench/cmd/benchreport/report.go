@@ -153,23 +153,27 @@ func headline(r *Report) []Figure {
 				"e2e/harness; per-phase timeline below")
 		}
 		for _, f := range b.Floors {
-			add(fmt.Sprintf("boot floor in QEMU (same VM), %d relays", f.Relays),
+			add(fmt.Sprintf("boot floor in QEMU (same VM), %s", f.Name),
 				fmt.Sprintf("all %d tors READY %s after QEMU start (guest %s)", f.Relays, ms(f.Ready), f.GuestUptime),
 				"e2e/cmd/floorinit via harness.FloorImage: mounts, starts tor from a fixed torrc with its keys present")
 		}
+		med := fmt.Sprintf("median of %d", b.Repeat)
 		one, eight := b.boot(1), b.boot(8)
 		if one != nil && eight != nil {
 			add("QEMU reboot → all relays running: 8 relays / 1 relay (goal ≤ 1.3)",
-				fmt.Sprintf("%.2f (%s / %s)", eight.AllRunning.Seconds()/one.AllRunning.Seconds(), ms(eight.AllRunning), ms(one.AllRunning)), "the two reboots above")
+				fmt.Sprintf("%.2f (%s / %s, %s: %s and %s)", eight.AllRunning.Seconds()/one.AllRunning.Seconds(), ms(eight.AllRunning), ms(one.AllRunning),
+					med, strings.Join(b.samples(8, false), ", "), strings.Join(b.samples(1, false), ", ")), "the reboots above")
 		}
 		if one, eight := b.floor(1), b.floor(8); one != nil && eight != nil {
 			add(fmt.Sprintf("the floor's own 8 relays / 1 relay (what %d vCPUs on this host allow)", b.CPUs),
-				fmt.Sprintf("%.2f (%s / %s)", eight.Ready.Seconds()/one.Ready.Seconds(), ms(eight.Ready), ms(one.Ready)), "the two floor boots above")
+				fmt.Sprintf("%.2f (%s / %s, %s: %s and %s)", eight.Ready.Seconds()/one.Ready.Seconds(), ms(eight.Ready), ms(one.Ready),
+					med, strings.Join(b.samples(8, true), ", "), strings.Join(b.samples(1, true), ", ")), "the floor boots above")
 		}
 		for _, n := range []int{1, 8} {
 			if ours, fl := b.boot(n), b.floor(n); ours != nil && fl != nil {
 				add(fmt.Sprintf("QEMU reboot → all relays running, ours / floor, %d relays (goal ≤ 1.3)", n),
-					fmt.Sprintf("%.2f (%s / %s)", ours.AllRunning.Seconds()/fl.Ready.Seconds(), ms(ours.AllRunning), ms(fl.Ready)), "the reboot and the floor above")
+					fmt.Sprintf("%.2f (%s / %s, %s: ours %s, floor %s)", ours.AllRunning.Seconds()/fl.Ready.Seconds(), ms(ours.AllRunning), ms(fl.Ready),
+						med, strings.Join(b.samples(n, false), ", "), strings.Join(b.samples(n, true), ", ")), "the reboots and floor boots above")
 			}
 		}
 		for _, f := range b.Failed {
@@ -231,7 +235,7 @@ func markdown(r *Report) string {
 
 	if bt := r.Boot; bt != nil && len(bt.Boots) > 0 {
 		w("## Agent boot timeline in QEMU (TCG, `-cpu max`, %d vCPUs, swtpm, real configsrv)\n\n", bt.CPUs)
-		w("Clock points: every figure \"after QEMU start\" runs from the start of the QEMU process (firmware, kernel and initramfs load included) to the host's reading of a console line: for the agent, `all relays running` (logged once every relay's tor has sent READY=1), for the floor `floor: all N relays READY` (the same, from e2e/cmd/floorinit); the guest's own uptime at that line is given beside it. A reboot boots the same swtpm state again: keys in the TPM vault, node enabled. The floor boots the same kernel on the same VM (%d vCPUs, 1 GiB, the TPM and both NICs attached, unused).\n\n", bt.CPUs)
+		w("Clock points: every figure \"after QEMU start\" runs from the start of the QEMU process (firmware, kernel and initramfs load included) to the host's reading of a console line: for the agent, `all relays running` (logged once every relay's tor has sent READY=1), for the floor `floor: all N relays READY` (the same, from e2e/cmd/floorinit); the guest's own uptime at that line is given beside it. A reboot boots the same swtpm state again: keys in the TPM vault, node enabled. The floor boots the same kernel on the same VM (%d vCPUs, 1 GiB, the TPM and both NICs attached, unused). For each relay count the agent boots once with it (not measured), then %d times the agent's reboot and the floor alternately; the ratios compare the medians (tor's own start varies by seconds under TCG).\n\n", bt.CPUs, bt.Repeat)
 		w("Phases as the agent prints them (`timeline phase=… start=… took=…`, guest uptime).\n\n| phase |")
 		for _, x := range bt.Boots {
 			w(" %s start | took |", x.Name)
