@@ -383,8 +383,9 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusUnauthorized, api.CodeBadSecret, "wrong secret")
 		return
 	}
-	// The node may have been disabled or removed since the challenge was
-	// issued: checked before the quote's work, and again, with its token
+	// The node may have been disabled since the challenge was issued
+	// (removing it removes the challenge): its state as the challenge was
+	// taken is checked before the quote's work, and again, with its token
 	// claims, in the transaction that records the attestation.
 	refused := func(st api.NodeState, err error) bool {
 		switch {
@@ -402,7 +403,7 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 		}
 		return true
 	}
-	if au, err := s.Store.NodeAuth(ctx, c.NodeID); refused(au.State, err) {
+	if refused(c.NodeState, nil) {
 		return
 	}
 	ev, rel, err := s.evidence(ctx, c, req.Quote, now)

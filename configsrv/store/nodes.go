@@ -257,6 +257,8 @@ type Challenge struct {
 	// remote attestation.
 	Nonce    []byte
 	AKPublic []byte
+	// NodeState is the node's state when TakeChallenge spent it.
+	NodeState api.NodeState
 }
 
 // AddChallenge stores c and, at most once a second, drops expired
@@ -290,14 +292,16 @@ func (s *Store) AddChallenge(ctx context.Context, c Challenge, now time.Time, au
 }
 
 // TakeChallenge removes and returns challenge id: a challenge is spent by
-// the first attempt, right or wrong.
+// the first attempt, right or wrong. Its node's state is read in the same
+// statement (the node exists: removing it removes its challenges).
 func (s *Store) TakeChallenge(ctx context.Context, id string) (*Challenge, error) {
 	var c Challenge
 	var exp int64
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	err := s.queryRow(ctx, `DELETE FROM challenges WHERE id = ? RETURNING id, node_id, secret_hash, ak_name, expires, nonce, ak_public`, id).
-		Scan(&c.ID, &c.NodeID, &c.SecretHash, &c.AKName, &exp, &c.Nonce, &c.AKPublic)
+	err := s.queryRow(ctx, `DELETE FROM challenges WHERE id = ?
+		RETURNING id, node_id, secret_hash, ak_name, expires, nonce, ak_public, (SELECT state FROM nodes WHERE nodes.id = challenges.node_id)`, id).
+		Scan(&c.ID, &c.NodeID, &c.SecretHash, &c.AKName, &exp, &c.Nonce, &c.AKPublic, &c.NodeState)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("challenge: %w", ErrNotFound)
 	}
