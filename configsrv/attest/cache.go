@@ -22,8 +22,8 @@ type EK struct {
 	// it was made from none, TemplateErr (wrapping ErrBadEK) says why.
 	Template    string
 	TemplateErr error
-	key         tpm2.LabeledEncapsulationKey
-	ecc         *eccCredential // nil: go-tpm makes the credential
+	key         tpm2.LabeledEncapsulationKey // nil when ecc is set
+	ecc         *eccCredential               // nil: go-tpm makes the credential
 }
 
 // NewEK parses an EK public area (ParseEK) and derives what the server
@@ -38,6 +38,9 @@ func NewEK(b []byte) (*EK, error) {
 		return nil, fmt.Errorf("%w: %v", ErrBadEK, err)
 	}
 	e := &EK{Public: pub, ID: id, Raw: sha256.Sum256(b), key: key, ecc: newECCCredential(pub)}
+	if e.ecc != nil {
+		e.key = nil // one public key per cached EK (about 0.45 KiB each)
+	}
 	e.Template, e.TemplateErr = CheckTemplate(b, pub)
 	return e, nil
 }

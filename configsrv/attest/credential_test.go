@@ -40,7 +40,11 @@ func TestCredentialAgrees(t *testing.T) {
 		})
 		t.Run(file+"/go-tpm", func(t *testing.T) {
 			cryptotest.SetGlobalRandom(t, 7)
-			if ref[0], ref[1], err = tpm2.CreateCredential(rand.Reader, ek.key, name, secret); err != nil {
+			key, err := tpm2.ImportEncapsulationKey(ek.Public)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ref[0], ref[1], err = tpm2.CreateCredential(rand.Reader, key, name, secret); err != nil {
 				t.Fatal(err)
 			}
 		})
