@@ -3,6 +3,8 @@ package tor
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"flag"
 	"os"
 	"path/filepath"
@@ -109,6 +111,7 @@ func TestKeysSurviveReboot(t *testing.T) {
 		return err == nil
 	})
 	rotated, _ := os.ReadFile(ntor)
+	tap := rsaModulus(t, filepath.Join(dataDir, "keys", "secret_onion_key"))
 	if bytes.Equal(rotated, before) {
 		t.Fatal("tor did not rotate its onion key")
 	}
@@ -146,6 +149,10 @@ func TestKeysSurviveReboot(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(filepath.Join(h2.root, "state", "golf", "keys", "secret_onion_key_ntor")); !bytes.Equal(got, rotated) {
 		t.Error("the restored onion key is not the rotated one")
+	}
+	// The TAP onion key too: tor does not make one at every boot.
+	if got := rsaModulus(t, filepath.Join(h2.root, "state", "golf", "keys", "secret_onion_key")); got != tap {
+		t.Error("the restored TAP onion key is not the rotated one")
 	}
 
 	// Stopping the relay (the node was disabled) wipes the key files from
@@ -213,4 +220,22 @@ func TestKeysCapturedAtReady(t *testing.T) {
 	waitFor(t, "keys captured at READY with an hour-long poll", func() bool {
 		return slices.Contains(v.Relays(), "hotel") && strings.Contains(h.logs.String(), "relay keys saved")
 	})
+}
+
+// rsaModulus is the modulus of the PEM RSA key in path, in hex.
+func rsaModulus(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(data)
+	if blk == nil {
+		t.Fatalf("%s: no PEM", path)
+	}
+	k, err := x509.ParsePKCS1PrivateKey(blk.Bytes)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return k.N.Text(16)
 }

@@ -22,7 +22,10 @@ import (
 // p‖q (two equal-width halves), ntor onion secret (32 B, current and .old),
 // family key (name len u8 | name | 64 B secret), retired-at (u64: the TPM
 // clock in ms when the relay left the config; absent while it is active,
-// so an older agent still reads a bundle without retired relays). Public
+// so an older agent still reads a bundle without retired relays), TAP
+// onion key p‖q (RSA-1024, tor's secret_onion_key: kept so a reboot does
+// not make tor generate one, seconds of CPU under emulation; an agent
+// older than this field refuses a bundle that has it). Public
 // keys, the signing key
 // and its certificate are not kept: tor derives them from these.
 //
@@ -60,6 +63,7 @@ const (
 	tagNtorOld       = 4
 	tagFamily        = 5
 	tagRetired       = 6
+	tagOnion         = 7
 )
 
 const (
@@ -74,6 +78,7 @@ type Entry struct {
 	RSAIdentity   []byte      // p‖q
 	Ntor          []byte      // 32 B curve25519 secret, may be nil
 	NtorOld       []byte      // 32 B, may be nil
+	Onion         []byte      // TAP onion key p‖q, may be nil
 	Family        []FamilyKey // sorted by name
 	// RetiredAt is the TPM clock (ms) when the relay left the config; 0
 	// while it is active. Its keys are kept for the vault's retention
@@ -118,6 +123,9 @@ func (e *Entry) check() error {
 	if n := len(e.RSAIdentity); n == 0 || n%2 != 0 || n > 1024 {
 		return fmt.Errorf("RSA identity p‖q is %d bytes", n)
 	}
+	if n := len(e.Onion); e.Onion != nil && (n == 0 || n%2 != 0 || n > 1024) {
+		return fmt.Errorf("TAP onion key p‖q is %d bytes", n)
+	}
 	for _, k := range [][]byte{e.Ntor, e.NtorOld} {
 		if k != nil && len(k) != ntorSecretSize {
 			return fmt.Errorf("ntor secret is %d bytes, want %d", len(k), ntorSecretSize)
@@ -140,7 +148,7 @@ func (e *Entry) check() error {
 func (e *Entry) equal(o *Entry) bool {
 	if !bytes.Equal(e.Ed25519Master, o.Ed25519Master) || !bytes.Equal(e.RSAIdentity, o.RSAIdentity) ||
 		!bytes.Equal(e.Ntor, o.Ntor) || !bytes.Equal(e.NtorOld, o.NtorOld) || len(e.Family) != len(o.Family) ||
-		e.RetiredAt != o.RetiredAt {
+		e.RetiredAt != o.RetiredAt || !bytes.Equal(e.Onion, o.Onion) {
 		return false
 	}
 	for i := range e.Family {
@@ -189,6 +197,9 @@ func encodeBundle(b *Bundle) ([]byte, error) {
 		}
 		if e.RetiredAt != 0 {
 			field(tagRetired, binary.BigEndian.AppendUint64(nil, e.RetiredAt))
+		}
+		if e.Onion != nil {
+			field(tagOnion, e.Onion)
 		}
 		if len(fields) > 0xFF {
 			return nil, fmt.Errorf("relay %s: too many keys", name)
@@ -303,6 +314,8 @@ func decodeBundle(data []byte) (*Bundle, error) {
 					return nil, fmt.Errorf("bundle: relay %s: malformed retired-at", name)
 				}
 				e.RetiredAt = binary.BigEndian.Uint64(data)
+			case tagOnion:
+				e.Onion = data
 			default:
 				return nil, fmt.Errorf("bundle: relay %s: unknown field %d", name, tag)
 			}

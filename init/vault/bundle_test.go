@@ -14,13 +14,16 @@ func testEntry(seed byte) *Entry {
 		RSAIdentity:   fill(128, seed+1),
 		Ntor:          fill(32, seed+2),
 		NtorOld:       fill(32, seed+3),
+		Onion:         fill(128, seed+5),
 		Family:        []FamilyKey{{Name: "fam", Secret: fill(64, seed+4)}},
 	}
 }
 
 func TestBundleRoundTrip(t *testing.T) {
+	retired := testEntry(9)
+	retired.RetiredAt = 12345 // retired-at and the TAP onion key: the last two tags, in order
 	b := &Bundle{Version: 7, Relays: map[string]*Entry{"murazzano": testEntry(1), "gorgonzola": {
-		Ed25519Master: make([]byte, 64), RSAIdentity: make([]byte, 128)}}}
+		Ed25519Master: make([]byte, 64), RSAIdentity: make([]byte, 128)}, "toma": retired}}
 	enc, err := encodeBundle(b)
 	if err != nil {
 		t.Fatal(err)
@@ -29,8 +32,9 @@ func TestBundleRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Version != 7 || len(got.Relays) != 2 || !got.Relays["murazzano"].equal(b.Relays["murazzano"]) ||
-		!got.Relays["gorgonzola"].equal(b.Relays["gorgonzola"]) {
+	if got.Version != 7 || len(got.Relays) != 3 || !got.Relays["murazzano"].equal(b.Relays["murazzano"]) ||
+		!got.Relays["gorgonzola"].equal(b.Relays["gorgonzola"]) || !got.Relays["toma"].equal(retired) ||
+		got.Relays["gorgonzola"].Onion != nil {
 		t.Fatalf("round trip: %+v", got)
 	}
 	// Every truncation is refused.
@@ -42,7 +46,7 @@ func TestBundleRoundTrip(t *testing.T) {
 	if _, err := decodeBundle(append(enc, 0)); err == nil {
 		t.Fatal("trailing byte accepted")
 	}
-	t.Logf("2 relays: %d bytes", len(enc))
+	t.Logf("3 relays: %d bytes", len(enc))
 }
 
 func TestEnvelope(t *testing.T) {

@@ -29,6 +29,7 @@ import (
 const (
 	fileEd25519Master = "ed25519_master_id_secret_key"
 	fileRSAIdentity   = "secret_id_key"
+	fileOnion         = "secret_onion_key"
 	fileNtor          = "secret_onion_key_ntor"
 	fileNtorOld       = "secret_onion_key_ntor.old"
 	familySuffix      = ".secret_family_key"
@@ -148,6 +149,17 @@ func captureEntry(keysDir string) (*Entry, error) {
 		return nil, err
 	default:
 		if e.Ed25519Master, err = untag(masterPath, master, hdrEd25519Master, ed25519SecretSize); err != nil {
+			return nil, err
+		}
+	}
+	// tor's TAP onion key, medium-term like the ntor one (rotated every
+	// few weeks, the .old file is not kept): absent until tor made it.
+	switch onion, err := readKeyFile(filepath.Join(keysDir, fileOnion)); {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, err
+	default:
+		if e.Onion, err = rsaToPQ(filepath.Join(keysDir, fileOnion), onion); err != nil {
 			return nil, err
 		}
 	}
@@ -282,6 +294,13 @@ func keyFiles(e *Entry) (map[string][]byte, error) {
 	files := map[string][]byte{
 		edcert.FileMasterPublic: edcert.Tagged(edcert.HeaderPublic, pub),
 		fileRSAIdentity:         pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)}),
+	}
+	if e.Onion != nil {
+		onion, err := rsaFromPQ(e.Onion)
+		if err != nil {
+			return nil, fmt.Errorf("TAP onion key: %w", err)
+		}
+		files[fileOnion] = pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(onion)})
 	}
 	for name, s := range map[string][]byte{fileNtor: e.Ntor, fileNtorOld: e.NtorOld} {
 		if s == nil {

@@ -90,10 +90,48 @@ func TestCaptureRealTorKeys(t *testing.T) {
 	if _, ok := files[fileEd25519Master]; ok {
 		t.Error("the master secret is among the files restored for tor")
 	}
+	// The TAP onion key comes back as the same RSA key, and tor takes it
+	// as it is: started on the restored keys, it makes no new one.
+	onion, _ := os.ReadFile(filepath.Join(dirs[0], "keys", fileOnion))
+	if len(e.Onion) != 128 || !bytes.Equal(mustPQ(t, onion), mustPQ(t, files[fileOnion])) {
+		t.Fatalf("TAP onion key: %d B captured, restored %q", len(e.Onion), files[fileOnion])
+	}
+	again := t.TempDir()
+	if err := restoreEntry(e, again, os.Getuid(), os.Getgid()); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{fileEd25519Master: master0(t, dirs[0])} {
+		os.WriteFile(filepath.Join(again, "keys", name), data, 0o600) // tor signs with its master here, as a test's key set
+	}
+	restored, _ := os.ReadFile(filepath.Join(again, "keys", fileOnion))
+	if fps := fingerprints(t, again); fps == "" {
+		t.Fatal("tor did not start on the restored keys")
+	}
+	if after, _ := os.ReadFile(filepath.Join(again, "keys", fileOnion)); !bytes.Equal(after, restored) {
+		t.Error("tor replaced the restored TAP onion key")
+	}
 	master, _ := os.ReadFile(filepath.Join(dirs[0], "keys", fileEd25519Master))
 	if !bytes.Equal(master[32:], e.Ed25519Master) {
 		t.Error("the captured master secret is not tor's")
 	}
+}
+
+func mustPQ(t *testing.T, pemData []byte) []byte {
+	t.Helper()
+	pq, err := rsaToPQ("key", pemData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pq
+}
+
+func master0(t *testing.T, dir string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "keys", fileEd25519Master))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // restoreIssued restores a relay's keys and issues its signing key, as
