@@ -3,17 +3,12 @@ package pid1
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 
 	"golang.org/x/sys/unix"
-
-	"patela/internal/layout"
 )
 
 // moduleInitCompressedFile is MODULE_INIT_COMPRESSED_FILE: the kernel
@@ -21,110 +16,22 @@ import (
 const moduleInitCompressedFile = 4
 
 // LoadModules loads the named modules from dir (dir/<name>.ko, or .ko.xz
-// / .ko.zst). names is in dependency order, as there is no modprobe; with
-// dir/modules.needs (layout.ModuleNeeds, written by the image builder)
-// each module waits only for the modules it needs, so independent chains
-// (the NIC drivers, nftables) load at once, at most one per CPU; without
-// it (an older image) or if it does not fit names, one after the other.
-// A module already loaded or built into the kernel is skipped; ENODEV
-// (the hardware is absent, e.g. crc32c-intel on a CPU without SSE4.2) is
-// logged and skipped. Other failures are collected and returned after
-// trying the rest.
+// / .ko.zst) in the given order; the order is the dependency order, as
+// there is no modprobe. A module already loaded or built into the kernel
+// is skipped; ENODEV (the hardware is absent, e.g. crc32c-intel on a CPU
+// without SSE4.2) is logged and skipped. Other failures are collected and
+// returned after trying the rest.
 func LoadModules(dir string, names []string, log *slog.Logger) error {
-	needs, err := readNeeds(filepath.Join(dir, layout.ModuleNeeds), names)
-	if err != nil {
-		log.Warn("modules: loading one after the other", "err", err)
-	}
-	errs := loadAll(names, needs, runtime.NumCPU(), func(name string) error {
-		st, err := loadModule(dir, name)
-		if err != nil {
-			return fmt.Errorf("module %s: %w", name, err)
+	var errs []error
+	for _, name := range names {
+		switch st, err := loadModule(dir, name); {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("module %s: %w", name, err))
+		default:
+			log.Info("module", "name", name, "status", st)
 		}
-		log.Info("module", "name", name, "status", st)
-		return nil
-	})
+	}
 	return errors.Join(errs...)
-}
-
-// readNeeds reads a needs file into, for each of names, the indexes of
-// the earlier names it waits for. nil (load in order) if the file is
-// absent; an error (and nil) if it names a module not in names, or one
-// not before the module that needs it: following it could deadlock or
-// load a module before its dependency.
-func readNeeds(path string, names []string) ([][]int, error) {
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	index := make(map[string]int, len(names))
-	for i, n := range names {
-		index[n] = i
-	}
-	needs := make([][]int, len(names))
-	seen := make([]bool, len(names))
-	for n, line := range strings.Split(string(data), "\n") {
-		if line = strings.TrimSpace(line); line == "" {
-			continue
-		}
-		name, rest, ok := strings.Cut(line, ":")
-		i, known := index[strings.TrimSpace(name)]
-		if !ok || !known || seen[i] {
-			return nil, fmt.Errorf("%s line %d: %q: not \"module: needs\" for a module of the list, once", path, n+1, line)
-		}
-		seen[i] = true
-		for _, d := range strings.Fields(rest) {
-			j, known := index[d]
-			if !known || j >= i {
-				return nil, fmt.Errorf("%s line %d: %s needs %s, which is not loaded before it", path, n+1, names[i], d)
-			}
-			needs[i] = append(needs[i], j)
-		}
-	}
-	for i, ok := range seen {
-		if !ok {
-			return nil, fmt.Errorf("%s: no line for module %s", path, names[i])
-		}
-	}
-	return needs, nil
-}
-
-// loadAll runs load for every name, each after the loads of needs[i]
-// (all earlier names, in order, if needs is nil) returned, at most limit
-// at a time, and returns the errors in names' order. A failed need does
-// not stop the modules that need it from being tried, as in order.
-func loadAll(names []string, needs [][]int, limit int, load func(string) error) []error {
-	done := make([]chan struct{}, len(names))
-	for i := range done {
-		done[i] = make(chan struct{})
-	}
-	errs := make([]error, len(names))
-	slots := make(chan struct{}, max(limit, 1))
-	var wg sync.WaitGroup
-	for i, name := range names {
-		wait := []int{}
-		switch {
-		case needs != nil:
-			wait = needs[i]
-		case i > 0:
-			wait = []int{i - 1}
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer close(done[i])
-			for _, j := range wait {
-				<-done[j] // j < i: never a module that waits for this one
-			}
-			slots <- struct{}{}
-			defer func() { <-slots }()
-			errs[i] = load(name)
-		}()
-	}
-	wg.Wait()
-	return errs
 }
 
 func sysName(name string) string { return strings.ReplaceAll(name, "-", "_") }

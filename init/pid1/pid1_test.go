@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/pem"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -13,7 +12,6 @@ import (
 	"patela/internal/layout"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -87,96 +85,6 @@ func TestLoadModules(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "finit_module") {
 			t.Errorf("garbage module: err = %v", err)
 		}
-	}
-}
-
-func TestReadNeeds(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "modules.needs")
-	names := []string{"virtio_ring", "virtio", "failover", "net_failover", "virtio_net"}
-	if n, err := readNeeds(path, names); n != nil || err != nil {
-		t.Errorf("absent file: %v %v, want nil nil (in order)", n, err)
-	}
-	os.WriteFile(path, []byte("virtio_ring:\nvirtio: virtio_ring\nfailover:\n\nnet_failover: failover\nvirtio_net: net_failover failover virtio virtio_ring\n"), 0o644)
-	n, err := readNeeds(path, names)
-	if err != nil || fmt.Sprint(n) != "[[] [0] [] [2] [3 2 1 0]]" {
-		t.Errorf("needs = %v, %v", n, err)
-	}
-	for _, bad := range []string{
-		"virtio_ring:\nvirtio: virtio_ring\nfailover:\nnet_failover: failover\n",            // a module without a line
-		"virtio_ring: virtio\nvirtio:\nfailover:\nnet_failover: failover\nvirtio_net:\n",    // a need after the module
-		"virtio_ring:\nvirtio: virtio\nfailover:\nnet_failover: failover\nvirtio_net:\n",    // itself
-		"virtio_ring:\nvirtio: virtio_ring\nfailover:\nnet_failover: e1000e\nvirtio_net:\n", // not in the list
-		"virtio_ring:\nvirtio:\nvirtio:\nfailover:\nnet_failover:\nvirtio_net:\n",           // twice
-		"virtio_ring:\nvirtio\nfailover:\nnet_failover:\nvirtio_net:\n",                     // no colon
-		"virtio_ring:\nvirtio:\nfailover:\nnet_failover:\nvirtio_net:\nnf_tables:\n",        // not in the list
-	} {
-		os.WriteFile(path, []byte(bad), 0o644)
-		if n, err := readNeeds(path, names); n != nil || err == nil {
-			t.Errorf("%q: needs %v, err %v; want an error", bad, n, err)
-		}
-	}
-}
-
-func TestLoadAll(t *testing.T) {
-	names := []string{"a", "b", "c", "d"}
-	// d needs a and c; b and c need nothing: b and c must be loading at
-	// the same time (each waits for the other to start), d only after a
-	// and c returned.
-	var mu sync.Mutex
-	finished := map[string]bool{}
-	started := map[string]chan struct{}{"b": make(chan struct{}), "c": make(chan struct{})}
-	load := func(name string) error {
-		switch name {
-		case "b", "c":
-			close(started[name])
-			other := map[string]string{"b": "c", "c": "b"}[name]
-			select {
-			case <-started[other]:
-			case <-time.After(10 * time.Second):
-				return fmt.Errorf("%s: %s never started while %s was loading", name, other, name)
-			}
-		case "d":
-			mu.Lock()
-			ok := finished["a"] && finished["c"]
-			mu.Unlock()
-			if !ok {
-				return errors.New("d started before a and c were loaded")
-			}
-		}
-		mu.Lock()
-		finished[name] = true
-		mu.Unlock()
-		if name == "a" {
-			return errors.New("a failed")
-		}
-		return nil
-	}
-	errs := loadAll(names, [][]int{nil, nil, nil, {0, 2}}, 4, load)
-	if fmt.Sprint(errs) != "[a failed <nil> <nil> <nil>]" {
-		t.Errorf("errs = %v", errs)
-	}
-	// Without needs: one after the other, each after the one before,
-	// never two at once.
-	var order []string
-	active := 0
-	errs = loadAll(names, nil, 4, func(name string) error {
-		mu.Lock()
-		active++
-		order = append(order, name)
-		overlap := active > 1
-		mu.Unlock()
-		time.Sleep(time.Millisecond) // give a concurrent load the time to overlap
-		mu.Lock()
-		active--
-		mu.Unlock()
-		if overlap {
-			return errors.New(name + " loaded while another was loading")
-		}
-		return nil
-	})
-	if fmt.Sprint(order) != "[a b c d]" || errors.Join(errs...) != nil {
-		t.Errorf("in order: %v %v", order, errs)
 	}
 }
 

@@ -247,27 +247,3 @@ func (t *Tree) Resolve(names ...string) ([]Module, error) {
 	}
 	return out, nil
 }
-
-// Needs returns the modules that must be loaded before m (its
-// modules.dep dependencies and its "softdep pre:" modules), by Name, in
-// the tree's order. What Resolve returned for m is a superset of these
-// followed by m, so a loader may start m as soon as these are loaded.
-func (t *Tree) Needs(m Module) []string {
-	c := Canonical(m.Name)
-	var out []string
-	add := func(d string) {
-		if d == "" || d == c || t.mods[d].Name == "" {
-			return
-		}
-		if n := t.mods[d].Name; !slices.Contains(out, n) {
-			out = append(out, n)
-		}
-	}
-	for _, sd := range t.softpre[c] {
-		add(t.soft(sd))
-	}
-	for _, d := range t.deps[c] {
-		add(d)
-	}
-	return out
-}

@@ -47,21 +47,6 @@ func TestResolveOrder(t *testing.T) {
 	if got[len(got)-1].Path != "kernel/drivers/char/hw_random/virtio-rng.ko" {
 		t.Errorf("path %q", got[len(got)-1].Path)
 	}
-	// Each module's needs come before it in the order, so a loader that
-	// waits for them never waits for a later one.
-	for i, m := range got {
-		for _, n := range tr.Needs(m) {
-			if j := slices.Index(names(got), n); j < 0 || j >= i {
-				t.Errorf("%s needs %s, at %d of the order (it is at %d)", m.Name, n, j, i)
-			}
-		}
-	}
-	if n := tr.Needs(got[len(got)-1]); !slices.Equal(n, []string{"virtio", "virtio_ring"}) {
-		t.Errorf("Needs(virtio-rng) = %v", n)
-	}
-	if n := tr.Needs(got[0]); n != nil {
-		t.Errorf("Needs(virtio_ring) = %v, want none", n)
-	}
 }
 
 func TestSoftdepThroughAlias(t *testing.T) {
@@ -81,13 +66,6 @@ func TestSoftdepThroughAlias(t *testing.T) {
 	}
 	if want := []string{"crc32c_generic", "libcrc32c", "nf_conntrack"}; !slices.Equal(names(got), want) {
 		t.Fatalf("got %v, want %v", names(got), want)
-	}
-	// The softdep is a need of libcrc32c (loaded before it), not of
-	// nf_conntrack, which needs libcrc32c only.
-	for i, want := range [][]string{nil, {"crc32c_generic"}, {"libcrc32c"}} {
-		if n := tr.Needs(got[i]); !slices.Equal(n, want) {
-			t.Errorf("Needs(%s) = %v, want %v", got[i].Name, n, want)
-		}
 	}
 }
 

@@ -219,19 +219,6 @@ func Build(ctx context.Context, o Options) (*Report, error) {
 	for _, m := range mods {
 		files = append(files, filepath.Join(o.KernelModulesDir, m.Path)+":"+path.Join(ModulesDir, m.Name+".ko"))
 	}
-	if len(mods) > 0 {
-		// What each module waits for, so the agent loads independent ones
-		// at once (init/pid1.LoadModules).
-		var needs strings.Builder
-		for _, m := range mods {
-			fmt.Fprintf(&needs, "%s: %s\n", m.Name, strings.Join(tree.Needs(m), " "))
-		}
-		nf := filepath.Join(tmp, layout.ModuleNeeds)
-		if err := os.WriteFile(nf, []byte(needs.String()), 0o644); err != nil {
-			return nil, err
-		}
-		files = append(files, nf+":"+path.Join(ModulesDir, layout.ModuleNeeds))
-	}
 	mk := []uimage.Modifier{
 		uimage.WithEnv(golang.DisableCGO(), golang.WithBuildTag("goshsmall"),
 			func(e *golang.Environ) { e.GOARCH = "amd64"; e.GOOS = "linux" }),

@@ -17,7 +17,6 @@ import (
 
 	"patela/init/agentcfg"
 	"patela/initramfs/moddep"
-	"patela/internal/layout"
 	"patela/internal/testutil"
 
 	"github.com/u-root/mkuimage/cpio"
@@ -230,27 +229,6 @@ func TestProduction(t *testing.T) {
 		if a, b := pos[pair[0]], pos[pair[1]]; a >= b {
 			t.Errorf("%s must load before %s: %v", pair[0], pair[1], cfg.Modules)
 		}
-	}
-	// The needs file the agent loads by: a line per module, in the load
-	// order, each need earlier in it (what init/pid1.readNeeds accepts).
-	lines := strings.Split(strings.TrimSuffix(content(rs[ModulesDir+"/"+layout.ModuleNeeds]), "\n"), "\n")
-	if len(lines) != len(cfg.Modules) {
-		t.Fatalf("%s: %d lines for %d modules", layout.ModuleNeeds, len(lines), len(cfg.Modules))
-	}
-	for i, l := range lines {
-		name, needs, _ := strings.Cut(l, ":")
-		if name != cfg.Modules[i] {
-			t.Errorf("line %d names %q, the order has %s", i, name, cfg.Modules[i])
-		}
-		for _, n := range strings.Fields(needs) {
-			if j, ok := pos[n]; !ok || j >= i {
-				t.Errorf("%s needs %s, not loaded before it", name, n)
-			}
-		}
-	}
-	if !strings.Contains(content(rs[ModulesDir+"/"+layout.ModuleNeeds]), "igb: dca i2c-algo-bit") &&
-		!strings.Contains(content(rs[ModulesDir+"/"+layout.ModuleNeeds]), "igb: i2c-algo-bit dca") {
-		t.Errorf("igb's needs missing:\n%s", content(rs[ModulesDir+"/"+layout.ModuleNeeds]))
 	}
 	var total int64
 	for _, p := range rep.Parts {

@@ -21,10 +21,6 @@ const (
 	Tor         = "/usr/bin/tor"               // Debian's tor, its libraries beside it
 	Agent       = "/bin/init"                  // the agent; /init links here
 	Shell       = "/bin/sh"                    // debug image only (u-root's gosh)
-	// ModuleNeeds, a file in ModulesDir, names the modules each module
-	// must wait for ("name: need need", a line each), so that independent
-	// ones load at once.
-	ModuleNeeds = "modules.needs"
 )
 
 // What the agent makes at boot: tmpfs, so nothing of a relay survives a
