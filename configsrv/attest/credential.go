@@ -6,9 +6,10 @@ import (
 	"crypto/cipher"
 	"crypto/ecdh"
 	"crypto/hmac"
-	"encoding/binary"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"patela/internal/tpmwire"
 )
 
 // eccCredential is what MakeCredential needs of an ECC EK whose
@@ -71,22 +72,18 @@ func (c *eccCredential) make(akName, secret []byte) (blob, encSecret []byte, err
 	raw := eph.PublicKey().Bytes()[1:]
 	ephX, ephY := raw[:len(raw)/2], raw[len(raw)/2:]
 	seed := tpm2.KDFe(c.hash, z, "IDENTITY", ephX, c.x, c.hash.Size()*8)
-	encSecret = append2B(append2B(make([]byte, 0, 4+len(raw)), ephX), ephY) // TPMS_ECC_POINT
+	encSecret = tpmwire.Append2B(tpmwire.Append2B(make([]byte, 0, 4+len(raw)), ephX), ephY) // TPMS_ECC_POINT
 
 	block, err := aes.NewCipher(tpm2.KDFa(c.hash, seed, "STORAGE", akName, nil, c.aesBits))
 	if err != nil {
 		return nil, nil, err
 	}
-	cred := append2B(nil, secret) // TPM2B_DIGEST
+	cred := tpmwire.Append2B(nil, secret) // TPM2B_DIGEST
 	encIdentity := make([]byte, len(cred))
 	cipher.NewCFBEncrypter(block, make([]byte, block.BlockSize())).XORKeyStream(encIdentity, cred)
 	mac := hmac.New(c.hash.New, tpm2.KDFa(c.hash, seed, "INTEGRITY", nil, nil, c.hash.Size()*8))
 	mac.Write(encIdentity)
 	mac.Write(akName)
-	blob = append(append2B(make([]byte, 0, 2+c.hash.Size()+len(encIdentity)), mac.Sum(nil)), encIdentity...) // TPMS_ID_OBJECT
+	blob = append(tpmwire.Append2B(make([]byte, 0, 2+c.hash.Size()+len(encIdentity)), mac.Sum(nil)), encIdentity...) // TPMS_ID_OBJECT
 	return blob, encSecret, nil
-}
-
-func append2B(b, v []byte) []byte {
-	return append(binary.BigEndian.AppendUint16(b, uint16(len(v))), v...)
 }

@@ -2,12 +2,13 @@ package attest
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"sync"
 	"sync/atomic"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"patela/internal/tpmwire"
 )
 
 // Public areas a node sends are read by hand when everything before their
@@ -109,34 +110,22 @@ func (s *shapeSet) learn(b []byte, pub *tpm2.TPMTPublic) {
 // encoded for sh's type, and nothing after it. ok is false for anything
 // else.
 func (sh *shape) parseUnique(b []byte) (tpm2.TPMUPublicID, bool) {
-	rest := b[len(sh.prefix):]
-	tpm2b := func() ([]byte, bool) {
-		if len(rest) < 2 {
-			return nil, false
-		}
-		n := int(binary.BigEndian.Uint16(rest))
-		if len(rest) < 2+n {
-			return nil, false
-		}
-		v := bytes.Clone(rest[2 : 2+n]) // never nil: go-tpm reads an empty buffer as empty
-		rest = rest[2+n:]
-		return v, true
-	}
+	r := tpmwire.NewReader(b[len(sh.prefix):])
 	switch sh.pub.Type {
 	case tpm2.TPMAlgECC:
-		x, ok1 := tpm2b()
-		y, ok2 := tpm2b()
-		if !ok1 || !ok2 || len(rest) != 0 {
+		x, y := r.TPM2B(), r.TPM2B()
+		if !r.Done() {
 			return tpm2.TPMUPublicID{}, false
 		}
+		// Copies, never nil: go-tpm reads an empty buffer as empty.
 		return tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
-			X: tpm2.TPM2BECCParameter{Buffer: x}, Y: tpm2.TPM2BECCParameter{Buffer: y}}), true
+			X: tpm2.TPM2BECCParameter{Buffer: bytes.Clone(x)}, Y: tpm2.TPM2BECCParameter{Buffer: bytes.Clone(y)}}), true
 	case tpm2.TPMAlgRSA:
-		m, ok := tpm2b()
-		if !ok || len(rest) != 0 {
+		m := r.TPM2B()
+		if !r.Done() {
 			return tpm2.TPMUPublicID{}, false
 		}
-		return tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: m}), true
+		return tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: bytes.Clone(m)}), true
 	}
 	return tpm2.TPMUPublicID{}, false
 }

@@ -1,54 +1,16 @@
 package quote
 
 import (
-	"encoding/binary"
 	"errors"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"patela/internal/tpmwire"
 )
 
 // The two structures of a quote are read by hand: go-tpm's reflection
 // unmarshalling costs about as much as the signature check, on every
 // handshake. TestParseAgrees holds these readers to tpm2.Unmarshal.
-
-// reader consumes big-endian TPM wire data; a short read sets bad.
-type reader struct {
-	b   []byte
-	bad bool
-}
-
-func (r *reader) take(n int) []byte {
-	if r.bad || n > len(r.b) {
-		r.bad = true
-		return nil
-	}
-	v := r.b[:n]
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *reader) u8() uint8 {
-	if b := r.take(1); b != nil {
-		return b[0]
-	}
-	return 0
-}
-
-func (r *reader) u16() uint16 {
-	if b := r.take(2); b != nil {
-		return binary.BigEndian.Uint16(b)
-	}
-	return 0
-}
-
-func (r *reader) u32() uint32 {
-	if b := r.take(4); b != nil {
-		return binary.BigEndian.Uint32(b)
-	}
-	return 0
-}
-
-func (r *reader) tpm2b() []byte { return r.take(int(r.u16())) }
 
 // attest is what Verify reads of a TPMS_ATTEST holding a quote.
 type attest struct {
@@ -64,30 +26,30 @@ var errShort = errors.New("truncated or malformed structure")
 
 // parseAttest reads a TPMS_ATTEST; only quotes are read past the header.
 func parseAttest(b []byte) (*attest, error) {
-	r := &reader{b: b}
-	a := &attest{magic: tpm2.TPMGenerated(r.u32()), typ: tpm2.TPMST(r.u16())}
-	r.tpm2b() // qualifiedSigner
-	a.extraData = r.tpm2b()
-	r.take(8) // clock
-	a.resetCount = r.u32()
-	r.take(4 + 1 + 8) // restartCount, safe, firmwareVersion
-	if r.bad {
+	r := tpmwire.NewReader(b)
+	a := &attest{magic: tpm2.TPMGenerated(r.U32()), typ: tpm2.TPMST(r.U16())}
+	r.TPM2B() // qualifiedSigner
+	a.extraData = r.TPM2B()
+	r.Take(8) // clock
+	a.resetCount = r.U32()
+	r.Take(4 + 1 + 8) // restartCount, safe, firmwareVersion
+	if r.Bad() {
 		return nil, errShort
 	}
 	if a.magic != tpm2.TPMGeneratedValue || a.typ != tpm2.TPMSTAttestQuote {
 		return a, nil
 	}
-	n := r.u32()
+	n := r.U32()
 	if n > 16 {
 		return nil, errShort
 	}
 	for i := uint32(0); i < n; i++ {
-		s := tpm2.TPMSPCRSelection{Hash: tpm2.TPMIAlgHash(r.u16())}
-		s.PCRSelect = r.take(int(r.u8()))
+		s := tpm2.TPMSPCRSelection{Hash: tpm2.TPMIAlgHash(r.U16())}
+		s.PCRSelect = r.Take(int(r.U8()))
 		a.sel.PCRSelections = append(a.sel.PCRSelections, s)
 	}
-	a.pcrDigest = r.tpm2b()
-	if r.bad || len(r.b) != 0 {
+	a.pcrDigest = r.TPM2B()
+	if !r.Done() {
 		return nil, errShort
 	}
 	return a, nil
@@ -102,21 +64,21 @@ type signature struct {
 }
 
 func parseSignature(b []byte) (*signature, error) {
-	r := &reader{b: b}
-	s := &signature{alg: tpm2.TPMAlgID(r.u16())}
+	r := tpmwire.NewReader(b)
+	s := &signature{alg: tpm2.TPMAlgID(r.U16())}
 	switch s.alg {
 	case tpm2.TPMAlgECDSA:
-		s.hash = tpm2.TPMIAlgHash(r.u16())
-		s.r, s.s = r.tpm2b(), r.tpm2b()
+		s.hash = tpm2.TPMIAlgHash(r.U16())
+		s.r, s.s = r.TPM2B(), r.TPM2B()
 	case tpm2.TPMAlgRSASSA, tpm2.TPMAlgRSAPSS:
-		s.hash = tpm2.TPMIAlgHash(r.u16())
-		s.sig = r.tpm2b()
+		s.hash = tpm2.TPMIAlgHash(r.U16())
+		s.sig = r.TPM2B()
 	default:
-		if !r.bad {
+		if !r.Bad() {
 			return s, nil // an algorithm no AK of ours has: refused by the caller
 		}
 	}
-	if r.bad || len(r.b) != 0 {
+	if !r.Done() {
 		return nil, errShort
 	}
 	return s, nil

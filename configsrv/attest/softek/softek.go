@@ -13,11 +13,12 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"patela/internal/tpmwire"
 )
 
 // EK is a software endorsement key.
@@ -53,9 +54,9 @@ func (e *EK) D() []byte { return e.priv.Bytes() }
 func (e *EK) Activate(blob, encSecret, akName []byte) ([]byte, error) {
 	// A TPMS_ECC_POINT and TPM2B_DIGESTs, read by hand: go-tpm's
 	// reflection cost a load generator a quarter of this function.
-	x, rest, ok := cut2B(encSecret)
-	y, _, ok2 := cut2B(rest)
-	if !ok || !ok2 {
+	pt := tpmwire.NewReader(encSecret)
+	x, y := pt.TPM2B(), pt.TPM2B()
+	if pt.Bad() {
 		return nil, errors.New("encrypted secret: truncated TPMS_ECC_POINT")
 	}
 	eph, err := ecdh.P256().NewPublicKey(append(append([]byte{4}, pad(x)...), pad(y)...))
@@ -69,8 +70,9 @@ func (e *EK) Activate(blob, encSecret, akName []byte) ([]byte, error) {
 	ekX := e.priv.PublicKey().Bytes()[1:33]
 	seed := tpm2.KDFe(crypto.SHA256, z, "IDENTITY", pad(x), ekX, 256)
 
-	integrity, encIdentity, ok := cut2B(blob)
-	if !ok {
+	id := tpmwire.NewReader(blob) // TPMS_ID_OBJECT
+	integrity, encIdentity := id.TPM2B(), id.Rest()
+	if id.Bad() {
 		return nil, errors.New("credential blob: truncated")
 	}
 	mac := hmac.New(sha256.New, tpm2.KDFa(crypto.SHA256, seed, "INTEGRITY", nil, nil, 256))
@@ -85,20 +87,12 @@ func (e *EK) Activate(blob, encSecret, akName []byte) ([]byte, error) {
 	}
 	plain := make([]byte, len(encIdentity))
 	cipher.NewCFBDecrypter(block, make([]byte, aes.BlockSize)).XORKeyStream(plain, encIdentity)
-	secret, _, ok := cut2B(plain)
-	if !ok {
+	cred := tpmwire.NewReader(plain)
+	secret := cred.TPM2B()
+	if cred.Bad() {
 		return nil, errors.New("credential: truncated")
 	}
 	return secret, nil
-}
-
-// cut2B splits a TPM2B off the front of b.
-func cut2B(b []byte) (v, rest []byte, ok bool) {
-	if len(b) < 2 || len(b) < 2+int(binary.BigEndian.Uint16(b)) {
-		return nil, nil, false
-	}
-	n := 2 + int(binary.BigEndian.Uint16(b))
-	return b[2:n], b[n:], true
 }
 
 // pad left-pads a P-256 coordinate to 32 bytes.

@@ -21,6 +21,7 @@ import (
 	"patela/configsrv/attest/softek"
 	"patela/internal/api"
 	"patela/internal/pcr"
+	"patela/internal/tpmwire"
 )
 
 // TCG event types the builder uses (PC Client PFP spec).
@@ -233,8 +234,8 @@ func quoteInfo(name, nonce, sel, digest []byte) []byte {
 	b := make([]byte, 0, 64+len(name)+len(nonce)+len(sel)+len(digest))
 	b = binary.BigEndian.AppendUint32(b, uint32(tpm2.TPMGeneratedValue))
 	b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMSTAttestQuote))
-	b = tpm2b(b, name)                          // qualifiedSigner
-	b = tpm2b(b, nonce)                         // extraData
+	b = tpmwire.Append2B(b, name)               // qualifiedSigner
+	b = tpmwire.Append2B(b, nonce)              // extraData
 	b = binary.BigEndian.AppendUint64(b, clock) // clockInfo: clock,
 	b = binary.BigEndian.AppendUint32(b, resetCount)
 	b = binary.BigEndian.AppendUint32(b, 0) // restartCount,
@@ -244,7 +245,7 @@ func quoteInfo(name, nonce, sel, digest []byte) []byte {
 	b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMAlgSHA256))
 	b = append(b, byte(len(sel)))
 	b = append(b, sel...)
-	return tpm2b(b, digest) // pcrDigest
+	return tpmwire.Append2B(b, digest) // pcrDigest
 }
 
 // The software AK's clock: a TPM that has just booted once.
@@ -258,9 +259,5 @@ func ecdsaSignature(r, s []byte) []byte {
 	b := make([]byte, 0, 8+len(r)+len(s))
 	b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMAlgECDSA))
 	b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMAlgSHA256))
-	return tpm2b(tpm2b(b, r), s)
-}
-
-func tpm2b(b, v []byte) []byte {
-	return append(binary.BigEndian.AppendUint16(b, uint16(len(v))), v...)
+	return tpmwire.Append2B(tpmwire.Append2B(b, r), s)
 }
