@@ -128,7 +128,6 @@ var ErrNoKeys = errors.New("tor has not written the identity keys yet")
 
 // captureEntry reads a relay's long-term keys from its key directory.
 func captureEntry(keysDir string) (*Entry, error) {
-	masterPath := filepath.Join(keysDir, fileEd25519Master)
 	idPath := filepath.Join(keysDir, fileRSAIdentity)
 	id, err := readKeyFile(idPath)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -141,32 +140,23 @@ func captureEntry(keysDir string) (*Entry, error) {
 	if e.RSAIdentity, err = rsaToPQ(idPath, id); err != nil {
 		return nil, err
 	}
-	// With OfflineMasterKey tor never writes the master secret (the vault
-	// holds it); a key set tor made itself (tests, older nodes) has it.
-	switch master, err := readKeyFile(masterPath); {
-	case errors.Is(err, fs.ErrNotExist):
-	case err != nil:
-		return nil, err
-	default:
-		if e.Ed25519Master, err = untag(masterPath, master, hdrEd25519Master, ed25519SecretSize); err != nil {
-			return nil, err
-		}
-	}
-	// tor's TAP onion key, medium-term like the ntor one (rotated every
-	// few weeks, the .old file is not kept): absent until tor made it.
-	switch onion, err := readKeyFile(filepath.Join(keysDir, fileOnion)); {
-	case errors.Is(err, fs.ErrNotExist):
-	case err != nil:
-		return nil, err
-	default:
-		if e.Onion, err = rsaToPQ(filepath.Join(keysDir, fileOnion), onion); err != nil {
-			return nil, err
-		}
-	}
+	// The keys tor may not have written: with OfflineMasterKey tor never
+	// writes the master secret (the vault holds it; a key set tor made
+	// itself, in tests or on older nodes, has it); the TAP and ntor onion
+	// keys are medium-term (rotated every few weeks; of the TAP key the
+	// .old file is not kept) and absent until tor made them.
 	for _, f := range []struct {
-		name string
-		dst  *[]byte
-	}{{fileNtor, &e.Ntor}, {fileNtorOld, &e.NtorOld}} {
+		name  string
+		dst   *[]byte
+		parse func(path string, data []byte) ([]byte, error)
+	}{
+		{fileEd25519Master, &e.Ed25519Master, func(path string, data []byte) ([]byte, error) {
+			return untag(path, data, hdrEd25519Master, ed25519SecretSize)
+		}},
+		{fileOnion, &e.Onion, rsaToPQ},
+		{fileNtor, &e.Ntor, ntorSecret},
+		{fileNtorOld, &e.NtorOld, ntorSecret},
+	} {
 		path := filepath.Join(keysDir, f.name)
 		data, err := readKeyFile(path)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -175,7 +165,7 @@ func captureEntry(keysDir string) (*Entry, error) {
 		if err != nil {
 			return nil, err
 		}
-		if *f.dst, err = ntorSecret(path, data); err != nil {
+		if *f.dst, err = f.parse(path, data); err != nil {
 			return nil, err
 		}
 	}
