@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"strconv"
 	"sync"
 
 	"patela/configsrv/resolve"
 	"patela/configsrv/store"
+	"patela/internal/api"
 )
 
 // configCache keeps each node's newest rendered config with its ETag,
@@ -25,12 +27,44 @@ type configCache struct {
 
 // rendered is one node's config at one generation; body is nil once
 // dropped to bound the cache. served is each relay's torrc_sha256, which
-// heartbeats are compared with.
+// heartbeats are compared with, kept as bytes in a slice: every node has
+// an entry, and a map of hex strings per node was half a kilobyte.
 type rendered struct {
 	gen    int64
 	etag   string
 	body   []byte
-	served map[string]string
+	served []digest
+}
+
+// digest is one relay's torrc_sha256 in a rendered config.
+type digest struct {
+	relay string
+	sum   [sha256.Size]byte
+}
+
+// digestsOf is the torrc_sha256 of each relay of c.
+func digestsOf(c *api.NodeConfig) ([]digest, error) {
+	d := make([]digest, len(c.Relays))
+	for i, r := range c.Relays {
+		d[i].relay = r.Name
+		if len(r.TorrcSHA256) != 2*sha256.Size {
+			return nil, fmt.Errorf("relay %s: torrc_sha256 %q is not a SHA-256", r.Name, r.TorrcSHA256)
+		}
+		if _, err := hex.Decode(d[i].sum[:], []byte(r.TorrcSHA256)); err != nil {
+			return nil, fmt.Errorf("relay %s: torrc_sha256: %w", r.Name, err)
+		}
+	}
+	return d, nil
+}
+
+// servedMap is d as the store compares heartbeats with it: relay name →
+// hex torrc_sha256.
+func servedMap(d []digest) map[string]string {
+	m := make(map[string]string, len(d))
+	for _, x := range d {
+		m[x.relay] = hex.EncodeToString(x.sum[:])
+	}
+	return m
 }
 
 const (
@@ -60,7 +94,7 @@ func (c *configCache) get(node, gen int64) (etag string, body []byte, ok bool) {
 
 // servedAt returns the relays' torrc_sha256 of node's config at gen, if
 // cached.
-func (c *configCache) servedAt(node, gen int64) (map[string]string, bool) {
+func (c *configCache) servedAt(node, gen int64) ([]digest, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e := c.m[node]
@@ -70,7 +104,7 @@ func (c *configCache) servedAt(node, gen int64) (map[string]string, bool) {
 	return e.served, true
 }
 
-func (c *configCache) put(node, gen int64, etag string, body []byte, served map[string]string) {
+func (c *configCache) put(node, gen int64, etag string, body []byte, served []digest) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil || len(c.m) >= maxCachedNodes {

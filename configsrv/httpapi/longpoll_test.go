@@ -399,3 +399,90 @@ func TestFamilyChangeWakesLongPoll(t *testing.T) {
 	round("family eu's key", func() { s.Admin(t, "family", "create", "--family", "eu") }, 2)
 	round("the default family's key", func() { s.Admin(t, "family", "create") }, 0, 1)
 }
+
+// A held request keeps its token's claims, or the token itself when it
+// expires before the hold ends; either way the wake finds a token that
+// expired, a node whose token epoch moved, or a wait past the time its
+// claims were checked for, and serves no config. Over HTTP/1.1 (parked)
+// and HTTP/2 (in its handler).
+func TestLongPollRecheckOnWake(t *testing.T) {
+	l := newLocal(t, nil)
+	ctx := context.Background()
+	if err := l.st.AddPool(ctx, mustPrefix("192.0.2.0/24"), mustAddr("192.0.2.1"), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	tr := l.client.HTTP.Transport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tr.TLSClientConfig.Clone()
+	tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	tr.ForceAttemptHTTP2 = false
+	h1 := &api.Client{BaseURL: l.url, HTTP: &http.Client{Transport: tr}}
+	for _, c := range []*api.Client{h1, l.client} {
+		id, _, _ := l.enroll(t)
+		if _, err := c.Specs(ctx, l.token(t, id), &api.Specs{CPUs: 1, MemoryBytes: 4 << 30}); err != nil {
+			t.Fatal(err)
+		}
+		torrc := 0
+		change := func() {
+			torrc++
+			if err := l.st.SetNodeTorrc(ctx, id, fmt.Sprintf("ExitRelay 0\nMaxAdvertisedBandwidth %d MBytes\n", 100+torrc)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		hold := func(tok string) <-chan polled {
+			t.Helper()
+			r, err := c.ConfigWait(ctx, tok, "", 0)
+			if err != nil || r.Config == nil {
+				t.Fatalf("first fetch: %+v, %v", r, err)
+			}
+			ch := poll(c, tok, r.ETag, time.Minute)
+			for i := 0; l.api.Waiting() != 1; i++ {
+				if i > 400 {
+					t.Fatal("not held")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			held(t, ch, "nothing changed") // and the watcher has seen the earlier changes
+			return ch
+		}
+
+		// A token with 10 s left, held for a minute, is verified again.
+		ch := hold(issueAt(t, l.auth, l.st, id, l.clock.Now().Add(-time.Hour+10*time.Second)))
+		l.clock.Add(30 * time.Second)
+		change()
+		if p := answered(t, ch, "expired token"); !api.IsCode(p.err, api.CodeUnauthorized) {
+			t.Fatalf("held request whose token expired: %+v, %v", p.r, p.err)
+		}
+
+		// The token epoch moves (disabled and enabled again): refused.
+		tok := l.token(t, id)
+		ch = hold(tok)
+		if err := l.st.SetNodeState(ctx, id, api.NodeDisabled); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.st.SetNodeState(ctx, id, api.NodeEnabled); err != nil {
+			t.Fatal(err)
+		}
+		change()
+		if p := answered(t, ch, "epoch moved"); !api.IsCode(p.err, api.CodeUnauthorized) && !api.IsCode(p.err, api.CodeDisabled) {
+			t.Fatalf("held request of a token from an older epoch: %+v, %v", p.r, p.err)
+		}
+		if _, err := c.ConfigWait(ctx, tok, "", 0); !api.IsCode(err, api.CodeUnauthorized) {
+			t.Fatalf("the older epoch's token afterwards: %v", err)
+		}
+
+		// Woken after its deadline: its claims were checked for the hold
+		// only, so no config (a 304 without an ETag); the node's next
+		// request, checked anew, gets it at once.
+		tok = l.token(t, id)
+		ch = hold(tok)
+		l.clock.Add(2 * time.Minute)
+		change()
+		p := answered(t, ch, "past the deadline")
+		if p.err != nil || p.r.Config != nil {
+			t.Fatalf("held request woken past its deadline: %+v, %v", p.r, p.err)
+		}
+		if r, err := c.ConfigWait(ctx, tok, p.r.ETag, time.Minute); err != nil || r.Config == nil {
+			t.Fatalf("the request after: %+v, %v", r, err)
+		}
+	}
+}
