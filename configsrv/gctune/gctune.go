@@ -10,6 +10,13 @@
 // (bench/REPORT.md, "Long-polled config"); a tenth gained little more
 // and cost 70%. Small heaps keep the default: their headroom is a few
 // MiB either way, and collecting them more often would only cost CPU.
+//
+// A burst (ten thousand nodes connecting) ends with its garbage not yet
+// collected and the pages the collections freed kept for the next one:
+// once the server goes quiet, Run collects and returns the free pages to
+// the OS (debug.FreeOSMemory), at most once per Floor bytes allocated,
+// so it costs at most one collection per collection the headroom would
+// have made anyway, and only when there is little else to do.
 package gctune
 
 import (
@@ -24,6 +31,11 @@ const (
 	// the headroom stays Floor bytes until that is MinPercent of the heap.
 	Floor      = 32 << 20
 	MinPercent = 25
+	// QuietRate is the allocation rate (bytes a second) below which the
+	// server is quiet, and ReleaseAfter the bytes allocated since the
+	// last release before a quiet server releases again.
+	QuietRate    = 1 << 20
+	ReleaseAfter = Floor
 )
 
 // Percent is the GOGC for a live heap of live bytes.
@@ -34,18 +46,29 @@ func Percent(live uint64) int {
 	return max(MinPercent, int(Floor*100/live))
 }
 
-// Run sets GOGC from the live heap every interval until ctx ends.
+// Run sets GOGC from the live heap every interval until ctx ends, and
+// returns free memory to the OS when the server has gone quiet.
 func Run(ctx context.Context, every time.Duration) {
-	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/heap/allocs:bytes"}}
+	quiet := uint64(QuietRate * every.Seconds())
 	t := time.NewTicker(every)
 	defer t.Stop()
 	cur := -1
-	for {
+	var last, released uint64
+	for first := true; ; first = false {
 		metrics.Read(s)
 		if p := Percent(s[0].Value.Uint64()); p != cur {
 			debug.SetGCPercent(p)
 			cur = p
 		}
+		allocs := s[1].Value.Uint64()
+		if !first && allocs-last < quiet && allocs-released >= ReleaseAfter {
+			debug.FreeOSMemory()
+			metrics.Read(s)
+			allocs = s[1].Value.Uint64()
+			released = allocs
+		}
+		last = allocs
 		select {
 		case <-ctx.Done():
 			return
