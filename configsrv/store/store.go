@@ -52,6 +52,17 @@ type Store struct {
 // connections (PRAGMA soft_heap_limit).
 const softHeapLimit = 8 << 20
 
+// maxOpenConns bounds the pool. A burst of ten thousand nodes opened
+// 45-48 of 64, each ~0.6 MiB of C memory (schema, statements, malloc
+// arenas) the soft heap limit does not reclaim; on two cores more than
+// a few queries at once only queue inside SQLite. A smaller pool cannot
+// deadlock: writers queue on wmu before they take a connection, and the
+// one holding it needs at most a second one, briefly, to prepare a
+// statement not yet cached (stmt); readers take one connection at a
+// time and wait for nothing while they hold it (WAL). Nothing outside
+// the package holds a connection (no rows or transactions escape).
+const maxOpenConns = 16
+
 // Open opens (creating if needed) the database at path and applies any
 // migration not yet applied. A database it creates is mode 0600, and so
 // are its WAL and shared-memory files (SQLite gives them the database's
@@ -77,8 +88,8 @@ func Open(path string) (*Store, error) {
 	// Keep connections: a new SQLite connection re-reads the schema,
 	// re-prepares statements and starts with a cold page cache, which
 	// costs far more than the queries an API request makes.
-	db.SetMaxOpenConns(64)
-	db.SetMaxIdleConns(64)
+	db.SetMaxOpenConns(maxOpenConns)
+	db.SetMaxIdleConns(maxOpenConns)
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	// Each connection has its own page cache (2 MB by default): after a
 	// burst that opened most of the pool, 48 connections held 64 MiB of C
