@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"patela/configsrv/attest"
+	"patela/configsrv/cmalloc"
 	"patela/configsrv/gctune"
 	"patela/configsrv/httpapi"
 	"patela/configsrv/pki"
@@ -202,6 +203,7 @@ func (e *env) serve(fs *flag.FlagSet, args []string) error {
 			return cmdline.Usagef("%s: must not be negative (bursts: at least 1)", c.flag)
 		}
 	}
+	cmalloc.LimitArenas(2) // before SQLite's first allocations
 	st, err := e.open(toWrite)
 	if err != nil {
 		return err
