@@ -12,3 +12,8 @@ package cmalloc
 // before the call stay. It reports whether the C library took it: false
 // for other C libraries and without cgo.
 func LimitArenas(n int) bool { return limitArenas(n) }
+
+// Trim returns the C heap's free memory to the OS (glibc's
+// malloc_trim(0), every arena): what SQLite freed under its soft heap
+// limit otherwise stays resident. A no-op elsewhere.
+func Trim() { trim() }

@@ -14,6 +14,12 @@ static int have_arena_max(void) {
 #endif
 }
 
+static void trim(void) {
+#ifdef M_ARENA_MAX
+	malloc_trim(0);
+#endif
+}
+
 static int limit_arenas(int n) {
 #ifdef M_ARENA_MAX
 	if (getenv("MALLOC_ARENA_MAX") != NULL) {
@@ -28,5 +34,7 @@ static int limit_arenas(int n) {
 import "C"
 
 func limitArenas(n int) bool { return C.limit_arenas(C.int(n)) == 1 }
+
+func trim() { C.trim() }
 
 func supported() bool { return C.have_arena_max() == 1 }

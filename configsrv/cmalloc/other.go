@@ -5,3 +5,5 @@ package cmalloc
 func limitArenas(int) bool { return false }
 
 func supported() bool { return false }
+
+func trim() {}

@@ -47,8 +47,9 @@ func Percent(live uint64) int {
 }
 
 // Run sets GOGC from the live heap every interval until ctx ends, and
-// returns free memory to the OS when the server has gone quiet.
-func Run(ctx context.Context, every time.Duration) {
+// returns free memory to the OS when the server has gone quiet, calling
+// release (if not nil) after the heap's: the C heap's turn.
+func Run(ctx context.Context, every time.Duration, release func()) {
 	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/heap/allocs:bytes"}}
 	quiet := uint64(QuietRate * every.Seconds())
 	t := time.NewTicker(every)
@@ -64,6 +65,9 @@ func Run(ctx context.Context, every time.Duration) {
 		allocs := s[1].Value.Uint64()
 		if !first && allocs-last < quiet && allocs-released >= ReleaseAfter {
 			debug.FreeOSMemory()
+			if release != nil {
+				release()
+			}
 			metrics.Read(s)
 			allocs = s[1].Value.Uint64()
 			released = allocs
