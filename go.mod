@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	filippo.io/edwards25519 v1.2.0
 	github.com/biscuit-auth/biscuit-go/v2 v2.2.0
+	github.com/go-json-experiment/json v1.27.2
 	github.com/google/go-eventlog v0.0.2
 	github.com/google/go-tpm v0.9.8
 	github.com/google/nftables v0.3.0

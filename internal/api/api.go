@@ -3,16 +3,14 @@
 package api
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"reflect"
 	"slices"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/go-json-experiment/json"
 )
 
 // MaxBody is the largest request or response body either side accepts.
@@ -193,210 +191,57 @@ func IsCode(err error, code ErrorCode) bool {
 // MaxBody bytes, no unknown fields, nothing after the value.
 func Decode(r io.Reader, v any) error { return DecodeLimit(r, v, MaxBody) }
 
+// strict are the protocol's JSON rules beyond the size cap, all enforced
+// by encoding/json/v2 (github.com/go-json-experiment/json, its mirror):
+// field names match their tags exactly (v2 matches case-sensitively; v1
+// folded case, so "EK_PUBLIC" would have been ek_public), a name given
+// twice in one object at any depth is refused (v1 let the last win: two
+// parsers could read different values from one body), unknown fields are
+// refused, and Unmarshal refuses anything after the value.
+var strict = json.JoinOptions(json.RejectUnknownMembers(true))
+
 // DecodeLimit is Decode for a body of at most limit bytes.
 func DecodeLimit(r io.Reader, v any, limit int) error {
-	data, err := io.ReadAll(io.LimitReader(r, int64(limit)+1))
+	bp := bodyPool.Get().(*[]byte)
+	defer putBody(bp)
+	data, err := readLimit(r, (*bp)[:0], limit)
+	*bp = data
 	if err != nil {
-		return fmt.Errorf("reading body: %w", err)
+		return err
 	}
-	if len(data) > limit {
-		return fmt.Errorf("body is larger than %d bytes", limit)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := json.Unmarshal(data, v, strict); err != nil {
 		return fmt.Errorf("malformed JSON: %w", err)
-	}
-	if dec.More() {
-		return errors.New("malformed JSON: data after the value")
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errors.New("malformed JSON: data after the value")
-	}
-	// encoding/json matches field names case-insensitively and lets the
-	// last of two equal keys win; the protocol names each field exactly
-	// once, so "EK_PUBLIC" is an unknown field and a repeated key is
-	// refused (two parsers could read different values from one body).
-	return exactKeys(data, reflect.TypeOf(v))
-}
-
-// exactKeys checks, in data (one JSON value that encoding/json has just
-// decoded, so well formed), that no object repeats a key and, where t
-// describes a struct, that every key is spelled exactly as one of its
-// json tags, recursing into arrays, maps and nested structs. A byte scan:
-// json.Decoder.Token allocates for every token, which made this check as
-// dear as the decoding itself.
-func exactKeys(data []byte, t reflect.Type) error {
-	ks := keyScan{data: data}
-	return ks.value(t)
-}
-
-type keyScan struct {
-	data []byte
-	i    int
-}
-
-func (s *keyScan) ws() {
-	for s.i < len(s.data) {
-		switch s.data[s.i] {
-		case ' ', '\t', '\r', '\n':
-			s.i++
-		default:
-			return
-		}
-	}
-}
-
-// str reads the string at s.i (its opening quote) and returns its raw
-// bytes and whether they need unescaping to be the string's value.
-func (s *keyScan) str() (raw []byte, plain bool) {
-	s.i++ // '"'
-	start, plain := s.i, true
-	for s.i < len(s.data) {
-		switch c := s.data[s.i]; {
-		case c == '"':
-			raw = s.data[start:s.i]
-			s.i++
-			return raw, plain
-		case c == '\\':
-			plain = false
-			s.i += 2
-		case c >= 0x80:
-			// encoding/json replaces invalid UTF-8 with U+FFFD: let it
-			// say what the key is.
-			plain = false
-			s.i++
-		default:
-			s.i++
-		}
-	}
-	return s.data[start:], plain
-}
-
-func (s *keyScan) value(t reflect.Type) error {
-	for t != nil && t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	s.ws()
-	if s.i >= len(s.data) {
-		return errors.New("malformed JSON: unexpected end")
-	}
-	switch s.data[s.i] {
-	case '{':
-		s.i++
-		var fields map[string]reflect.Type
-		if t != nil && t.Kind() == reflect.Struct {
-			fields = jsonFields(t)
-		}
-		var seen []string
-		var seenSet map[string]bool // past a few keys, so a huge object stays linear
-		for {
-			s.ws()
-			if s.i >= len(s.data) {
-				return errors.New("malformed JSON: unexpected end")
-			}
-			if s.data[s.i] == '}' {
-				s.i++
-				return nil
-			}
-			if s.data[s.i] == ',' {
-				s.i++
-				s.ws()
-			}
-			raw, plain := s.str()
-			k := string(raw)
-			if !plain {
-				if err := json.Unmarshal(append(append([]byte{'"'}, raw...), '"'), &k); err != nil {
-					return fmt.Errorf("malformed JSON: %w", err)
-				}
-			}
-			dup := seenSet[k]
-			if seenSet == nil {
-				dup = slices.Contains(seen, k)
-				if seen = append(seen, k); len(seen) > 16 {
-					seenSet = map[string]bool{}
-					for _, k := range seen {
-						seenSet[k] = true
-					}
-				}
-			} else {
-				seenSet[k] = true
-			}
-			if dup {
-				return fmt.Errorf("malformed JSON: duplicate key %q", k)
-			}
-			var ft reflect.Type
-			switch {
-			case fields != nil:
-				var ok bool
-				if ft, ok = fields[k]; !ok {
-					return fmt.Errorf("malformed JSON: unknown field %q", k)
-				}
-			case t != nil && t.Kind() == reflect.Map:
-				ft = t.Elem()
-			}
-			s.ws()
-			s.i++ // ':'
-			if err := s.value(ft); err != nil {
-				return err
-			}
-		}
-	case '[':
-		s.i++
-		var et reflect.Type
-		if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
-			et = t.Elem()
-		}
-		for {
-			s.ws()
-			if s.i >= len(s.data) {
-				return errors.New("malformed JSON: unexpected end")
-			}
-			switch s.data[s.i] {
-			case ']':
-				s.i++
-				return nil
-			case ',':
-				s.i++
-			}
-			if err := s.value(et); err != nil {
-				return err
-			}
-		}
-	case '"':
-		s.str()
-	default: // a number, true, false or null
-		for s.i < len(s.data) {
-			switch s.data[s.i] {
-			case ',', '}', ']', ' ', '\t', '\r', '\n':
-				return nil
-			}
-			s.i++
-		}
 	}
 	return nil
 }
 
-// fieldsOf caches jsonFields by type: every request would build it again.
-var fieldsOf sync.Map // reflect.Type -> map[string]reflect.Type
+// bodyPool holds read buffers: a completion body is a few KiB, and
+// io.ReadAll grows one from 512 bytes for every request. Unmarshal copies
+// what it keeps, so the buffer is free again once it returns.
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
 
-// jsonFields maps the json names of struct t's fields to their types.
-func jsonFields(t reflect.Type) map[string]reflect.Type {
-	if f, ok := fieldsOf.Load(t); ok {
-		return f.(map[string]reflect.Type)
+func putBody(bp *[]byte) {
+	if cap(*bp) <= MaxBody { // an occasional large event log is not kept
+		bodyPool.Put(bp)
 	}
-	fields := map[string]reflect.Type{}
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		if name == "-" || !f.IsExported() {
-			continue
+}
+
+// readLimit appends r's bytes to buf, refusing more than limit.
+func readLimit(r io.Reader, buf []byte, limit int) ([]byte, error) {
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(max(cap(buf), 512), limit+1-len(buf)))
 		}
-		if name == "" {
-			name = f.Name
+		n, err := r.Read(buf[len(buf):min(cap(buf), limit+1)])
+		buf = buf[:len(buf)+n]
+		if len(buf) > limit {
+			return buf, fmt.Errorf("body is larger than %d bytes", limit)
 		}
-		fields[name] = f.Type
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, fmt.Errorf("reading body: %w", err)
+		}
 	}
-	fieldsOf.Store(t, fields)
-	return fields
 }
