@@ -27,6 +27,7 @@ import (
 	"patela/bench/loadgen"
 	"patela/bench/srvproc"
 	"patela/configsrv/token"
+	"patela/configsrv/wirejson"
 	"patela/internal/api"
 )
 
@@ -123,13 +124,13 @@ func TestTokenReadsOnlyItsOwnNode(t *testing.T) {
 					}
 					if strings.HasPrefix(path, api.PathKeys) {
 						var kb api.KeyBundle
-						if err := api.Decode(bytes.NewReader(body), &kb); err != nil || !bytes.Equal(kb.Bundle, bundles[a.ID]) {
+						if err := wirejson.Decode(bytes.NewReader(body), &kb); err != nil || !bytes.Equal(kb.Bundle, bundles[a.ID]) {
 							t.Errorf("GET %s as node %d %v: not its own bundle (%v)", path, a.ID, hdr, err)
 						}
 						continue
 					}
 					var cfg api.NodeConfig
-					if err := api.Decode(bytes.NewReader(body), &cfg); err != nil {
+					if err := wirejson.Decode(bytes.NewReader(body), &cfg); err != nil {
 						t.Fatal(err)
 					}
 					if cfg.NodeID != a.ID {

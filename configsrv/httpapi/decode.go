@@ -6,11 +6,12 @@ import (
 	"io"
 	"regexp"
 
+	"patela/configsrv/wirejson"
 	"patela/internal/api"
 	"patela/internal/torrc"
 )
 
-// The request decoders: api.Decode (size cap, strict JSON) plus the field
+// The request decoders: wirejson.Decode (size cap, strict JSON) plus the field
 // checks that make a body acceptable before any state is touched.
 
 var (
@@ -22,7 +23,7 @@ var (
 
 func decodeAttest(r io.Reader) (*api.AttestRequest, error) {
 	var v api.AttestRequest
-	if err := api.Decode(r, &v); err != nil {
+	if err := wirejson.Decode(r, &v); err != nil {
 		return nil, err
 	}
 	if len(v.EKPublic) == 0 {
@@ -36,7 +37,7 @@ func decodeAttest(r io.Reader) (*api.AttestRequest, error) {
 
 func decodeComplete(r io.Reader) (*api.CompleteRequest, error) {
 	var v api.CompleteRequest
-	if err := api.DecodeLimit(r, &v, api.MaxCompleteBody); err != nil {
+	if err := wirejson.DecodeLimit(r, &v, api.MaxCompleteBody); err != nil {
 		return nil, err
 	}
 	if v.ChallengeID == "" || len(v.ChallengeID) > 128 {
@@ -63,7 +64,7 @@ func decodeComplete(r io.Reader) (*api.CompleteRequest, error) {
 
 func decodeSpecs(r io.Reader) (*api.Specs, error) {
 	var v api.Specs
-	if err := api.Decode(r, &v); err != nil {
+	if err := wirejson.Decode(r, &v); err != nil {
 		return nil, err
 	}
 	if v.CPUs < 1 || v.CPUs > 1<<16 {
@@ -90,7 +91,7 @@ func decodeSpecs(r io.Reader) (*api.Specs, error) {
 
 func decodeKeyBundle(r io.Reader) (*api.KeyBundle, error) {
 	var v api.KeyBundle
-	if err := api.Decode(r, &v); err != nil {
+	if err := wirejson.Decode(r, &v); err != nil {
 		return nil, err
 	}
 	if len(v.Bundle) == 0 {
@@ -104,7 +105,7 @@ func decodeKeyBundle(r io.Reader) (*api.KeyBundle, error) {
 
 func decodeStatus(r io.Reader) (*api.Status, error) {
 	var v api.Status
-	if err := api.Decode(r, &v); err != nil {
+	if err := wirejson.Decode(r, &v); err != nil {
 		return nil, err
 	}
 	if len(v.BootID) > 64 {

@@ -8,12 +8,13 @@ import (
 	"strings"
 
 	"patela/configsrv/store"
+	"patela/configsrv/wirejson"
 	"patela/internal/api"
 )
 
 func decodeRelease(r io.Reader) (*api.ReleaseRequest, error) {
 	var v api.ReleaseRequest
-	if err := api.Decode(r, &v); err != nil {
+	if err := wirejson.Decode(r, &v); err != nil {
 		return nil, err
 	}
 	switch v.Sealing {

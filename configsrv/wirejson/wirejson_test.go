@@ -1,15 +1,17 @@
-package api
+package wirejson
 
 import (
 	"errors"
 	"strings"
 	"testing"
 	"testing/iotest"
+
+	"patela/internal/api"
 )
 
 func TestDecode(t *testing.T) {
 	good := `{"boot_id":"b","uptime_s":3,"relays":[{"name":"bra","fingerprint":"","ed25519_id":"","state":"running","restarts":0}]}`
-	var s Status
+	var s api.Status
 	if err := Decode(strings.NewReader(good), &s); err != nil {
 		t.Fatalf("good body refused: %v", err)
 	}
@@ -26,7 +28,7 @@ func TestDecode(t *testing.T) {
 		"trailing garbage":   `{"boot_id":"b"}x`,
 		"not JSON":           `boot_id=b`,
 		"empty":              ``,
-		"oversized":          `{"boot_id":"` + strings.Repeat("a", MaxBody) + `"}`,
+		"oversized":          `{"boot_id":"` + strings.Repeat("a", api.MaxBody) + `"}`,
 		"duplicate key":      `{"boot_id":"b","uptime_s":1,"boot_id":"c"}`,
 		"duplicate nested":   `{"relays":[{"name":"bra","name":"toma"}]}`,
 		"duplicate, 2nd":     `{"relays":[{"name":"bra"},{"state":"running","state":"failed"}]}`,
@@ -36,7 +38,7 @@ func TestDecode(t *testing.T) {
 		"null byte key":      "{\"boot_id\x00\":\"b\"}",
 	}
 	for name, body := range bad {
-		var s Status
+		var s api.Status
 		if err := Decode(strings.NewReader(body), &s); err == nil {
 			t.Errorf("%s: accepted %.60q", name, body)
 		}
@@ -44,7 +46,7 @@ func TestDecode(t *testing.T) {
 }
 
 func TestDecodeBytesField(t *testing.T) {
-	var b KeyBundle
+	var b api.KeyBundle
 	if err := Decode(strings.NewReader(`{"bundle":"AAEC","version":4}`), &b); err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +64,7 @@ func TestDecodeStricterThanV1(t *testing.T) {
 		"PCR index 01":      `{"challenge_id":"x","secret":"AA==","quote":{"quoted":"AA==","signature":"AA==","pcrs":{"01":"` + strings.Repeat("00", 32) + `"}}}`,
 		"PCR index +1":      `{"challenge_id":"x","secret":"AA==","quote":{"quoted":"AA==","signature":"AA==","pcrs":{"+1":"` + strings.Repeat("00", 32) + `"}}}`,
 	} {
-		if err := DecodeLimit(strings.NewReader(body), new(CompleteRequest), MaxCompleteBody); err == nil {
+		if err := DecodeLimit(strings.NewReader(body), new(api.CompleteRequest), api.MaxCompleteBody); err == nil {
 			t.Errorf("%s: accepted %.60q", name, body)
 		}
 	}
@@ -71,12 +73,12 @@ func TestDecodeStricterThanV1(t *testing.T) {
 // TestDecodeLimit: the cap is exact, a read error is reported as such,
 // and values read from a pooled buffer do not change with the next body.
 func TestDecodeLimit(t *testing.T) {
-	body := func(n int) string { // a KeyBundle body of exactly n bytes
+	body := func(n int) string { // a api.KeyBundle body of exactly n bytes
 		s := `{"bundle":"","version":1}`
 		return s[:10] + strings.Repeat(" ", n-len(s)) + s[10:]
 	}
 	for _, limit := range []int{30, 512, 8 << 10, 8<<10 + 1, 100 << 10} {
-		var b KeyBundle
+		var b api.KeyBundle
 		if err := DecodeLimit(strings.NewReader(body(limit)), &b, limit); err != nil || b.Version != 1 {
 			t.Errorf("limit %d: a body of %d bytes refused: %v", limit, limit, err)
 		}
@@ -85,17 +87,17 @@ func TestDecodeLimit(t *testing.T) {
 			t.Errorf("limit %d: a body of %d bytes: %v", limit, limit+1, err)
 		}
 	}
-	if err := Decode(iotest.ErrReader(errors.New("reset")), new(KeyBundle)); err == nil || !strings.Contains(err.Error(), "reading body: reset") {
+	if err := Decode(iotest.ErrReader(errors.New("reset")), new(api.KeyBundle)); err == nil || !strings.Contains(err.Error(), "reading body: reset") {
 		t.Errorf("read error: %v", err)
 	}
-	if err := Decode(iotest.OneByteReader(strings.NewReader(`{"bundle":"AAEC","version":4}`)), new(KeyBundle)); err != nil {
+	if err := Decode(iotest.OneByteReader(strings.NewReader(`{"bundle":"AAEC","version":4}`)), new(api.KeyBundle)); err != nil {
 		t.Errorf("one byte at a time: %v", err)
 	}
-	var first Status
+	var first api.Status
 	if err := Decode(strings.NewReader(`{"boot_id":"first","relays":[{"name":"a"}]}`), &first); err != nil {
 		t.Fatal(err)
 	}
-	var k KeyBundle
+	var k api.KeyBundle
 	if err := Decode(strings.NewReader(`{"bundle":"`+strings.Repeat("A", 400)+`","version":4}`), &k); err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package api
+package wirejson
 
 import (
 	"bytes"
@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"patela/internal/api"
 )
 
 // v1Decode is DecodeLimit as it was before encoding/json/v2: encoding/json
@@ -281,8 +283,8 @@ func agree(t *testing.T, body []byte) {
 	if !json.Valid(body) {
 		return
 	}
-	for _, typ := range []reflect.Type{reflect.TypeOf(&Status{}), reflect.TypeOf(&CompleteRequest{}),
-		reflect.TypeOf(&AttestRequest{}), reflect.TypeOf(&KeyBundle{}), nil} {
+	for _, typ := range []reflect.Type{reflect.TypeOf(&api.Status{}), reflect.TypeOf(&api.CompleteRequest{}),
+		reflect.TypeOf(&api.AttestRequest{}), reflect.TypeOf(&api.KeyBundle{}), nil} {
 		want := tokenExactKeys(json.NewDecoder(bytes.NewReader(body)), typ)
 		got := exactKeys(body, typ)
 		if (want == nil) != (got == nil) {
@@ -326,9 +328,9 @@ func FuzzExactKeys(f *testing.F) {
 
 // requestTypes are the bodies the server decodes with Decode.
 var requestTypes = []func() any{
-	func() any { return new(AttestRequest) }, func() any { return new(CompleteRequest) },
-	func() any { return new(Specs) }, func() any { return new(KeyBundle) },
-	func() any { return new(Status) }, func() any { return new(ReleaseRequest) },
+	func() any { return new(api.AttestRequest) }, func() any { return new(api.CompleteRequest) },
+	func() any { return new(api.Specs) }, func() any { return new(api.KeyBundle) },
+	func() any { return new(api.Status) }, func() any { return new(api.ReleaseRequest) },
 }
 
 // agreeV1 checks DecodeLimit against v1Decode on one body for every
@@ -339,8 +341,8 @@ func agreeV1(t *testing.T, body []byte) {
 	t.Helper()
 	for _, mk := range requestTypes {
 		got, want := mk(), mk()
-		err := DecodeLimit(bytes.NewReader(body), got, MaxCompleteBody)
-		v1err := v1Decode(body, want, MaxCompleteBody)
+		err := DecodeLimit(bytes.NewReader(body), got, api.MaxCompleteBody)
+		v1err := v1Decode(body, want, api.MaxCompleteBody)
 		switch {
 		case err == nil && v1err != nil:
 			t.Errorf("%T %.200q: v1 refused (%v), v2 accepts", got, body, v1err)
@@ -354,7 +356,7 @@ func agreeV1(t *testing.T, body []byte) {
 				t.Fatal(err2)
 			}
 			back := mk()
-			if err2 := DecodeLimit(bytes.NewReader(again), back, MaxCompleteBody); err2 != nil || !reflect.DeepEqual(back, want) {
+			if err2 := DecodeLimit(bytes.NewReader(again), back, api.MaxCompleteBody); err2 != nil || !reflect.DeepEqual(back, want) {
 				t.Errorf("%T %.200q: v1's reading, re-marshalled %.200q, is refused (%v) or read differently", got, body, again, err2)
 			}
 			if !v1Only(body) {
@@ -424,19 +426,19 @@ var v1Corpus = sync.OnceValue(func() []string {
 	}
 	var bodies []string
 	for _, v := range []any{
-		AttestRequest{EKPublic: []byte{0, 1}, AKPublic: []byte("ak"), EKCertificate: []byte{0x30}},
-		AttestRequest{EKPublic: []byte{0, 1}, AKPublic: []byte("ak")},
-		CompleteRequest{ChallengeID: "c", Secret: make([]byte, 32)},
+		api.AttestRequest{EKPublic: []byte{0, 1}, AKPublic: []byte("ak"), EKCertificate: []byte{0x30}},
+		api.AttestRequest{EKPublic: []byte{0, 1}, AKPublic: []byte("ak")},
+		api.CompleteRequest{ChallengeID: "c", Secret: make([]byte, 32)},
 		map[string]any{"challenge_id": "c", "secret": "AAAA", "quote": map[string]any{"quoted": "AA==", "signature": "AQ==",
 			"pcrs": pcrs, "event_log": make([]byte, 100)}},
-		Specs{CPUs: 2, MemoryBytes: 1 << 30, CPUModel: "QEMU Virtual CPU", Features: []string{"family_keys"}},
-		Specs{CPUs: 2, MemoryBytes: 1 << 30},
-		KeyBundle{Bundle: []byte("b"), Version: 3},
-		Status{BootID: "b", UptimeS: 9, Relays: []RelayStatus{{Name: "r", Fingerprint: "F", State: "running", RefusedOptions: []string{"ExitPolicy"}, KeysUnsaved: true}},
-			Metrics: &NodeMetrics{AgentRSSBytes: 5, Relays: []RelayMetrics{{Name: "r", Flags: []string{"Exit"}, SigningCertExpires: -1}}}},
-		Status{BootID: "b", Relays: []RelayStatus{}},
+		api.Specs{CPUs: 2, MemoryBytes: 1 << 30, CPUModel: "QEMU Virtual CPU", Features: []string{"family_keys"}},
+		api.Specs{CPUs: 2, MemoryBytes: 1 << 30},
+		api.KeyBundle{Bundle: []byte("b"), Version: 3},
+		api.Status{BootID: "b", UptimeS: 9, Relays: []api.RelayStatus{{Name: "r", Fingerprint: "F", State: "running", RefusedOptions: []string{"ExitPolicy"}, KeysUnsaved: true}},
+			Metrics: &api.NodeMetrics{AgentRSSBytes: 5, Relays: []api.RelayMetrics{{Name: "r", Flags: []string{"Exit"}, SigningCertExpires: -1}}}},
+		api.Status{BootID: "b", Relays: []api.RelayStatus{}},
 		map[string]any{"sealing": "release", "pcrs": pcrs},
-		ReleaseRequest{Sealing: "unmeasured"},
+		api.ReleaseRequest{Sealing: "unmeasured"},
 	} {
 		b, err := json.Marshal(v)
 		if err != nil {
@@ -485,8 +487,8 @@ func BenchmarkDecodeComplete(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		var v CompleteRequest
-		if err := DecodeLimit(bytes.NewReader(body), &v, MaxCompleteBody); err != nil {
+		var v api.CompleteRequest
+		if err := DecodeLimit(bytes.NewReader(body), &v, api.MaxCompleteBody); err != nil {
 			b.Fatal(err)
 		}
 	}
