@@ -29,6 +29,12 @@ import (
 // keys, the signing key
 // and its certificate are not kept: tor derives them from these.
 //
+// Tags from tagOptional up are optional: a field a later agent adds there
+// holds only what tor can make again, so an agent that does not know its
+// tag skips it (and drops it at its next save) instead of refusing the
+// bundle, and booting an older image stays possible. A field whose loss
+// would lose a key gets a tag below tagOptional, which older agents refuse.
+//
 // Envelope v2 (what NV or the mirror holds; written since the rollback
 // counter):
 //
@@ -64,6 +70,8 @@ const (
 	tagFamily        = 5
 	tagRetired       = 6
 	tagOnion         = 7
+
+	tagOptional = 128 // first optional tag: unknown ones are skipped
 )
 
 const (
@@ -317,6 +325,10 @@ func decodeBundle(data []byte) (*Bundle, error) {
 			case tagOnion:
 				e.Onion = data
 			default:
+				if tag >= tagOptional {
+					clear(data) // not ours to keep: a later agent's, skipped
+					continue
+				}
 				return nil, fmt.Errorf("bundle: relay %s: unknown field %d", name, tag)
 			}
 		}

@@ -130,3 +130,61 @@ func FuzzDecodeBundle(f *testing.F) {
 		}
 	})
 }
+
+// withFields is the bundle of one relay, named r, with e's fields and then
+// the raw fields extra (tag, data), as a later agent could write it.
+func withFields(t *testing.T, e *Entry, extra ...[2][]byte) []byte {
+	t.Helper()
+	enc, err := encodeBundle(&Bundle{Version: 3, Relays: map[string]*Entry{"r": e}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const nf = 4 + 1 + 8 + 2 + 1 + len("r") // the relay's field count
+	enc[nf] += byte(len(extra))
+	for _, f := range extra {
+		enc = append(enc, f[0][0], byte(len(f[1])>>8), byte(len(f[1])))
+		enc = append(enc, f[1]...)
+	}
+	return enc
+}
+
+func TestOptionalFields(t *testing.T) {
+	e := &Entry{Ed25519Master: bytes.Repeat([]byte{1}, 64), RSAIdentity: bytes.Repeat([]byte{2}, 128)}
+	field := func(tag byte, n int) [2][]byte { return [2][]byte{{tag}, bytes.Repeat([]byte{tag}, n)} }
+
+	// A later agent's optional fields are skipped; the keys come through.
+	got, err := decodeBundle(withFields(t, e, field(tagOptional, 5), field(200, 300)))
+	if err != nil {
+		t.Fatalf("optional fields refused: %v", err)
+	}
+	if !got.Relays["r"].equal(e) {
+		t.Fatalf("keys changed: %+v", got.Relays["r"])
+	}
+	// and are gone from what this agent writes back.
+	re, err := encodeBundle(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := withFields(t, e); !bytes.Equal(re, want) {
+		t.Fatal("re-encoded bundle keeps the skipped fields")
+	}
+
+	for _, c := range []struct {
+		name  string
+		extra [][2][]byte
+	}{
+		{"unknown field below the optional range", [][2][]byte{field(tagOnion+1, 4)}},
+		{"last tag below the optional range", [][2][]byte{field(tagOptional-1, 4)}},
+		{"optional fields out of order", [][2][]byte{field(tagOptional+2, 1), field(tagOptional+1, 1)}},
+		{"optional field repeated", [][2][]byte{field(tagOptional, 1), field(tagOptional, 1)}},
+	} {
+		if _, err := decodeBundle(withFields(t, e, c.extra...)); err == nil {
+			t.Errorf("%s: accepted", c.name)
+		}
+	}
+	// An optional field cut short is a truncated bundle.
+	enc := withFields(t, e, field(tagOptional, 10))
+	if _, err := decodeBundle(enc[:len(enc)-1]); err == nil {
+		t.Error("truncated optional field accepted")
+	}
+}
