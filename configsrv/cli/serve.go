@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -205,9 +204,6 @@ func (e *env) serve(fs *flag.FlagSet, args []string) error {
 		}
 	}
 	cmalloc.LimitArenas(2) // before SQLite's first allocations
-	// Nothing reads the server's heap profile (no pprof endpoint): its
-	// buckets were 1.6 MiB with 10,000 long polls held.
-	runtime.MemProfileRate = 0
 	st, err := e.open(toWrite)
 	if err != nil {
 		return err
