@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"patela/configsrv/challenge"
 	"patela/configsrv/quote"
 	"patela/configsrv/store"
 	"patela/internal/api"
@@ -24,7 +25,7 @@ import (
 // evidence checks the completion's quote, if any, and says what it proves
 // and which registered release (active or retired) it matched. A quote
 // that does not verify is an error wrapping quote.ErrBad.
-func (s *Server) evidence(ctx context.Context, c *store.Challenge, q *api.Quote, now time.Time) (*store.Attestation, *store.Release, error) {
+func (s *Server) evidence(ctx context.Context, c *challenge.Challenge, q *api.Quote, now time.Time) (*store.Attestation, *store.Release, error) {
 	a := &store.Attestation{NodeID: c.NodeID, Status: store.AttestUnattested, At: now}
 	if q == nil {
 		return a, nil, nil

@@ -288,11 +288,7 @@ func TestQuoteBadInput(t *testing.T) {
 	n := l.enrollQuoting(t)
 	ch, secret := n.challenge(t, l)
 	good := func() *api.Quote { return n.boot(t, "A", ch.Nonce) }
-	challenges := func() int {
-		var k int
-		l.st.DB().QueryRow(`SELECT count(*) FROM challenges`).Scan(&k)
-		return k
-	}
+	challenges := l.api.PendingChallenges
 	for _, c := range []struct {
 		name string
 		edit func(q *api.Quote)

@@ -9,7 +9,6 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +23,7 @@ import (
 	"time"
 
 	"patela/configsrv/attest"
+	"patela/configsrv/challenge"
 	"patela/configsrv/longpoll"
 	"patela/configsrv/quote"
 	"patela/configsrv/store"
@@ -53,6 +53,9 @@ type Server struct {
 	// RequireRelease refuses tokens to nodes whose quote matches no
 	// active release (serve --require-release).
 	RequireRelease bool
+	// MaxChallenges bounds the challenges pending at once; beyond, attests
+	// get 429 rate_limited. 0: DefaultMaxChallenges.
+	MaxChallenges int
 
 	// MaxWait bounds how long a config request is held (its wait
 	// parameter); default DefaultMaxWait. WatchEvery is how often the
@@ -65,6 +68,9 @@ type Server struct {
 	akKeys   akKeyCache
 	releases releaseCache
 	stored   evidenceCache
+
+	chOnce sync.Once
+	chal   *challenge.Table // challenges()
 
 	lpOnce    sync.Once
 	hub       *longpoll.Hub
@@ -197,7 +203,8 @@ func (s *Server) limited(h http.HandlerFunc) http.HandlerFunc {
 var refusalActions = map[string]bool{"attest.bad_ek": true, "attest.bad_ak": true, "attest.ek_untrusted": true,
 	"attest.banned": true, "attest.disabled": true, "attest.unknown_challenge": true, "attest.challenge_expired": true,
 	"attest.bad_secret": true, "attest.refused": true, "attest.bad_quote": true, "attest.unknown_release": true,
-	"attest.rate_limited": true, "attest.enroll_limited": true, "attest.pending_full": true, "node.rate_limited": true,
+	"attest.rate_limited": true, "attest.enroll_limited": true, "attest.pending_full": true, "attest.challenges_full": true,
+	"node.rate_limited": true,
 	// Not a refusal, an alarm: two relays reported one key.
 	"relay.duplicate_key": true}
 
@@ -290,26 +297,31 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	secret := make([]byte, attest.SecretSize)
-	id := make([]byte, 16)
 	nonce := make([]byte, api.NonceSize)
 	rand.Read(secret)
-	rand.Read(id)
 	rand.Read(nonce)
-	blob, enc, err := ek.MakeCredential(akName, secret)
+	h := sha256.Sum256(secret)
+	// The challenge is held in memory (a place in the table before the
+	// credential's work); its audit row is written when it is spent.
+	c, expired, retry, err := s.challenges().Add(challenge.Challenge{NodeID: n.ID, EK: ek.ID, SecretHash: h[:], AKName: akName,
+		Nonce: nonce, AKPublic: req.AKPublic}, now)
+	s.auditChallenges(ctx, expired, "expired unanswered")
+	if errors.Is(err, challenge.ErrFull) {
+		s.refuseClient(r, "attest.challenges_full", target, "")
+		tooMany(w, api.CodeRateLimited, retry, "too many attestations in progress on this server; retry later")
+		return
+	}
 	if err != nil {
 		s.internal(w, r, err)
 		return
 	}
-	h := sha256.Sum256(secret)
-	c := store.Challenge{ID: hex.EncodeToString(id), NodeID: n.ID, SecretHash: h[:], AKName: akName, Expires: now.Add(ChallengeTTL),
-		Nonce: nonce, AKPublic: req.AKPublic}
-	// The challenge and its audit row: one transaction.
-	row := store.AuditRow{Actor: target, Action: "attest.challenge", Target: target, Details: "ak " + hex.EncodeToString(akName)}
-	if err := s.Store.AddChallenge(ctx, c, now, row); err != nil {
+	blob, enc, err := ek.MakeCredential(akName, secret)
+	if err != nil {
+		s.challenges().Take(c.ID, now)
 		s.internal(w, r, err)
 		return
 	}
-	s.logAudit(ctx, row)
+	s.logAudit(ctx, challengeRow(c, ""))
 	s.akKeys.prime(akName, akPub)
 	writeJSON(w, http.StatusOK, &api.AttestResponse{NodeID: n.ID, ChallengeID: c.ID, CredentialBlob: blob, EncryptedSecret: enc, Nonce: nonce})
 }
@@ -360,41 +372,58 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
 		return
 	}
-	c, err := s.Store.TakeChallenge(ctx, req.ChallengeID)
-	if errors.Is(err, store.ErrNotFound) {
+	now := s.now()
+	c, err := s.challenges().Take(req.ChallengeID, now)
+	if errors.Is(err, challenge.ErrUnknown) {
 		s.refuseClient(r, "attest.unknown_challenge", "-", "")
 		writeErr(w, http.StatusGone, api.CodeChallengeExpired, "unknown, spent or expired challenge; attest again")
 		return
 	}
-	if err != nil {
-		s.internal(w, r, err)
-		return
-	}
+	// The challenge is spent: its audit row says how, unless the
+	// attestation's transaction writes it.
+	outcome := "not completed"
+	defer func() {
+		if outcome != "" {
+			s.auditChallenges(ctx, []*challenge.Challenge{c}, outcome)
+		}
+	}()
 	target := nodeActor(c.NodeID)
-	now := s.now()
-	if !now.Before(c.Expires) {
+	if errors.Is(err, challenge.ErrExpired) {
+		outcome = "answered after its expiry"
 		s.refuseClient(r, "attest.challenge_expired", target, "")
 		writeErr(w, http.StatusGone, api.CodeChallengeExpired, "challenge expired; attest again")
 		return
 	}
 	h := sha256.Sum256(req.Secret)
 	if subtle.ConstantTimeCompare(h[:], c.SecretHash) != 1 {
+		outcome = "wrong secret"
 		s.refuseClient(r, "attest.bad_secret", target, "")
 		writeErr(w, http.StatusUnauthorized, api.CodeBadSecret, "wrong secret")
 		return
 	}
-	// The node may have been disabled since the challenge was issued
-	// (removing it removes the challenge): its state as the challenge was
-	// taken is checked before the quote's work, and again, with its token
-	// claims, in the transaction that records the attestation.
+	// The node may have been removed or disabled since the challenge was
+	// issued: its state is read before the quote's work, and again, with
+	// its token claims, in the transaction that records the attestation.
+	// A removed node (ids are never reused), or one whose EK identity
+	// changed, answers as its challenge would have when it was a row
+	// removed with the node.
+	au, err := s.Store.NodeAuth(ctx, c.NodeID)
+	if errors.Is(err, store.ErrNotFound) || err == nil && au.EK != c.EK {
+		outcome = "node removed"
+		s.refuseClient(r, "attest.unknown_challenge", target, "node removed")
+		writeErr(w, http.StatusGone, api.CodeChallengeExpired, "unknown, spent or expired challenge; attest again")
+		return
+	}
 	refused := func(st api.NodeState, err error) bool {
 		switch {
 		case errors.Is(err, store.ErrNotFound):
+			outcome = "node removed"
 			s.refuseClient(r, "attest.refused", target, "node removed")
 			writeErr(w, http.StatusUnauthorized, api.CodeUnauthorized, "the node was removed; attest again")
 		case err != nil:
 			s.internal(w, r, err)
 		case st != api.NodeEnabled:
+			outcome = "node " + string(st)
 			s.refuseClient(r, "attest.refused", target, "state "+string(st))
 			writeJSON(w, http.StatusForbidden, &api.Error{Code: st.RefusalCode(), NodeID: c.NodeID,
 				Message: fmt.Sprintf("node %d is %s", c.NodeID, st)})
@@ -403,11 +432,12 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 		}
 		return true
 	}
-	if refused(c.NodeState, nil) {
+	if refused(au.State, err) {
 		return
 	}
 	ev, rel, err := s.evidence(ctx, c, req.Quote, now)
 	if errors.Is(err, quote.ErrBad) {
+		outcome = "bad quote"
 		s.audit(ctx, target, "attest.bad_quote", target, err.Error())
 		writeErr(w, http.StatusUnauthorized, api.CodeBadQuote, err.Error())
 		return
@@ -417,19 +447,21 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.requireRelease(w, r, ev, rel) {
+		outcome = "no token (--require-release)"
 		return
 	}
 	// The activation, the evidence and the audit row are one write
 	// transaction.
 	fp, write := s.evidenceToWrite(ev)
 	var okRow store.AuditRow
-	done, err := s.Store.CompleteAttestation(ctx, c.NodeID, c.AKName, write, now, func(a store.Attested) store.AuditRow {
+	done, err := s.Store.CompleteAttestation(ctx, c.NodeID, c.AKName, write, now, func(a store.Attested) []store.AuditRow {
 		okRow = store.AuditRow{Actor: target, Action: "attest.ok", Target: target, Details: fmt.Sprintf("first_boot=%v", a.FirstBoot)}
-		return okRow
+		return []store.AuditRow{challengeRow(c, ""), okRow}
 	})
 	if refused(done.State, err) {
 		return
 	}
+	outcome = ""
 	if write != nil {
 		s.evidenceStored(ctx, ev, fp, done.Before)
 	}

@@ -136,10 +136,12 @@ func (s *Server) writeRefusals(rows []auditRow) {
 // Refusals returns the refused requests per audit action since start.
 func (s *Server) Refusals() map[string]int64 { return s.refused.Totals() }
 
-// CloseAudit writes the refusals not yet audited and stops their writer;
-// call it once the HTTP server has stopped (refusals after it are not
-// audited). It is safe to call more than once.
+// CloseAudit writes the refusals not yet audited and stops their writer,
+// and forgets the pending challenges (auditing them: a restart spends
+// them); call it once the HTTP server has stopped (refusals after it are
+// not audited). It is safe to call more than once.
 func (s *Server) CloseAudit() {
+	s.auditChallenges(context.Background(), s.challenges().Drain(), "unanswered at shutdown")
 	s.refused.start.Do(func() {}) // no writer started: nothing to write
 	s.refused.mu.Lock()
 	stop, closed := s.refused.stop, s.refused.closed

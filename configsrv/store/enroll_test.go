@@ -238,16 +238,17 @@ func upgradeFrom(t *testing.T, applied []string) {
 	must(`INSERT INTO global_torrc(id, torrc) VALUES (1, 'ExitRelay 1')`)
 	must(`INSERT INTO node_settings(node_id, key, value) VALUES (1, 'max_relays', '2'), (5, 'max_relays', '1'), (2, 'family', 'b')`)
 	must(`INSERT INTO key_bundles(node_id, version, bundle, updated) VALUES (1, 3, x'0102', 0), (5, 7, x'0304', 0)`)
-	must(`INSERT INTO challenges(id, node_id, secret_hash, ak_name, expires) VALUES ('c1', 1, x'01', x'02', 9000000000000000000),
-		('c2', 2, x'03', x'04', 9000000000000000000)`)
 	must(`INSERT INTO audit(time, actor, action, target) VALUES (1, 'admin', 'node.remove', 'node:9')`)
 	has := func(table string) bool {
 		var n int
 		db.QueryRow(`SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?`, table).Scan(&n)
 		return n == 1
 	}
-	// The tables later migrations added, where this database has them.
+	// The tables later migrations added (or dropped: challenges, 0019),
+	// where this database has them.
 	for table, q := range map[string]string{
+		"challenges": `INSERT INTO challenges(id, node_id, secret_hash, ak_name, expires) VALUES ('c1', 1, x'01', x'02', 9000000000000000000),
+			('c2', 2, x'03', x'04', 9000000000000000000)`,
 		"releases":     `INSERT INTO releases(id, name, kind, record, added) VALUES (1, 'patela-1', 'uki', x'7b7d', 10)`,
 		"node_agent":   `INSERT INTO node_agent(node_id, features) VALUES (1, 'family-key'), (5, 'family-key')`,
 		"family_keys":  `INSERT INTO family_keys(family, family_id, secret, created, origin) VALUES ('fleet', 'fid', zeroblob(64), 1, 'created')`,

@@ -227,8 +227,9 @@ func (s *Store) SetNodeState(ctx context.Context, id int64, state api.NodeState)
 }
 
 // RemoveNode deletes a node with its relays (freeing their names and
-// addresses), settings, key bundle and challenges. Its id is never used
-// again, so its tokens name no node from now on.
+// addresses), settings and key bundle. Its id is never used again, so
+// its tokens name no node from now on, nor its pending challenges
+// (configsrv/challenge) a node that could complete them.
 func (s *Store) RemoveNode(ctx context.Context, id int64) error {
 	return s.exec1(ctx, fmt.Sprintf("node %d", id), `DELETE FROM nodes WHERE id = ?`, id)
 }
@@ -245,73 +246,6 @@ func (s *Store) exec1(ctx context.Context, what, query string, args ...any) erro
 	return nil
 }
 
-// Challenge is an outstanding credential activation.
-type Challenge struct {
-	ID         string
-	NodeID     int64
-	SecretHash []byte
-	AKName     []byte
-	Expires    time.Time
-	// Nonce is what the node's quote must carry, AKPublic the AK public
-	// area (AKName's) that must sign it; nil in challenges made before
-	// remote attestation.
-	Nonce    []byte
-	AKPublic []byte
-	// NodeState is the node's state when TakeChallenge spent it.
-	NodeState api.NodeState
-}
-
-// AddChallenge stores c and, at most once a second, drops expired
-// challenges (TakeChallenge refuses them anyway; this only bounds the table).
-// The audit rows given are written in the same transaction.
-func (s *Store) AddChallenge(ctx context.Context, c Challenge, now time.Time, audit ...AuditRow) error {
-	ins, err := s.stmt(ctx, `INSERT INTO challenges(id, node_id, secret_hash, ak_name, expires, nonce, ak_public) VALUES (?, ?, ?, ?, ?, ?, ?)`)
-	if err != nil {
-		return err
-	}
-	aud, err := s.stmt(ctx, auditInsert)
-	if err != nil {
-		return err
-	}
-	if last := s.swept.Load(); now.Unix() != last && s.swept.CompareAndSwap(last, now.Unix()) {
-		if _, err := s.exec(ctx, `DELETE FROM challenges WHERE expires < ?`, now.UnixNano()); err != nil {
-			return err
-		}
-	}
-	if len(audit) == 0 {
-		_, err := s.exec(ctx, `INSERT INTO challenges(id, node_id, secret_hash, ak_name, expires, nonce, ak_public) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-			c.ID, c.NodeID, c.SecretHash, c.AKName, c.Expires.UnixNano(), c.Nonce, c.AKPublic)
-		return err
-	}
-	return s.tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.StmtContext(ctx, ins).ExecContext(ctx, c.ID, c.NodeID, c.SecretHash, c.AKName, c.Expires.UnixNano(), c.Nonce, c.AKPublic); err != nil {
-			return err
-		}
-		return writeAudit(ctx, tx.StmtContext(ctx, aud), audit...)
-	})
-}
-
-// TakeChallenge removes and returns challenge id: a challenge is spent by
-// the first attempt, right or wrong. Its node's state is read in the same
-// statement (the node exists: removing it removes its challenges).
-func (s *Store) TakeChallenge(ctx context.Context, id string) (*Challenge, error) {
-	var c Challenge
-	var exp int64
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	err := s.queryRow(ctx, `DELETE FROM challenges WHERE id = ?
-		RETURNING id, node_id, secret_hash, ak_name, expires, nonce, ak_public, (SELECT state FROM nodes WHERE nodes.id = challenges.node_id)`, id).
-		Scan(&c.ID, &c.NodeID, &c.SecretHash, &c.AKName, &exp, &c.Nonce, &c.AKPublic, &c.NodeState)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("challenge: %w", ErrNotFound)
-	}
-	if err != nil {
-		return nil, err
-	}
-	c.Expires = time.Unix(0, exp)
-	return &c, nil
-}
-
 // Attested is the outcome of CompleteAttestation.
 type Attested struct {
 	State     api.NodeState // the node's state; nothing was recorded unless enabled
@@ -324,10 +258,10 @@ type Attested struct {
 // enabled and, when ev is not nil, the boot evidence it carried
 // (RecordAttestation), in one transaction; it returns the node's state
 // and what its token must name, read in the same transaction (an admin's
-// change lands before or after, whole). When audit is not nil, the row it
-// makes of the outcome is written in that transaction too (only when the
+// change lands before or after, whole). When audit is not nil, the rows it
+// makes of the outcome are written in that transaction too (only when the
 // activation is recorded).
-func (s *Store) CompleteAttestation(ctx context.Context, id int64, akName []byte, ev *Attestation, now time.Time, audit func(Attested) AuditRow) (Attested, error) {
+func (s *Store) CompleteAttestation(ctx context.Context, id int64, akName []byte, ev *Attestation, now time.Time, audit func(Attested) []AuditRow) (Attested, error) {
 	var a Attested
 	aud, err := s.stmt(ctx, auditInsert)
 	if err != nil {
@@ -365,7 +299,7 @@ func (s *Store) CompleteAttestation(ctx context.Context, id int64, akName []byte
 			}
 		}
 		if audit != nil {
-			return writeAudit(ctx, tx.StmtContext(ctx, aud), audit(a))
+			return writeAudit(ctx, tx.StmtContext(ctx, aud), audit(a)...)
 		}
 		return nil
 	})

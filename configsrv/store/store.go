@@ -37,7 +37,6 @@ var (
 type Store struct {
 	db      *sql.DB
 	stmts   sync.Map     // query text → *sql.Stmt
-	swept   atomic.Int64 // unix second of the last expired-challenge sweep
 	expired atomic.Int64 // unix second of the last expired-pending sweep
 
 	// SQLite has one writer at a time. Queuing this process's writers
@@ -350,6 +349,18 @@ func (s *Store) Audit(ctx context.Context, actor, action, target, details string
 // AuditRow is an audit row a change writes in its own transaction (one
 // commit rather than two on the attestation path).
 type AuditRow struct{ Actor, Action, Target, Details string }
+
+// AuditRows appends rows to the audit log in one transaction.
+func (s *Store) AuditRows(ctx context.Context, rows ...AuditRow) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	aud, err := s.stmt(ctx, auditInsert)
+	if err != nil {
+		return err
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error { return writeAudit(ctx, tx.StmtContext(ctx, aud), rows...) })
+}
 
 func writeAudit(ctx context.Context, st *sql.Stmt, rows ...AuditRow) error {
 	for _, r := range rows {

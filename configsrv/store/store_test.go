@@ -260,26 +260,3 @@ func TestKeyBundleVersions(t *testing.T) {
 	}
 }
 
-func TestChallengeSingleUse(t *testing.T) {
-	s := open(t)
-	ctx := context.Background()
-	a := node(t, s)
-	now := time.Now()
-	c := Challenge{ID: "c1", NodeID: a, SecretHash: []byte{1}, AKName: []byte{2}, Expires: now.Add(time.Minute)}
-	if err := s.AddChallenge(ctx, c, now); err != nil {
-		t.Fatal(err)
-	}
-	got, err := s.TakeChallenge(ctx, "c1")
-	if err != nil || got.NodeID != a || !got.Expires.Equal(c.Expires) {
-		t.Fatalf("%+v %v", got, err)
-	}
-	if _, err := s.TakeChallenge(ctx, "c1"); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("second take: %v", err)
-	}
-	// Expired challenges are swept when new ones are added.
-	s.AddChallenge(ctx, Challenge{ID: "old", NodeID: a, SecretHash: []byte{1}, AKName: []byte{2}, Expires: now.Add(-time.Second)}, now.Add(-2*time.Second))
-	s.AddChallenge(ctx, Challenge{ID: "new", NodeID: a, SecretHash: []byte{1}, AKName: []byte{2}, Expires: now.Add(time.Minute)}, now)
-	if _, err := s.TakeChallenge(ctx, "old"); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("expired challenge kept: %v", err)
-	}
-}
