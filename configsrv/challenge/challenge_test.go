@@ -109,6 +109,16 @@ func TestBoundAndSweep(t *testing.T) {
 	if _, exp, _, _ := tb.Add(Challenge{}, now.Add(time.Second)); len(exp) != 2 {
 		t.Fatalf("sweep: %d", len(exp))
 	}
+	// A full table sweeps whenever asked: a place freed by an expiry is
+	// given at once.
+	tb = New(time.Minute, 1)
+	tb.Add(Challenge{}, now)
+	if _, _, retry, err := tb.Add(Challenge{}, now.Add(time.Minute-500*time.Millisecond)); !errors.Is(err, ErrFull) || retry != 500*time.Millisecond {
+		t.Fatalf("full: %v %v", retry, err)
+	}
+	if _, exp, _, err := tb.Add(Challenge{}, now.Add(time.Minute)); err != nil || len(exp) != 1 {
+		t.Fatalf("full table after an expiry: %d swept, %v", len(exp), err)
+	}
 	if d := tb.Drain(); len(d) != 1 || tb.Len() != 0 {
 		t.Fatalf("drain: %d, %d left", len(d), tb.Len())
 	}
