@@ -259,4 +259,3 @@ func TestKeyBundleVersions(t *testing.T) {
 		t.Fatalf("%+v", b)
 	}
 }
-
