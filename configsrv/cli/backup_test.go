@@ -69,6 +69,7 @@ func TestServeLogs(t *testing.T) {
 	ok(t, db, "init", "--dir", dir)
 	usageErr(t, db, "log-level", "serve", "--dir", dir, "--log-level", "chatty")
 	fails(t, db, "--max-wait", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--max-wait", "0s")
+	usageErr(t, db, "--max-challenges 0: must be at least 1", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--max-challenges", "0")
 	fails(t, db, "--access-log", "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--access-log", filepath.Join(dir, "no/such/access.log"))
 
 	access := filepath.Join(dir, "access.log")

@@ -31,7 +31,7 @@ func TestHelp(t *testing.T) {
 		t.Error("help serve and serve --help differ")
 	}
 	for _, f := range []string{"dir DIR", "listen ADDR", "tls-cert FILE", "tls-key FILE", "biscuit-key FILE", "token-ttl DURATION",
-		"ek-ca DIR", "ek-allowlist FILE", "attest-rate N", "attest-burst N", "max-pending N", "pending-expiry DURATION",
+		"ek-ca DIR", "ek-allowlist FILE", "attest-rate N", "attest-burst N", "max-pending N", "max-challenges N", "pending-expiry DURATION",
 		"enroll-interval DURATION", "enroll-burst N", "node-rate N", "node-burst N"} {
 		if !strings.Contains(serve, "  --"+f) {
 			t.Errorf("serve --help lacks --%s:\n%s", f, serve)

@@ -108,6 +108,7 @@ type ServeOptions struct {
 	RequireRelease bool
 
 	MaxPending     int           // pending nodes at most
+	MaxChallenges  int           // pending attestation challenges at most
 	PendingExpiry  time.Duration // pending nodes not enabled within it are forgotten
 	EnrollInterval time.Duration // one new pending node per client address per interval
 	EnrollBurst    int
@@ -141,6 +142,8 @@ func serveFlags(fs *flag.FlagSet, o *ServeOptions) (dir *string) {
 	fs.BoolVar(&o.RequireRelease, "require-release", false,
 		"refuse tokens (403 unknown_release) to nodes whose TPM quote matches no active release, or that send none")
 	fs.IntVar(&o.MaxPending, "max-pending", DefaultMaxPending, "at most `N` nodes wait for an administrator; new EKs beyond get 429 pending_full; 0: no cap")
+	fs.IntVar(&o.MaxChallenges, "max-challenges", httpapi.DefaultMaxChallenges,
+		"at most `N` attestation challenges pending (held in memory, about 750 bytes each); attests beyond get 429 rate_limited")
 	fs.DurationVar(&o.PendingExpiry, "pending-expiry", DefaultPendingExpiry, "forget pending nodes not enabled within `DURATION`; 0: never")
 	fs.DurationVar(&o.EnrollInterval, "enroll-interval", DefaultEnrollInterval, "one new pending node per client address per `DURATION`, after a burst; 0: no limit")
 	fs.IntVar(&o.EnrollBurst, "enroll-burst", DefaultEnrollBurst, "new pending nodes (`N`) a client address may create at once")
@@ -186,6 +189,9 @@ func (e *env) serve(fs *flag.FlagSet, args []string) error {
 	}
 	if o.TokenTTL < time.Minute {
 		return fmt.Errorf("--token-ttl %s: must be at least 1m", o.TokenTTL)
+	}
+	if o.MaxChallenges < 1 {
+		return cmdline.Usagef("--max-challenges %d: must be at least 1", o.MaxChallenges)
 	}
 	if o.MaxWait < time.Second || o.MaxWait > 24*time.Hour {
 		return fmt.Errorf("--max-wait %s: must be between 1s and 24h", o.MaxWait)
@@ -303,7 +309,8 @@ func NewServer(st *store.Store, o ServeOptions, log *slog.Logger) (*Server, erro
 		}
 	}
 	api := &httpapi.Server{Store: st, Tokens: token.New(key, o.TokenTTL), Trust: trust, Log: log, MaxWait: o.MaxWait,
-		RequireRelease: o.RequireRelease, Pending: store.PendingLimits{Max: o.MaxPending, Expiry: o.PendingExpiry}}
+		RequireRelease: o.RequireRelease, Pending: store.PendingLimits{Max: o.MaxPending, Expiry: o.PendingExpiry},
+		MaxChallenges: o.MaxChallenges}
 	if o.AttestRate > 0 {
 		api.Limiter = httpapi.NewLimiter(o.AttestRate, o.AttestBurst)
 	}

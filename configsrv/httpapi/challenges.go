@@ -11,12 +11,13 @@ import (
 
 // DefaultMaxChallenges bounds the challenges pending at once (issued,
 // neither answered nor expired) when Server.MaxChallenges is 0. A node
-// holds one for the second or so between its attest and its completion;
-// a fleet of 10,000 rebooting together, each node retrying (backoff 1 s,
-// doubling) a handful of times within one TTL after completions lost on
-// the way, holds about 60,000 at the very worst. At about 700 bytes each
-// (an RSA AK public area is most of it) the table stays under 50 MiB.
-const DefaultMaxChallenges = 1 << 16
+// holds one for the second or so its TPM takes to activate and quote; a
+// fleet of 10,000 booting at once holds at most 10,000, twice that if
+// every node lost one completion on the way and retried (its agent waits
+// 1 s, then 2 s, ...) while the first waits out its minute: 32,768 is over
+// three times the fleet. An entry takes 550 bytes with a P-256 AK, 740
+// with an RSA-2048 one (measured), so a full table is at most 23 MiB.
+const DefaultMaxChallenges = 1 << 15
 
 // challenges is the server's table of pending challenges.
 func (s *Server) challenges() *challenge.Table {
