@@ -54,6 +54,59 @@ func TestRun(t *testing.T) {
 	wait(100)
 }
 
+// Under load the headroom gives way: a large live heap churned hard gets
+// the default while the churn lasts, and the headroom back RelaxHold
+// after.
+func TestRelaxUnderLoad(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	defer func(h time.Duration) { RelaxHold = h }(RelaxHold)
+	RelaxHold = 300 * time.Millisecond
+	// A live heap of pointers, as a server's is, so that marking costs.
+	type node struct {
+		next *node
+		_    [56]byte
+	}
+	var held *node
+	for range 4*Floor/64 + 1<<16 {
+		held = &node{next: held}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { Run(ctx, 50*time.Millisecond, nil); close(done) }()
+	defer func() { cancel(); <-done }()
+	gogc := func() int {
+		s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+		metrics.Read(s)
+		return int(s[0].Value.Uint64())
+	}
+	wait := func(want int, what string) {
+		t.Helper()
+		for i := 0; gogc() != want; i++ {
+			if i > 200 {
+				t.Fatalf("%s: GOGC %d, want %d", what, gogc(), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	runtime.GC() // the live heap measured
+	wait(MinPercent, "at rest")
+	var stop atomic.Bool
+	churned := make(chan struct{})
+	defer func() { stop.Store(true); <-churned }()
+	go func() {
+		defer close(churned)
+		var sink []byte
+		for !stop.Load() {
+			sink = make([]byte, 64<<10)
+		}
+		runtime.KeepAlive(sink)
+	}()
+	wait(100, "churning")
+	stop.Store(true)
+	wait(MinPercent, "after the churn")
+	runtime.KeepAlive(held)
+}
+
 // The garbage a burst leaves is collected and its pages returned once
 // the process goes quiet, by a collection of Run's own; then, with
 // nothing allocated, no more.
