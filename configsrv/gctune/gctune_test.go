@@ -21,6 +21,27 @@ func TestPercent(t *testing.T) {
 	}
 }
 
+// waitGOGC waits up to 3 s for GOGC to be want, calling each before
+// every look.
+func waitGOGC(t *testing.T, want int, what string, each func()) {
+	t.Helper()
+	gogc := func() int {
+		s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+		metrics.Read(s)
+		return int(s[0].Value.Uint64())
+	}
+	for i := 0; ; i++ {
+		each()
+		if gogc() == want {
+			return
+		}
+		if i > 300 {
+			t.Fatalf("%s: GOGC %d, want %d", what, gogc(), want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // Run sets GOGC from the heap it finds: a live heap of 4×Floor gets the
 // minimum, and the default comes back once it is gone.
 func TestRun(t *testing.T) {
@@ -32,21 +53,8 @@ func TestRun(t *testing.T) {
 	done := make(chan struct{})
 	go func() { Run(ctx, 10*time.Millisecond, nil); close(done) }()
 	defer func() { cancel(); <-done }()
-	gogc := func() int {
-		s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
-		metrics.Read(s)
-		return int(s[0].Value.Uint64())
-	}
-	wait := func(want int) {
-		t.Helper()
-		for i := 0; gogc() != want; i++ {
-			if i > 300 {
-				t.Fatalf("GOGC %d, want %d", gogc(), want)
-			}
-			runtime.GC()
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	// Each wait collects, so that Run sees the live heap change.
+	wait := func(want int) { t.Helper(); waitGOGC(t, want, "", runtime.GC) }
 	held := make([][]byte, 0, 4*Floor>>20+1)
 	for range 4*Floor>>20 + 1 {
 		held = append(held, make([]byte, 1<<20))
@@ -77,20 +85,7 @@ func TestRelaxUnderLoad(t *testing.T) {
 	done := make(chan struct{})
 	go func() { Run(ctx, 50*time.Millisecond, nil); close(done) }()
 	defer func() { cancel(); <-done }()
-	gogc := func() int {
-		s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
-		metrics.Read(s)
-		return int(s[0].Value.Uint64())
-	}
-	wait := func(want int, what string) {
-		t.Helper()
-		for i := 0; gogc() != want; i++ {
-			if i > 200 {
-				t.Fatalf("%s: GOGC %d, want %d", what, gogc(), want)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	wait := func(want int, what string) { t.Helper(); waitGOGC(t, want, what, func() {}) }
 	runtime.GC() // the live heap measured
 	wait(MinPercent, "at rest")
 	var stop atomic.Bool
