@@ -196,7 +196,7 @@ func (s *Session) Current(ctx context.Context) (Token, error) {
 // as rebooting changes none of them: pending and disabled nodes ask again
 // with backoff up to the largest delay, banned nodes and machines whose
 // keys the server refuses ten times less often, and a 429 after the
-// server's Retry-After.
+// server's Retry-After (and up to a quarter more).
 func (s *Session) Wait(ctx context.Context) (Token, error) {
 	delay := s.o.minBackoff
 	for attempt := 1; ; attempt++ {
@@ -239,13 +239,15 @@ func (s *Session) Wait(ctx context.Context) (Token, error) {
 				"server", ae.Message, "retry_in", wait.Round(time.Millisecond))
 		case ae.Status == http.StatusTooManyRequests:
 			if ae.RetryAfter > 0 {
-				wait = ae.RetryAfter
+				// Never sooner than asked; up to a quarter later, so that
+				// nodes refused together do not come back together.
+				wait = ae.RetryAfter + rand.N(ae.RetryAfter/4+1)
 			}
 			msg := "rate limited by the config server"
 			if ae.Code == api.CodePendingFull {
 				msg = "the config server has as many nodes waiting for an administrator as it takes; asking again later"
 			}
-			s.log.Warn(msg, "retry_in", wait)
+			s.log.Warn(msg, "retry_in", wait.Round(time.Millisecond))
 		default:
 			s.log.Warn("attestation refused, retrying", "attempt", attempt, "err", err, "retry_in", wait.Round(time.Millisecond))
 		}

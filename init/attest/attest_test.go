@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -256,11 +257,19 @@ func TestRateLimitedHonoursRetryAfter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	start := time.Now()
 	if _, err := s.Wait(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	// The backoff would have been 10-20 ms; the server asked for 1 s.
-	if limited != 1 || !strings.Contains(log2.String(), `msg="rate limited by the config server" retry_in=1s`) {
+	took := time.Since(start)
+	// The backoff would have been 10-20 ms; the server asked for 1 s, and
+	// the node waits that and up to a quarter more.
+	m2 := regexp.MustCompile(`msg="rate limited by the config server" retry_in=([0-9.]+m?s)`).FindStringSubmatch(log2.String())
+	if limited != 1 || m2 == nil {
 		t.Fatalf("limited %d times; console:\n%s", limited, log2.String())
+	}
+	wait, err := time.ParseDuration(m2[1])
+	if err != nil || wait < time.Second || wait > 1250*time.Millisecond || took < time.Second {
+		t.Fatalf("waited %v (said %s), want 1-1.25 s; console:\n%s", took, m2[1], log2.String())
 	}
 }
