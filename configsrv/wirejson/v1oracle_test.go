@@ -143,15 +143,9 @@ func (s *keyScan) value(t reflect.Type) error {
 			if dup {
 				return fmt.Errorf("malformed JSON: duplicate key %q", k)
 			}
-			var ft reflect.Type
-			switch {
-			case fields != nil:
-				var ok bool
-				if ft, ok = fields[k]; !ok {
-					return fmt.Errorf("malformed JSON: unknown field %q", k)
-				}
-			case t != nil && t.Kind() == reflect.Map:
-				ft = t.Elem()
+			ft, ok := memberType(t, fields, k)
+			if !ok {
+				return fmt.Errorf("malformed JSON: unknown field %q", k)
 			}
 			s.ws()
 			s.i++ // ':'
@@ -193,6 +187,21 @@ func (s *keyScan) value(t reflect.Type) error {
 		}
 	}
 	return nil
+}
+
+// memberType is the type member k of a value of type t decodes into:
+// fields (t's jsonFields) name it for a struct, a map's is its element
+// type, anything else's is unknown (nil). ok is false for a name the
+// struct does not have.
+func memberType(t reflect.Type, fields map[string]reflect.Type, k string) (ft reflect.Type, ok bool) {
+	switch {
+	case fields != nil:
+		ft, ok = fields[k]
+		return ft, ok
+	case t != nil && t.Kind() == reflect.Map:
+		return t.Elem(), true
+	}
+	return nil, true
 }
 
 // fieldsOf caches jsonFields by type: every request would build it again.
@@ -246,15 +255,9 @@ func tokenExactKeys(dec *json.Decoder, t reflect.Type) error {
 				return fmt.Errorf("duplicate key %q", k)
 			}
 			seen[k] = true
-			var ft reflect.Type
-			switch {
-			case fields != nil:
-				var ok bool
-				if ft, ok = fields[k]; !ok {
-					return fmt.Errorf("unknown field %q", k)
-				}
-			case t != nil && t.Kind() == reflect.Map:
-				ft = t.Elem()
+			ft, ok := memberType(t, fields, k)
+			if !ok {
+				return fmt.Errorf("unknown field %q", k)
 			}
 			if err := tokenExactKeys(dec, ft); err != nil {
 				return err

@@ -6,9 +6,9 @@
 package wirejson
 
 import (
+	"bytes"
 	"fmt"
 	"io"
-	"slices"
 	"sync"
 
 	"github.com/go-json-experiment/json"
@@ -57,20 +57,13 @@ func putBody(bp *[]byte) {
 
 // readLimit appends r's bytes to buf, refusing more than limit.
 func readLimit(r io.Reader, buf []byte, limit int) ([]byte, error) {
-	for {
-		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, min(max(cap(buf), 512), limit+1-len(buf)))
-		}
-		n, err := r.Read(buf[len(buf):min(cap(buf), limit+1)])
-		buf = buf[:len(buf)+n]
-		if len(buf) > limit {
-			return buf, fmt.Errorf("body is larger than %d bytes", limit)
-		}
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			return buf, fmt.Errorf("reading body: %w", err)
-		}
+	b := bytes.NewBuffer(buf)
+	_, err := b.ReadFrom(io.LimitReader(r, int64(limit)+1))
+	if b.Len() > limit {
+		return b.Bytes(), fmt.Errorf("body is larger than %d bytes", limit)
 	}
+	if err != nil {
+		return b.Bytes(), fmt.Errorf("reading body: %w", err)
+	}
+	return b.Bytes(), nil
 }
