@@ -23,9 +23,9 @@
 // node heartbeat storm with 250 MiB live spent most of its CPU in the
 // collector and took twice as long as with the default. So when the
 // collector takes more than MaxGCShare of the Go CPU in a tick (and a
-// tenth of a core), Run gives
-// the default back for RelaxHold after the last such tick; memory grows
-// while the load lasts, and the quiet release returns it after.
+// tenth of a core), Run gives the default back for RelaxHold after the
+// last such tick; memory grows while the load lasts, and the quiet
+// release returns it after.
 package gctune
 
 import (
@@ -78,15 +78,16 @@ func Run(ctx context.Context, every time.Duration, release func()) {
 	var relaxUntil time.Time
 	for first := true; ; first = false {
 		metrics.Read(s)
+		now := time.Now()
 		gc, user := s[2].Value.Float64(), s[3].Value.Float64()
 		// A tenth of a core at least: a small collection in an idle tick
 		// is no load.
 		if dgc, duser := gc-gcLast, user-userLast; !first && dgc > MaxGCShare*(dgc+duser) && dgc > every.Seconds()/10 {
-			relaxUntil = time.Now().Add(RelaxHold)
+			relaxUntil = now.Add(RelaxHold)
 		}
 		gcLast, userLast = gc, user
 		p := Percent(s[0].Value.Uint64())
-		if time.Now().Before(relaxUntil) {
+		if now.Before(relaxUntil) {
 			p = 100
 		}
 		if p != cur {
