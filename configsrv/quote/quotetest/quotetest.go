@@ -14,6 +14,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sort"
+	"sync/atomic"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -181,6 +182,7 @@ type AK struct {
 	// Public is the marshalled TPMT_PUBLIC a node sends as ak_public.
 	Public []byte
 	name   []byte
+	resets atomic.Uint32 // the TPM's resetCount: Reboot adds one
 }
 
 // NewAK generates a software AK.
@@ -195,8 +197,14 @@ func NewAK() (*AK, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &AK{key: k, Public: tpm2.Marshal(pub), name: n.Buffer}, nil
+	a := &AK{key: k, Public: tpm2.Marshal(pub), name: n.Buffer}
+	a.resets.Store(resetCount)
+	return a, nil
 }
+
+// Reboot is a TPM reset: the quotes after it carry the next resetCount,
+// so the server sees new boot evidence, as it does when a node reboots.
+func (a *AK) Reboot() { a.resets.Add(1) }
 
 // Quote signs a TPMS_ATTEST of a quote over pcrs (every PCR of
 // api.QuotePCRs) with nonce, as TPM2_Quote lays it out, and attaches
@@ -214,7 +222,7 @@ func (a *AK) Quote(nonce []byte, pcrs map[int]pcr.Value, log []byte) (*api.Quote
 		v := pcrs[n]
 		h.Write(v[:])
 	}
-	quoted := quoteInfo(a.name, nonce, tpm2.PCClientCompatible.PCRs(u...), h.Sum(nil))
+	quoted := quoteInfo(a.name, nonce, a.resets.Load(), tpm2.PCClientCompatible.PCRs(u...), h.Sum(nil))
 	d := sha256.Sum256(quoted)
 	r, s, err := ecdsa.Sign(rand.Reader, a.key, d[:])
 	if err != nil {
@@ -229,15 +237,16 @@ func (a *AK) Quote(nonce []byte, pcrs map[int]pcr.Value, log []byte) (*api.Quote
 // TestEncodingAgrees holds them to tpm2.Marshal.
 
 // quoteInfo is the TPMS_ATTEST of TPM2_Quote by the AK named name, with
-// nonce, over the SHA-256 PCRs in sel whose values hash to digest.
-func quoteInfo(name, nonce, sel, digest []byte) []byte {
+// nonce, after resets TPM resets, over the SHA-256 PCRs in sel whose
+// values hash to digest.
+func quoteInfo(name, nonce []byte, resets uint32, sel, digest []byte) []byte {
 	b := make([]byte, 0, 64+len(name)+len(nonce)+len(sel)+len(digest))
 	b = binary.BigEndian.AppendUint32(b, uint32(tpm2.TPMGeneratedValue))
 	b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMSTAttestQuote))
 	b = tpmwire.Append2B(b, name)               // qualifiedSigner
 	b = tpmwire.Append2B(b, nonce)              // extraData
 	b = binary.BigEndian.AppendUint64(b, clock) // clockInfo: clock,
-	b = binary.BigEndian.AppendUint32(b, resetCount)
+	b = binary.BigEndian.AppendUint32(b, resets)
 	b = binary.BigEndian.AppendUint32(b, 0) // restartCount,
 	b = append(b, 1)                        // safe
 	b = binary.BigEndian.AppendUint64(b, 0) // firmwareVersion
@@ -248,7 +257,7 @@ func quoteInfo(name, nonce, sel, digest []byte) []byte {
 	return tpmwire.Append2B(b, digest) // pcrDigest
 }
 
-// The software AK's clock: a TPM that has just booted once.
+// The software AK's clock when made: a TPM that has just booted once.
 const (
 	clock      = 1000
 	resetCount = 1

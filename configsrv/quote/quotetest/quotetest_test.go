@@ -28,7 +28,7 @@ func TestEncodingAgrees(t *testing.T) {
 					PCRDigest: tpm2.TPM2BDigest{Buffer: c.digest},
 				}),
 			})
-			if got := quoteInfo(c.name, c.nonce, sel, c.digest); !bytes.Equal(got, want) {
+			if got := quoteInfo(c.name, c.nonce, resetCount, sel, c.digest); !bytes.Equal(got, want) {
 				t.Fatalf("TPMS_ATTEST %x, go-tpm %x", got, want)
 			}
 		}
