@@ -313,8 +313,8 @@ type boot int
 
 const (
 	noQuote  boot = iota // an agent older than remote attestation
-	sameBoot                // a token refresh: the boot evidence the server last stored
-	newBoot                 // a reboot: the TPM's reset count moved, so the evidence is written
+	sameBoot             // a token refresh: the boot evidence the server last stored
+	newBoot              // a reboot: the TPM's reset count moved, so the evidence is written
 )
 
 // handshake is one attestation handshake of node n: POST /v1/attest,

@@ -22,60 +22,75 @@ import (
 // the AK public area; the completion's quote is checked against them
 // (configsrv/quote) and matched against the registered releases.
 
-// evidence checks the completion's quote, if any, and says what it proves
-// and which registered release (active or retired) it matched. A quote
-// that does not verify is an error wrapping quote.ErrBad.
-func (s *Server) evidence(ctx context.Context, c *challenge.Challenge, q *api.Quote, now time.Time) (*store.Attestation, *store.Release, error) {
+// evidence checks the completion's quote, if any, and says what it
+// proves; matchRelease then says which release that is. A quote that does
+// not verify is an error wrapping quote.ErrBad.
+func (s *Server) evidence(c *challenge.Challenge, q *api.Quote, now time.Time) (*store.Attestation, error) {
 	a := &store.Attestation{NodeID: c.NodeID, Status: store.AttestUnattested, At: now}
 	if q == nil {
-		return a, nil, nil
+		return a, nil
 	}
 	if len(c.Nonce) == 0 || len(c.AKPublic) == 0 {
-		return nil, nil, fmt.Errorf("%w: the challenge was issued without a nonce; attest again", quote.ErrBad)
+		return nil, fmt.Errorf("%w: the challenge was issued without a nonce; attest again", quote.ErrBad)
 	}
 	key, err := s.akKeys.get(c.AKName, c.AKPublic)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", quote.ErrBad, err)
+		return nil, fmt.Errorf("%w: %v", quote.ErrBad, err)
 	}
 	ev, err := quote.Verify(key, c.Nonce, q)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
+	a.Status = store.AttestUnknown
 	a.PCRs, a.PCRDigest = ev.PCRs, quote.Digest(ev.PCRs)
 	a.EventLog, a.LogDetail = string(ev.Log), ev.LogDetail
 	a.ResetCount, a.HasReset = int64(ev.ResetCount), true
-	rels, err := s.releases.get(ctx, s.Store)
+	return a, nil
+}
+
+// matchRelease sets a's status to the registered release (active or
+// retired) its quoted PCRs are of, and returns it with the releases'
+// version it was matched against ("" for evidence without a quote). It
+// reads the releases' version first only when reread, else matches
+// against the releases this server last read: CompleteAttestation checks
+// that version.
+func (s *Server) matchRelease(ctx context.Context, a *store.Attestation, reread bool) (*store.Release, string, error) {
+	if a.Status == store.AttestUnattested {
+		return nil, "", nil
+	}
+	rels, version, err := s.releases.current(ctx, s.Store, reread)
 	if err != nil {
-		return nil, nil, err
+		return nil, "", err
 	}
 	recs := make([]*release.Release, len(rels))
 	for i := range rels {
 		recs[i] = rels[i].Record
 	}
-	a.Status = store.AttestUnknown
-	m := quote.Match(recs, ev.PCRs)
+	a.Status, a.Release = store.AttestUnknown, ""
+	m := quote.Match(recs, a.PCRs)
 	for i := range rels {
 		if rels[i].Record == m {
 			a.Status, a.Release = store.AttestRelease, rels[i].Name
-			return a, &rels[i], nil
+			return &rels[i], version, nil
 		}
 	}
-	return a, nil, nil
+	return nil, version, nil
 }
 
-// requireRelease refuses a node whose evidence names no active release
-// when the server runs with --require-release; it answers and returns
-// false. The evidence is recorded first, so `node show` says what the
-// node booted.
-func (s *Server) requireRelease(w http.ResponseWriter, r *http.Request, a *store.Attestation, rel *store.Release) bool {
-	if !s.RequireRelease || (rel != nil && rel.Active()) {
-		return true
-	}
+// releaseAdmits says whether the node's boot gets a token: with
+// --require-release, only the boot of an active release does.
+func (s *Server) releaseAdmits(a *store.Attestation, rel *store.Release) bool {
+	return !s.RequireRelease || (rel != nil && rel.Active())
+}
+
+// refuseRelease answers a node releaseAdmits refuses. The evidence is
+// recorded first, so `node show` says what the node booted.
+func (s *Server) refuseRelease(w http.ResponseWriter, r *http.Request, a *store.Attestation, rel *store.Release) {
 	ctx := r.Context()
 	target := nodeActor(a.NodeID)
 	if err := s.recordEvidence(ctx, a); err != nil {
 		s.internal(w, r, err)
-		return false
+		return
 	}
 	why := "its quote matches no registered release"
 	switch {
@@ -89,7 +104,6 @@ func (s *Server) requireRelease(w http.ResponseWriter, r *http.Request, a *store
 	s.audit(ctx, target, "attest.unknown_release", target, why+" (PCR digest "+orDash(a.PCRDigest)+")")
 	writeErr(w, http.StatusForbidden, api.CodeUnknownRelease,
 		"this server gives tokens only to nodes that booted an active release, and "+why+": boot "+activeNames(s.releases.cached(), ""))
-	return false
 }
 
 // recordEvidence stores the node's boot evidence and audits a change of
@@ -123,11 +137,21 @@ func (s *Server) evidenceToWrite(a *store.Attestation) (string, *store.Attestati
 // change from before (the summary it replaced).
 func (s *Server) evidenceStored(ctx context.Context, a *store.Attestation, fp, before string) {
 	s.stored.set(a.NodeID, fp)
-	if now := a.Summary(); now != before {
-		target := nodeActor(a.NodeID)
-		s.audit(ctx, target, "attest.release", target, fmt.Sprintf("%s -> %s (PCR digest %s, event log %s)",
-			before, now, orDash(a.PCRDigest), orDash(a.EventLog)))
+	if row, changed := releaseRow(a, before); changed {
+		s.audit(ctx, row.Actor, row.Action, row.Target, row.Details)
 	}
+}
+
+// releaseRow is the audit row of a change of what the node booted, from
+// the evidence summary before to a; changed is false if it is the same.
+func releaseRow(a *store.Attestation, before string) (row store.AuditRow, changed bool) {
+	now := a.Summary()
+	if now == before {
+		return row, false
+	}
+	target := nodeActor(a.NodeID)
+	return store.AuditRow{Actor: target, Action: "attest.release", Target: target,
+		Details: fmt.Sprintf("%s -> %s (PCR digest %s, event log %s)", before, now, orDash(a.PCRDigest), orDash(a.EventLog))}, true
 }
 
 func orDash(s string) string {
@@ -230,26 +254,36 @@ type releaseCache struct {
 	rels    []store.Release
 }
 
-func (c *releaseCache) get(ctx context.Context, st *store.Store) ([]store.Release, error) {
-	v, err := st.ReleasesVersion(ctx)
+// latest reads the releases' version, and the releases too if it
+// changed since they were last read.
+func (c *releaseCache) latest(ctx context.Context, st *store.Store) (string, error) {
+	_, v, err := c.current(ctx, st, true)
+	return v, err
+}
+
+// current returns the releases and the version they were read at:
+// those last read unless reread or none were, else as they are now.
+func (c *releaseCache) current(ctx context.Context, st *store.Store, reread bool) ([]store.Release, string, error) {
+	c.mu.Lock()
+	rels, v := c.rels, c.version
+	c.mu.Unlock()
+	if v != "" && !reread {
+		return rels, v, nil
+	}
+	now, err := st.ReleasesVersion(ctx)
 	if err != nil {
-		return nil, err
+		return nil, "", err
+	}
+	if now == v {
+		return rels, v, nil
+	}
+	if rels, err = st.Releases(ctx); err != nil {
+		return nil, "", err
 	}
 	c.mu.Lock()
-	if c.version == v {
-		rels := c.rels
-		c.mu.Unlock()
-		return rels, nil
-	}
+	c.version, c.rels = now, rels
 	c.mu.Unlock()
-	rels, err := st.Releases(ctx)
-	if err != nil {
-		return nil, err
-	}
-	c.mu.Lock()
-	c.version, c.rels = v, rels
-	c.mu.Unlock()
-	return rels, nil
+	return rels, now, nil
 }
 
 // cached is the last list read (for messages).

@@ -401,25 +401,21 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusUnauthorized, api.CodeBadSecret, "wrong secret")
 		return
 	}
-	// The node may have been removed or disabled since the challenge was
-	// issued: its state is read before the quote's work, and again, with
-	// its token claims, in the transaction that records the attestation.
-	// A removed node (ids are never reused), or one whose EK identity
-	// changed, answers as its challenge would have when it was a row
-	// removed with the node.
-	au, err := s.Store.NodeAuth(ctx, c.NodeID)
-	if errors.Is(err, store.ErrNotFound) || err == nil && au.EK != c.EK {
+	// A node removed since its challenge (ids are never reused), or one
+	// whose EK identity changed, answers as its challenge would have when
+	// it was a row removed with the node; one disabled or pending is
+	// refused with its state. The transaction that records the
+	// attestation reads the node first; a refusal before it reads the
+	// node to answer so too (refusedNode).
+	gone := func() {
 		outcome = "node removed"
 		s.refuseClient(r, "attest.unknown_challenge", target, "node removed")
 		writeErr(w, http.StatusGone, api.CodeChallengeExpired, "unknown, spent or expired challenge; attest again")
-		return
 	}
 	refused := func(st api.NodeState, err error) bool {
 		switch {
 		case errors.Is(err, store.ErrNotFound):
-			outcome = "node removed"
-			s.refuseClient(r, "attest.refused", target, "node removed")
-			writeErr(w, http.StatusUnauthorized, api.CodeUnauthorized, "the node was removed; attest again")
+			gone()
 		case err != nil:
 			s.internal(w, r, err)
 		case st != api.NodeEnabled:
@@ -432,11 +428,18 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 		}
 		return true
 	}
-	if refused(au.State, err) {
-		return
+	refusedNode := func() bool {
+		au, err := s.Store.NodeAuth(ctx, c.NodeID)
+		if err == nil && au.EK != c.EK {
+			err = store.ErrNotFound
+		}
+		return refused(au.State, err)
 	}
-	ev, rel, err := s.evidence(ctx, c, req.Quote, now)
+	ev, err := s.evidence(c, req.Quote, now)
 	if errors.Is(err, quote.ErrBad) {
+		if refusedNode() {
+			return
+		}
 		outcome = "bad quote"
 		s.audit(ctx, target, "attest.bad_quote", target, err.Error())
 		writeErr(w, http.StatusUnauthorized, api.CodeBadQuote, err.Error())
@@ -446,29 +449,63 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, r, err)
 		return
 	}
-	if !s.requireRelease(w, r, ev, rel) {
-		outcome = "no token (--require-release)"
-		return
-	}
-	// The activation, the evidence and the audit row are one write
-	// transaction.
-	fp, write := s.evidenceToWrite(ev)
-	var okRow store.AuditRow
-	done, err := s.Store.CompleteAttestation(ctx, c.NodeID, c.AKName, write, now, func(a store.Attested) []store.AuditRow {
-		okRow = store.AuditRow{Actor: target, Action: "attest.ok", Target: target, Details: fmt.Sprintf("first_boot=%v", a.FirstBoot)}
-		return []store.AuditRow{challengeRow(c, ""), okRow}
-	})
-	if refused(done.State, err) {
-		return
+	// The quote is matched against the releases this server last read;
+	// the transaction checks that none was added or retired since, and
+	// if one was, the match is made again.
+	var done store.Attested
+	var okRow, relRow store.AuditRow
+	for try := 0; ; try++ {
+		rel, version, err := s.matchRelease(ctx, ev, try > 0)
+		if err != nil {
+			s.internal(w, r, err)
+			return
+		}
+		if !s.releaseAdmits(ev, rel) {
+			if fresh, err := s.releases.latest(ctx, s.Store); (err != nil || fresh != version) && try < 3 {
+				continue // decide on the releases as they are now
+			}
+			if refusedNode() {
+				return
+			}
+			s.refuseRelease(w, r, ev, rel)
+			outcome = "no token (--require-release)"
+			return
+		}
+		// The activation, the evidence and the audit rows are one write
+		// transaction.
+		fp, write := s.evidenceToWrite(ev)
+		done, err = s.Store.CompleteAttestation(ctx, store.Completion{
+			NodeID: c.NodeID, EK: c.EK, AKName: c.AKName, At: now, Evidence: write, Releases: version,
+			Audit: func(a store.Attested) []store.AuditRow {
+				okRow = store.AuditRow{Actor: target, Action: "attest.ok", Target: target, Details: fmt.Sprintf("first_boot=%v", a.FirstBoot)}
+				rows := []store.AuditRow{challengeRow(c, "")}
+				if write != nil {
+					if row, changed := releaseRow(write, a.Before); changed {
+						relRow = row
+						rows = append(rows, row)
+					}
+				}
+				return append(rows, okRow)
+			}})
+		if errors.Is(err, store.ErrReleasesChanged) && try < 3 {
+			continue
+		}
+		if refused(done.State, err) {
+			return
+		}
+		if write != nil {
+			s.stored.set(c.NodeID, fp)
+		}
+		break
 	}
 	outcome = ""
-	if write != nil {
-		s.evidenceStored(ctx, ev, fp, done.Before)
-	}
 	tok, exp, err := s.Tokens.Issue(token.Claims{Node: c.NodeID, EK: done.Auth.EK, Epoch: done.Auth.Epoch}, now)
 	if err != nil {
 		s.internal(w, r, err)
 		return
+	}
+	if relRow.Action != "" {
+		s.logAudit(ctx, relRow)
 	}
 	s.logAudit(ctx, okRow)
 	writeJSON(w, http.StatusOK, &api.CompleteResponse{Token: tok, ExpiresAt: exp, FirstBoot: done.FirstBoot})

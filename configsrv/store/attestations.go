@@ -3,9 +3,13 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"patela/internal/pcr"
@@ -65,21 +69,7 @@ func (s *Store) RecordAttestation(ctx context.Context, a *Attestation) (before s
 // recordAttestation is RecordAttestation in tx, with the store's prepared
 // statements (every boot writes its evidence: a new reset count).
 func (s *Store) recordAttestation(ctx context.Context, tx *sql.Tx, a *Attestation) (before string, err error) {
-	var pcrs []byte
-	if len(a.PCRs) > 0 {
-		if pcrs, err = json.Marshal(a.PCRs); err != nil {
-			return "", err
-		}
-	}
 	sel, err := s.stmt(ctx, `SELECT status, release FROM attestations WHERE node_id = ?`)
-	if err != nil {
-		return "", err
-	}
-	ups, err := s.stmt(ctx, `INSERT INTO attestations(node_id, status, release, pcrs, pcr_digest, event_log, log_detail, reset_count, at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-			ON CONFLICT(node_id) DO UPDATE SET status = excluded.status, release = excluded.release, pcrs = excluded.pcrs,
-				pcr_digest = excluded.pcr_digest, event_log = excluded.event_log, log_detail = excluded.log_detail,
-				reset_count = excluded.reset_count, at = excluded.at`)
 	if err != nil {
 		return "", err
 	}
@@ -87,15 +77,61 @@ func (s *Store) recordAttestation(ctx context.Context, tx *sql.Tx, a *Attestatio
 	err = tx.StmtContext(ctx, sel).QueryRowContext(ctx, a.NodeID).Scan(&st, &rel)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
-		before = AttestUnattested
+		return AttestUnattested, s.writeAttestation(ctx, tx, a, false)
 	case err != nil:
 		return "", err
-	default:
-		before = (&Attestation{Status: st, Release: rel}).Summary()
+	}
+	return (&Attestation{Status: st, Release: rel}).Summary(), s.writeAttestation(ctx, tx, a, true)
+}
+
+// writeAttestation stores a as its node's evidence, replacing the
+// evidence it has if exists (an UPDATE costs a third less than an
+// upsert's failed INSERT).
+func (s *Store) writeAttestation(ctx context.Context, tx *sql.Tx, a *Attestation, exists bool) error {
+	q := `INSERT INTO attestations(status, release, pcrs, pcr_digest, event_log, log_detail, reset_count, at, node_id)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	if exists {
+		q = `UPDATE attestations SET status = ?, release = ?, pcrs = ?, pcr_digest = ?, event_log = ?, log_detail = ?,
+			reset_count = ?, at = ? WHERE node_id = ?`
+	}
+	st, err := s.stmt(ctx, q)
+	if err != nil {
+		return err
 	}
 	reset := sql.NullInt64{Int64: a.ResetCount, Valid: a.HasReset}
-	_, err = tx.StmtContext(ctx, ups).ExecContext(ctx, a.NodeID, a.Status, a.Release, string(pcrs), a.PCRDigest, a.EventLog, a.LogDetail, reset, unix(a.At))
-	return before, err
+	_, err = tx.StmtContext(ctx, st).ExecContext(ctx, a.Status, a.Release, pcrsJSON(a.PCRs), a.PCRDigest, a.EventLog, a.LogDetail, reset, unix(a.At), a.NodeID)
+	return err
+}
+
+// pcrsJSON is the pcrs column: what json.Marshal writes of p (keys in
+// string order), or "" for none. Written by hand: every boot stores it,
+// and the reflective encoder cost as much as the statement.
+func pcrsJSON(p map[int]pcr.Value) string {
+	if len(p) == 0 {
+		return ""
+	}
+	type pair struct {
+		key string
+		v   pcr.Value
+	}
+	pairs := make([]pair, 0, len(p))
+	for n, v := range p {
+		pairs = append(pairs, pair{strconv.Itoa(n), v})
+	}
+	slices.SortFunc(pairs, func(x, y pair) int { return strings.Compare(x.key, y.key) })
+	b := make([]byte, 0, len(p)*(2*len(pcr.Value{})+10)+2)
+	b = append(b, '{')
+	for i, e := range pairs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = append(b, e.key...)
+		b = append(b, `":"`...)
+		b = hex.AppendEncode(b, e.v[:])
+		b = append(b, '"')
+	}
+	return string(append(b, '}'))
 }
 
 const attestCols = `node_id, status, release, pcrs, pcr_digest, event_log, log_detail, reset_count, at`
@@ -142,10 +178,14 @@ func (s *Store) Attestations(ctx context.Context) (map[int64]*Attestation, error
 	return out, nil
 }
 
-// ReleasesVersion changes whenever a release is added or retired (records
-// are never deleted), so a caller may cache the parsed releases.
+// ReleasesVersion changes whenever a release is added, retired or
+// removed, so a caller may cache the parsed releases.
 func (s *Store) ReleasesVersion(ctx context.Context) (string, error) {
-	var n, maxID, retired int64
-	err := s.queryRow(ctx, `SELECT count(*), coalesce(max(id), 0), count(retired) FROM releases`).Scan(&n, &maxID, &retired)
-	return fmt.Sprintf("%d/%d/%d", n, maxID, retired), err
+	var v string
+	err := s.queryRow(ctx, `SELECT `+releasesVersion).Scan(&v)
+	return v, err
 }
+
+// releasesVersion is ReleasesVersion as an SQL expression, so
+// CompleteAttestation reads it in its first statement.
+const releasesVersion = `(SELECT n FROM releases_generation)`

@@ -21,7 +21,7 @@ import (
 	"patela/internal/release"
 )
 
-func addRelease(t *testing.T, s *Store, name string) {
+func addRelease(t testing.TB, s *Store, name string) {
 	t.Helper()
 	r, err := release.New(name, release.KindUKI, map[int]pcr.Value{4: sha256.Sum256([]byte(name)), 11: {1}, 12: {}},
 		release.UKIPolicyPCRs, map[string]string{"uki": strings.Repeat("ab", 32)})

@@ -6,6 +6,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"embed"
 	"errors"
 	"fmt"
@@ -45,6 +46,12 @@ type Store struct {
 	// processes (the CLI) still meet the busy timeout.
 	wmu   sync.Mutex
 	alloc *allocState // guarded by wmu
+	// w is the connection this process writes through (guarded by wmu).
+	// One connection keeps its page cache from one write to the next:
+	// SQLite empties a connection's cache when another connection has
+	// written since its last transaction, so a write on any connection of
+	// the pool began by reading again the pages it was about to change.
+	w *sql.Conn
 }
 
 // softHeapLimit bounds the memory SQLite keeps for all of a process's
@@ -80,10 +87,7 @@ func Open(path string) (*Store, error) {
 	// Write transactions take the lock at BEGIN, so two writers never
 	// deadlock upgrading read locks.
 	q.Set("_txlock", "immediate")
-	db, err := sql.Open("sqlite3", "file:"+path+"?"+q.Encode())
-	if err != nil {
-		return nil, err
-	}
+	db := sql.OpenDB(connector{dsn: "file:" + path + "?" + q.Encode(), drv: &syncDriver{}})
 	// Keep connections: a new SQLite connection re-reads the schema,
 	// re-prepares statements and starts with a cold page cache, which
 	// costs far more than the queries an API request makes.
@@ -133,6 +137,12 @@ func CheckMode(path string) error {
 
 // Close closes the database.
 func (s *Store) Close() error {
+	s.wmu.Lock()
+	if s.w != nil {
+		s.w.Close()
+		s.w = nil
+	}
+	s.wmu.Unlock()
 	s.stmts.Range(func(_, v any) bool { v.(*sql.Stmt).Close(); return true })
 	return s.db.Close()
 }
@@ -184,15 +194,17 @@ func (s *Store) QueryContext(ctx context.Context, query string, args ...any) (*s
 	return st.QueryContext(ctx, args...)
 }
 
-// exec runs a prepared write statement.
-func (s *Store) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+// exec runs a prepared write statement, in a transaction of its own.
+func (s *Store) exec(ctx context.Context, query string, args ...any) (res sql.Result, err error) {
 	st, err := s.stmt(ctx, query)
 	if err != nil {
 		return nil, err
 	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	return st.ExecContext(ctx, args...)
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		res, err = tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+		return err
+	})
+	return res, err
 }
 
 // DB exposes the handle for bulk seeding in benchmarks and for tests that
@@ -308,7 +320,7 @@ func (s *Store) tx(ctx context.Context, f func(*sql.Tx) error) error {
 
 // txLocked is tx for a caller already holding s.wmu.
 func (s *Store) txLocked(ctx context.Context, f func(*sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.beginLocked(ctx)
 	if err != nil {
 		return err
 	}
@@ -317,6 +329,27 @@ func (s *Store) txLocked(ctx context.Context, f func(*sql.Tx) error) error {
 		return err
 	}
 	return tx.Commit()
+}
+
+// beginLocked begins a write transaction on s.w, taking a connection
+// from the pool for it first if it has none or the one it had broke.
+func (s *Store) beginLocked(ctx context.Context) (*sql.Tx, error) {
+	for try := 0; ; try++ {
+		if s.w == nil {
+			w, err := s.db.Conn(ctx)
+			if err != nil {
+				return nil, err
+			}
+			s.w = w
+		}
+		tx, err := s.w.BeginTx(ctx, nil)
+		if try == 0 && (errors.Is(err, sql.ErrConnDone) || errors.Is(err, driver.ErrBadConn)) {
+			s.w.Close()
+			s.w = nil
+			continue
+		}
+		return tx, err
+	}
 }
 
 func unix(t time.Time) int64 { return t.Unix() }
@@ -355,18 +388,30 @@ func (s *Store) AuditRows(ctx context.Context, rows ...AuditRow) error {
 	if len(rows) == 0 {
 		return nil
 	}
-	aud, err := s.stmt(ctx, auditInsert)
-	if err != nil {
-		return err
-	}
-	return s.tx(ctx, func(tx *sql.Tx) error { return writeAudit(ctx, tx.StmtContext(ctx, aud), rows...) })
+	return s.tx(ctx, func(tx *sql.Tx) error { return s.writeAudit(ctx, tx, rows...) })
 }
 
-func writeAudit(ctx context.Context, st *sql.Stmt, rows ...AuditRow) error {
-	for _, r := range rows {
-		if _, err := st.ExecContext(ctx, time.Now().UnixNano(), r.Actor, r.Action, r.Target, r.Details); err != nil {
+// auditChunk is the most rows one INSERT writes: a statement is prepared
+// once per row count, so there are at most this many.
+const auditChunk = 64
+
+// writeAudit appends rows in tx, as few INSERTs as it can (the
+// attestation's two rows are one statement).
+func (s *Store) writeAudit(ctx context.Context, tx *sql.Tx, rows ...AuditRow) error {
+	for len(rows) > 0 {
+		n := min(len(rows), auditChunk)
+		st, err := s.stmt(ctx, auditInsert+strings.Repeat(", (?, ?, ?, ?, ?)", n-1))
+		if err != nil {
 			return err
 		}
+		args := make([]any, 0, 5*n)
+		for _, r := range rows[:n] {
+			args = append(args, time.Now().UnixNano(), r.Actor, r.Action, r.Target, r.Details)
+		}
+		if _, err := tx.StmtContext(ctx, st).ExecContext(ctx, args...); err != nil {
+			return err
+		}
+		rows = rows[n:]
 	}
 	return nil
 }
