@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/mattn/go-sqlite3"
 )
 
 // BackupResult describes a finished backup.
@@ -102,8 +104,8 @@ func (s *Store) copyTo(ctx context.Context, path string, res *BackupResult) erro
 	defer srcConn.Close()
 	err = dstConn.Raw(func(dc any) error {
 		return srcConn.Raw(func(sc any) error {
-			d, okD := sqliteConn(dc)
-			src, okS := sqliteConn(sc)
+			d, okD := dc.(*sqlite3.SQLiteConn)
+			src, okS := sc.(*sqlite3.SQLiteConn)
 			if !okD || !okS {
 				return errors.New("not a go-sqlite3 connection")
 			}

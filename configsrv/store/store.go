@@ -87,7 +87,10 @@ func Open(path string) (*Store, error) {
 	// Write transactions take the lock at BEGIN, so two writers never
 	// deadlock upgrading read locks.
 	q.Set("_txlock", "immediate")
-	db := sql.OpenDB(connector{dsn: "file:" + path + "?" + q.Encode(), drv: &syncDriver{}})
+	db, err := sql.Open("sqlite3", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, err
+	}
 	// Keep connections: a new SQLite connection re-reads the schema,
 	// re-prepares statements and starts with a cold page cache, which
 	// costs far more than the queries an API request makes.
