@@ -107,21 +107,27 @@ func TestCompleteAttestationRefused(t *testing.T) {
 	}
 }
 
-// The pcrs column is what json.Marshal writes, which Attestation reads.
+// The pcrs column is JSON that decodes to the PCRs, in index order.
 func TestPCRsJSON(t *testing.T) {
-	for _, p := range []map[int]pcr.Value{
-		nil,
-		{4: {4}},
-		{0: {0}, 1: {1}, 2: {2}, 9: {9}, 10: {10}, 11: {11}, 14: {14}, 23: {0xff}},
-	} {
-		want := ""
-		if len(p) > 0 {
-			b, _ := json.Marshal(p)
-			want = string(b)
+	if got := pcrsJSON(nil); got != "" {
+		t.Errorf("no PCRs: %q", got)
+	}
+	p := map[int]pcr.Value{}
+	for n := range 24 {
+		p[n] = pcr.Value{byte(n), 0xff}
+	}
+	got := pcrsJSON(p)
+	var back map[int]pcr.Value
+	if err := json.Unmarshal([]byte(got), &back); err != nil || len(back) != len(p) {
+		t.Fatalf("%s: %v %v", got, back, err)
+	}
+	for n, v := range p {
+		if back[n] != v {
+			t.Errorf("PCR %d: %v, want %v", n, back[n], v)
 		}
-		if got := pcrsJSON(p); got != want {
-			t.Errorf("pcrsJSON(%v) = %s, want %s", p, got, want)
-		}
+	}
+	if !strings.HasPrefix(got, `{"0":"00ff`) || !strings.Contains(got, `"9":"09ff`+strings.Repeat("0", 60)+`","10":`) {
+		t.Errorf("not in index order: %s", got)
 	}
 }
 
