@@ -68,6 +68,7 @@ type Server struct {
 	akKeys   akKeyCache
 	releases releaseCache
 	stored   evidenceCache
+	enabled  enabledNodes
 
 	chOnce sync.Once
 	chal   *challenge.Table // challenges()
@@ -271,7 +272,7 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := s.now()
-	n, err := s.Store.NodeByEK(ctx, ek.ID)
+	n, err := s.nodeOf(ctx, ek.ID)
 	if errors.Is(err, store.ErrNotFound) {
 		if n = s.firstContact(w, r, ek, req.EKPublic, now); n == nil {
 			return
@@ -413,6 +414,9 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusGone, api.CodeChallengeExpired, "unknown, spent or expired challenge; attest again")
 	}
 	refused := func(st api.NodeState, err error) bool {
+		if err != nil || st != api.NodeEnabled {
+			s.enabled.forget(c.EK)
+		}
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			gone()
