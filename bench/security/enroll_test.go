@@ -312,6 +312,14 @@ func TestEnrollmentAttacks(t *testing.T) {
 			}, status: 400, code: api.CodeBadRequest},
 	)
 	before := dbState(t, srv)
+	// c attested before it was banned: the server, which remembers the
+	// nodes it saw enabled and does not see the CLI's changes, may give it
+	// a challenge, but its completion is refused with nothing recorded, and
+	// from then on its attestation is refused at once ("banned node as it
+	// is").
+	if err := c.Attest(ctx, nil); !api.IsCode(err, api.CodeBanned) {
+		t.Errorf("banned since its last attestation: %v, want 403 banned", err)
+	}
 	for _, at := range attacks {
 		at.run(t)
 	}
