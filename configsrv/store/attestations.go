@@ -59,29 +59,28 @@ func (a *Attestation) Summary() string {
 // of the one it replaces (AttestUnattested for none), so a change can be
 // audited.
 func (s *Store) RecordAttestation(ctx context.Context, a *Attestation) (before string, err error) {
-	err = s.tx(ctx, func(tx *sql.Tx) error {
-		before, err = s.recordAttestation(ctx, tx, a)
-		return err
-	})
-	return before, err
-}
-
-// recordAttestation is RecordAttestation in tx, with the store's prepared
-// statements (every boot writes its evidence: a new reset count).
-func (s *Store) recordAttestation(ctx context.Context, tx *sql.Tx, a *Attestation) (before string, err error) {
 	sel, err := s.stmt(ctx, `SELECT status, release FROM attestations WHERE node_id = ?`)
 	if err != nil {
 		return "", err
 	}
-	var st, rel string
-	err = tx.StmtContext(ctx, sel).QueryRowContext(ctx, a.NodeID).Scan(&st, &rel)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		return AttestUnattested, s.writeAttestation(ctx, tx, a, false)
-	case err != nil:
-		return "", err
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		var st, rel sql.NullString
+		if err := tx.StmtContext(ctx, sel).QueryRowContext(ctx, a.NodeID).Scan(&st, &rel); err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		before = storedSummary(st, rel)
+		return s.writeAttestation(ctx, tx, a, st.Valid)
+	})
+	return before, err
+}
+
+// storedSummary is the Summary of a node's stored evidence read as its
+// status and release, both NULL for none (AttestUnattested).
+func storedSummary(status, release sql.NullString) string {
+	if !status.Valid {
+		return AttestUnattested
 	}
-	return (&Attestation{Status: st, Release: rel}).Summary(), s.writeAttestation(ctx, tx, a, true)
+	return (&Attestation{Status: status.String, Release: release.String}).Summary()
 }
 
 // writeAttestation stores a as its node's evidence, replacing the

@@ -321,10 +321,7 @@ func (s *Store) CompleteAttestation(ctx context.Context, c Completion) (Attested
 			return err
 		}
 		if c.Evidence != nil {
-			a.Before = AttestUnattested
-			if st.Valid {
-				a.Before = (&Attestation{Status: st.String, Release: rel.String}).Summary()
-			}
+			a.Before = storedSummary(st, rel)
 			if err := s.writeAttestation(ctx, tx, c.Evidence, st.Valid); err != nil {
 				return err
 			}
