@@ -254,13 +254,6 @@ type releaseCache struct {
 	rels    []store.Release
 }
 
-// latest reads the releases' version, and the releases too if it
-// changed since they were last read.
-func (c *releaseCache) latest(ctx context.Context, st *store.Store) (string, error) {
-	_, v, err := c.current(ctx, st, true)
-	return v, err
-}
-
 // current returns the releases and the version they were read at:
 // those last read unless reread or none were, else as they are now.
 func (c *releaseCache) current(ctx context.Context, st *store.Store, reread bool) ([]store.Release, string, error) {

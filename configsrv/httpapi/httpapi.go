@@ -455,7 +455,8 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 	}
 	// The quote is matched against the releases this server last read;
 	// the transaction checks that none was added or retired since, and
-	// if one was, the match is made again.
+	// if one was, the match is made again. A refusal is decided on the
+	// releases as they are now: read again, if the first match was not.
 	var done store.Attested
 	var okRow, relRow store.AuditRow
 	for try := 0; ; try++ {
@@ -465,8 +466,8 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if !s.releaseAdmits(ev, rel) {
-			if fresh, err := s.releases.latest(ctx, s.Store); (err != nil || fresh != version) && try < 3 {
-				continue // decide on the releases as they are now
+			if try == 0 {
+				continue
 			}
 			if refusedNode() {
 				return
