@@ -213,7 +213,7 @@ func (r *Report) failures() []string {
 		}
 	}
 	if s := r.Server; s != nil {
-		for _, b := range append(s.Fetch, s.Handshake) {
+		for _, b := range s.Bursts() {
 			if b.Errors > 0 {
 				bad = append(bad, fmt.Sprintf("configsrv: %d of %d failed in %s", b.Errors, b.Requests, b.Name))
 			}

@@ -72,6 +72,8 @@ func mib(b int64) string {
 	return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20))
 }
 
+func us(d time.Duration) string { return num(float64(d)/float64(time.Microsecond)) + " µs" }
+
 func ms(d time.Duration) string { return num(float64(d)/float64(time.Millisecond)) + " ms" }
 
 func headline(r *Report) []Figure {
@@ -97,9 +99,9 @@ func headline(r *Report) []Figure {
 	}
 	add("configsrv config fetches, 10,000 nodes × 4 relays, HTTPS loopback", cf, pkgHTTPAPI+" BenchmarkConfigFetch (server in the benchmark process)")
 	if s := r.Server; s != nil {
-		for _, b := range append(s.Fetch, s.Handshake, s.Heartbeat) {
+		for _, b := range s.Bursts() {
 			add(fmt.Sprintf("configsrv binary, %d nodes × %d relays: %s", s.Nodes, s.Relays, b.Name),
-				fmt.Sprintf("%s/s, p50 %s, p99 %s, %d errors of %d", num(b.PerSec), ms(b.P50), ms(b.P99), b.Errors, b.Requests),
+				fmt.Sprintf("%s/s, p50 %s, p99 %s, %d errors of %d; CPU per request: server %s, load generator %s", num(b.PerSec), ms(b.P50), ms(b.P99), b.Errors, b.Requests, us(b.ServerCPU), us(b.LoadCPU)),
 				fmt.Sprintf("benchreport: %d clients, one connection and loopback address each", s.Clients))
 		}
 		add(fmt.Sprintf("configsrv RSS at %d nodes × %d relays", s.Nodes, s.Relays),
@@ -289,11 +291,12 @@ func markdown(r *Report) string {
 		w("## configsrv binary at %d nodes × %d relays\n\n", s.Nodes, s.Relays)
 		w("Seeded straight into SQLite in %s (database %s), then `configsrv serve --attest-rate 0` (one load generator stands for the fleet). %d clients, each with its own HTTPS connection and loopback address.\n\n",
 			s.Seed.Round(time.Millisecond), mib(s.DBBytes), s.Clients)
-		w("| burst | requests | errors | took | per second | p50 | p99 |\n|---|---|---|---|---|---|---|\n")
-		for _, x := range append(s.Fetch, s.Handshake, s.Heartbeat) {
-			w("| %s | %d | %d | %s | %s | %s | %s |\n", x.Name, x.Requests, x.Errors, x.Took.Round(time.Millisecond), num(x.PerSec), ms(x.P50), ms(x.P99))
+		w("CPU per request is the server process's and the load generator's (this process) while the burst ran; the machine's two cores are shared by both.\n\n")
+		w("| burst | requests | errors | took | per second | p50 | p99 | server CPU per request | load generator CPU per request |\n|---|---|---|---|---|---|---|---|---|\n")
+		for _, x := range s.Bursts() {
+			w("| %s | %d | %d | %s | %s | %s | %s | %s | %s |\n", x.Name, x.Requests, x.Errors, x.Took.Round(time.Millisecond), num(x.PerSec), ms(x.P50), ms(x.P99), us(x.ServerCPU), us(x.LoadCPU))
 		}
-		for _, x := range append(s.Fetch, s.Handshake, s.Heartbeat) {
+		for _, x := range s.Bursts() {
 			if x.Errors > 0 {
 				w("\n**%s: %d of %d failed**, the first: %s\n", x.Name, x.Errors, x.Requests, x.FirstError)
 			}

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"patela/bench/loadgen"
@@ -44,12 +45,18 @@ type ServerRun struct {
 	RSSPeak       int64         `json:"rss_peak_bytes"`
 	Fetch         []Burst       `json:"fetch"`
 	Handshake     Burst         `json:"handshake"`
+	Reboot        Burst         `json:"reboot"`    // the same nodes again, each rebooted: new boot evidence
 	Heartbeat     Burst         `json:"heartbeat"` // with a metrics summary of every relay
 	// Relays with a fingerprint in the database after the heartbeats, and
 	// how many distinct: every relay's, none shared.
 	Fingerprints         int         `json:"fingerprints"`
 	DistinctFingerprints int         `json:"distinct_fingerprints"`
 	Metrics              *MetricsRun `json:"metrics"`
+}
+
+// Bursts are the run's bursts in the order they ran.
+func (s *ServerRun) Bursts() []Burst {
+	return append(slices.Clone(s.Fetch), s.Handshake, s.Reboot, s.Heartbeat)
 }
 
 // MetricsRun is /metrics (serve --metrics-listen) once every node has
@@ -76,6 +83,11 @@ type Burst struct {
 	PerSec     float64       `json:"per_s"`
 	P50        time.Duration `json:"p50_ns"`
 	P99        time.Duration `json:"p99_ns"`
+	// CPU time per request of the server process and of this one (the
+	// load generator) while the burst ran: what a request costs the
+	// server alone, and what the two together cost the machine's cores.
+	ServerCPU time.Duration `json:"server_cpu_ns"`
+	LoadCPU   time.Duration `json:"load_cpu_ns"`
 }
 
 type seeded struct {
@@ -163,22 +175,28 @@ func runServer(ctx context.Context, bin, work string, nodes, relays int) (*Serve
 		return err
 	}
 	// First every node once (each token new to the server), then again.
-	r.Fetch = append(r.Fetch, burst("config fetch, every node once (cold token cache)", clients, nodes, fetch))
-	r.Fetch = append(r.Fetch, burst("config fetch, every node again (warm)", clients, nodes, fetch))
+	r.Fetch = append(r.Fetch, burst(srv, "config fetch, every node once (cold token cache)", clients, nodes, fetch))
+	r.Fetch = append(r.Fetch, burst(srv, "config fetch, every node again (warm)", clients, nodes, fetch))
 	hs := min(nodes, 4000)
-	r.Handshake = burst(fmt.Sprintf("attestation handshake with a quote (attest, software ActivateCredential and Quote of a 32-event boot, complete) x %d", hs), clients, hs,
-		func(c *api.Client, i int) error {
+	// A node knows its AK's name (the TPM computes it); compute it once.
+	names := make([][]byte, hs)
+	for i := range names {
+		if _, names[i], err = attest.ParseAK(fl.aks[i]); err != nil {
+			return nil, err
+		}
+	}
+	handshake := func(reboot bool) func(c *api.Client, i int) error {
+		return func(c *api.Client, i int) error {
 			ch, err := c.Attest(ctx, &api.AttestRequest{EKPublic: fl.eks[i].Public, AKPublic: fl.aks[i]})
 			if err != nil {
 				return err
 			}
-			_, name, err := attest.ParseAK(fl.aks[i])
+			secret, err := fl.eks[i].Activate(ch.CredentialBlob, ch.EncryptedSecret, names[i])
 			if err != nil {
 				return err
 			}
-			secret, err := fl.eks[i].Activate(ch.CredentialBlob, ch.EncryptedSecret, name)
-			if err != nil {
-				return err
+			if reboot {
+				fl.qaks[i].Reboot()
 			}
 			q, err := fl.qaks[i].Quote(ch.Nonce, loadgen.BootPCRs(), loadgen.BootLog())
 			if err != nil {
@@ -186,15 +204,22 @@ func runServer(ctx context.Context, bin, work string, nodes, relays int) (*Serve
 			}
 			_, err = c.Complete(ctx, &api.CompleteRequest{ChallengeID: ch.ChallengeID, Secret: secret, Quote: q})
 			return err
-		})
-	r.Heartbeat = burst(fmt.Sprintf("heartbeat with a metrics summary of %d relays and their first fingerprints, every node", relays), clients, nodes,
+		}
+	}
+	// First each node's first quote (none stored: the release is
+	// recorded, the node's cache entries are made), then a reboot storm
+	// of the same nodes: each quote new boot evidence, written over the
+	// last.
+	r.Handshake = burst(srv, fmt.Sprintf("attestation handshake with a quote (attest, software ActivateCredential and Quote of a 32-event boot, complete), each node's first x %d", hs), clients, hs, handshake(false))
+	r.Reboot = burst(srv, fmt.Sprintf("the same nodes rebooted: handshake with a new boot's quote x %d", hs), clients, hs, handshake(true))
+	r.Heartbeat = burst(srv, fmt.Sprintf("heartbeat with a metrics summary of %d relays and their first fingerprints, every node", relays), clients, nodes,
 		func(c *api.Client, i int) error {
 			return c.Status(ctx, tokens[i], benchHeartbeat(fl.relays[i], applied[i]))
 		})
 	// A burst with errors measures refusals (as the heartbeat's did when
 	// the server began to check ed25519 ids): the section fails, with the
 	// figures and the first error in the report.
-	for _, b := range append(slices.Clone(r.Fetch), r.Handshake, r.Heartbeat) {
+	for _, b := range r.Bursts() {
 		if b.Errors > 0 {
 			return r, fmt.Errorf("%s: %d of %d requests failed, first: %s", b.Name, b.Errors, b.Requests, b.FirstError)
 		}
@@ -315,7 +340,9 @@ func scrapeMetrics(srv *srvproc.Server, url string, n int) (*MetricsRun, error) 
 }
 
 // burst runs n operations over the clients, each client one at a time.
-func burst(name string, clients []*api.Client, n int, op func(*api.Client, int) error) Burst {
+func burst(srv *srvproc.Server, name string, clients []*api.Client, n int, op func(*api.Client, int) error) Burst {
+	srv0, srvErr := srv.CPU()
+	self0 := selfCPU()
 	var next, errs atomic.Int64
 	var first sync.Once
 	var firstErr string
@@ -343,10 +370,22 @@ func burst(name string, clients []*api.Client, n int, op func(*api.Client, int) 
 	}
 	wg.Wait()
 	took := time.Since(t0)
+	b := Burst{Name: name, Requests: n, Errors: int(errs.Load()), FirstError: firstErr, Took: took, PerSec: float64(n) / took.Seconds(),
+		LoadCPU: (selfCPU() - self0) / time.Duration(n)}
+	if srv1, err := srv.CPU(); err == nil && srvErr == nil {
+		b.ServerCPU = (srv1 - srv0) / time.Duration(n)
+	}
 	all := slices.Concat(lat...)
 	slices.Sort(all)
-	return Burst{Name: name, Requests: n, Errors: int(errs.Load()), FirstError: firstErr, Took: took, PerSec: float64(n) / took.Seconds(),
-		P50: loadgen.Percentile(all, 50), P99: loadgen.Percentile(all, 99)}
+	b.P50, b.P99 = loadgen.Percentile(all, 50), loadgen.Percentile(all, 99)
+	return b
+}
+
+// selfCPU is this process's user and system CPU time.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // seed inserts n enabled nodes with software EKs and k relays each
