@@ -5,7 +5,6 @@
 package srvproc
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -148,58 +147,74 @@ func (s *Server) Start(extra ...string) error {
 }
 
 func (s *Server) startOnce(args []string) (*exec.Cmd, chan error, string, error) {
-	// The log file stays open as long as the process: the copy of its
-	// standard error must never fail, or the server dies of SIGPIPE.
+	// The server writes its log to the file itself, as it would to
+	// journald's socket: a copy in this process would put the load
+	// generator in the server's log path (and the server would die of
+	// SIGPIPE were the copy to fail). The file is appended to across
+	// restarts; this start's lines begin at off.
 	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, nil, "", err
 	}
-	pr, pw := io.Pipe()
-	cmd := exec.Command(s.Bin, args...)
-	cmd.Stdout = logf
-	cmd.Stderr = io.MultiWriter(logf, pw)
-	if err := cmd.Start(); err != nil {
+	off, err := logf.Seek(0, io.SeekEnd)
+	if err != nil {
 		logf.Close()
 		return nil, nil, "", err
 	}
+	cmd := exec.Command(s.Bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	err = cmd.Start()
+	logf.Close() // the child has its own descriptor
+	if err != nil {
+		return nil, nil, "", err
+	}
 	done := make(chan error, 1)
-	go func() { done <- cmd.Wait(); pw.Close(); logf.Close() }()
-	addr, err := waitServing(pr, done)
+	go func() { done <- cmd.Wait() }()
+	addr, err := waitServing(s.logPath, off, done)
 	if err != nil {
 		cmd.Process.Kill()
 		return nil, nil, "", err
 	}
-	go io.Copy(io.Discard, pr) // keep the pipe drained
 	return cmd, done, addr, nil
 }
 
-// waitServing reads the server's standard error until it announces its
+// waitServing reads the server's log from off until it announces its
 // address, or the process ends.
-func waitServing(r io.Reader, done <-chan error) (string, error) {
-	found := make(chan string, 1)
-	var tail bytes.Buffer
-	go func() {
-		sc := bufio.NewScanner(r)
-		for sc.Scan() {
-			line := sc.Text()
-			if a, ok := strings.CutPrefix(line, "configsrv: serving https://"); ok {
-				found <- strings.Fields(a)[0]
-				return
-			}
-			tail.WriteString(line + "\n")
+func waitServing(path string, off int64, done <-chan error) (string, error) {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(30 * time.Second)
+	for {
+		if _, addr := logSince(path, off); addr != "" {
+			return addr, nil
 		}
-		close(found)
-	}()
-	select {
-	case a, ok := <-found:
-		if ok {
-			return a, nil
+		select {
+		case err := <-done:
+			out, _ := logSince(path, off)
+			return "", fmt.Errorf("%v: %s", err, strings.TrimSpace(out))
+		case <-deadline:
+			return "", errors.New("not serving after 30 s")
+		case <-tick.C:
 		}
-		err := <-done
-		return "", fmt.Errorf("%v: %s", err, strings.TrimSpace(tail.String()))
-	case <-time.After(30 * time.Second):
-		return "", errors.New("not serving after 30 s")
 	}
+}
+
+// logSince returns the complete lines the log at path holds after off,
+// and the address its "serving" line announces, if it has one yet.
+func logSince(path string, off int64) (lines, addr string) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", ""
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(io.NewSectionReader(f, off, 1<<62))
+	lines = string(b[:bytes.LastIndexByte(b, '\n')+1]) // a line being written is not read yet
+	for _, line := range strings.Split(lines, "\n") {
+		if a, ok := strings.CutPrefix(line, "configsrv: serving https://"); ok {
+			return lines, strings.Fields(a)[0]
+		}
+	}
+	return lines, ""
 }
 
 // PID is the serving process's id, 0 when stopped.
