@@ -51,7 +51,7 @@ func main() {
 	fleetN := flag.Int("fleet", 2000, "simulated nodes booting at once")
 	nodes := flag.Int("nodes", 10000, "nodes seeded for the configsrv throughput and memory run")
 	relays := flag.Int("relays", 4, "relays per seeded node")
-	skip := flag.String("skip", "", "comma-separated sections not to run: gobench, fleet, server, flood, longpoll, qemu")
+	skip := flag.String("skip", "", "comma-separated sections not to run: gobench, fleet, server, flood, longpoll, qemu; heartbeat: the server section's heartbeat burst and /metrics after it")
 	floodFor := flag.Duration("flood", time.Minute, "how long the enrollment flood lasts")
 	floodBin := flag.String("flood-configsrv", "", "also flood this configsrv binary (say, one built from an older tree), for comparison")
 	pollers := flag.Int("pollers", 1000, "long-polling nodes a global change is timed on (then every seeded node waits)")
@@ -121,7 +121,10 @@ func main() {
 		return err
 	})
 	section("server", fmt.Sprintf("configsrv binary at %d nodes x %d relays", *nodes, *relays), func() (err error) {
-		r.Server, err = runServer(ctx, bin, work, *nodes, *relays)
+		if skipped["heartbeat"] {
+			r.Skipped = append(r.Skipped, "heartbeat: skipped with -skip (the server section's heartbeat burst and /metrics)")
+		}
+		r.Server, err = runServer(ctx, bin, work, *nodes, *relays, !skipped["heartbeat"])
 		return err
 	})
 	section("flood", fmt.Sprintf("a %v flood of first contacts (a new EK each) from %d addresses at the default limits", *floodFor, floodAddrs), func() error {

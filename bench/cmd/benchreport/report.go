@@ -301,7 +301,9 @@ func markdown(r *Report) string {
 				w("\n**%s: %d of %d failed**, the first: %s\n", x.Name, x.Errors, x.Requests, x.FirstError)
 			}
 		}
-		w("\nAfter the heartbeats the database holds %d relay fingerprints, %d distinct (want %d: every relay's own).\n", s.Fingerprints, s.DistinctFingerprints, s.Nodes*s.Relays)
+		if s.Heartbeat.Requests > 0 {
+			w("\nAfter the heartbeats the database holds %d relay fingerprints, %d distinct (want %d: every relay's own).\n", s.Fingerprints, s.DistinctFingerprints, s.Nodes*s.Relays)
+		}
 		w("\nRSS: %s idle after start, %s after the bursts, peak %s.\n\n", mib(s.RSSIdle), mib(s.RSSAfter), mib(s.RSSPeak))
 		if m := s.Metrics; m != nil {
 			w("`/metrics` (`serve --metrics-listen`) after every node's heartbeat with a summary of its relays: %s gzip as Prometheus fetches it, %s as text, %d samples; %d scrapes, p50 %s, max %s (request to last byte); server RSS then %s (peak %s).\n\n",

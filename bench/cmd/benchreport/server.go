@@ -56,7 +56,8 @@ type ServerRun struct {
 
 // Bursts are the run's bursts in the order they ran.
 func (s *ServerRun) Bursts() []Burst {
-	return append(slices.Clone(s.Fetch), s.Handshake, s.Reboot, s.Heartbeat)
+	return slices.DeleteFunc(append(slices.Clone(s.Fetch), s.Handshake, s.Reboot, s.Heartbeat),
+		func(b Burst) bool { return b.Requests == 0 })
 }
 
 // MetricsRun is /metrics (serve --metrics-listen) once every node has
@@ -99,7 +100,10 @@ type seeded struct {
 	relays [][]string      // each node's relay names
 }
 
-func runServer(ctx context.Context, bin, work string, nodes, relays int) (*ServerRun, error) {
+// With heartbeats false, the heartbeat burst (the section's longest: each
+// heartbeat compares every relay's served torrc, O(family)) and the
+// /metrics scrape after it are left out.
+func runServer(ctx context.Context, bin, work string, nodes, relays int, heartbeats bool) (*ServerRun, error) {
 	dir := filepath.Join(work, "server")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -212,10 +216,12 @@ func runServer(ctx context.Context, bin, work string, nodes, relays int) (*Serve
 	// last.
 	r.Handshake = burst(srv, fmt.Sprintf("attestation handshake with a quote (attest, software ActivateCredential and Quote of a 32-event boot, complete), each node's first x %d", hs), clients, hs, handshake(false))
 	r.Reboot = burst(srv, fmt.Sprintf("the same nodes rebooted: handshake with a new boot's quote x %d", hs), clients, hs, handshake(true))
-	r.Heartbeat = burst(srv, fmt.Sprintf("heartbeat with a metrics summary of %d relays and their first fingerprints, every node", relays), clients, nodes,
-		func(c *api.Client, i int) error {
-			return c.Status(ctx, tokens[i], benchHeartbeat(fl.relays[i], applied[i]))
-		})
+	if heartbeats {
+		r.Heartbeat = burst(srv, fmt.Sprintf("heartbeat with a metrics summary of %d relays and their first fingerprints, every node", relays), clients, nodes,
+			func(c *api.Client, i int) error {
+				return c.Status(ctx, tokens[i], benchHeartbeat(fl.relays[i], applied[i]))
+			})
+	}
 	// A burst with errors measures refusals (as the heartbeat's did when
 	// the server began to check ed25519 ids): the section fails, with the
 	// figures and the first error in the report.
@@ -224,14 +230,17 @@ func runServer(ctx context.Context, bin, work string, nodes, relays int) (*Serve
 			return r, fmt.Errorf("%s: %d of %d requests failed, first: %s", b.Name, b.Errors, b.Requests, b.FirstError)
 		}
 	}
+	if r.RSSAfter, r.RSSPeak, err = srv.RSS(); err != nil {
+		return nil, err
+	}
+	if !heartbeats {
+		return r, nil
+	}
 	if r.Fingerprints, r.DistinctFingerprints, err = fingerprints(ctx, srv.DB); err != nil {
 		return r, err
 	}
 	if want := nodes * relays; r.Fingerprints != want || r.DistinctFingerprints != want {
 		return r, fmt.Errorf("after the heartbeats the database holds %d fingerprints (%d distinct), want %d", r.Fingerprints, r.DistinctFingerprints, want)
-	}
-	if r.RSSAfter, r.RSSPeak, err = srv.RSS(); err != nil {
-		return nil, err
 	}
 	if r.Metrics, err = scrapeMetrics(srv, "http://"+metricsAddr+"/metrics", 5); err != nil {
 		return nil, fmt.Errorf("/metrics: %w", err)
